@@ -1,0 +1,157 @@
+# SPDX-License-Identifier: MIT
+"""The ``torchfault`` command: one subcommand per job, each a dataclass config.
+
+Usage::
+
+    torchfault JOB [POSITIONAL...] [--config FILE.yaml] [--field.path VALUE ...] [--print_config]
+
+Jobs register with :func:`command`; each takes a dataclass whose fields are the job's settings.
+The YAML file gives values, dotted options override them, ``--print_config`` prints the merged
+config as YAML and exits. A bad value is reported with the name of its field, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torchfault.config import apply_overrides, dump_yaml, from_dict, load_yaml
+from torchfault.errors import TorchFaultError
+from torchfault.registry import Registry
+
+__all__ = ["Command", "command", "main", "COMMANDS"]
+
+log = logging.getLogger("torchfault")
+
+COMMANDS: Registry[Command] = Registry("command")
+
+# Modules that define jobs; imported when the command line starts.
+_JOB_MODULES = ("torchfault.cli._jobs", "torchfault.cli._dnn", "torchfault.cli._campaign")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One job of the command line.
+
+    Attributes:
+        name: the subcommand.
+        config: dataclass type of its settings.
+        run: called with the built config; returns an exit status (``None`` means 0).
+        help: one line.
+        positional: config fields that may be given as positional arguments, in order.
+    """
+
+    name: str
+    config: type
+    run: Callable[[Any], int | None]
+    help: str
+    positional: tuple[str, ...] = ()
+
+
+def command(
+    name: str, config: type, help: str, positional: Sequence[str] = ()
+) -> Callable[[Callable[[Any], int | None]], Callable[[Any], int | None]]:
+    """Decorator registering ``fn(cfg)`` as the job ``name`` with settings dataclass ``config``."""
+
+    def deco(fn: Callable[[Any], int | None]) -> Callable[[Any], int | None]:
+        COMMANDS.add(name, Command(name, config, fn, help, tuple(positional)), description=help)
+        return fn
+
+    return deco
+
+
+def _load_jobs() -> None:
+    for mod in _JOB_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def _usage() -> str:
+    lines = ["usage: torchfault JOB [ARGS] [--config FILE.yaml] [--field.path VALUE ...] [--print_config]", "", "jobs:"]
+    for name in COMMANDS.list():
+        lines.append(f"  {name:<10} {COMMANDS.get(name).help}")
+    return "\n".join(lines)
+
+
+def build_config(cmd: Command, args: Sequence[str]) -> tuple[Any, bool]:
+    """Parse one job's arguments into its config; returns ``(config, print_config)``."""
+    args = list(args)
+    print_config = False
+    config_files: list[str] = []
+    positional: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok in ("--print_config", "--print-config"):
+            print_config = True
+        elif tok == "--config":
+            if i + 1 >= len(args):
+                raise TorchFaultError("--config needs a file name.")
+            config_files.append(args[i + 1])
+            i += 1
+        elif tok.startswith("--config="):
+            config_files.append(tok.split("=", 1)[1])
+        elif tok.startswith("--"):
+            rest.append(tok)
+            if "=" not in tok and i + 1 < len(args):
+                rest.append(args[i + 1])
+                i += 1
+        else:
+            positional.append(tok)
+        i += 1
+    data: dict[str, Any] = {}
+    for f in config_files:
+        data.update(load_yaml(f))
+    if len(positional) > len(cmd.positional):
+        raise TorchFaultError(
+            f"torchfault {cmd.name}: unexpected argument(s) {positional[len(cmd.positional):]}; "
+            f"positional arguments: {', '.join(cmd.positional) or 'none'}."
+        )
+    for name, value in zip(cmd.positional, positional):
+        rest += [f"--{name}", value]
+    data = apply_overrides(data, rest)
+    return from_dict(cmd.config, data), print_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``torchfault`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _load_jobs()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, args = argv[0], argv[1:]
+    try:
+        cmd: Command = COMMANDS.get(name)
+    except ValueError as exc:
+        print(f"torchfault: {exc}", file=sys.stderr)
+        return 2
+    if "-h" in args or "--help" in args:
+        print(f"torchfault {name}: {cmd.help}\n\nsettings (defaults):")
+        print(dump_yaml(cmd.config()))
+        return 0
+    try:
+        cfg, print_config = build_config(cmd, args)
+        if print_config:
+            print(dump_yaml(cfg), end="")
+            return 0
+        status = cmd.run(cfg)
+    except TorchFaultError as exc:
+        print(f"torchfault {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"torchfault {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,220 @@
+# SPDX-License-Identifier: MIT
+"""One registry type for every pluggable family of torchfault.
+
+Fault models, injectors, samplers, executors, models and datasets each own a :class:`Registry`.
+Entries register with a decorator (or, for the DNN zoo, through ``__init_subclass__``), are
+listed with wildcards, described by a frozen :class:`EntryInfo`, and created by name. Third-party
+packages add entries through the ``torchfault.plugins`` entry-point group: each entry point names
+a module or a callable that, when loaded, registers its entries.
+
+Example:
+    >>> from torchfault.registry import Registry
+    >>> colours = Registry("colour")
+    >>> @colours.register("red", description="The colour red.", warm=True)
+    ... def make_red(shade=1):
+    ...     return ("red", shade)
+    >>> colours.list("r*")
+    ['red']
+    >>> colours.create("red", shade=2)
+    ('red', 2)
+    >>> colours.info("red").capabilities["warm"]
+    True
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+from torchfault.errors import suggest
+
+__all__ = ["EntryInfo", "Registry", "all_registries", "load_plugins", "PLUGIN_GROUP"]
+
+log = logging.getLogger(__name__)
+
+PLUGIN_GROUP = "torchfault.plugins"
+T = TypeVar("T")
+
+_REGISTRIES: dict[str, Registry[Any]] = {}
+_plugins_loaded = False
+_plugin_lock = threading.RLock()
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """What a registry knows of one entry.
+
+    Attributes:
+        name: the registered name.
+        kind: the family ("fault model", "sampler", ...).
+        obj: the registered class or function.
+        description: one line.
+        capabilities: flags and values describing what the entry supports.
+    """
+
+    name: str
+    kind: str
+    obj: Any = field(repr=False, compare=False)
+    description: str = ""
+    capabilities: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        obj_name = getattr(self.obj, "__qualname__", type(self.obj).__name__)
+        module = getattr(self.obj, "__module__", "")
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "object": f"{module}.{obj_name}" if module else obj_name,
+            "description": self.description,
+            "capabilities": dict(self.capabilities),
+        }
+
+
+def load_plugins(force: bool = False) -> list[str]:
+    """Load every entry point of the ``torchfault.plugins`` group once; return their names.
+
+    A plugin that fails to load is logged and skipped: one broken plugin does not break torchfault.
+    """
+    global _plugins_loaded
+    with _plugin_lock:
+        if _plugins_loaded and not force:
+            return []
+        _plugins_loaded = True
+        loaded = []
+        for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+            try:
+                obj = ep.load()
+                if callable(obj) and not isinstance(obj, type):
+                    obj()
+                loaded.append(ep.name)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the library
+                log.warning("torchfault plugin %r failed to load: %s", ep.name, exc)
+        return loaded
+
+
+class Registry(Generic[T]):
+    """A named family of pluggable entries.
+
+    Args:
+        kind: the family's name in messages ("fault model").
+        plural: the attribute-style plural used by ``torchfault list`` ("fault_models").
+    """
+
+    def __init__(self, kind: str, plural: str | None = None) -> None:
+        self.kind = kind
+        self.plural = plural or kind.replace(" ", "_") + "s"
+        self._entries: dict[str, EntryInfo] = {}
+        _REGISTRIES[self.plural] = self
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+    def register(
+        self,
+        name: str | None = None,
+        *,
+        description: str | None = None,
+        overwrite: bool = False,
+        **capabilities: Any,
+    ) -> Callable[[T], T]:
+        """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
+
+        def deco(obj: T) -> T:
+            self.add(name or obj.__name__, obj, description=description, overwrite=overwrite, **capabilities)  # type: ignore[attr-defined]
+            return obj
+
+        return deco
+
+    def add(
+        self,
+        name: str,
+        obj: T,
+        *,
+        description: str | None = None,
+        overwrite: bool = False,
+        **capabilities: Any,
+    ) -> EntryInfo:
+        """Register ``obj`` under ``name``; a second entry of the same name needs ``overwrite``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"A {self.kind} name must be a non-empty string, got {name!r}.")
+        if name in self._entries and not overwrite and self._entries[name].obj is not obj:
+            raise ValueError(
+                f"A {self.kind} named {name!r} is already registered "
+                f"({self._entries[name].to_dict()['object']}); pass overwrite=True to replace it."
+            )
+        if description is None:
+            doc = (getattr(obj, "__doc__", None) or "").strip()
+            description = doc.splitlines()[0] if doc else ""
+        info = EntryInfo(name, self.kind, obj, description, MappingProxyType(dict(capabilities)))
+        self._entries[name] = info
+        return info
+
+    def remove(self, name: str) -> None:
+        """Remove an entry (mostly for tests)."""
+        self._check(name)
+        del self._entries[name]
+
+    def _check(self, name: str) -> EntryInfo:
+        load_plugins()
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            valid = sorted(self._entries)
+            raise ValueError(
+                f"Unknown {self.kind} {name!r}. Valid {self.plural.replace('_', ' ')}: "
+                f"{', '.join(valid) or '(none registered)'}.{suggest(str(name), valid)}"
+            ) from None
+
+    def list(self, filter: str | None = None, **capabilities: Any) -> list[str]:
+        """Sorted names matching the wildcard ``filter`` and having the given capability values."""
+        load_plugins()
+        names = sorted(self._entries)
+        if filter:
+            names = [n for n in names if fnmatch.fnmatchcase(n, filter)]
+        for key, want in capabilities.items():
+            names = [n for n in names if self._entries[n].capabilities.get(key) == want]
+        return names
+
+    def is_registered(self, name: str) -> bool:
+        load_plugins()
+        return name in self._entries
+
+    __contains__ = is_registered
+
+    def get(self, name: str) -> T:
+        """The registered object (class or function) for ``name``."""
+        return self._check(name).obj
+
+    def info(self, name: str) -> EntryInfo:
+        return self._check(name)
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        """Call the registered object with ``kwargs``; unknown keywords are named in the error."""
+        obj = self.get(name)
+        try:
+            return obj(**kwargs)
+        except TypeError as exc:
+            if "unexpected keyword" in str(exc) or "got an unexpected" in str(exc):
+                raise ValueError(f"Bad arguments for {self.kind} {name!r}: {exc}") from None
+            raise
+
+    def infos(self, filter: str | None = None) -> list[EntryInfo]:
+        return [self._entries[n] for n in self.list(filter)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.list())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def all_registries() -> dict[str, Registry[Any]]:
+    """Every registry created so far, by plural name (import the families first)."""
+    load_plugins()
+    return dict(sorted(_REGISTRIES.items()))
