@@ -1,0 +1,45 @@
+# SPDX-License-Identifier: MIT
+"""Which faults a campaign injects: samplers (a registry) and the statistical sample size.
+
+Example:
+    >>> from torchfault.samplers import create_sampler, sample_size
+    >>> sample_size(1_984_192, margin=0.01, confidence=0.99)
+    16452
+"""
+
+from torchfault.samplers._samplers import (
+    EXHAUSTIVE_LIMIT,
+    SAMPLERS,
+    BerSampler,
+    ExhaustiveSampler,
+    PerBitSampler,
+    PerLayerSampler,
+    Sampler,
+    UniformSampler,
+    create_sampler,
+    get_sampler,
+    is_sampler,
+    list_samplers,
+    register_sampler,
+    resolve_bits,
+)
+from torchfault.samplers._size import normal_quantile, sample_size
+
+__all__ = [
+    "EXHAUSTIVE_LIMIT",
+    "SAMPLERS",
+    "BerSampler",
+    "ExhaustiveSampler",
+    "PerBitSampler",
+    "PerLayerSampler",
+    "Sampler",
+    "UniformSampler",
+    "create_sampler",
+    "get_sampler",
+    "is_sampler",
+    "list_samplers",
+    "normal_quantile",
+    "register_sampler",
+    "resolve_bits",
+    "sample_size",
+]
