@@ -1,0 +1,265 @@
+# SPDX-License-Identifier: MIT
+"""The configuration of a stored campaign (``torchfault campaign --config FILE.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchfault.errors import suggest
+from torchfault.faults._targets import normalize_kinds
+
+__all__ = [
+    "CampaignConfig",
+    "ModelConfig",
+    "DataConfig",
+    "TargetsConfig",
+    "SamplerConfig",
+    "OutcomeConfig",
+    "EngineConfig",
+    "ExecutorConfig",
+    "StoreConfig",
+]
+
+
+@dataclass
+class ModelConfig:
+    """The model under test.
+
+    Attributes:
+        name: a zoo model (``lenet``, ``mlp``, ``resnet20``...) or a factory of your own:
+            ``package.module:function`` or ``path/to/file.py:function`` (called with ``kwargs``).
+        dataset: the zoo configuration (input shape, classes) for zoo models.
+        pretrained: load the zoo's shipped weights.
+        checkpoint: a state-dict file to load (compressed or not), read with ``weights_only=True``.
+        kwargs: keyword arguments for the model or factory.
+    """
+
+    name: str = "lenet"
+    dataset: str = "digits"
+    pretrained: bool = True
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("model.name: must name a zoo model or a 'module:function' factory.")
+
+
+@dataclass
+class DataConfig:
+    """The inputs faults run on.
+
+    Attributes:
+        dataset: a registered dataset (``digits``, ``synthetic``...).
+        split: ``train``, ``val`` or ``test``.
+        num_inputs: how many inputs (the first of the split); 0 takes all.
+        only_correct: keep only inputs the golden model classifies correctly.
+        kwargs: keyword arguments for the dataset.
+    """
+
+    dataset: str = "digits"
+    split: str = "test"
+    num_inputs: int = 100
+    only_correct: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_inputs < 0:
+            raise ValueError(f"data.num_inputs: must be >= 0 (0 means all), got {self.num_inputs}.")
+
+
+@dataclass
+class TargetsConfig:
+    """Where faults may land.
+
+    Attributes:
+        modules: module selectors: exact names, ``re:<regex>``, ``type:<ClassName>``; empty: all leaves.
+        kinds: ``outputs``, ``inputs``, ``weights``, ``biases``, ``buffers``, ``parameters``.
+        format: number format to see elements in (default: each tensor's dtype).
+    """
+
+    modules: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=lambda: ["outputs", "weights", "biases"])
+    format: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self.kinds = list(normalize_kinds(self.kinds))
+        except ValueError as exc:
+            raise ValueError(f"targets.kinds: {exc}") from None
+
+
+@dataclass
+class SamplerConfig:
+    """Which faults, and how many.
+
+    Attributes:
+        name: ``uniform``, ``per_layer``, ``per_bit``, ``exhaustive`` or ``ber``.
+        n: faults to draw (per stratum for stratified samplers); when set it takes precedence
+            over ``margin``.
+        margin: error margin in (0, 1) for the sample size of Leveugle et al. (used when ``n``
+            is not set).
+        confidence: confidence level in (0, 1).
+        adaptive: keep drawing faults until the SDC-rate interval half-width is <= ``margin``.
+        max_faults: the most faults an adaptive campaign draws.
+        bits: bit positions or field names (``exponent``, ``sign``, ``mantissa``) to fault.
+        fault_model: ``bit_flip``, ``stuck_at_0``, ``stuck_at_1``, ``random_value``, ``zero``...
+        params: fault-model parameters.
+        persistence: ``permanent`` or ``transient``.
+        rate: bit-error rate for the ``ber`` sampler.
+    """
+
+    name: str = "uniform"
+    n: int | None = None
+    margin: float | None = 0.01
+    confidence: float = 0.95
+    adaptive: bool = False
+    max_faults: int = 100_000
+    bits: list[Any] | None = None
+    fault_model: str = "bit_flip"
+    params: dict[str, Any] = field(default_factory=dict)
+    persistence: str = "permanent"
+    rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.margin is not None and not 0.0 < self.margin < 1.0:
+            raise ValueError(f"sampler.margin: must be in (0, 1), got {self.margin}.")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"sampler.confidence: must be in (0, 1), got {self.confidence}.")
+        if self.n is not None and self.n < 1:
+            raise ValueError(f"sampler.n: must be >= 1, got {self.n}.")
+        if self.adaptive and self.margin is None:
+            raise ValueError("sampler.adaptive: needs sampler.margin (the target half-width).")
+        if self.max_faults < 1:
+            raise ValueError(f"sampler.max_faults: must be >= 1, got {self.max_faults}.")
+        if self.persistence not in ("permanent", "transient"):
+            raise ValueError(
+                f"sampler.persistence: must be 'permanent' or 'transient', got {self.persistence!r}."
+                f"{suggest(self.persistence, ['permanent', 'transient'])}"
+            )
+        if self.rate is not None and not 0.0 < self.rate <= 1.0:
+            raise ValueError(f"sampler.rate: must be in (0, 1], got {self.rate}.")
+
+
+@dataclass
+class OutcomeConfig:
+    """What counts as an SDC: ``criterion`` ``top1``, ``topk`` (with ``topk``) or ``tolerance``."""
+
+    criterion: str = "top1"
+    topk: int = 1
+    tolerance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.criterion not in ("top1", "topk", "tolerance"):
+            raise ValueError(
+                f"outcome.criterion: {self.criterion!r} is not valid; choose top1, topk or tolerance."
+                f"{suggest(self.criterion, ['top1', 'topk', 'tolerance'])}"
+            )
+        if self.topk < 1:
+            raise ValueError(f"outcome.topk: must be >= 1, got {self.topk}.")
+        if self.tolerance < 0:
+            raise ValueError(f"outcome.tolerance: must be >= 0, got {self.tolerance}.")
+
+
+@dataclass
+class EngineConfig:
+    """How runs execute: ``name`` ``reference`` (full re-execution) or ``fast``; rows per pass."""
+
+    name: str = "reference"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"engine.batch_size: must be >= 1, got {self.batch_size}.")
+
+
+@dataclass
+class ExecutorConfig:
+    """Where runs execute: ``serial``, ``process`` (``workers`` processes) or ``ray`` (``address``)."""
+
+    name: str = "serial"
+    workers: int = 2
+    address: str | None = None
+    chunk_faults: int = 256
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"executor.workers: must be >= 1, got {self.workers}.")
+        if self.chunk_faults < 1:
+            raise ValueError(f"executor.chunk_faults: must be >= 1, got {self.chunk_faults}.")
+
+
+@dataclass
+class StoreConfig:
+    """The SQLite results store: ``path`` (default ``<out_dir>/campaign.sqlite``), ``overwrite``."""
+
+    path: str | None = None
+    overwrite: bool = False
+    chunk_size: int = 1000
+    export: list[str] = field(default_factory=lambda: ["csv"])
+
+    def __post_init__(self) -> None:
+        for fmt in self.export:
+            if fmt not in ("csv", "parquet"):
+                raise ValueError(f"store.export: {fmt!r} is not valid; choose csv and/or parquet.")
+
+
+@dataclass
+class CampaignConfig:
+    """A whole campaign. Every field can be overridden on the command line (``--sampler.margin 0.02``).
+
+    Attributes:
+        name: campaign name (also the default run directory ``runs/<name>``).
+        seed: campaign seed: fault k is a pure function of the seed and k.
+        inputs_per_fault: inputs each fault runs on (0: every input).
+        out_dir: run directory (store, log, report); default ``runs/<name>``.
+        report: write plots and a Markdown report after the campaign.
+        progress: show a progress bar.
+    """
+
+    name: str = "campaign"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    outcome: OutcomeConfig = field(default_factory=OutcomeConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    inputs_per_fault: int = 1
+    out_dir: str | None = None
+    report: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed: must be >= 0, got {self.seed}.")
+        if self.inputs_per_fault < 0:
+            raise ValueError(f"inputs_per_fault: must be >= 0 (0 means all), got {self.inputs_per_fault}.")
+        s = self.sampler
+        if s.n is None and s.margin is None and s.name not in ("exhaustive", "ber"):
+            raise ValueError("sampler: give sampler.n (a fault count) or sampler.margin and sampler.confidence.")
+
+    @property
+    def run_dir(self) -> str:
+        return self.out_dir or f"runs/{self.name}"
+
+    @property
+    def store_path(self) -> str:
+        return self.store.path or f"{self.run_dir}/campaign.sqlite"
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define the campaign's results (a store refuses other values).
+
+        How the runs execute (engine, executor, progress, report, export) is left out: any of them
+        may change between a run and its resumption.
+        """
+        from torchfault.config import to_dict
+
+        d = to_dict(self)
+        for key in ("engine", "executor", "progress", "report", "out_dir"):
+            d.pop(key, None)
+        d["store"] = {}
+        return d

@@ -1,0 +1,131 @@
+# SPDX-License-Identifier: MIT
+"""Engines execute injection runs: each run is one fault (or one set of faults) on one input.
+
+An engine is built once per process with the model, the inputs and their golden outputs, and
+then runs batches of :class:`RunTask`. The ``reference`` engine is the plain one: for each task it
+injects the task's faults with :func:`torchfault.inject` and re-executes the whole network on the
+task's inputs. Every faster engine must give the same outcomes as it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchfault.campaign._outcome import OUTCOMES, Criterion, classify
+from torchfault.faults import Fault
+from torchfault.injectors import inject
+from torchfault.registry import Registry
+from torchfault.store import RunRecord
+
+__all__ = ["ENGINES", "Engine", "ReferenceEngine", "RunTask", "register_engine", "list_engines", "create_engine"]
+
+ENGINES: Registry[type] = Registry("engine")
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """The runs of one fault: its faults on each of its inputs (one run per input)."""
+
+    fault_id: int
+    faults: tuple[Fault, ...]
+    input_ids: tuple[int, ...]
+
+
+def _forward(model: nn.Module, x: Any) -> torch.Tensor:
+    out = model(*x) if isinstance(x, tuple) else model(x)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model must return a tensor of scores, got {type(out).__name__}")
+    return out
+
+
+class Engine:
+    """Base of the engines.
+
+    Args:
+        model: the model, in eval mode.
+        inputs: all campaign inputs, a tensor whose rows are the inputs.
+        golden: the golden outputs, one row per input.
+        criterion: what counts as an SDC.
+        batch_size: the most rows one forward pass takes.
+    """
+
+    name = "base"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        golden: torch.Tensor,
+        criterion: Criterion | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        self.model = model
+        self.inputs = inputs
+        self.golden = golden
+        self.criterion = criterion or Criterion()
+        self.batch_size = int(batch_size)
+
+    def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _records(
+        self, task: RunTask, input_ids: Sequence[int], out: torch.Tensor, seconds: float
+    ) -> list[RunRecord]:
+        codes, g_top, f_top, diff = classify(self.golden[list(input_ids)], out, self.criterion)
+        per = seconds / max(len(input_ids), 1)
+        return [
+            RunRecord(task.fault_id, int(i), OUTCOMES[int(c)], int(g), int(f), float(d), per)
+            for i, c, g, f, d in zip(input_ids, codes.tolist(), g_top.tolist(), f_top.tolist(), diff.tolist())
+        ]
+
+    def _due(self, task: RunTask, input_ids: Sequence[int], exc: BaseException, seconds: float) -> list[RunRecord]:
+        g_top = self.golden[list(input_ids)].reshape(len(input_ids), -1).argmax(dim=1).tolist()
+        err = f"{type(exc).__name__}: {exc}"[:500]
+        per = seconds / max(len(input_ids), 1)
+        return [RunRecord(task.fault_id, int(i), "due", int(g), None, None, per, err) for i, g in zip(input_ids, g_top)]
+
+
+@ENGINES.register("reference", description="Plain full re-execution with inject(): one forward pass per fault.")
+class ReferenceEngine(Engine):
+    """Injects each task's faults and re-runs the whole network over its inputs."""
+
+    name = "reference"
+
+    @torch.no_grad()
+    def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:
+        records: list[RunRecord] = []
+        for task in tasks:
+            ids = list(task.input_ids)
+            for start in range(0, len(ids), self.batch_size):
+                chunk = ids[start : start + self.batch_size]
+                t0 = time.perf_counter()
+                # a bad fault raises here, before the model runs: that is an error, not an outcome
+                with inject(self.model, task.faults):
+                    try:
+                        out = _forward(self.model, self.inputs[chunk])
+                    except Exception as exc:  # noqa: BLE001 - a crash under a fault is a DUE
+                        records.extend(self._due(task, chunk, exc, time.perf_counter() - t0))
+                        continue
+                records.extend(self._records(task, chunk, out, time.perf_counter() - t0))
+        return records
+
+
+def register_engine(name: str, **kw: Any) -> Any:
+    """Decorator registering an :class:`Engine` subclass."""
+    return ENGINES.register(name, **kw)
+
+
+def list_engines(filter: str | None = None) -> list[str]:
+    """Registered engine names."""
+    return ENGINES.list(filter)
+
+
+def create_engine(name: str, **kwargs: Any) -> Engine:
+    """Build the engine ``name``."""
+    return ENGINES.create(name, **kwargs)

@@ -1,0 +1,48 @@
+# SPDX-License-Identifier: MIT
+"""What a fault is: :class:`Fault`, :class:`FaultSite`, fault models and the fault space."""
+
+from torchfault.faults._access import get_stored, is_packed, set_packed, stored_tensors
+from torchfault.faults._fault import (
+    ACTIVATION_TARGETS,
+    PERSISTENCES,
+    TARGET_KINDS,
+    Fault,
+    FaultSite,
+)
+from torchfault.faults._models import (
+    FAULT_MODELS,
+    create_fault_model,
+    get_fault_model,
+    is_fault_model,
+    list_fault_models,
+    register_fault_model,
+)
+from torchfault.faults._space import FaultSpace, TargetSpec, fault_space
+from torchfault.faults._structure import get_element, iter_tensors, replace_element
+from torchfault.faults._targets import normalize_kinds, select_modules
+
+__all__ = [
+    "ACTIVATION_TARGETS",
+    "FAULT_MODELS",
+    "PERSISTENCES",
+    "TARGET_KINDS",
+    "Fault",
+    "FaultSite",
+    "FaultSpace",
+    "TargetSpec",
+    "create_fault_model",
+    "fault_space",
+    "get_element",
+    "get_fault_model",
+    "get_stored",
+    "is_fault_model",
+    "is_packed",
+    "iter_tensors",
+    "list_fault_models",
+    "normalize_kinds",
+    "register_fault_model",
+    "replace_element",
+    "select_modules",
+    "set_packed",
+    "stored_tensors",
+]

@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: MIT
+"""How faults get into a running model: :func:`inject` (listed faults) and :func:`inject_ber`
+(bit flips at a bit-error rate), both context managers that restore the model exactly.
+
+Injectors are a registry too, so campaigns and plugins can pick one by name.
+"""
+
+from typing import Any
+
+from torchfault.injectors._ber import BERInjection, draw_flips, inject_ber
+from torchfault.injectors._inject import Injection, inject
+from torchfault.registry import Registry
+
+__all__ = [
+    "INJECTORS",
+    "BERInjection",
+    "Injection",
+    "create_injector",
+    "draw_flips",
+    "inject",
+    "inject_ber",
+    "is_injector",
+    "list_injectors",
+    "register_injector",
+]
+
+INJECTORS: Registry[Any] = Registry("injector")
+INJECTORS.add("faults", inject, description="Listed faults (activations, parameters, buffers).", context=True)
+INJECTORS.add("ber", inject_ber, description="Bit flips at a bit-error rate, vectorised per tensor.", context=True)
+
+
+def register_injector(name: str, **kw: Any) -> Any:
+    """Decorator registering a context-manager injector ``fn(model, ...)``."""
+    return INJECTORS.register(name, **kw)
+
+
+def list_injectors(filter: str | None = None) -> list[str]:
+    """Registered injector names."""
+    return INJECTORS.list(filter)
+
+
+def is_injector(name: str) -> bool:
+    """Whether ``name`` is a registered injector."""
+    return INJECTORS.is_registered(name)
+
+
+def create_injector(name: str, **kwargs: Any) -> Any:
+    """Call the injector ``name`` (a context manager) with ``kwargs``."""
+    return INJECTORS.create(name, **kwargs)

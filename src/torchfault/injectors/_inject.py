@@ -1,0 +1,413 @@
+# SPDX-License-Identifier: MIT
+"""Getting faults into a running model: activation hooks and in-place parameter/buffer patches.
+
+:func:`inject` is the context manager of DESIGN.md. On entry every fault is checked (an unknown
+module, target, format, fault model, an index of the wrong rank or out of range, a bit too wide
+for the format: each is a :class:`~torchfault.errors.TorchFaultError` raised before anything is
+touched). Parameter and buffer faults are then written in place, element by element: the
+original words of the hit elements are kept (never a copy of the model or of whole tensors) and
+written back on exit. Activation faults are forward hooks (outputs) and forward pre-hooks
+(inputs). On exit, whatever happened inside, every hook is removed and every parameter and buffer
+is bit-for-bit what it was.
+
+Faults with a bitwise fault model (``bit_flip``, ``stuck_at_0``, ``stuck_at_1``) that hit the
+same tensor are merged into one vectorised operation, so a hundred thousand faults cost one
+scatter per tensor per forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchfault import numerics
+from torchfault.errors import TorchFaultError, suggest
+from torchfault.faults import FAULT_MODELS, Fault, get_element, replace_element
+from torchfault.faults._access import get_stored, is_packed, set_packed, stored_tensors
+from torchfault.faults._models import check_fault_model
+
+__all__ = ["inject", "Injection"]
+
+
+def _ravel(index: Sequence[int], shape: Sequence[int], what: str) -> int:
+    if len(index) != len(shape):
+        raise TorchFaultError(
+            f"{what}: index {tuple(index)} has rank {len(index)} but the tensor has shape "
+            f"{tuple(shape)} (rank {len(shape)})."
+        )
+    flat = 0
+    for i, (v, n) in enumerate(zip(index, shape)):
+        if not -n <= v < n:
+            raise TorchFaultError(
+                f"{what}: index {tuple(index)} is out of range in dimension {i} for shape {tuple(shape)}."
+            )
+        flat = flat * n + (v % n)
+    return flat
+
+
+def _describe(f: Fault) -> str:
+    el = f"[{f.element}]" if f.element is not None else ""
+    return f"fault on {f.module or '<model>'}:{f.target}{el}"
+
+
+@dataclass
+class _Segment:
+    """Consecutive faults on one tensor that one call applies (many for a bitwise model)."""
+
+    faults: list[Fault]
+    fmt_name: str | None
+    bit_op: str | None
+    call: int | None
+    transient: bool
+    spent: bool = False
+    fired: int = 0
+    _cache: dict[Any, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+
+    def mergeable(self, f: Fault, bit_op: str | None) -> bool:
+        return (
+            bit_op is not None
+            and self.bit_op == bit_op
+            and self.fmt_name == f.format
+            and self.call == f.call
+            and self.transient == (f.persistence == "transient")
+        )
+
+
+def _segments(faults: Iterable[Fault]) -> list[_Segment]:
+    segs: list[_Segment] = []
+    for f in faults:
+        bit_op = FAULT_MODELS.info(f.model).capabilities.get("bit_op")
+        if segs and segs[-1].mergeable(f, bit_op):
+            segs[-1].faults.append(f)
+        else:
+            segs.append(_Segment([f], f.format, bit_op, f.call, f.persistence == "transient"))
+    return segs
+
+
+class Injection:
+    """The faults of one :func:`inject` context; ``remove()`` undoes everything (idempotent).
+
+    Attributes:
+        faults: the faults, in the order given.
+        passes: forward passes of the model seen while attached.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        faults: Iterable[Fault] | Fault,
+        *,
+        generator: torch.Generator | None = None,
+        example_inputs: Any = None,
+    ) -> None:
+        if isinstance(faults, Fault):
+            faults = [faults]
+        faults = list(faults)
+        for f in faults:
+            if not isinstance(f, Fault):
+                raise TorchFaultError(f"inject() takes Fault objects, got {type(f).__name__}: {f!r}.")
+        self.model = model
+        self.faults: tuple[Fault, ...] = tuple(faults)
+        self.generator = generator
+        self.passes = 0
+        self._handles: list[Any] = []
+        self._param_groups: list[dict[str, Any]] = []
+        self._act_groups: dict[tuple[str, str, Any], list[_Segment]] = {}
+        self._calls: dict[tuple[str, str, Any], int] = {}
+        self._attached = False
+        self._modules = dict(model.named_modules())
+        self._validate()
+        if example_inputs is not None and any(f.is_activation for f in self.faults):
+            self._probe(example_inputs)
+
+    # ------------------------------------------------------------------ checks
+    def _module(self, f: Fault) -> nn.Module:
+        mod = self._modules.get(f.module)
+        if mod is None:
+            names = list(self._modules)
+            raise TorchFaultError(
+                f"{_describe(f)}: unknown module {f.module!r}.{suggest(f.module, names)} "
+                f"Modules: {', '.join(repr(n) for n in names[:40])}{' ...' if len(names) > 40 else ''}."
+            )
+        return mod
+
+    def _validate(self) -> None:
+        for f in self.faults:
+            mod = self._module(f)
+            check_fault_model(f.model, f.bits, f.param_dict)
+            if f.is_activation:
+                if f.format is not None:
+                    fmt = numerics.get_format(f.format)
+                    if f.bits:
+                        numerics.bit_mask(f.bits, fmt)
+                continue
+            stored = stored_tensors(mod)
+            if f.target not in stored:
+                raise TorchFaultError(
+                    f"{_describe(f)}: module {f.module!r} ({type(mod).__name__}) has no parameter or "
+                    f"buffer {f.target!r}. Valid targets: 'output', 'input'"
+                    f"{''.join(', ' + repr(n) for n in stored)}.{suggest(f.target, ['output', 'input', *stored])}"
+                )
+            t = stored[f.target][1]
+            fmt = numerics.get_format(f.format, t)
+            numerics.check_compatible(fmt, t)
+            _ravel(f.index, t.shape, _describe(f))
+            if f.bits:
+                numerics.bit_mask(f.bits, fmt)
+
+    def _probe(self, example_inputs: Any) -> None:
+        """Run the model once (no grad) to check activation indices before any fault runs."""
+        handles = []
+        seen: dict[tuple[str, str, Any], torch.Size] = {}
+        act = [f for f in self.faults if f.is_activation]
+        try:
+            for f in act:
+                mod = self._module(f)
+                key = (f.module, f.target, f.element)
+
+                def record(obj: Any, key: tuple[str, str, Any] = key) -> None:
+                    if key not in seen:
+                        seen[key] = get_element(obj, key[2]).shape
+
+                if f.target == "output":
+                    handles.append(mod.register_forward_hook(lambda m, a, o, r=record: r(o)))
+                else:
+                    handles.append(mod.register_forward_pre_hook(lambda m, a, r=record: r(a)))
+            args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+            with torch.no_grad():
+                self.model(*args)
+        finally:
+            for h in handles:
+                h.remove()
+        for f in act:
+            shape = seen.get((f.module, f.target, f.element))
+            if shape is None:
+                raise TorchFaultError(f"{_describe(f)}: the module did not run in the forward pass.")
+            self._check_act(f, shape)
+
+    def _check_act(self, f: Fault, shape: torch.Size, t: torch.Tensor | None = None) -> None:
+        _ravel(f.index, shape[1:], _describe(f))
+        if f.sample is not None and f.sample >= shape[0]:
+            raise TorchFaultError(
+                f"{_describe(f)}: sample {f.sample} is out of range for a batch of {shape[0]}."
+            )
+
+    # ------------------------------------------------------------------ attach
+    def attach(self) -> Injection:
+        """Apply parameter faults and register activation hooks."""
+        if self._attached:
+            return self
+        self._attached = True
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._begin_pass, prepend=True))
+            acts = [f for f in self.faults if f.is_activation]
+            keys: dict[tuple[str, str, Any], list[Fault]] = {}
+            for f in acts:
+                keys.setdefault((f.module, f.target, f.element), []).append(f)
+            for key, fs in keys.items():
+                self._act_groups[key] = _segments(fs)
+                mod = self._modules[key[0]]
+                if key[1] == "output":
+                    self._handles.append(mod.register_forward_hook(self._make_out_hook(key)))
+                else:
+                    self._handles.append(mod.register_forward_pre_hook(self._make_in_hook(key)))
+            self._handles.append(self.model.register_forward_hook(self._end_pass))
+            params = [f for f in self.faults if not f.is_activation]
+            # permanent groups first, so transient ones restore onto the permanent state
+            for transient in (False, True):
+                groups: dict[tuple[str, str], list[Fault]] = {}
+                for f in params:
+                    if (f.persistence == "transient") == transient:
+                        groups.setdefault((f.module, f.target), []).append(f)
+                for (mname, target), fs in groups.items():
+                    self._apply_param_group(mname, target, fs, transient)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    @torch.no_grad()
+    def _apply_param_group(self, mname: str, target: str, faults: list[Fault], transient: bool) -> None:
+        mod = self._modules[mname]
+        t = get_stored(mod, target)
+        assert t is not None  # checked in _validate
+        new = t.detach()
+        flat_all = []
+        for seg in _segments(faults):
+            new, flat = self._apply_segment(new, seg, None)
+            flat_all.append(flat)
+        idx = torch.unique(torch.cat(flat_all))
+        group: dict[str, Any] = {"module": mod, "target": target, "transient": transient, "done": False}
+        if is_packed(mod, target):
+            group["original"] = t
+            set_packed(mod, target, new)
+        else:
+            own = numerics.format_of(t)
+            group["tensor"], group["index"], group["fmt"] = t, idx, own
+            group["saved"] = numerics.read_elements(t.data, idx, own)
+            numerics.apply_bits_(t.data, idx, numerics.read_elements(new, idx, own), "set", own)
+        self._param_groups.append(group)
+
+    @torch.no_grad()
+    def _restore_group(self, group: dict[str, Any]) -> None:
+        if group["done"]:
+            return
+        group["done"] = True
+        if "original" in group:
+            set_packed(group["module"], group["target"], group["original"])
+        else:
+            numerics.apply_bits_(group["tensor"].data, group["index"], group["saved"], "set", group["fmt"])
+
+    # ------------------------------------------------------------------ applying
+    def _apply_segment(
+        self, t: torch.Tensor, seg: _Segment, batch: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply one segment to ``t``; ``batch`` is the batch size for activations (None: a parameter)."""
+        fmt = numerics.get_format(seg.fmt_name, t)
+        key = (tuple(t.shape), batch)
+        cached = seg._cache.get(key)
+        if cached is None:
+            if batch is None:
+                inner = [_ravel(f.index, t.shape, _describe(f)) for f in seg.faults]
+                flat = torch.tensor(inner, dtype=torch.int64)
+                samples = None
+            else:
+                for f in seg.faults:
+                    self._check_act(f, t.shape)
+                per = t[0].numel() if t.shape[0] else 0
+                inner_t = torch.tensor([_ravel(f.index, t.shape[1:], _describe(f)) for f in seg.faults], dtype=torch.int64)
+                samples = torch.tensor([-1 if f.sample is None else f.sample for f in seg.faults], dtype=torch.int64)
+                every = samples < 0
+                rows = torch.arange(batch, dtype=torch.int64)
+                flat = torch.cat(
+                    [samples[~every] * per + inner_t[~every], (rows[:, None] * per + inner_t[every][None, :]).flatten()]
+                )
+            mask = None
+            if seg.bit_op is not None:
+                masks = torch.tensor([numerics.bit_mask(f.bits, fmt) for f in seg.faults], dtype=torch.int64)
+                if samples is not None:
+                    every = samples < 0
+                    masks = torch.cat([masks[~every], masks[every].repeat(batch)])
+                mask = masks
+            cached = (flat, mask)
+            seg._cache[key] = cached
+        flat, mask = cached
+        if seg.bit_op is not None:
+            out = numerics.apply_bits(t, flat, mask, seg.bit_op, fmt)
+        else:
+            f = seg.faults[0]
+            fn = FAULT_MODELS.get(f.model)
+            out = fn(t, flat, f.bits, fmt, self.generator, **f.param_dict)
+        seg.fired += 1
+        return out, flat
+
+    def _fault_tensor(self, key: tuple[str, str, Any], obj: Any) -> Any:
+        count = self._calls.get(key, 0)
+        self._calls[key] = count + 1
+        segs = [s for s in self._act_groups[key] if not s.spent and (s.call is None or s.call == count)]
+        if not segs:
+            return obj
+        t = get_element(obj, key[2])
+        for seg in segs:
+            t, _ = self._apply_segment(t, seg, t.shape[0] if t.dim() else 1)
+        return replace_element(obj, key[2], t)
+
+    def _make_out_hook(self, key: tuple[str, str, Any]) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            return self._fault_tensor(key, output)
+
+        return hook
+
+    def _make_in_hook(self, key: tuple[str, str, Any]) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
+            return self._fault_tensor(key, args)
+
+        return hook
+
+    def _begin_pass(self, module: nn.Module, args: Any) -> None:
+        self._calls.clear()
+
+    def _end_pass(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.passes += 1
+        for segs in self._act_groups.values():
+            for s in segs:
+                if s.transient and s.fired:
+                    s.spent = True
+        for g in self._param_groups:
+            if g["transient"]:
+                self._restore_group(g)
+
+    # ------------------------------------------------------------------ remove
+    def remove(self) -> None:
+        """Remove every hook and restore every parameter and buffer bit for bit."""
+        errors = []
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for g in reversed(self._param_groups):
+            try:
+                self._restore_group(g)
+            except Exception as exc:  # noqa: BLE001 - restore the others first
+                errors.append(exc)
+        self._param_groups.clear()
+        self._attached = False
+        if errors:
+            raise errors[0]
+
+    @property
+    def fired(self) -> int:
+        """How many times activation fault segments were applied."""
+        return sum(s.fired for segs in self._act_groups.values() for s in segs)
+
+    def __enter__(self) -> Injection:
+        return self.attach()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+@contextlib.contextmanager
+def inject(
+    model: nn.Module,
+    faults: Iterable[Fault] | Fault,
+    *,
+    seed: int | None = None,
+    example_inputs: Any = None,
+) -> Iterator[Injection]:
+    """Make ``faults`` active in ``model`` inside a ``with`` block.
+
+    Args:
+        model: any ``nn.Module``; module names are those of ``model.named_modules()``.
+        faults: one :class:`~torchfault.Fault` or several; several on one tensor compose in order.
+        seed: seed of the generator random fault models use (default: torch's global generator).
+        example_inputs: if given, one extra forward pass checks activation indices and samples
+            before the block runs; otherwise they are checked when the module first runs.
+
+    Yields:
+        The :class:`Injection`, with ``passes`` (forward passes seen) and ``fired``.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from torchfault import Fault, inject
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        >>> with torch.no_grad():
+        ...     model[0].weight.fill_(1.0); _ = model[0].bias.zero_()
+        >>> x = torch.ones(1, 2)
+        >>> with inject(model, Fault("0", "output", index=(1,), bits=(30,))):
+        ...     model(x)
+        tensor([[2.0000e+00, 6.8056e+38]], grad_fn=<ReluBackward0>)
+        >>> model(x)
+        tensor([[2., 2.]], grad_fn=<ReluBackward0>)
+    """
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    inj = Injection(model, faults, generator=gen, example_inputs=example_inputs)
+    inj.attach()
+    try:
+        yield inj
+    finally:
+        inj.remove()
