@@ -24,7 +24,7 @@ from torchfault.numerics import (
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per:UserWarning")
 
 SETTINGS = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+    max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 FORMATS = list_formats()
 # (tensor dtype, format it is seen through): a cast to a narrower or equal float, or fixed point
