@@ -1,0 +1,23 @@
+# SPDX-License-Identifier: MIT
+"""The results store: SQLite in WAL mode, crash-safe and resumable; CSV and Parquet export.
+
+See ``docs/store.md`` for the schema.
+
+Example:
+    >>> from torchfault.store import RunRecord
+    >>> RunRecord(0, 1, "masked").outcome
+    'masked'
+"""
+
+from torchfault.store._records import OUTCOMES, FaultRecord, GoldenRecord, RunRecord
+from torchfault.store._store import SCHEMA_VERSION, ResultStore, open_store
+
+__all__ = [
+    "OUTCOMES",
+    "SCHEMA_VERSION",
+    "FaultRecord",
+    "GoldenRecord",
+    "ResultStore",
+    "RunRecord",
+    "open_store",
+]

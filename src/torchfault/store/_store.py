@@ -1,0 +1,707 @@
+# SPDX-License-Identifier: MIT
+"""The results store: one SQLite file per campaign, crash-safe and resumable.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a transaction is either wholly in the file
+or not at all, whatever instant the writing process is killed (a power cut may lose the last
+transactions, never corrupt the file). Runs are buffered and committed ``chunk_size`` at a time
+(one transaction per chunk, ``INSERT OR IGNORE``, so replaying runs after a resume is harmless);
+a chunk is also committed when the oldest buffered run is ``max_delay`` seconds old. The schema
+is documented in ``docs/store.md``.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.sqlite"
+    >>> from torchfault.faults._fault import Fault
+    >>> with ResultStore(path, campaign={"seed": 0}, fingerprint="abc") as store:
+    ...     store.add_faults([FaultRecord(0, (Fault("fc", "weight", (0, 0), (30,)),))])
+    ...     store.add_runs([RunRecord(0, 0, "sdc", 1, 2, 3.5, 0.01)])
+    >>> with ResultStore(path, campaign={"seed": 0}, fingerprint="abc") as store:  # resume
+    ...     store.done_runs()
+    {(0, 0)}
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torchfault.errors import StoreMismatchError, TorchFaultError
+from torchfault.faults._fault import Fault, FaultSite
+from torchfault.store._records import OUTCOMES, FaultRecord, GoldenRecord, RunRecord
+
+__all__ = ["ResultStore", "SCHEMA_VERSION", "open_store"]
+
+SCHEMA_VERSION = "1"
+_MODES = ("a", "w", "r")
+_BUFFER_NAMES = {"running_mean", "running_var", "num_batches_tracked"}
+_RESERVED_META = (
+    "config",
+    "seed",
+    "torchfault_version",
+    "fingerprint",
+    "created",
+    "schema_version",
+)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta(
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sites(
+    site_id INTEGER PRIMARY KEY,
+    module TEXT NOT NULL,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    format TEXT NOT NULL,
+    bit_width INTEGER NOT NULL,
+    element TEXT,
+    calls INTEGER NOT NULL DEFAULT 1,
+    module_type TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS faults(
+    fault_id INTEGER PRIMARY KEY,
+    faults TEXT NOT NULL,
+    module TEXT,
+    target TEXT,
+    kind TEXT,
+    bit INTEGER,
+    n_faults INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs(
+    fault_id INTEGER NOT NULL,
+    input_id INTEGER NOT NULL,
+    outcome TEXT NOT NULL CHECK(outcome IN ({", ".join(f"'{o}'" for o in OUTCOMES)})),
+    golden_top1 INTEGER,
+    faulty_top1 INTEGER,
+    max_abs_diff REAL,
+    seconds REAL,
+    error TEXT,
+    PRIMARY KEY(fault_id, input_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS golden(
+    input_id INTEGER PRIMARY KEY,
+    top1 INTEGER,
+    label INTEGER,
+    digest TEXT
+);
+"""
+
+_EXPORT_COLUMNS = (
+    "fault_id",
+    "input_id",
+    "outcome",
+    "golden_top1",
+    "faulty_top1",
+    "max_abs_diff",
+    "seconds",
+    "error",
+    "module",
+    "target",
+    "kind",
+    "bit",
+    "n_faults",
+    "faults",
+)
+_EXPORT_SQL = (
+    "SELECT r.fault_id, r.input_id, r.outcome, r.golden_top1, r.faulty_top1, r.max_abs_diff, "
+    "r.seconds, r.error, f.module, f.target, f.kind, f.bit, f.n_faults, f.faults "
+    "FROM runs r LEFT JOIN faults f ON f.fault_id = r.fault_id ORDER BY r.fault_id, r.input_id"
+)
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out or {prefix: {}}
+    return {prefix: obj}
+
+
+def _config_diff(stored: Any, given: Any, limit: int = 5) -> str:
+    a, b = _flatten(stored), _flatten(given)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if _canonical(a.get(key, "<absent>")) != _canonical(b.get(key, "<absent>")):
+            diffs.append(
+                f"{key or '(config)'} (stored {a.get(key, '<absent>')!r}, given {b.get(key, '<absent>')!r})"
+            )
+    more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return "; ".join(diffs[:limit]) + more
+
+
+def _find_seed(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        if "seed" in obj:
+            return obj["seed"]
+        for v in obj.values():
+            s = _find_seed(v)
+            if s is not None:
+                return s
+    return None
+
+
+def _version() -> str:
+    try:
+        from torchfault import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+class ResultStore:
+    """One campaign's results in one SQLite file: config, sites, faults, golden outputs, runs.
+
+    Args:
+        path: the SQLite file (parent folders are created).
+        campaign: the campaign's config as plain JSON data: what must be equal to resume.
+            Leave out settings that do not change results (worker counts, progress bars).
+        fingerprint: digest of the model and inputs (computed by the campaign runner).
+        mode: ``"a"`` open or create, and resume a store of the same campaign; ``"w"``
+            overwrite: discard an existing store of any campaign and start afresh; ``"r"``
+            read only (``campaign`` and ``fingerprint`` are then not needed).
+        chunk_size: runs per transaction.
+        max_delay: also commit buffered runs once the oldest is this many seconds old.
+
+    Raises:
+        StoreMismatchError: the store holds another campaign (config or fingerprint differ).
+        TorchFaultError: the path cannot be written, or is not a torchfault store.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        campaign: Mapping[str, Any] | None = None,
+        fingerprint: str | None = None,
+        mode: str = "a",
+        chunk_size: int = 1000,
+        max_delay: float = 10.0,
+    ) -> None:
+        if mode not in _MODES:
+            raise TorchFaultError(
+                f"ResultStore mode must be 'a' (append/resume), 'w' (overwrite) or 'r' (read), got {mode!r}."
+            )
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise TorchFaultError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
+        self.path = Path(path)
+        self.mode = mode
+        self.chunk_size = chunk_size
+        self.max_delay = float(max_delay)
+        self._lock = threading.RLock()
+        self._buffer: list[tuple[Any, ...]] = []
+        self._buffer_since: float | None = None
+        self._conn: sqlite3.Connection | None = None
+        if mode == "r":
+            self._open_read()
+        else:
+            if not isinstance(campaign, Mapping):
+                raise TorchFaultError(
+                    f"ResultStore({str(self.path)!r}): campaign must be the campaign config as a dict, got {type(campaign).__name__}."
+                )
+            if not isinstance(fingerprint, str) or not fingerprint:
+                raise TorchFaultError(
+                    f"ResultStore({str(self.path)!r}): fingerprint must be a non-empty string, got {fingerprint!r}."
+                )
+            self._open_write(json.loads(_canonical(campaign)), fingerprint)
+        self._kinds = {(s.module, s.target): s.kind for s in self.sites()}
+
+    # ------------------------------------------------------------------ opening
+
+    def _error(self, what: str, exc: BaseException | None = None) -> TorchFaultError:
+        tail = f": {exc}" if exc is not None else ""
+        return TorchFaultError(f"results store {str(self.path)!r}: {what}{tail}")
+
+    def _connect(self, uri: str | None = None) -> sqlite3.Connection:
+        try:
+            with self.path.open("rb") as fh:
+                header = fh.read(16)
+        except OSError:
+            header = b""
+        if header and header != b"SQLite format 3\x00":
+            raise self._error("cannot open it as an SQLite database: the file holds something else")
+        try:
+            if uri is not None:
+                conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30
+                )
+            else:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=30
+                )
+            conn.execute("PRAGMA schema_version").fetchone()  # fails on a non-database file
+        except sqlite3.DatabaseError as exc:
+            raise self._error("cannot open it as an SQLite database", exc) from None
+        return conn
+
+    def _is_store(self, conn: sqlite3.Connection) -> bool:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return False
+        if "meta" not in tables or "runs" not in tables:
+            raise self._error(
+                f"this SQLite file is not a torchfault results store (tables: {', '.join(sorted(tables))}); "
+                "choose another path"
+            )
+        return True
+
+    def _open_read(self) -> None:
+        if not self.path.is_file():
+            raise self._error("no such file")
+        conn = self._connect(self.path.resolve().as_uri() + "?mode=ro")
+        if not self._is_store(conn):
+            conn.close()
+            raise self._error("empty file, not a torchfault results store")
+        self._conn = conn
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                p.unlink()
+
+    def _open_write(self, campaign: dict[str, Any], fingerprint: str) -> None:
+        if self.path.is_dir():
+            raise self._error("is a folder; give a file path such as runs/campaign.sqlite")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._error("cannot create its folder", exc) from None
+        if not os.access(self.path.parent, os.W_OK):
+            raise self._error("its folder is not writable")
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise self._error("the file is not writable")
+        if self.mode == "w" and self.path.exists():
+            if self.path.stat().st_size > 0:
+                probe = self._connect()
+                try:
+                    self._is_store(probe)  # refuses to delete a foreign file
+                finally:
+                    probe.close()
+            self._remove_files()
+        conn = self._connect()
+        meta = {
+            "config": _canonical(campaign),
+            "seed": _canonical(_find_seed(campaign)),
+            "torchfault_version": _version(),
+            "fingerprint": fingerprint,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "schema_version": SCHEMA_VERSION,
+        }
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise self._error(f"cannot switch SQLite to WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # create schema and metadata in one transaction: a crash leaves all or nothing
+            conn.execute("BEGIN IMMEDIATE")
+            created = not self._is_store(conn)
+            if created:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", list(meta.items()))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._error("cannot write", exc) from None
+        except TorchFaultError:
+            conn.close()
+            raise
+        self._conn = conn
+        if not created:
+            try:
+                self._check_same(campaign, fingerprint)
+            except TorchFaultError:
+                self.close()
+                raise
+
+    def _check_same(self, campaign: dict[str, Any], fingerprint: str) -> None:
+        meta = self._raw_meta()
+        how = (
+            "To keep both, point the campaign at a new store path; to discard the stored results, "
+            "overwrite it (ResultStore(..., mode='w'), or the campaign's overwrite setting)."
+        )
+        if "config" not in meta or "fingerprint" not in meta:
+            raise self._error(
+                "the store has no campaign metadata (a crash while it was created?). " + how
+            )
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise StoreMismatchError(
+                f"results store {str(self.path)!r} has schema version {meta.get('schema_version')!r}, "
+                f"this torchfault writes {SCHEMA_VERSION!r}. {how}"
+            )
+        stored = json.loads(meta["config"])
+        if _canonical(stored) != _canonical(campaign):
+            raise StoreMismatchError(
+                f"results store {str(self.path)!r} holds a different campaign config: "
+                f"{_config_diff(stored, campaign)}. {how}"
+            )
+        if meta["fingerprint"] != fingerprint:
+            raise StoreMismatchError(
+                f"results store {str(self.path)!r} was written for another model or inputs "
+                f"(fingerprint stored {meta['fingerprint']!r}, given {fingerprint!r}). {how}"
+            )
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise self._error("the store is closed")
+        return self._conn
+
+    def _transaction(self, fn: Any) -> Any:
+        if self.mode == "r":
+            raise self._error("opened read-only (mode='r')")
+        with self._lock:
+            conn = self.conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                out = fn(conn)
+                conn.execute("COMMIT")
+                return out
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error("write failed", exc) from None
+                raise
+
+    def _raw_meta(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key, value FROM meta"))
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.path)!r}, mode={self.mode!r})"
+
+    def close(self) -> None:
+        """Commit buffered runs and close the file (idempotent)."""
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                if self.mode != "r":
+                    self.flush()
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    # ------------------------------------------------------------------ writing
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store an extra JSON value under ``key`` (the campaign keys are reserved)."""
+        if key in _RESERVED_META:
+            raise self._error(f"meta key {key!r} is reserved ({', '.join(_RESERVED_META)})")
+        self._transaction(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, _canonical(value))
+            )
+        )
+
+    def set_sites(self, sites: Sequence[FaultSite]) -> None:
+        """Record the campaign's fault sites (numbered in order); same sites again is a no-op."""
+        rows = [
+            (
+                i,
+                s.module,
+                s.target,
+                s.kind,
+                json.dumps(list(s.shape)),
+                s.format,
+                int(s.bit_width),
+                json.dumps(s.element),
+                int(s.calls),
+                s.module_type,
+            )
+            for i, s in enumerate(sites)
+        ]
+        existing = self.sites()
+        if existing:
+            if existing != list(sites):
+                raise StoreMismatchError(
+                    f"results store {str(self.path)!r} holds other fault sites ({len(existing)} stored, "
+                    f"{len(rows)} given); the model or the targets changed. Use a new store path or overwrite."
+                )
+            return
+        self._transaction(
+            lambda c: c.executemany("INSERT INTO sites VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        )
+        self._kinds = {(s.module, s.target): s.kind for s in sites}
+
+    def _kind(self, f: Fault) -> str:
+        kind = self._kinds.get((f.module, f.target))
+        if kind:
+            return kind
+        if f.is_activation:
+            return "activation"
+        return "buffer" if f.target in _BUFFER_NAMES else "parameter"
+
+    def add_faults(self, records: Iterable[FaultRecord]) -> None:
+        """Record faults (one transaction per call; a fault id already stored is kept as is)."""
+        rows = []
+        for r in records:
+            if not isinstance(r, FaultRecord):
+                raise TorchFaultError(
+                    f"add_faults expects FaultRecord objects, got {type(r).__name__}."
+                )
+            first = r.faults[0] if r.faults else None
+            rows.append(
+                (
+                    int(r.fault_id),
+                    json.dumps([f.to_dict() for f in r.faults], separators=(",", ":")),
+                    first.module if first else None,
+                    first.target if first else None,
+                    self._kind(first) if first else None,
+                    first.bits[0] if first and first.bits else None,
+                    len(r.faults),
+                )
+            )
+        if rows:
+            self._transaction(
+                lambda c: c.executemany("INSERT OR IGNORE INTO faults VALUES (?,?,?,?,?,?,?)", rows)
+            )
+
+    def add_runs(self, records: Iterable[RunRecord | Mapping[str, Any]]) -> None:
+        """Buffer runs; every full chunk of ``chunk_size`` is committed in its own transaction."""
+        rows = []
+        for r in records:
+            if isinstance(r, Mapping):
+                r = RunRecord(**r)
+            elif not isinstance(r, RunRecord):
+                raise TorchFaultError(
+                    f"add_runs expects RunRecord objects, got {type(r).__name__}."
+                )
+            rows.append(r.as_tuple())
+        with self._lock:
+            if rows and self._buffer_since is None:
+                self._buffer_since = time.monotonic()
+            self._buffer.extend(rows)
+            while len(self._buffer) >= self.chunk_size:
+                self._write_chunk(self._buffer[: self.chunk_size])
+                del self._buffer[: self.chunk_size]
+                self._buffer_since = time.monotonic() if self._buffer else None
+            if self._buffer and time.monotonic() - (self._buffer_since or 0.0) >= self.max_delay:
+                self.flush()
+
+    def _write_chunk(self, rows: list[tuple[Any, ...]]) -> None:
+        self._transaction(
+            lambda c: c.executemany("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?)", rows)
+        )
+
+    def flush(self) -> None:
+        """Commit the buffered runs now (in chunks of at most ``chunk_size``)."""
+        with self._lock:
+            while self._buffer:
+                self._write_chunk(self._buffer[: self.chunk_size])
+                del self._buffer[: self.chunk_size]
+            self._buffer_since = None
+
+    def set_golden(self, records: Iterable[GoldenRecord]) -> None:
+        """Record the golden (fault-free) results; a differing stored one is a StoreMismatchError."""
+        records = list(records)
+        stored = self.golden()
+        for g in records:
+            old = stored.get(int(g.input_id))
+            if old is not None and old != g:
+                raise StoreMismatchError(
+                    f"results store {str(self.path)!r}: the golden result of input {g.input_id} differs "
+                    f"(stored {old}, now {g}); the model or inputs changed, or the model is not "
+                    "deterministic. Use a new store path or overwrite."
+                )
+        rows = [
+            (
+                int(g.input_id),
+                None if g.top1 is None else int(g.top1),
+                None if g.label is None else int(g.label),
+                g.digest,
+            )
+            for g in records
+            if int(g.input_id) not in stored
+        ]
+        if rows:
+            self._transaction(lambda c: c.executemany("INSERT INTO golden VALUES (?,?,?,?)", rows))
+
+    # ------------------------------------------------------------------ reading
+
+    def _reading(self) -> sqlite3.Connection:
+        if self.mode != "r":
+            self.flush()
+        return self.conn
+
+    def meta(self) -> dict[str, Any]:
+        """Campaign metadata: ``config`` (dict), ``seed``, ``torchfault_version``, ``fingerprint``,
+        ``created``, ``schema_version`` and any :meth:`set_meta` keys (JSON-decoded)."""
+        raw = self._raw_meta()
+        out: dict[str, Any] = {}
+        for k, v in raw.items():
+            if k in ("config", "seed") or k not in _RESERVED_META:
+                try:
+                    out[k] = json.loads(v)
+                except json.JSONDecodeError:
+                    out[k] = v
+            else:
+                out[k] = v
+        return out
+
+    def sites(self) -> list[FaultSite]:
+        """The fault sites, in order."""
+        rows = self.conn.execute(
+            "SELECT module, target, kind, shape, format, bit_width, element, calls, module_type "
+            "FROM sites ORDER BY site_id"
+        ).fetchall()
+        return [
+            FaultSite(
+                m, t, k, tuple(json.loads(sh)), fmt, bw, json.loads(el) if el else None, calls, mt
+            )
+            for m, t, k, sh, fmt, bw, el, calls, mt in rows
+        ]
+
+    def faults(self) -> dict[int, tuple[Fault, ...]]:
+        """``{fault_id: (Fault, ...)}`` of every stored fault."""
+        return {
+            fid: tuple(Fault.from_dict(d) for d in json.loads(text))
+            for fid, text in self.conn.execute(
+                "SELECT fault_id, faults FROM faults ORDER BY fault_id"
+            )
+        }
+
+    def golden(self) -> dict[int, GoldenRecord]:
+        """``{input_id: GoldenRecord}``."""
+        return {
+            row[0]: GoldenRecord(*row)
+            for row in self.conn.execute(
+                "SELECT input_id, top1, label, digest FROM golden ORDER BY input_id"
+            )
+        }
+
+    def iter_runs(self) -> Iterator[RunRecord]:
+        """Every committed (and, when writing, buffered) run, ordered by fault and input."""
+        cur = self._reading().execute(
+            "SELECT fault_id, input_id, outcome, golden_top1, faulty_top1, max_abs_diff, seconds, error "
+            "FROM runs ORDER BY fault_id, input_id"
+        )
+        for row in cur:
+            yield RunRecord(*row)
+
+    def runs(self) -> list[RunRecord]:
+        """:meth:`iter_runs` as a list."""
+        return list(self.iter_runs())
+
+    def count_runs(self) -> int:
+        return int(self._reading().execute("SELECT count(*) FROM runs").fetchone()[0])
+
+    def outcome_counts(self) -> dict[str, int]:
+        """``{"masked": .., "benign": .., "sdc": .., "due": ..}`` over all runs."""
+        counts = dict(
+            self._reading().execute("SELECT outcome, count(*) FROM runs GROUP BY outcome")
+        )
+        return {o: int(counts.get(o, 0)) for o in OUTCOMES}
+
+    def done_runs(self) -> set[tuple[int, int]]:
+        """``{(fault_id, input_id)}`` of every run stored: what a resumed campaign skips."""
+        return set(self._reading().execute("SELECT fault_id, input_id FROM runs"))
+
+    def done_fault_ids(self, n_inputs: int | None = None) -> set[int]:
+        """Fault ids with runs on all inputs: ``n_inputs`` of them (default: the number of
+        golden inputs stored, or 1 when none are)."""
+        if n_inputs is None:
+            n_inputs = int(self.conn.execute("SELECT count(*) FROM golden").fetchone()[0]) or 1
+        cur = self._reading().execute(
+            "SELECT fault_id FROM runs GROUP BY fault_id HAVING count(*) >= ?", (int(n_inputs),)
+        )
+        return {r[0] for r in cur}
+
+    def summary(
+        self, confidence: float = 0.95, method: str = "wilson", *, per_element: bool = False
+    ) -> Any:
+        """:func:`torchfault.analysis.summarize` of the stored runs (a ``Summary``)."""
+        from torchfault.analysis import summarize
+
+        return summarize(
+            self.iter_runs(),
+            self.faults(),
+            confidence,
+            method,
+            sites=self.sites(),
+            per_element=per_element,
+        )
+
+    # ------------------------------------------------------------------ export
+
+    def export_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write every run, joined with its fault's columns, as CSV; returns the path."""
+        out = Path(path)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(_EXPORT_COLUMNS)
+                for row in self._reading().execute(_EXPORT_SQL):
+                    writer.writerow(["" if v is None else v for v in row])
+        except OSError as exc:
+            raise TorchFaultError(f"cannot write CSV export {str(out)!r}: {exc}") from None
+        return out
+
+    def export_parquet(self, path: str | os.PathLike[str]) -> Path:
+        """Write every run, joined with its fault's columns, as Parquet (needs pyarrow)."""
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise TorchFaultError(
+                "export_parquet needs pyarrow, which is not installed; install the 'parquet' extra: "
+                "pip install 'torchfault[parquet]'."
+            ) from None
+        rows = self._reading().execute(_EXPORT_SQL).fetchall()
+        types = [
+            pa.int64(),
+            pa.int64(),
+            pa.string(),
+            pa.int64(),
+            pa.int64(),
+            pa.float64(),
+            pa.float64(),
+            pa.string(),
+            pa.string(),
+            pa.string(),
+            pa.string(),
+            pa.int64(),
+            pa.int64(),
+            pa.string(),
+        ]
+        schema = pa.schema(list(zip(_EXPORT_COLUMNS, types)))
+        columns = list(zip(*rows)) if rows else [()] * len(_EXPORT_COLUMNS)
+        table = pa.table([pa.array(list(c), type=t) for c, t in zip(columns, types)], schema=schema)
+        out = Path(path)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, out)
+        except OSError as exc:
+            raise TorchFaultError(f"cannot write Parquet export {str(out)!r}: {exc}") from None
+        return out
+
+
+def open_store(path: str | os.PathLike[str]) -> ResultStore:
+    """Open an existing store read-only (for reports and exports)."""
+    return ResultStore(path, mode="r")
