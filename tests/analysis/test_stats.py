@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -110,3 +111,12 @@ def test_should_stop():
     with pytest.raises(TorchFaultError, match="margin"):
         should_stop(1, 10, 0.0)
     assert should_stop(1, 10_000, 0.01, method="clopper_pearson")
+
+
+def test_clopper_pearson_without_scipy(monkeypatch):
+    with_scipy = clopper_pearson_interval(7, 180, 0.95)
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    without = clopper_pearson_interval(7, 180, 0.95)
+    assert without == pytest.approx(with_scipy, abs=1e-9)
+    with pytest.raises(TorchFaultError, match="SciPy"):
+        beta_ppf(0.5, 2, 3, use_scipy=True)

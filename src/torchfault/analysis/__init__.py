@@ -29,7 +29,6 @@ from torchfault.analysis._summary import (
 )
 
 
-
 def __getattr__(name: str) -> Any:
     # the report pulls in matplotlib when it runs; import its module only when asked for
     if name == "make_report":

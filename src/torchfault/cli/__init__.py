@@ -30,7 +30,7 @@ log = logging.getLogger("torchfault")
 COMMANDS: Registry[Command] = Registry("command")
 
 # Modules that define jobs; imported when the command line starts.
-_JOB_MODULES = ("torchfault.cli._jobs", "torchfault.cli._dnn", "torchfault.cli._campaign")
+_JOB_MODULES = ("torchfault.cli._jobs", "torchfault.cli._dnn", "torchfault.cli._campaign", "torchfault.cli._report")
 
 
 @dataclass(frozen=True)

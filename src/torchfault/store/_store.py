@@ -263,7 +263,10 @@ class ResultStore:
     def _open_read(self) -> None:
         if not self.path.is_file():
             raise self._error("no such file")
-        conn = self._connect(self.path.resolve().as_uri() + "?mode=ro")
+        # a plain connection (that we never write through) lets SQLite tidy its -wal/-shm files
+        # on close; a read-only file or folder needs the read-only URI
+        writable = os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+        conn = self._connect(None if writable else self.path.resolve().as_uri() + "?mode=ro")
         if not self._is_store(conn):
             conn.close()
             raise self._error("empty file, not a torchfault results store")

@@ -1,0 +1,241 @@
+# SPDX-License-Identifier: MIT
+"""Reports of a stored campaign: PNG plots and a Markdown summary beside them.
+
+Plots are drawn on :class:`matplotlib.figure.Figure` objects saved through the Agg canvas, so
+making a report never changes the user's pyplot backend or global state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torchfault.analysis._summary import MULTIPLE, NONE, OUTCOMES, Row, Summary
+from torchfault.errors import TorchFaultError
+
+__all__ = ["make_report", "plot_rate_per_layer", "plot_rate_per_bit", "plot_outcome_mix"]
+
+_COLOURS = {"masked": "#4c9a5b", "benign": "#5b8fd0", "sdc": "#d0453b", "due": "#e8a33d"}
+_MAX_BARS = 60
+
+
+def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise TorchFaultError(
+            "reports need matplotlib, which is not installed; install the 'plot' extra: "
+            "pip install 'torchfault[plot]'."
+        ) from None
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _yerr(rows: Sequence[Row], outcome: str) -> list[list[float]]:
+    return [
+        [max(0.0, r.rates[outcome].rate - r.rates[outcome].low) for r in rows],
+        [max(0.0, r.rates[outcome].high - r.rates[outcome].rate) for r in rows],
+    ]
+
+
+def _label(summary: Summary) -> str:
+    method = "Wilson" if summary.method == "wilson" else "Clopper-Pearson"
+    return f"{summary.confidence:.0%} {method} interval"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, format="png")
+    return path
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_rate_per_layer(summary: Summary, path: str | os.PathLike[str]) -> Path:
+    """Bar chart of the SDC and DUE rate of every layer, with interval bars; returns the path."""
+    rows = [r for r in summary.by_layer if r.n > 0][:_MAX_BARS]
+    fig = _figure(max(6.0, 0.45 * len(rows) + 2.5), 4.5)
+    ax = fig.subplots()
+    if not rows:
+        _empty(ax, "no runs")
+    else:
+        xs = list(range(len(rows)))
+        width = 0.4
+        for shift, outcome in ((-width / 2, "sdc"), (width / 2, "due")):
+            ax.bar(
+                [x + shift for x in xs],
+                [100 * r.rates[outcome].rate for r in rows],
+                width,
+                yerr=[[100 * v for v in side] for side in _yerr(rows, outcome)],
+                capsize=3,
+                color=_COLOURS[outcome],
+                ecolor="#333333",
+                label=outcome.upper(),
+            )
+        rotate = len(rows) > 4
+        ax.set_xticks(
+            xs,
+            [f"{r.key}\n(n={r.n:,})" for r in rows],
+            rotation=45 if rotate else 0,
+            ha="right" if rotate else "center",
+        )
+        ax.set_ylabel("rate (%)")
+        ax.set_xlabel("layer")
+        ax.legend()
+    ax.set_title(f"SDC and DUE rate per layer ({_label(summary)})")
+    return _save(fig, Path(path))
+
+
+def plot_rate_per_bit(summary: Summary, path: str | os.PathLike[str]) -> Path:
+    """SDC and DUE rate per bit position with interval bars; returns the path."""
+    rows = [r for r in summary.by_bit if isinstance(r.key, int) and r.n > 0]
+    fig = _figure(max(6.0, 0.25 * len(rows) + 3.0), 4.0)
+    ax = fig.subplots()
+    if not rows:
+        _empty(ax, "no single-bit runs")
+    else:
+        xs = [r.key for r in rows]
+        for shift, outcome in ((-0.15, "sdc"), (0.15, "due")):
+            ax.errorbar(
+                [x + shift for x in xs],
+                [100 * r.rates[outcome].rate for r in rows],
+                yerr=[[100 * v for v in side] for side in _yerr(rows, outcome)],
+                fmt="o",
+                capsize=2,
+                markersize=4,
+                color=_COLOURS[outcome],
+                label=outcome.upper(),
+            )
+        ax.set_xticks(xs)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("bit position (0 = least significant)")
+        ax.set_ylabel("rate (%)")
+        ax.legend()
+    ax.set_title(f"SDC and DUE rate per bit position ({_label(summary)})")
+    return _save(fig, Path(path))
+
+
+def plot_outcome_mix(summary: Summary, path: str | os.PathLike[str]) -> Path:
+    """Stacked bars of the four outcomes' shares, overall and per layer; returns the path."""
+    rows = [summary.overall, *[r for r in summary.by_layer if r.n > 0][:_MAX_BARS]]
+    labels = ["all runs", *[str(r.key) for r in rows[1:]]]
+    fig = _figure(7.5, max(2.5, 0.35 * len(rows) + 1.5))
+    ax = fig.subplots()
+    if summary.runs == 0:
+        _empty(ax, "no runs")
+    else:
+        ys = list(range(len(rows)))[::-1]
+        left = [0.0] * len(rows)
+        for outcome in OUTCOMES:
+            shares = [100 * r.counts[outcome] / r.n if r.n else 0.0 for r in rows]
+            ax.barh(ys, shares, left=left, color=_COLOURS[outcome], label=outcome)
+            left = [a + b for a, b in zip(left, shares)]
+        ax.set_yticks(ys, labels)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("share of runs (%)")
+        fig.legend(ncols=4, loc="outside lower center")
+    ax.set_title("Outcome mix")
+    return _save(fig, Path(path))
+
+
+def _markdown(
+    summary: Summary, meta: dict[str, Any], store_path: Path, images: Sequence[tuple[str, Path]]
+) -> str:
+    lines = [
+        "# torchfault campaign report",
+        "",
+        f"- store: `{store_path}`",
+        f"- created: {meta.get('created', '?')} with torchfault {meta.get('torchfault_version', '?')}",
+        f"- seed: {meta.get('seed')}",
+        f"- fingerprint of model and inputs: `{meta.get('fingerprint', '?')}`",
+        f"- runs: {summary.runs:,}; recorded run time {summary.seconds:.1f} s",
+        "",
+    ]
+    if summary.runs:
+        sdc, due = summary.overall.sdc, summary.overall.due
+        lines += [
+            f"**SDC rate {sdc.format()}**, **DUE rate {due.format()}** ({_label(summary)}).",
+            "",
+        ]
+    lines += ["## Summary", "", summary.to_markdown().replace("### ", "#### "), "## Plots", ""]
+    for title, image in images:
+        lines += [f"### {title}", "", f"![{title}]({image.name})", ""]
+    lines += [
+        "## Campaign config",
+        "",
+        "```json",
+        json.dumps(meta.get("config", {}), indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        f"Groups named `{MULTIPLE}` hold runs whose faults span several layers or bits; `{NONE}`, runs "
+        "without faults.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def make_report(
+    store_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    confidence: float = 0.95,
+    method: str = "wilson",
+    per_element: bool = False,
+) -> list[Path]:
+    """Write the plots, ``summary.json`` and ``report.md`` of a stored campaign.
+
+    Args:
+        store_path: the campaign's SQLite store.
+        out_dir: where to write (default: the store's folder).
+        confidence: confidence level of the intervals.
+        method: ``"wilson"`` or ``"clopper_pearson"``.
+        per_element: also break down per element (in the JSON and Markdown).
+
+    Returns:
+        The files written: ``rate_per_layer.png``, ``rate_per_bit.png``, ``outcome_mix.png``,
+        ``summary.json`` and ``report.md``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from torchfault.faults._fault import Fault
+        >>> from torchfault.store import ResultStore, FaultRecord, RunRecord
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> with ResultStore(tmp / "c.sqlite", campaign={}, fingerprint="x") as s:
+        ...     s.add_faults([FaultRecord(0, (Fault("fc", "weight", (0, 0), (30,)),))])
+        ...     s.add_runs([RunRecord(0, i, "sdc" if i % 3 else "masked") for i in range(9)])
+        >>> [p.name for p in make_report(tmp / "c.sqlite")]
+        ['rate_per_layer.png', 'rate_per_bit.png', 'outcome_mix.png', 'summary.json', 'report.md']
+    """
+    from torchfault.store import open_store
+
+    store_path = Path(store_path)
+    _figure(1, 1)  # fail early, naming the extra, when matplotlib is missing
+    with open_store(store_path) as store:
+        summary = store.summary(confidence, method, per_element=per_element)
+        meta = store.meta()
+    out = Path(out_dir) if out_dir is not None else store_path.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        images = [
+            (
+                "SDC and DUE rate per layer",
+                plot_rate_per_layer(summary, out / "rate_per_layer.png"),
+            ),
+            (
+                "SDC and DUE rate per bit position",
+                plot_rate_per_bit(summary, out / "rate_per_bit.png"),
+            ),
+            ("Outcome mix", plot_outcome_mix(summary, out / "outcome_mix.png")),
+        ]
+        summary_json = out / "summary.json"
+        summary_json.write_text(json.dumps(summary.to_dict(), indent=1, default=str))
+        report = out / "report.md"
+        report.write_text(_markdown(summary, meta, store_path, images))
+    except OSError as exc:
+        raise TorchFaultError(f"cannot write the report into {str(out)!r}: {exc}") from None
+    return [p for _, p in images] + [summary_json, report]
