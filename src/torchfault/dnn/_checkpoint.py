@@ -1,0 +1,250 @@
+# SPDX-License-Identifier: MIT
+"""Compressed checkpoints: ``torch.save`` bytes in an xz (lzma), gzip or bzip2 stream.
+
+Files are the standard container of their compressor (``xz -d model.pt.xz`` gives back the
+``torch.save`` file), so :func:`load_checkpoint` recognises the compression by its magic bytes
+and needs no side information; an uncompressed ``torch.save`` file loads too. Loading always uses
+``torch.load(..., weights_only=True)``: a checkpoint can hold tensors, containers and plain
+values, never arbitrary pickled objects. A truncated, corrupted or foreign file raises a
+:class:`~torchfault.errors.TorchFaultError` that says which file and what is wrong.
+
+Example:
+    >>> import os, tempfile, torch
+    >>> from torchfault.dnn import save_checkpoint, load_checkpoint
+    >>> sd = {"w": torch.arange(1000.0)}
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.pt.xz")
+    >>> info = save_checkpoint(sd, path)
+    >>> info.compression, info.compressed_bytes < info.raw_bytes
+    ('lzma', True)
+    >>> torch.equal(load_checkpoint(path)["w"], sd["w"])
+    True
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import pickle
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchfault.errors import TorchFaultError, suggest
+
+__all__ = [
+    "COMPRESSIONS",
+    "CheckpointInfo",
+    "compress_file",
+    "detect_compression",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+COMPRESSIONS = ("lzma", "gzip", "bz2", "none")
+_SUFFIX = {"lzma": ".xz", "gzip": ".gz", "bz2": ".bz2", "none": ""}
+_MAGIC = {
+    "lzma": b"\xfd7zXZ\x00",
+    "gzip": b"\x1f\x8b",
+    "bz2": b"BZh",
+    "none": b"PK\x03\x04",  # torch.save's zip container
+}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`save_checkpoint` wrote.
+
+    Attributes:
+        path: the file.
+        compression: lzma, gzip, bz2 or none.
+        raw_bytes: size of the uncompressed ``torch.save`` bytes.
+        compressed_bytes: size of the file.
+    """
+
+    path: str
+    compression: str
+    raw_bytes: int
+    compressed_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        """Uncompressed over compressed size (above 1 when compression helped)."""
+        return self.raw_bytes / max(self.compressed_bytes, 1)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: {self.compressed_bytes:,} bytes ({self.compression}; "
+            f"{self.raw_bytes:,} uncompressed, ratio {self.ratio:.2f})"
+        )
+
+
+def _check_compression(compression: str) -> str:
+    if compression not in COMPRESSIONS:
+        raise TorchFaultError(
+            f"unknown compression {compression!r}; valid: {', '.join(COMPRESSIONS)}."
+            f"{suggest(str(compression), COMPRESSIONS)}"
+        )
+    return compression
+
+
+def _compress(raw: bytes, compression: str) -> bytes:
+    if compression == "lzma":
+        return lzma.compress(raw, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+    if compression == "gzip":
+        return gzip.compress(raw, compresslevel=9, mtime=0)
+    if compression == "bz2":
+        return bz2.compress(raw, compresslevel=9)
+    return raw
+
+
+def detect_compression(data: bytes) -> str | None:
+    """The compression of file contents by magic bytes, or ``None`` if unknown.
+
+    Example:
+        >>> detect_compression(b"\\x1f\\x8b...")
+        'gzip'
+    """
+    for name, magic in _MAGIC.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(obj: Any, path: str | Path, compression: str = "lzma") -> CheckpointInfo:
+    """Save ``obj`` (a module's state dict, or any ``torch.save``-able value) compressed.
+
+    Args:
+        obj: an ``nn.Module`` (its ``state_dict()`` is saved) or tensors / containers / plain
+            values (what ``torch.load(weights_only=True)`` can read back).
+        path: the file; written atomically (a temporary file, then a rename).
+        compression: lzma (default), gzip, bz2 or none.
+
+    Returns:
+        The sizes written.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> p = os.path.join(tempfile.mkdtemp(), "m.pt.gz")
+        >>> save_checkpoint(torch.nn.Linear(2, 2), p, compression="gzip").compression
+        'gzip'
+    """
+    _check_compression(compression)
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    raw = buf.getvalue()
+    data = _compress(raw, compression)
+    p = Path(path)
+    _write_atomic(p, data)
+    return CheckpointInfo(str(p), compression, len(raw), len(data))
+
+
+def _decompress(data: bytes, path: Path) -> tuple[bytes, str]:
+    kind = detect_compression(data)
+    if kind is None:
+        head = data[:8]
+        raise TorchFaultError(
+            f"{path} is not a torchfault or PyTorch checkpoint (it starts with {head!r}; "
+            f"expected an xz, gzip or bzip2 stream or a torch.save zip file)."
+        )
+    try:
+        if kind == "lzma":
+            return lzma.decompress(data), kind
+        if kind == "gzip":
+            return gzip.decompress(data), kind
+        if kind == "bz2":
+            return bz2.decompress(data), kind
+    except (lzma.LZMAError, OSError, EOFError, zlib.error, ValueError) as exc:
+        raise TorchFaultError(
+            f"{path} is truncated or corrupted ({kind} stream: {exc}); save it again."
+        ) from None
+    return data, kind
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load a (compressed) checkpoint with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: a file written by :func:`save_checkpoint`, by ``torch.save`` or by Lightning.
+        map_location: where tensors go.
+
+    Raises:
+        TorchFaultError: a missing, truncated, corrupted or foreign file, or one holding objects
+            that ``weights_only`` loading refuses.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> p = os.path.join(tempfile.mkdtemp(), "x.pt")
+        >>> _ = save_checkpoint({"a": torch.ones(2)}, p, compression="none")
+        >>> load_checkpoint(p)["a"]
+        tensor([1., 1.])
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TorchFaultError(f"checkpoint {str(p)!r} does not exist.")
+    data = p.read_bytes()
+    raw, kind = _decompress(data, p)
+    if not raw.startswith(_MAGIC["none"]):
+        raise TorchFaultError(
+            f"{p} decompresses ({kind}) to something that is not a torch.save file."
+        )
+    try:
+        return torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
+        raise TorchFaultError(
+            f"{p} holds objects that weights_only loading refuses (only tensors, containers and "
+            f"plain values are allowed): {why}"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise TorchFaultError(f"{p} is truncated or corrupted: {exc}") from None
+
+
+def compress_file(
+    path: str | Path, compression: str = "lzma", out: str | Path | None = None
+) -> CheckpointInfo:
+    """Compress an existing ``torch.save`` file (in place unless ``out`` is given).
+
+    A file that is already compressed is recompressed with ``compression``.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> p = os.path.join(tempfile.mkdtemp(), "c.ckpt")
+        >>> torch.save({"w": torch.zeros(500)}, p)
+        >>> info = compress_file(p)
+        >>> info.ratio > 1, float(load_checkpoint(p)["w"].sum())
+        (True, 0.0)
+    """
+    _check_compression(compression)
+    src = Path(path)
+    if not src.is_file():
+        raise TorchFaultError(f"checkpoint {str(src)!r} does not exist.")
+    raw, _ = _decompress(src.read_bytes(), src)
+    data = _compress(raw, compression)
+    dst = Path(out) if out is not None else src
+    _write_atomic(dst, data)
+    return CheckpointInfo(str(dst), compression, len(raw), len(data))
+
+
+def default_suffix(compression: str) -> str:
+    """The usual file suffix of a compression (``.xz`` for lzma)."""
+    return _SUFFIX[_check_compression(compression)]

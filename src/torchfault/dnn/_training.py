@@ -1,0 +1,647 @@
+# SPDX-License-Identifier: MIT
+"""Training, testing and cross-validation with PyTorch Lightning, from dataclass configs.
+
+:func:`train` seeds everything (``seed_everything(seed, workers=True)``), runs a deterministic
+Lightning ``Trainer`` (CPU by default) with ``ModelCheckpoint`` (compressed by
+:class:`~torchfault.dnn.CompressCheckpoints`), ``EarlyStopping``, a CSV logger (and TensorBoard
+when it is installed) and a progress bar when the output is a terminal, then reloads the best
+checkpoint, tests it and optionally exports its weights as a compressed torchfault weights file
+(the format of the shipped pretrained weights). Two runs with the same config give bit-identical
+weights. :func:`cross_validate` trains K stratified folds of the train + val data and reports
+each metric's mean and standard deviation.
+
+Lightning is imported inside these functions only; :func:`evaluate` needs nothing but torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from torchfault.dnn._checkpoint import COMPRESSIONS, CheckpointInfo, save_checkpoint
+from torchfault.dnn._models import WEIGHTS_FORMAT, create_model, extract_state_dict
+from torchfault.errors import TorchFaultError
+
+__all__ = [
+    "CheckpointConfig",
+    "CrossValidationResult",
+    "EarlyStoppingConfig",
+    "OptimizerConfig",
+    "TestConfig",
+    "TrainConfig",
+    "TrainResult",
+    "TrainerConfig",
+    "cross_validate",
+    "evaluate",
+    "export_weights",
+    "test",
+    "train",
+]
+
+log = logging.getLogger("torchfault")
+
+
+@dataclass
+class TrainerConfig:
+    """Settings passed to ``lightning.pytorch.Trainer``.
+
+    ``limit_*_batches``: a value up to 1.0 is a fraction of the batches, above 1 a count.
+    ``enable_progress_bar``: ``None`` shows it when standard error is a terminal.
+    """
+
+    max_epochs: int = 30
+    min_epochs: int = 1
+    accelerator: str = "cpu"
+    devices: int = 1
+    deterministic: bool = True
+    precision: str = "32-true"
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    limit_test_batches: float = 1.0
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = None
+    enable_progress_bar: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1:
+            raise ValueError(f"trainer.max_epochs must be >= 1, got {self.max_epochs}.")
+        if not 0 <= self.min_epochs <= self.max_epochs:
+            raise ValueError(
+                f"trainer.min_epochs must lie in [0, max_epochs={self.max_epochs}], "
+                f"got {self.min_epochs}."
+            )
+        if self.devices < 1:
+            raise ValueError(f"trainer.devices must be >= 1, got {self.devices}.")
+        for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+            v = getattr(self, name)
+            if v <= 0 or (v > 1 and not float(v).is_integer()):
+                raise ValueError(
+                    f"trainer.{name} must be a fraction in (0, 1] or a whole batch count, got {v}."
+                )
+
+    def kwargs(self) -> dict[str, Any]:
+        def limit(v: float) -> float | int:
+            return int(v) if v > 1 else float(v)
+
+        bar = self.enable_progress_bar
+        if bar is None:
+            bar = sys.stderr.isatty()
+        return {
+            "max_epochs": self.max_epochs,
+            "min_epochs": self.min_epochs,
+            "accelerator": self.accelerator,
+            "devices": self.devices,
+            "deterministic": self.deterministic,
+            "precision": self.precision,
+            "limit_train_batches": limit(self.limit_train_batches),
+            "limit_val_batches": limit(self.limit_val_batches),
+            "limit_test_batches": limit(self.limit_test_batches),
+            "log_every_n_steps": self.log_every_n_steps,
+            "gradient_clip_val": self.gradient_clip_val,
+            "enable_progress_bar": bar,
+            "enable_model_summary": False,
+        }
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    step_size: int = 10
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optimizer.lr must be positive, got {self.lr}.")
+        if self.weight_decay < 0:
+            raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}.")
+        if self.step_size < 1:
+            raise ValueError(f"optimizer.step_size must be >= 1, got {self.step_size}.")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """``EarlyStopping`` on a logged metric."""
+
+    enabled: bool = True
+    monitor: str = "val_acc"
+    mode: Literal["min", "max"] = "max"
+    patience: int = 10
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise ValueError(f"early_stopping.patience must be >= 1, got {self.patience}.")
+
+
+@dataclass
+class CheckpointConfig:
+    """``ModelCheckpoint`` settings and the compression of the files it writes."""
+
+    monitor: str = "val_acc"
+    mode: Literal["min", "max"] = "max"
+    save_top_k: int = 1
+    save_last: bool = False
+    compression: Literal["lzma", "gzip", "bz2", "none"] = "lzma"
+
+    def __post_init__(self) -> None:
+        if self.save_top_k < -1:
+            raise ValueError(f"checkpoint.save_top_k must be >= -1, got {self.save_top_k}.")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(
+                f"checkpoint.compression: {self.compression!r} is not one of "
+                f"{', '.join(COMPRESSIONS)}."
+            )
+
+
+@dataclass
+class TrainConfig:
+    """Everything :func:`train` needs; the ``torchfault train`` job's settings.
+
+    Attributes:
+        model: zoo model name.
+        dataset: registered dataset name.
+        model_options: constructor options overriding the dataset's configuration.
+        dataset_options: options of ``create_dataset`` (``split_seed``, ``size``...).
+        pretrained: start from the shipped weights.
+        weights: start from this checkpoint file.
+        seed: seed of everything (initial weights, shuffling, dropout).
+        batch_size: training and evaluation batch size.
+        num_workers: data loader workers.
+        out_dir: where runs go; each run is ``out_dir/name/version_N``.
+        name: run name (default ``{model}_{dataset}``).
+        cv: number of cross-validation folds (0: a plain train / val / test run).
+        test: test the best checkpoint on the test split after training.
+        export: write the best weights to this file (compressed torchfault weights format).
+    """
+
+    model: str = "lenet"
+    dataset: str = "digits"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    weights: str | None = None
+    seed: int = 0
+    batch_size: int = 64
+    num_workers: int = 0
+    out_dir: str = "runs/train"
+    name: str | None = None
+    cv: int = 0
+    test: bool = True
+    export: str | None = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        from torchfault.dnn._datasets import DATASETS
+        from torchfault.dnn._models import MODELS
+        from torchfault.errors import suggest
+
+        if self.model not in MODELS:
+            valid = MODELS.list()
+            raise ValueError(
+                f"model: unknown model {self.model!r}; valid: {', '.join(valid)}."
+                f"{suggest(self.model, valid)}"
+            )
+        if self.dataset not in DATASETS:
+            valid = DATASETS.list()
+            raise ValueError(
+                f"dataset: unknown dataset {self.dataset!r}; valid: {', '.join(valid)}."
+                f"{suggest(self.dataset, valid)}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}.")
+        if self.cv == 1 or self.cv < 0:
+            raise ValueError(f"cv must be 0 (no cross-validation) or >= 2 folds, got {self.cv}.")
+        if self.pretrained and self.weights:
+            raise ValueError("pretrained and weights: give one starting point, not both.")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.model}_{self.dataset}"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        model: the trained model with the best checkpoint's weights, in eval mode.
+        metrics: best validation metric and test metrics (``val_acc``, ``test_acc``...).
+        run_dir: the run's log directory (CSV metrics, hparams.yaml, checkpoints/).
+        best_checkpoint: the best checkpoint file (compressed Lightning checkpoint).
+        exported: sizes of the exported weights file, if one was asked for.
+    """
+
+    model: nn.Module
+    metrics: dict[str, float]
+    run_dir: str
+    best_checkpoint: str | None
+    exported: CheckpointInfo | None = None
+
+
+@dataclass
+class CrossValidationResult:
+    """Per-fold metrics of :func:`cross_validate` with their mean and sample standard deviation."""
+
+    folds: list[dict[str, float]]
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    def __str__(self) -> str:
+        keys = sorted(self.mean)
+        return ", ".join(f"{k} {self.mean[k]:.4f} ± {self.std[k]:.4f}" for k in keys)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's advice that does not apply to tiny CPU runs."""
+    with warnings.catch_warnings():
+        for pattern in (
+            ".*does not have many workers.*",
+            ".*GPU available but not used.*",
+            ".*number of training batches.*",
+            ".*Checkpoint directory .* exists and is not empty.*",
+            ".*LeafSpec.*",
+            ".*isinstance.*treespec.*",
+        ):
+            warnings.filterwarnings("ignore", message=pattern)
+        logger = logging.getLogger("lightning.pytorch")
+        old = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            logger.setLevel(old)
+
+
+def _build_model(cfg: TrainConfig) -> nn.Module:
+    return create_model(
+        cfg.model,
+        dataset=cfg.dataset,
+        pretrained=cfg.pretrained,
+        weights=cfg.weights,
+        **cfg.model_options,
+    )
+
+
+def _loggers(save_dir: str, name: str, version: str | int | None = None) -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list[Any] = [CSVLogger(save_dir, name=name, version=version)]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return loggers
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    loggers.append(TensorBoardLogger(save_dir, name=name, version=loggers[0].version))
+    return loggers
+
+
+def _fit(
+    cfg: TrainConfig,
+    model: nn.Module,
+    datamodule: Any,
+    name: str,
+    version: str | int | None = None,
+) -> tuple[nn.Module, dict[str, float], str, str | None]:
+    """One seeded Lightning fit + test; returns (model with best weights, metrics, dirs)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from torchfault.dnn._lightning import ClassifierModule, CompressCheckpoints
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule.seed = cfg.seed
+    module = ClassifierModule(
+        model=model,
+        model_name=cfg.model,
+        dataset=cfg.dataset,
+        model_options=dict(cfg.model_options),
+        num_classes=getattr(model, "num_classes", None),
+        optimizer=cfg.optimizer.name,
+        lr=cfg.optimizer.lr,
+        weight_decay=cfg.optimizer.weight_decay,
+        momentum=cfg.optimizer.momentum,
+        scheduler=cfg.optimizer.scheduler,
+        max_epochs=cfg.trainer.max_epochs,
+        step_size=cfg.optimizer.step_size,
+        gamma=cfg.optimizer.gamma,
+    )
+    ck = cfg.checkpoint
+    checkpoint = ModelCheckpoint(
+        monitor=ck.monitor,
+        mode=ck.mode,
+        save_top_k=ck.save_top_k,
+        save_last=ck.save_last or None,
+        filename="{epoch}-{" + ck.monitor + ":.4f}",
+    )
+    callbacks: list[Any] = [checkpoint, CompressCheckpoints(ck.compression)]
+    es = cfg.early_stopping
+    if es.enabled:
+        callbacks.append(
+            EarlyStopping(
+                monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta
+            )
+        )
+    loggers = _loggers(cfg.out_dir, name, version)
+    with _quiet_lightning():
+        trainer = pl.Trainer(logger=loggers, callbacks=callbacks, **cfg.trainer.kwargs())
+        trainer.fit(module, datamodule=datamodule)
+        best = checkpoint.best_model_path or None
+        metrics: dict[str, float] = {}
+        if checkpoint.best_model_score is not None:
+            metrics[f"best_{ck.monitor}"] = float(checkpoint.best_model_score)
+        if best:
+            from torchfault.dnn._checkpoint import load_checkpoint
+
+            sd = extract_state_dict(load_checkpoint(best), source=best)
+            module.model.load_state_dict(sd)
+        if cfg.test:
+            out = trainer.test(module, datamodule=datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in (out[0] if out else {}).items()})
+    run_dir = str(loggers[0].log_dir)
+    module.model.eval()
+    return module.model, metrics, run_dir, best
+
+
+def export_weights(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    model_name: str | None = None,
+    dataset: str | None = None,
+    metrics: dict[str, float] | None = None,
+    extra: dict[str, Any] | None = None,
+    compression: str = "lzma",
+) -> CheckpointInfo:
+    """Write a compressed torchfault weights file (the format of the shipped weights).
+
+    The file holds ``{"format", "model", "dataset", "state_dict", "metrics", ...}``;
+    :func:`torchfault.dnn.create_model` (``weights=path``) and :func:`load_checkpoint` read it.
+
+    Example:
+        >>> import os, tempfile
+        >>> from torchfault.dnn import create_model, load_checkpoint
+        >>> p = os.path.join(tempfile.mkdtemp(), "mlp.pt.xz")
+        >>> _ = export_weights(create_model("mlp"), p, model_name="mlp", dataset="digits")
+        >>> load_checkpoint(p)["model"]
+        'mlp'
+    """
+    payload: dict[str, Any] = {
+        "format": WEIGHTS_FORMAT,
+        "model": model_name,
+        "dataset": dataset,
+        "state_dict": {k: v.detach().clone().cpu() for k, v in model.state_dict().items()},
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "torch_version": str(torch.__version__),
+    }
+    payload.update(extra or {})
+    return save_checkpoint(payload, path, compression=compression)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.dataset`` with Lightning; see the module docstring.
+
+    Example:
+        >>> import tempfile
+        >>> from torchfault.dnn import TrainConfig, train
+        >>> cfg = TrainConfig(model="mlp", out_dir=tempfile.mkdtemp(), seed=1)
+        >>> cfg.trainer.max_epochs = 1
+        >>> result = train(cfg)
+        >>> result.metrics["test_acc"] > 0.7
+        True
+    """
+    if cfg.cv:
+        raise TorchFaultError("train: cfg.cv is set; call cross_validate(cfg) for K folds.")
+    import lightning.pytorch as pl
+
+    from torchfault.dnn._lightning import ClassificationDataModule
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = _build_model(cfg)
+    dm = ClassificationDataModule(
+        cfg.dataset,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        dataset_options=cfg.dataset_options,
+        seed=cfg.seed,
+    )
+    model, metrics, run_dir, best = _fit(cfg, model, dm, cfg.run_name)
+    exported = None
+    if cfg.export:
+        from torchfault.config import to_dict
+
+        exported = export_weights(
+            model,
+            cfg.export,
+            model_name=cfg.model,
+            dataset=cfg.dataset,
+            metrics=metrics,
+            extra={
+                "model_options": _plain(cfg.model_options),
+                "config": _plain(to_dict(cfg)),
+            },
+        )
+    return TrainResult(model, metrics, run_dir, best, exported)
+
+
+def cross_validate(cfg: TrainConfig, folds: int | None = None) -> CrossValidationResult:
+    """K-fold cross-validation over the train + val splits (stratified, seeded by ``cfg.seed``).
+
+    Each fold trains a fresh model on K-1 parts, validates (checkpoint choice, early stopping)
+    on the held-out part and tests on the test split.
+
+    Args:
+        cfg: the training config; ``cfg.cv`` folds unless ``folds`` is given.
+        folds: number of folds (>= 2).
+
+    Returns:
+        The K per-fold metric dicts with each metric's mean and sample standard deviation.
+    """
+    k = int(folds if folds is not None else cfg.cv)
+    if k < 2:
+        raise TorchFaultError(f"cross_validate needs at least 2 folds, got {k}.")
+    from sklearn.model_selection import StratifiedKFold
+    from torch.utils.data import ConcatDataset, Subset
+
+    from torchfault.dnn._datasets import create_dataset
+    from torchfault.dnn._lightning import ClassificationDataModule
+
+    opts = cfg.dataset_options
+    pool = ConcatDataset([create_dataset(cfg.dataset, split=s, **opts) for s in ("train", "val")])
+    test_set = create_dataset(cfg.dataset, split="test", **opts)
+    labels = [int(pool[i][1]) for i in range(len(pool))]
+    if min(labels.count(c) for c in set(labels)) < k:
+        raise TorchFaultError(f"cross_validate: some class has fewer than {k} examples.")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=cfg.seed)
+    results = []
+    for fold, (tr, va) in enumerate(splitter.split(list(range(len(labels))), labels)):
+        import lightning.pytorch as pl
+
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        model = _build_model(cfg)
+        dm = ClassificationDataModule(
+            None,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            seed=cfg.seed,
+            train_set=Subset(pool, tr.tolist()),
+            val_set=Subset(pool, va.tolist()),
+            test_set=test_set,
+        )
+        _, metrics, run_dir, _ = _fit(cfg, model, dm, cfg.run_name + "_cv", version=f"fold_{fold}")
+        metrics = {"fold": float(fold), **metrics}
+        log.info("fold %d: %s (%s)", fold, metrics, run_dir)
+        results.append(metrics)
+    keys = sorted({key for r in results for key in r if key != "fold"})
+    mean, std = {}, {}
+    for key in keys:
+        vals = [r[key] for r in results if key in r]
+        mu = sum(vals) / len(vals)
+        mean[key] = mu
+        std[key] = (
+            math.sqrt(sum((v - mu) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        )
+    return CrossValidationResult(results, mean, std)
+
+
+@dataclass
+class TestConfig:
+    """Settings of ``torchfault test``: which weights, which data.
+
+    Attributes:
+        model: zoo model name.
+        dataset: registered dataset name.
+        checkpoint: a weights or Lightning checkpoint file; ``None`` uses the shipped weights.
+        split: which split to evaluate (train, val, test, all).
+        batch_size: evaluation batch size.
+        accelerator: Lightning accelerator (cpu, gpu, auto).
+        model_options: constructor options of the model.
+        dataset_options: options of ``create_dataset``.
+        out_dir: where the CSV log of the test goes.
+    """
+
+    __test__ = False  # not a pytest class
+
+    model: str = "lenet"
+    dataset: str = "digits"
+    checkpoint: str | None = None
+    split: Literal["train", "val", "test", "all"] = "test"
+    batch_size: int = 256
+    accelerator: str = "cpu"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    out_dir: str = "runs/test"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+
+
+def test(cfg: TestConfig) -> dict[str, float]:
+    """Test a model with Lightning's ``Trainer.test``; returns ``test_acc`` and ``test_loss``.
+
+    Example:
+        >>> import tempfile
+        >>> from torchfault.dnn import TestConfig, test
+        >>> test(TestConfig(model="lenet", out_dir=tempfile.mkdtemp()))["test_acc"] > 0.95
+        True
+    """
+    import lightning.pytorch as pl
+
+    from torchfault.dnn._datasets import create_dataset
+    from torchfault.dnn._lightning import ClassificationDataModule, ClassifierModule
+
+    model = create_model(
+        cfg.model,
+        dataset=cfg.dataset,
+        pretrained=cfg.checkpoint is None,
+        weights=cfg.checkpoint,
+        **cfg.model_options,
+    )
+    data = create_dataset(cfg.dataset, split=cfg.split, **cfg.dataset_options)
+    dm = ClassificationDataModule(None, batch_size=cfg.batch_size, test_set=data)
+    module = ClassifierModule(model=model, model_name=cfg.model, dataset=cfg.dataset)
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            accelerator=cfg.accelerator,
+            devices=1,
+            logger=_loggers(cfg.out_dir, f"{cfg.model}_{cfg.dataset}"),
+            enable_progress_bar=sys.stderr.isatty(),
+            enable_model_summary=False,
+        )
+        out = trainer.test(module, datamodule=dm, verbose=False)
+    return {k: float(v) for k, v in (out[0] if out else {}).items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int = 256, max_batches: int | None = None
+) -> dict[str, Any]:
+    """Accuracy and mean cross-entropy of ``model`` on ``dataset``, in plain torch.
+
+    Returns:
+        ``{"acc", "loss", "n", "predictions"}`` (predictions: a tensor of predicted classes).
+
+    Example:
+        >>> from torchfault.dnn import create_model, create_dataset, evaluate
+        >>> r = evaluate(create_model("lenet", pretrained=True), create_dataset("digits"))
+        >>> r["n"], r["acc"] > 0.95
+        (360, True)
+    """
+    was_training = model.training
+    model.eval()
+    correct, total, loss = 0, 0, 0.0
+    preds = []
+    try:
+        for i, (x, y) in enumerate(DataLoader(dataset, batch_size=batch_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            logits = model(x).float()
+            loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            p = logits.argmax(dim=1)
+            preds.append(p)
+            correct += int((p == y).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise TorchFaultError("evaluate: the dataset is empty.")
+    return {
+        "acc": correct / total,
+        "loss": loss / total,
+        "n": total,
+        "predictions": torch.cat(preds),
+    }

@@ -1,0 +1,43 @@
+# SPDX-License-Identifier: MIT
+"""Shared fixtures of the DNN tests: small, seeded, fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import torchfault.dnn as dnn
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    """Fixed seed; one intra-op thread (tiny models run faster so, and share the CPU well)."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits_test() -> dnn.TensorClassificationDataset:
+    return dnn.create_dataset("digits", split="test")
+
+
+@pytest.fixture(scope="session")
+def digits_train() -> dnn.TensorClassificationDataset:
+    return dnn.create_dataset("digits", split="train")
+
+
+def _fast_train_config(tmp_path, model: str = "mlp", epochs: int = 3, **kw) -> dnn.TrainConfig:
+    cfg = dnn.TrainConfig(model=model, dataset="digits", out_dir=str(tmp_path), batch_size=32, **kw)
+    cfg.trainer.max_epochs = epochs
+    cfg.trainer.enable_progress_bar = False
+    cfg.optimizer.lr = 1e-2
+    return cfg
+
+
+@pytest.fixture
+def fast_train_config():
+    """Factory of small, quick training configs on digits: ``f(tmp_path, model, epochs, **kw)``."""
+    return _fast_train_config

@@ -1,0 +1,126 @@
+# SPDX-License-Identifier: MIT
+"""Compressed checkpoints: bit-exact round trips, clear errors on bad files."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+
+import pytest
+import torch
+
+import torchfault.dnn as dnn
+from torchfault.errors import TorchFaultError
+
+DECOMPRESS = {
+    "lzma": lzma.decompress,
+    "gzip": gzip.decompress,
+    "bz2": bz2.decompress,
+    "none": lambda b: b,
+}
+
+
+def _state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return {
+        "w": torch.randn(64, 32, generator=g),
+        "b": torch.randn(32, generator=g).double(),
+        "i": torch.randint(-100, 100, (50,), generator=g, dtype=torch.int8),
+        "nan": torch.tensor([float("nan"), float("inf"), -0.0]),
+        "h": torch.randn(10, generator=g).half(),
+    }
+
+
+@pytest.mark.parametrize("compression", dnn.COMPRESSIONS)
+def test_round_trip_bit_exact(tmp_path, compression: str) -> None:
+    sd = _state()
+    path = tmp_path / f"sd.pt.{compression}"
+    info = dnn.save_checkpoint(sd, path, compression=compression)
+    assert info.compressed_bytes == path.stat().st_size
+    assert info.ratio == pytest.approx(info.raw_bytes / info.compressed_bytes)
+    back = dnn.load_checkpoint(path)
+    assert back.keys() == sd.keys()
+    for k in sd:
+        assert back[k].dtype == sd[k].dtype
+        # compare the stored bits, so NaN and -0.0 count too
+        assert back[k].numpy().tobytes() == sd[k].numpy().tobytes()
+    # the file is the standard container of its compressor around torch.save's bytes
+    raw = DECOMPRESS[compression](path.read_bytes())
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    assert len(raw) == info.raw_bytes == len(buf.getvalue())
+    assert torch.equal(torch.load(io.BytesIO(raw), weights_only=True)["w"], sd["w"])
+
+
+def test_module_is_saved_as_state_dict(tmp_path) -> None:
+    model = dnn.create_model("lenet")
+    dnn.save_checkpoint(model, tmp_path / "m.pt.xz")
+    other = dnn.create_model("lenet")
+    other.load_state_dict(dnn.load_checkpoint(tmp_path / "m.pt.xz"))
+    x = model.example_inputs()
+    assert torch.equal(model(x), other(x))
+
+
+def test_lzma_compresses_redundant_data(tmp_path) -> None:
+    info = dnn.save_checkpoint({"z": torch.zeros(100_000)}, tmp_path / "z.pt.xz")
+    assert info.ratio > 50
+
+
+@pytest.mark.parametrize("compression", ["lzma", "gzip", "bz2", "none"])
+def test_truncated_file_fails_clearly(tmp_path, compression: str) -> None:
+    path = tmp_path / "t.pt"
+    dnn.save_checkpoint(_state(), path, compression=compression)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TorchFaultError, match="truncated or corrupted") as err:
+        dnn.load_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+def test_corrupted_file_fails_clearly(tmp_path) -> None:
+    path = tmp_path / "c.pt.xz"
+    dnn.save_checkpoint(_state(), path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # xz carries a CRC: a flipped byte is detected
+    path.write_bytes(bytes(data))
+    with pytest.raises(TorchFaultError, match="truncated or corrupted"):
+        dnn.load_checkpoint(path)
+
+
+def test_foreign_and_missing_files(tmp_path) -> None:
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("hello, not a checkpoint")
+    with pytest.raises(TorchFaultError, match="not a torchfault or PyTorch checkpoint"):
+        dnn.load_checkpoint(foreign)
+    xz_text = tmp_path / "text.xz"
+    xz_text.write_bytes(lzma.compress(b"plain text"))
+    with pytest.raises(TorchFaultError, match="not a torch.save file"):
+        dnn.load_checkpoint(xz_text)
+    with pytest.raises(TorchFaultError, match="does not exist"):
+        dnn.load_checkpoint(tmp_path / "absent.pt")
+    with pytest.raises(TorchFaultError, match="unknown compression 'zip'"):
+        dnn.save_checkpoint({}, tmp_path / "x", compression="zip")
+
+
+class _Custom:
+    pass
+
+
+def test_weights_only_refuses_arbitrary_objects(tmp_path) -> None:
+    path = tmp_path / "evil.pt.xz"
+    dnn.save_checkpoint({"obj": _Custom()}, path)
+    with pytest.raises(TorchFaultError, match="weights_only.*_Custom"):
+        dnn.load_checkpoint(path)
+
+
+def test_compress_file_in_place_and_recompress(tmp_path) -> None:
+    path = tmp_path / "plain.ckpt"
+    sd = _state()
+    torch.save(sd, path)
+    info = dnn.compress_file(path, "bz2")
+    assert path.read_bytes().startswith(b"BZh") and info.compression == "bz2"
+    dnn.compress_file(path, "lzma")
+    assert path.read_bytes().startswith(b"\xfd7zXZ\x00")
+    assert torch.equal(dnn.load_checkpoint(path)["w"], sd["w"])

@@ -1,0 +1,149 @@
+# SPDX-License-Identifier: MIT
+"""Lightning training: accuracy in a few epochs, bit-identical seeded runs, cross-validation,
+compressed checkpoints, and the train / test jobs of the command line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import torchfault.dnn as dnn
+from torchfault.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_training_reaches_accuracy_in_few_epochs(fast_train_config, tmp_path) -> None:
+    cfg = fast_train_config(tmp_path, model="mlp", epochs=4)
+    result = dnn.train(cfg)
+    assert result.metrics["test_acc"] >= 0.93
+    assert "best_val_acc" in result.metrics and "test_loss" in result.metrics
+    assert not result.model.training
+    # independent check of the reported test accuracy, outside Lightning
+    ours = dnn.evaluate(result.model, dnn.create_dataset("digits", split="test"))
+    assert ours["acc"] == pytest.approx(result.metrics["test_acc"], abs=1e-6)
+    # logs: CSV metrics with one validation row per epoch, and saved hyperparameters
+    run = Path(result.run_dir)
+    with open(run / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    val_rows = [r for r in rows if r.get("val_acc")]
+    assert len(val_rows) == 4
+    hp = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert hp["model_name"] == "mlp" and hp["lr"] == 1e-2
+    # the checkpoint is lzma-compressed by the callback, and holds the hyperparameters
+    best = Path(result.best_checkpoint)
+    assert best.read_bytes().startswith(b"\xfd7zXZ\x00")
+    ckpt = dnn.load_checkpoint(best)
+    assert ckpt["hyper_parameters"]["model_name"] == "mlp"
+    m = dnn.create_model("mlp", weights=best)
+    x = m.example_inputs()
+    assert torch.equal(m(x), result.model(x))
+
+
+def test_seeded_runs_are_bit_identical(fast_train_config, tmp_path) -> None:
+    def run(seed: int, sub: str) -> dict[str, torch.Tensor]:
+        cfg = fast_train_config(tmp_path / sub, model="lenet", epochs=2, seed=seed, test=False)
+        cfg.early_stopping.enabled = False
+        return dnn.train(cfg).model.state_dict()
+
+    a, b, c = run(3, "a"), run(3, "b"), run(4, "c")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].numpy().tobytes() == b[k].numpy().tobytes(), k
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_export_and_reload(fast_train_config, tmp_path) -> None:
+    out = tmp_path / "w" / "mlp.pt.xz"
+    cfg = fast_train_config(tmp_path, model="mlp", epochs=1, export=str(out))
+    cfg.trainer.limit_train_batches = 5
+    result = dnn.train(cfg)
+    assert result.exported is not None and out.is_file()
+    payload = dnn.load_checkpoint(out)
+    assert payload["config"]["model"] == "mlp" and payload["metrics"] == result.metrics
+    model = dnn.create_model("mlp", weights=out)
+    x = model.example_inputs()
+    assert torch.equal(model(x), result.model(x))
+
+
+@pytest.mark.slow
+def test_cross_validation_returns_k_results(fast_train_config, tmp_path) -> None:
+    cfg = fast_train_config(tmp_path, model="mlp", epochs=1, cv=3)
+    res = dnn.cross_validate(cfg)
+    assert len(res.folds) == 3
+    assert [int(f["fold"]) for f in res.folds] == [0, 1, 2]
+    accs = [f["test_acc"] for f in res.folds]
+    assert res.mean["test_acc"] == pytest.approx(sum(accs) / 3)
+    mu = sum(accs) / 3
+    sd = (sum((a - mu) ** 2 for a in accs) / 2) ** 0.5
+    assert res.std["test_acc"] == pytest.approx(sd)
+    assert all(a > 0.8 for a in accs)
+    assert "test_acc" in str(res)
+
+
+def test_train_job_with_yaml_and_overrides(fast_train_config, tmp_path, capsys) -> None:
+    args = [
+        "train",
+        "--config",
+        str(REPO / "examples" / "train_mlp_digits.yaml"),
+        "--trainer.max_epochs",
+        "2",
+        "--out_dir",
+        str(tmp_path),
+        "--export",
+        "null",
+        "--trainer.limit_train_batches",
+        "10",
+        "--print_config",
+    ]
+    assert main(args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_epochs"] == 2 and printed["model"] == "mlp"
+    assert printed["export"] is None
+    assert main(args[:-1]) == 0
+    out = capsys.readouterr().out
+    assert "test_acc" in out
+    assert (tmp_path / "mlp_digits" / "version_0" / "metrics.csv").is_file()
+
+
+def test_train_job_cv_flag(fast_train_config, tmp_path, capsys) -> None:
+    args = [
+        "train",
+        "mlp",
+        "--cv",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--out_dir",
+        str(tmp_path),
+        "--trainer.limit_train_batches",
+        "5",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2-fold cross-validation" in out and "mean" in out and "std" in out
+
+
+def test_bad_config_values_name_the_field(capsys) -> None:
+    assert main(["train", "--model", "lenett"]) == 2
+    assert "Did you mean 'lenet'" in capsys.readouterr().err
+    assert main(["train", "--trainer.max_epochs", "0"]) == 2
+    assert "trainer.max_epochs" in capsys.readouterr().err
+    assert main(["train", "--cv", "1"]) == 2
+    assert "cv" in capsys.readouterr().err
+    assert main(["train", "--optimizer.name", "adamm"]) == 2
+    assert "optimizer.name" in capsys.readouterr().err
+
+
+def test_test_job_shipped_weights(fast_train_config, tmp_path, capsys) -> None:
+    assert main(["test", "lenet", "--out_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "test_acc" in out
+    metrics = dnn.test(dnn.TestConfig(model="mlp", out_dir=str(tmp_path)))
+    assert metrics["test_acc"] >= 0.95
