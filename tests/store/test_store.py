@@ -86,7 +86,13 @@ def test_round_trip_and_resume(tmp_path):
     with _store(path, chunk_size=7) as s:
         s.set_sites(SITES)
         s.add_faults(_faults())
-        s.set_golden([GoldenRecord(i, 7, 7, f"d{i}") for i in range(3)])
+        s.set_golden(
+            [
+                GoldenRecord(0, 7, 7, "d0"),
+                (1, 7, 7, "d1"),
+                {"input_id": 2, "top1": 7, "label": 7, "digest": "d2"},
+            ]
+        )
         s.add_runs([_run(f, i) for f in range(5) for i in range(3)])
         s.set_meta("planned", {"runs": 30})
     with _store(path) as s:  # same campaign: resumes

@@ -520,9 +520,22 @@ class ResultStore:
                 del self._buffer[: self.chunk_size]
             self._buffer_since = None
 
-    def set_golden(self, records: Iterable[GoldenRecord]) -> None:
-        """Record the golden (fault-free) results; a differing stored one is a StoreMismatchError."""
-        records = list(records)
+    def set_golden(
+        self, records: Iterable[GoldenRecord | Sequence[Any] | Mapping[str, Any]]
+    ) -> None:
+        """Record the golden (fault-free) results; a differing stored one is a StoreMismatchError.
+
+        Each record is a :class:`GoldenRecord`, a tuple ``(input_id, top1, label, digest)`` or a
+        mapping with those keys.
+        """
+        records = [
+            g
+            if isinstance(g, GoldenRecord)
+            else GoldenRecord(**g)
+            if isinstance(g, Mapping)
+            else GoldenRecord(*g)
+            for g in records
+        ]
         stored = self.golden()
         for g in records:
             old = stored.get(int(g.input_id))
