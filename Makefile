@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/torchfault demo
+	$(VENV)/bin/torchfault campaign --config examples/demo.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples hubconf.py

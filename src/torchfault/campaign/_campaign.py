@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import importlib.util
 import logging
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from torchfault.campaign._engine import ENGINES, Engine, RunTask
 from torchfault.campaign._executors import EXECUTORS
 from torchfault.campaign._outcome import Criterion
 from torchfault.campaign._run import CampaignResult, golden_run
-from torchfault.errors import ConfigError, TorchFaultError, suggest
+from torchfault.errors import ConfigError, StoreMismatchError, TorchFaultError, suggest
 from torchfault.faults import TargetSpec, fault_space
 
 __all__ = ["Campaign", "build_model", "build_inputs", "fingerprint", "build_engine"]
@@ -235,7 +236,12 @@ class Campaign:
         if cfg.store.overwrite and path.exists():
             for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 p.unlink(missing_ok=True)
-        return ResultStore(path, campaign=cfg.identity(), fingerprint=self.fingerprint, chunk_size=cfg.store.chunk_size)
+        try:
+            return ResultStore(path, campaign=cfg.identity(), fingerprint=self.fingerprint, chunk_size=cfg.store.chunk_size)
+        except StoreMismatchError:
+            raise
+        except (OSError, sqlite3.Error, TorchFaultError) as exc:
+            raise ConfigError(f"store.path: cannot open the store {str(path)!r}: {exc}") from None
 
     def run(self) -> CampaignResult:
         """Run (or resume) the campaign; returns every stored run."""

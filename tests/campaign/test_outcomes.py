@@ -1,0 +1,133 @@
+# SPDX-License-Identifier: MIT
+"""Crafted faults whose outcome is known in advance, through run_campaign (reference engine)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from torchfault import Fault, run_campaign
+from torchfault.campaign import OUTCOMES, Criterion, classify
+
+
+class Guard(nn.Module):
+    """Raises on absurd values, like an assertion in a real model."""
+
+    def forward(self, x):
+        if bool((x.abs() > 1e30).any()):
+            raise RuntimeError("value out of range")
+        return x
+
+
+def crafted_model():
+    # pre = W x + b with x = ones(2): pre = [-1.0, 0.5, 0.25]; logits = relu(pre) @ I
+    fc1 = nn.Linear(2, 3)
+    fc2 = nn.Linear(3, 3)
+    with torch.no_grad():
+        fc1.weight.copy_(torch.tensor([[-0.5, -0.5], [0.25, 0.25], [0.125, 0.125]]))
+        fc1.bias.zero_()
+        fc2.weight.copy_(torch.eye(3))
+        fc2.bias.zero_()
+    return nn.Sequential(fc1, nn.ReLU(), fc2, Guard()).eval()
+
+
+X = torch.ones(1, 2)
+
+
+def outcome_of(fault, **kw):
+    res = run_campaign(crafted_model(), X, [fault], **kw)
+    assert len(res) == 1
+    return res.runs[0]
+
+
+def test_golden_is_what_we_think():
+    out = crafted_model()(X)
+    assert out.tolist() == [[0.0, 0.5, 0.25]]
+
+
+def test_bit30_flip_of_a_final_logit_is_sdc():
+    # logit 2 = 0.25 (0x3E800000); bit 30 set -> 0x7E800000 ~ 8.5e37: class 2 becomes top-1
+    run = outcome_of(Fault("3", "output", index=(2,), bits=(30,)))
+    assert run.outcome == "sdc" and run.golden_top1 == 1 and run.faulty_top1 == 2
+
+
+def test_low_mantissa_flip_of_negative_pre_relu_is_masked():
+    run = outcome_of(Fault("0", "output", index=(0,), bits=(0,)))
+    assert run.outcome == "masked" and run.max_abs_diff == 0.0
+
+
+def test_small_change_that_keeps_top1_is_benign():
+    run = outcome_of(Fault("2", "output", index=(1,), bits=(0,)))
+    assert run.outcome == "benign" and run.max_abs_diff > 0
+
+
+def test_nan_is_due():
+    run = outcome_of(Fault("2", "output", index=(0,), model="value", params={"value": float("nan")}))
+    assert run.outcome == "due"
+    # an exponent flip of 0.5 to all-ones gives infinity: also a DUE
+    run = outcome_of(Fault("3", "output", index=(1,), bits=(23, 24, 25, 26, 27, 28, 29, 30), model="stuck_at_1"))
+    assert run.outcome == "due" and run.error is None
+
+
+def test_module_that_raises_under_the_fault_is_due_and_campaign_goes_on():
+    # bit 30 of the 0.5 pre-activation gives ~1.7e38, which Guard refuses
+    res = run_campaign(crafted_model(), X, [Fault("0", "output", index=(1,), bits=(30,)), Fault("0", "output", index=(0,), bits=(0,))])
+    assert [r.outcome for r in res.runs] == ["due", "masked"]
+    assert "value out of range" in res.runs[0].error
+    assert res.outcome_counts() == {"masked": 1, "benign": 0, "sdc": 0, "due": 1}
+
+
+def test_topk_and_tolerance_criteria():
+    g = torch.tensor([[3.0, 2.0, 1.0]])
+    f = torch.tensor([[2.0, 3.0, 1.0]])
+    assert OUTCOMES[int(classify(g, f)[0][0])] == "sdc"
+    assert OUTCOMES[int(classify(g, f, Criterion("topk", topk=2))[0][0])] == "benign"
+    assert OUTCOMES[int(classify(g, g + 0.5, Criterion("tolerance", tolerance=1.0))[0][0])] == "benign"
+    assert OUTCOMES[int(classify(g, g + 2.0, Criterion("tolerance", tolerance=1.0))[0][0])] == "sdc"
+    with pytest.raises(ValueError, match="criterion"):
+        Criterion("top5")
+
+
+def test_only_correct_filters_inputs():
+    model = crafted_model()
+    x = torch.ones(3, 2)
+    labels = torch.tensor([1, 0, 1])  # golden top-1 is 1 for every row
+    res = run_campaign(model, x, [Fault("3", "output", index=(2,), bits=(30,))], labels, only_correct=True)
+    assert sorted(r.input_id for r in res.runs) == [0, 2]
+    with pytest.raises(ValueError, match="labels"):
+        run_campaign(model, x, [Fault("2", "output", index=(2,), bits=(30,))], only_correct=True)
+
+
+def test_every_fault_on_every_input_and_model_unchanged():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(6, 4)
+    faults = [Fault("0", "weight", index=(i % 8, i % 4), bits=(b,)) for i, b in enumerate((0, 10, 23, 30, 31))]
+    faults.append(Fault("1", "output", index=(3,), bits=(30,)))
+    res = run_campaign(model, x, faults)
+    assert len(res) == len(faults) * 6
+    assert {(r.fault_id, r.input_id) for r in res.runs} == {(k, i) for k in range(len(faults)) for i in range(6)}
+    assert sum(res.outcome_counts().values()) == len(res)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    # independent oracle: re-run each weight fault by editing a copy of the model by hand
+    import copy
+    import struct
+
+    for k, f in enumerate(faults[:-1]):
+        m2 = copy.deepcopy(model)
+        w = m2[0].weight.data
+        v = float(w[f.index])
+        (word,) = struct.unpack("<I", struct.pack("<f", v))
+        (w[f.index],) = struct.unpack("<f", struct.pack("<I", word ^ (1 << f.bits[0])))
+        out = m2(x)
+        golden = model(x)
+        for r in (r for r in res.runs if r.fault_id == k):
+            same = torch.equal(out[r.input_id], golden[r.input_id])
+            finite = bool(torch.isfinite(out[r.input_id]).all())
+            expected = "masked" if same else "due" if not finite else "sdc" if int(out[r.input_id].argmax()) != int(golden[r.input_id].argmax()) else "benign"
+            assert r.outcome == expected
+            if r.outcome not in ("masked", "due"):
+                assert math.isclose(r.max_abs_diff, float((out[r.input_id] - golden[r.input_id]).abs().max()), rel_tol=1e-6)

@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: MIT
+import importlib.metadata
+from types import SimpleNamespace
+
+import pytest
+
+import torchfault.registry as regmod
+from torchfault.registry import EntryInfo, Registry, all_registries
+
+
+@pytest.fixture
+def reg():
+    r = Registry("widget", plural="widgets_test")
+    yield r
+    regmod._REGISTRIES.pop("widgets_test", None)
+
+
+def test_register_list_create_info(reg):
+    @reg.register("alpha", description="First.", fast=True)
+    def alpha(x=1):
+        return ("alpha", x)
+
+    @reg.register("beta")
+    class Beta:
+        """Second widget."""
+
+        def __init__(self, y=2):
+            self.y = y
+
+    assert reg.list() == ["alpha", "beta"]
+    assert reg.list("a*") == ["alpha"]
+    assert reg.list(fast=True) == ["alpha"]
+    assert reg.is_registered("beta") and "alpha" in reg and not reg.is_registered("gamma")
+    assert reg.create("alpha", x=5) == ("alpha", 5)
+    assert reg.create("beta", y=7).y == 7
+    info = reg.info("beta")
+    assert isinstance(info, EntryInfo) and info.description == "Second widget."
+    with pytest.raises(AttributeError):
+        info.name = "x"  # frozen
+    assert all_registries()["widgets_test"] is reg
+
+
+def test_unknown_name_lists_valid_and_suggests(reg):
+    reg.add("bit_flip", object())
+    reg.add("stuck_at_0", object())
+    with pytest.raises(ValueError, match=r"Unknown widget 'bitflip'.*bit_flip, stuck_at_0.*Did you mean 'bit_flip'"):
+        reg.get("bitflip")
+
+
+def test_duplicate_needs_overwrite(reg):
+    reg.add("a", 1)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add("a", 2)
+    reg.add("a", 2, overwrite=True)
+    assert reg.get("a") == 2
+
+
+def test_create_rejects_unknown_keyword(reg):
+    reg.add("f", lambda x=1: x)
+    with pytest.raises(ValueError, match="Bad arguments for widget 'f'"):
+        reg.create("f", y=2)
+
+
+def test_plugins_from_entry_points(reg, monkeypatch):
+    calls = []
+
+    def plugin():
+        calls.append(1)
+        reg.add("from_plugin", object(), description="added by a plugin")
+
+    ep = SimpleNamespace(name="demo_plugin", load=lambda: plugin)
+    bad = SimpleNamespace(name="broken", load=lambda: (_ for _ in ()).throw(ImportError("nope")))
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [ep, bad] if group == regmod.PLUGIN_GROUP else [])
+    monkeypatch.setattr(regmod, "_plugins_loaded", False)
+    assert "from_plugin" in reg.list()
+    assert calls == [1]
+    reg.list()
+    assert calls == [1]  # loaded once
