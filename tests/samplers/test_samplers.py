@@ -21,7 +21,7 @@ from torchfault.samplers import (
     resolve_bits,
     sample_size,
 )
-from torchfault.samplers._samplers import _permute, _round_keys
+from torchfault.samplers._samplers import _permute, _permute_one, _round_keys
 
 SITES = [
     FaultSite("conv1", "weight", "parameter", (4, 1, 3, 3), "float32", 32),
@@ -179,6 +179,11 @@ def test_permutation_is_bijection():
     for size in [1, 2, 3, 5, 17, 64, 1000, 4097]:
         perm = _permute(np.arange(size), size, _round_keys(3, 0))
         assert sorted(perm.tolist()) == list(range(size))
+    # the scalar fast path is the same permutation
+    for size in [2, 5, 1000, 10**12 + 3]:
+        keys = _round_keys(9, 1)
+        idx = np.arange(min(size, 300))
+        assert _permute(idx, size, keys).tolist() == [_permute_one(int(i), size, keys) for i in idx]
     big = 10**15 + 7
     vals = _permute(np.arange(10_000), big, _round_keys(0, 0))
     assert len(set(vals.tolist())) == 10_000 and vals.min() >= 0 and vals.max() < big

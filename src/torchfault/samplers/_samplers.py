@@ -169,11 +169,42 @@ def _round_keys(seed: int, stratum: int) -> np.ndarray:
     return np.random.SeedSequence([seed, stratum, 0x5A3D]).generate_state(4, np.uint64)
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64_int(x: int) -> int:
+    """:func:`_mix64` on one Python int (the same function, without numpy's per-call cost)."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _permute_one(i: int, size: int, keys: np.ndarray) -> int:
+    """:func:`_permute` of a single position, in plain Python."""
+    nbits = max(2, (size - 1).bit_length())
+    nbits += nbits % 2
+    half = nbits // 2
+    mask = (1 << half) - 1
+    ks = [int(k) for k in keys]
+    x = i
+    while True:
+        left, right = x >> half, x & mask
+        for key in ks:
+            left, right = right, left ^ (_mix64_int(right ^ key) & mask)
+        x = (left << half) | right
+        if x < size:
+            return x
+
+
 def _permute(idx: np.ndarray, size: int, keys: np.ndarray) -> np.ndarray:
     """Position ``idx`` of a keyed pseudo-random permutation of ``range(size)``."""
     idx = np.asarray(idx, dtype=np.int64)
     if size <= 1 or idx.size == 0:
         return idx.copy()
+    if idx.size == 1:
+        return np.array([_permute_one(int(idx[0]), size, keys)], dtype=np.int64).reshape(idx.shape)
     nbits = max(2, (size - 1).bit_length())
     nbits += nbits % 2
     half = np.uint64(nbits // 2)
