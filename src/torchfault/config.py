@@ -11,21 +11,14 @@ name our fields the way we want, and a hundred lines here give exact control ove
 text, the override syntax and ``--print_config`` with no extra dependency.
 
 Example:
-    >>> from dataclasses import dataclass, field
-    >>> @dataclass
-    ... class Inner:
-    ...     margin: float = 0.01
-    >>> @dataclass
-    ... class Outer:
-    ...     name: str = "x"
-    ...     inner: Inner = field(default_factory=Inner)
-    >>> cfg = from_dict(Outer, apply_overrides({}, ["--inner.margin", "0.05"]))
-    >>> cfg.inner.margin
+    >>> from torchfault.campaign import CampaignConfig
+    >>> cfg = from_dict(CampaignConfig, apply_overrides({}, ["--sampler.margin", "0.05"]))
+    >>> cfg.sampler.margin
     0.05
-    >>> from_dict(Outer, {"inner": {"margn": 1}})
+    >>> from_dict(CampaignConfig, {"sampler": {"margn": 1}})
     Traceback (most recent call last):
     ...
-    torchfault.errors.ConfigError: inner.margn: unknown field. Valid fields of inner: margin. Did you mean 'margin'?
+    torchfault.errors.ConfigError: sampler.margn: unknown field. Valid fields of sampler: ... Did you mean 'margin'?
 """
 
 from __future__ import annotations

@@ -131,3 +131,16 @@ def test_every_fault_on_every_input_and_model_unchanged():
             assert r.outcome == expected
             if r.outcome not in ("masked", "due"):
                 assert math.isclose(r.max_abs_diff, float((out[r.input_id] - golden[r.input_id]).abs().max()), rel_tol=1e-6)
+
+
+def test_masked_is_exact_whatever_the_batch_composition():
+    # channel 0 of the conv output is negative everywhere (bias -100): a low-mantissa flip there is
+    # swallowed by the ReLU, so every run is masked, although a batch of 8 and a batch of 1 give
+    # outputs that differ in the last bits on CPU.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    with torch.no_grad():
+        model[0].bias[0] = -100.0
+    x = torch.randn(8, 1, 8, 8)
+    res = run_campaign(model, x, [Fault("0", "output", index=(0, 2, 2), bits=(0,))])
+    assert res.outcome_counts()["masked"] == 8

@@ -209,11 +209,13 @@ class Campaign:
         if s.name == "ber":
             kw["rate"] = s.rate
             kw["n"] = s.n or s.max_faults
+        elif s.name == "exhaustive":
+            pass  # every (element, bit) pair of the chosen sites
         elif s.adaptive:
             kw["n"] = s.max_faults
         elif s.n is not None:
             kw["n"] = s.n
-        elif s.name != "exhaustive":
+        else:
             kw["margin"], kw["confidence"] = s.margin, s.confidence
         try:
             return create_sampler(s.name, **kw)
@@ -308,12 +310,12 @@ class Campaign:
     def _adaptive_done(self, store: Any) -> bool:
         from torchfault.analysis import should_stop
 
-        runs = list(store.runs())
-        if not runs:
+        counts = store.outcome_counts()
+        total = sum(counts.values())
+        if not total:
             return False
-        sdc = sum(r.outcome == "sdc" for r in runs)
         s = self.config.sampler
-        return bool(should_stop(sdc, len(runs), s.margin, s.confidence))
+        return bool(should_stop(counts.get("sdc", 0), total, s.margin, s.confidence))
 
     def _golden_rows(self) -> list[tuple[int, int, int | None, str]]:
         assert self.golden is not None

@@ -70,14 +70,40 @@ class Engine:
         self.golden = golden
         self.criterion = criterion or Criterion()
         self.batch_size = int(batch_size)
+        self._golden_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @torch.no_grad()
+    def golden_for(self, input_ids: Sequence[int]) -> torch.Tensor:
+        """Fault-free outputs for exactly this batch of inputs, computed as that batch.
+
+        CPU kernels choose their blocking by batch size, so the same input can give outputs that
+        differ in the last bits in batches of different sizes. A run is ``masked`` only if its
+        output is bit-identical to the fault-free output of the same batch, so the reference is
+        computed per batch composition (and cached).
+        """
+        key = tuple(input_ids)
+        cached = self._golden_cache.get(key)
+        if cached is None:
+            if len(self._golden_cache) >= 4096:
+                self._golden_cache.pop(next(iter(self._golden_cache)))
+            cached = _forward(self.model, self.inputs[list(input_ids)]).detach()
+            self._golden_cache[key] = cached
+        return cached
+
     def _records(
-        self, task: RunTask, input_ids: Sequence[int], out: torch.Tensor, seconds: float
+        self,
+        task: RunTask,
+        input_ids: Sequence[int],
+        out: torch.Tensor,
+        seconds: float,
+        golden: torch.Tensor | None = None,
     ) -> list[RunRecord]:
-        codes, g_top, f_top, diff = classify(self.golden[list(input_ids)], out, self.criterion)
+        if golden is None:
+            golden = self.golden_for(input_ids)
+        codes, g_top, f_top, diff = classify(golden, out, self.criterion)
         per = seconds / max(len(input_ids), 1)
         return [
             RunRecord(task.fault_id, int(i), OUTCOMES[int(c)], int(g), int(f), float(d), per)
@@ -112,7 +138,8 @@ class ReferenceEngine(Engine):
                     except Exception as exc:  # noqa: BLE001 - a crash under a fault is a DUE
                         records.extend(self._due(task, chunk, exc, time.perf_counter() - t0))
                         continue
-                records.extend(self._records(task, chunk, out, time.perf_counter() - t0))
+                seconds = time.perf_counter() - t0
+                records.extend(self._records(task, chunk, out, seconds))
         return records
 
 

@@ -91,7 +91,7 @@ def fault_space(
         >>> [(s.name, s.shape, s.bit_width) for s in space]
         [('0:output', (3,), 32), ('0:weight', (3, 4), 32), ('0:bias', (3,), 32), ('1:output', (3,), 32)]
         >>> space.population
-        768
+        672
     """
     if targets is None:
         targets = TargetSpec(modules=modules, kinds=kinds or TargetSpec.kinds, format=format)
