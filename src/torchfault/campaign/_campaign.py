@@ -171,6 +171,8 @@ class Campaign:
         if self.model is not None:
             return
         cfg = self.config
+        if cfg.engine.threads:
+            torch.set_num_threads(cfg.engine.threads)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg)
         self.inputs, self.labels = build_inputs(cfg)

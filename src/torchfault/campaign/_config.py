@@ -164,14 +164,25 @@ class OutcomeConfig:
 
 @dataclass
 class EngineConfig:
-    """How runs execute: ``name`` ``reference`` (full re-execution) or ``fast``; rows per pass."""
+    """How runs execute.
+
+    Attributes:
+        name: ``reference`` (full re-execution) or ``fast``.
+        batch_size: rows per forward pass.
+        threads: torch intra-op threads per process (0: torch's default). One thread is the
+            default: injection runs are small, and on a busy machine torch's thread pool spends
+            more time waiting than computing; scale with ``executor.workers`` instead.
+    """
 
     name: str = "reference"
     batch_size: int = 256
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"engine.batch_size: must be >= 1, got {self.batch_size}.")
+        if self.threads < 0:
+            raise ValueError(f"engine.threads: must be >= 0 (0: torch's default), got {self.threads}.")
 
 
 @dataclass
