@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_training_reaches_accuracy_in_few_epochs(fast_train_config, tmp_path) -> None:
     cfg = fast_train_config(tmp_path, model="mlp", epochs=4)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     result = dnn.train(cfg)
+    # Trainer(deterministic=True) must not leave the process-wide setting changed
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
     assert result.metrics["test_acc"] >= 0.93
     assert "best_val_acc" in result.metrics and "test_loss" in result.metrics
     assert not result.model.training

@@ -8,12 +8,14 @@ only by the jobs that train.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 from torchfault.cli import command
 from torchfault.dnn._training import TestConfig, TrainConfig
 
-__all__: list[str] = []
+__all__ = ["PruneConfig", "ProfileConfig", "QuantizeConfig", "SummaryConfig"]
 
 
 def _console() -> Any:
@@ -80,4 +82,382 @@ def test_job(cfg: TestConfig) -> int:
     metrics = test(cfg)
     src = cfg.checkpoint or "shipped weights"
     _console().print(_metrics_table(f"{cfg.model} ({src}) on {cfg.dataset}/{cfg.split}", metrics))
+    return 0
+
+
+def _load_model(model: str, dataset: str, checkpoint: str | None, pretrained: bool, options: dict):
+    from torchfault.dnn import create_model
+
+    return create_model(
+        model,
+        dataset=dataset,
+        pretrained=pretrained and checkpoint is None,
+        weights=checkpoint,
+        **options,
+    )
+
+
+def _check_names(model: str, dataset: str) -> None:
+    from torchfault.dnn import DATASETS, MODELS
+    from torchfault.errors import suggest
+
+    if model not in MODELS:
+        valid = MODELS.list()
+        raise ValueError(
+            f"model: unknown model {model!r}; valid: {', '.join(valid)}.{suggest(model, valid)}"
+        )
+    if dataset not in DATASETS:
+        valid = DATASETS.list()
+        raise ValueError(
+            f"dataset: unknown dataset {dataset!r}; valid: {', '.join(valid)}."
+            f"{suggest(dataset, valid)}"
+        )
+
+
+@dataclass
+class PruneConfig:
+    """Settings of ``torchfault prune``.
+
+    Attributes:
+        model: zoo model name.
+        dataset: dataset (for the model configuration, evaluation and fine-tuning).
+        pretrained: start from the shipped weights (ignored when ``checkpoint`` is given).
+        checkpoint: start from this weights or Lightning checkpoint file.
+        method: l1_unstructured, random_unstructured, ln_structured or random_structured.
+        amount: final fraction of weights (or output channels) to prune in each selected layer
+            (or over all of them with ``scope: global``).
+        scope: layer or global (unstructured methods only).
+        n: norm order of ln_structured.
+        dim: dimension of structured pruning (0: output channels / filters).
+        modules: module names to prune (exact, wildcards, ``re:`` regex); empty: all linear and
+            convolution layers.
+        steps: pruning steps (iterative pruning when > 1).
+        finetune_epochs: epochs of fine-tuning after each step (needs Lightning).
+        lr: fine-tuning learning rate.
+        seed: seed of random pruning and fine-tuning.
+        batch_size: evaluation and fine-tuning batch size.
+        out: where to save the pruned weights (masks made permanent); empty: do not save.
+        compression: compression of the saved file.
+        model_options: constructor options of the model.
+    """
+
+    model: str = "lenet"
+    dataset: str = "digits"
+    pretrained: bool = True
+    checkpoint: str | None = None
+    method: Literal[
+        "l1_unstructured", "random_unstructured", "ln_structured", "random_structured"
+    ] = "l1_unstructured"
+    amount: float = 0.5
+    scope: Literal["layer", "global"] = "layer"
+    n: float = 2.0
+    dim: int = 0
+    modules: list[str] = field(default_factory=list)
+    steps: int = 1
+    finetune_epochs: int = 0
+    lr: float = 1e-3
+    seed: int = 0
+    batch_size: int = 256
+    out: str = "runs/prune/pruned.pt.xz"
+    compression: Literal["lzma", "gzip", "bz2", "none"] = "lzma"
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_names(self.model, self.dataset)
+        if not 0.0 <= self.amount < 1.0:
+            raise ValueError(f"amount must lie in [0, 1), got {self.amount}.")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}.")
+        if self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}.")
+        if self.scope == "global" and self.method.endswith("_structured"):
+            raise ValueError(f"scope: 'global' needs an unstructured method, not {self.method!r}.")
+
+
+@command(
+    "prune",
+    PruneConfig,
+    "Prune a model (unstructured or structured, iterative) and report sparsity.",
+    positional=("model",),
+)
+def prune_job(cfg: PruneConfig) -> int:
+    import torch
+    from rich.table import Table
+
+    from torchfault.dnn import (
+        create_dataset,
+        evaluate,
+        export_weights,
+        iterative_prune,
+        sparsity_report,
+    )
+
+    torch.manual_seed(cfg.seed)
+    model = _load_model(cfg.model, cfg.dataset, cfg.checkpoint, cfg.pretrained, cfg.model_options)
+    test_set = create_dataset(cfg.dataset, split="test")
+    before = evaluate(model, test_set, batch_size=cfg.batch_size)
+    finetune = None
+    if cfg.finetune_epochs:
+        from torchfault.dnn import fine_tune
+
+        def finetune(m, step):
+            return fine_tune(
+                m,
+                cfg.dataset,
+                epochs=cfg.finetune_epochs,
+                lr=cfg.lr,
+                seed=cfg.seed + step,
+                batch_size=min(cfg.batch_size, 64),
+            )
+
+    iterative_prune(
+        model,
+        cfg.method,
+        cfg.amount,
+        steps=cfg.steps,
+        finetune=finetune,
+        scope=cfg.scope,
+        n=cfg.n,
+        dim=cfg.dim,
+        modules=cfg.modules or None,
+    )
+    after = evaluate(model, test_set, batch_size=cfg.batch_size)
+    report = sparsity_report(model)
+    table = Table(
+        title=f"{cfg.method} pruning of {cfg.model} ({cfg.amount:.0%}, {cfg.steps} step(s))",
+        title_justify="left",
+    )
+    for col in ("parameter", "elements", "zeros", "sparsity", "zero channels"):
+        table.add_column(col, justify="left" if col == "parameter" else "right")
+    for name, r in report.items():
+        if name == "total":
+            table.add_section()
+        table.add_row(
+            name,
+            f"{r['numel']:,}",
+            f"{r['zeros']:,}",
+            f"{r['sparsity']:.2%}",
+            f"{r['zero_channels']}/{r['channels']}",
+        )
+    console = _console()
+    console.print(table)
+    console.print(f"test accuracy: {before['acc']:.4f} before, {after['acc']:.4f} after pruning")
+    if cfg.out:
+        info = export_weights(
+            model,
+            cfg.out,
+            model_name=cfg.model,
+            dataset=cfg.dataset,
+            metrics={
+                "test_acc": after["acc"],
+                "test_acc_before": before["acc"],
+                "sparsity": report["total"]["sparsity"],
+            },
+            extra={"model_options": dict(cfg.model_options)},
+            compression=cfg.compression,
+        )
+        console.print(f"saved: {info}")
+    return 0
+
+
+@dataclass
+class QuantizeConfig:
+    """Settings of ``torchfault quantize`` (post-training static int8, torch.ao FX mode).
+
+    Attributes:
+        model: zoo model name.
+        dataset: dataset for calibration and evaluation.
+        pretrained: start from the shipped weights (ignored when ``checkpoint`` is given).
+        checkpoint: start from this weights or Lightning checkpoint file.
+        backend: quantized engine: x86 (default) or fbgemm on CPU.
+        calibration_split: split whose inputs calibrate the activation ranges.
+        calibration_batches: number of calibration batches.
+        batch_size: calibration and evaluation batch size.
+        split: split on which float and int8 accuracy are compared.
+        out: where to save the quantized model; empty: do not save.
+        model_options: constructor options of the model.
+    """
+
+    model: str = "lenet"
+    dataset: str = "digits"
+    pretrained: bool = True
+    checkpoint: str | None = None
+    backend: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
+    calibration_split: Literal["train", "val", "test", "all"] = "train"
+    calibration_batches: int = 8
+    batch_size: int = 64
+    split: Literal["train", "val", "test", "all"] = "test"
+    out: str = "runs/quantize/quantized.pt.xz"
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_names(self.model, self.dataset)
+        if self.calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+
+
+@command(
+    "quantize",
+    QuantizeConfig,
+    "Post-training static int8 quantization with calibration; accuracy before and after.",
+    positional=("model",),
+)
+def quantize_job(cfg: QuantizeConfig) -> int:
+    from torchfault.dnn import create_dataset, evaluate, quantize_model, save_quantized
+
+    model = _load_model(cfg.model, cfg.dataset, cfg.checkpoint, cfg.pretrained, cfg.model_options)
+    calib = create_dataset(cfg.dataset, split=cfg.calibration_split)
+    data = create_dataset(cfg.dataset, split=cfg.split)
+    qmodel = quantize_model(
+        model,
+        calib,
+        backend=cfg.backend,
+        num_batches=cfg.calibration_batches,
+        batch_size=cfg.batch_size,
+    )
+    f = evaluate(model, data, batch_size=cfg.batch_size)
+    q = evaluate(qmodel, data, batch_size=cfg.batch_size)
+    agree = float((f["predictions"] == q["predictions"]).float().mean())
+    metrics = {"float_acc": f["acc"], "int8_acc": q["acc"], "agreement": agree}
+    console = _console()
+    console.print(
+        _metrics_table(
+            f"int8 ({cfg.backend}) quantization of {cfg.model} on {cfg.dataset}/{cfg.split}",
+            metrics,
+        )
+    )
+    if cfg.out:
+        info = save_quantized(
+            qmodel,
+            cfg.out,
+            model_name=cfg.model,
+            dataset=cfg.dataset,
+            backend=cfg.backend,
+            model_options=cfg.model_options,
+            metrics=metrics,
+        )
+        console.print(f"saved: {info}")
+    return 0
+
+
+@dataclass
+class SummaryConfig:
+    """Settings of ``torchfault summary``.
+
+    Attributes:
+        model: zoo model name.
+        dataset: dataset whose input shape and classes configure the model.
+        batch: batch size of the probe input (activation memory scales with it).
+        checkpoint: load these weights first (weights do not change the summary).
+        json: also write the summary as JSON to this file; empty: do not.
+        model_options: constructor options of the model.
+    """
+
+    model: str = "lenet"
+    dataset: str = "digits"
+    batch: int = 1
+    checkpoint: str | None = None
+    json: str = ""
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_names(self.model, self.dataset)
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}.")
+
+
+@command(
+    "summary",
+    SummaryConfig,
+    "Per-layer output shapes, parameters, MACs/FLOPs and memory of a model.",
+    positional=("model",),
+)
+def summary_job(cfg: SummaryConfig) -> int:
+    import json
+
+    from torchfault.dnn import summarize
+
+    model = _load_model(cfg.model, cfg.dataset, cfg.checkpoint, False, cfg.model_options)
+    s = summarize(model, batch=cfg.batch)
+    console = _console()
+    console.print(s.table())
+    console.print(
+        f"params {s.total_params:,} ({s.trainable_params:,} trainable); MACs {s.total_macs:,}; "
+        f"FLOPs {s.total_flops:,}; parameter memory {s.param_bytes:,} B; buffers "
+        f"{s.buffer_bytes:,} B; activations {s.activation_bytes:,} B (batch {cfg.batch})"
+    )
+    if cfg.json:
+        path = Path(cfg.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(s.to_dict(), indent=2))
+        console.print(f"wrote {path}")
+    return 0
+
+
+@dataclass
+class ProfileConfig:
+    """Settings of ``torchfault profile``.
+
+    Attributes:
+        model: zoo model name.
+        dataset: dataset whose input shape configures the model.
+        batch: batch size of the profiled forward passes.
+        warmup: unprofiled passes first.
+        steps: profiled passes.
+        device: cpu or cuda.
+        trace: Chrome trace file to write; empty: none.
+        row_limit: operator rows shown.
+        checkpoint: load these weights first.
+        model_options: constructor options of the model.
+    """
+
+    model: str = "lenet"
+    dataset: str = "digits"
+    batch: int = 64
+    warmup: int = 2
+    steps: int = 10
+    device: str = "cpu"
+    trace: str = "runs/profile/trace.json"
+    row_limit: int = 15
+    checkpoint: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_names(self.model, self.dataset)
+        if self.batch < 1 or self.steps < 1 or self.warmup < 0:
+            raise ValueError(
+                f"batch and steps must be >= 1 and warmup >= 0, got batch={self.batch}, "
+                f"steps={self.steps}, warmup={self.warmup}."
+            )
+
+
+@command(
+    "profile",
+    ProfileConfig,
+    "Per-module and per-operator times (torch.profiler) and a Chrome trace.",
+    positional=("model",),
+)
+def profile_job(cfg: ProfileConfig) -> int:
+    import torch
+
+    from torchfault.dnn import profile_model
+    from torchfault.errors import TorchFaultError
+
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TorchFaultError(f"device: {cfg.device!r} asked for, but CUDA is not available.")
+    model = _load_model(cfg.model, cfg.dataset, cfg.checkpoint, False, cfg.model_options)
+    model = model.to(cfg.device)
+    x = model.example_inputs(cfg.batch)
+    result = profile_model(
+        model, x, warmup=cfg.warmup, steps=cfg.steps, trace_path=cfg.trace or None
+    )
+    console = _console()
+    for table in result.tables(cfg.row_limit):
+        console.print(table)
+    if result.trace_path:
+        console.print(
+            f"Chrome trace: {result.trace_path} (open in chrome://tracing or ui.perfetto.dev)"
+        )
     return 0

@@ -67,6 +67,7 @@ from torchfault.dnn._training import (
     cross_validate,
     evaluate,
     export_weights,
+    fine_tune,
     test,
     train,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "dataset_info",
     "evaluate",
     "export_weights",
+    "fine_tune",
     "is_dataset",
     "is_model",
     "list_datasets",

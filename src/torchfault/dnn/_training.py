@@ -275,7 +275,11 @@ class CrossValidationResult:
 
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's advice that does not apply to tiny CPU runs."""
+    """Silence Lightning's advice that does not apply to tiny CPU runs, and give back the
+    process-wide determinism setting that ``Trainer(deterministic=True)`` changes (left on, it
+    breaks quantized kernels, which have no deterministic implementation)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     with warnings.catch_warnings():
         for pattern in (
             ".*does not have many workers.*",
@@ -293,6 +297,7 @@ def _quiet_lightning() -> Iterator[None]:
             yield
         finally:
             logger.setLevel(old)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def _build_model(cfg: TrainConfig) -> nn.Module:
@@ -334,6 +339,7 @@ def _fit(
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule.seed = cfg.seed
+    model.train()
     module = ClassifierModule(
         model=model,
         model_name=cfg.model,
@@ -606,6 +612,9 @@ def test(cfg: TestConfig) -> dict[str, float]:
     return {k: float(v) for k, v in (out[0] if out else {}).items()}
 
 
+test.__test__ = False  # type: ignore[attr-defined]  # a library function, not a pytest test
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: Dataset, batch_size: int = 256, max_batches: int | None = None
@@ -645,3 +654,52 @@ def evaluate(
         "n": total,
         "predictions": torch.cat(preds),
     }
+
+
+def fine_tune(
+    model: nn.Module,
+    dataset: str = "digits",
+    *,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    seed: int = 0,
+    batch_size: int = 64,
+    accelerator: str = "cpu",
+    dataset_options: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Train ``model`` in place for a few epochs on ``dataset``'s train split (Lightning, seeded,
+    deterministic, no checkpoints or logs); used between pruning steps.
+
+    Example:
+        >>> from torchfault.dnn import create_model
+        >>> m = fine_tune(create_model("mlp"), epochs=1)
+        >>> m.training
+        False
+    """
+    import lightning.pytorch as pl
+
+    from torchfault.dnn._lightning import ClassificationDataModule, ClassifierModule
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model.train()
+    module = ClassifierModule(
+        model=model, dataset=dataset, num_classes=getattr(model, "num_classes", None), lr=lr
+    )
+    dm = ClassificationDataModule(
+        dataset, batch_size=batch_size, dataset_options=dataset_options, seed=seed
+    )
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            max_epochs=int(epochs),
+            accelerator=accelerator,
+            devices=1,
+            deterministic=True,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=sys.stderr.isatty(),
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, datamodule=dm)
+    model.eval()
+    return model
