@@ -218,7 +218,7 @@ def test_exceptions_are_due_for_their_own_rows():
     assert any(r.outcome != "due" for r in got)
 
 
-def test_one_input_per_fault_matches_the_reference_at_a_consistent_batch():
+def test_one_input_per_fault():
     model = create_model("mlp", dataset="digits").eval()
     x = model.example_inputs(N_INPUTS)
     faults = random_faults(model, x, 40, seed=5)
@@ -227,14 +227,24 @@ def test_one_input_per_fault_matches_the_reference_at_a_consistent_batch():
         RunTask(k * N_INPUTS + i, (f,), (i,)) for k, f in enumerate(faults) for i in range(N_INPUTS)
     ]
     got = FastEngine(model, x, golden).run(single)
-    # the reference engine, run at a batch of 16 inputs per fault (its batch-of-one passes can
-    # differ from the golden pass in the last bits, see docs/engine.md)
+    assert [r.fault_id for r in got] == [t.fault_id for t in single]
+    # (1) bit for bit the reference engine run at a batch of 16 inputs per fault
     want = ReferenceEngine(model, x, golden).run(
         [RunTask(k, (f,), tuple(range(N_INPUTS))) for k, f in enumerate(faults)]
     )
     strip = lambda r: (r.input_id, r.outcome, r.golden_top1, r.faulty_top1, r.max_abs_diff)  # noqa: E731
     assert [strip(r) for r in got] == [strip(r) for r in want]
-    assert [r.fault_id for r in got] == [t.fault_id for t in single]
+    # (2) against the reference engine's own batches of one input (whose float results differ in
+    # the last bits): the same SDCs and DUEs; masked and benign may swap only for faults whose
+    # whole effect is a last-bit rounding difference
+    ref1 = ReferenceEngine(model, x, golden).run(single)
+    for a, b in zip(got, ref1):
+        if a.outcome != b.outcome:
+            assert {a.outcome, b.outcome} == {"masked", "benign"}
+            assert max(a.max_abs_diff, b.max_abs_diff) < 1e-6
+        assert a.faulty_top1 == b.faulty_top1 or a.outcome == b.outcome == "benign"
+    swaps = sum(a.outcome != b.outcome for a, b in zip(got, ref1))
+    assert swaps <= len(got) // 50
 
 
 def test_invalid_activation_index_is_reported_like_the_reference():

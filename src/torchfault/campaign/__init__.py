@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Campaigns: golden run, injection runs, outcome classification, engines and executors."""
 
-from torchfault.campaign import _fast  # noqa: F401 - registers the "fast" engine
+from torchfault.campaign import _fast, _parallel  # noqa: F401 - register engines, executors
 from torchfault.campaign._campaign import (
     Campaign,
     build_engine,

@@ -1,0 +1,242 @@
+# SPDX-License-Identifier: MIT
+"""Parallel executors: ``process`` (worker processes on one machine) and ``ray`` (a Ray cluster).
+
+Both follow the :class:`~torchfault.campaign.Executor` contract: ``setup`` (a picklable callable
+that builds the engine) runs once per worker, chunks of tasks are handed to free workers, and
+each chunk's run records come back to the caller, the single writer of the store, in whatever
+order chunks finish. A run's outcome does not depend on the worker that ran it, so the stored
+table is the same whichever executor ran (or resumed) a campaign.
+
+Ray is imported only when the ``ray`` executor is used; without it, that executor raises a
+:class:`~torchfault.errors.TorchFaultError` that names the ``ray`` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from torchfault.campaign._engine import Engine, RunTask
+from torchfault.campaign._executors import EXECUTORS, Executor
+from torchfault.errors import TorchFaultError
+from torchfault.store import RunRecord
+
+__all__ = ["ProcessExecutor", "RayExecutor"]
+
+
+def _threads_per_worker(workers: int) -> int:
+    """The parent's intra-op threads, capped so that all workers together fit the machine."""
+    cpus = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cpus // max(workers, 1)))
+
+
+# ---------------------------------------------------------------------- process workers
+_WORKER_ENGINE: Engine | None = None
+
+
+def _init_worker(setup: Callable[[], Engine], threads: int) -> None:
+    global _WORKER_ENGINE
+    torch.set_num_threads(threads)
+    _WORKER_ENGINE = setup()
+
+
+def _run_chunk(chunk: Sequence[RunTask]) -> list[RunRecord]:
+    assert _WORKER_ENGINE is not None, "worker not initialised"
+    return _WORKER_ENGINE.run(chunk)
+
+
+@EXECUTORS.register(
+    "process",
+    description="Worker processes on this machine (spawned; one engine each, results to the main process).",
+)
+class ProcessExecutor(Executor):
+    """Runs chunks in ``workers`` spawned processes; each builds its engine once.
+
+    Processes are started with the ``spawn`` method (``fork`` after torch has started its thread
+    pools can deadlock); the model and inputs travel to them once, through shared memory. Each
+    worker uses the parent's intra-op thread count, capped at ``cpu_count // workers``. The pool
+    lives until :meth:`close` (or the end of a ``with`` block), so several ``map`` calls with the
+    same ``setup`` reuse it.
+
+    Example:
+        >>> from torchfault.campaign import create_executor
+        >>> ex = create_executor("process", workers=2)
+        >>> ex.name, ex.workers
+        ('process', 2)
+        >>> ex.close()
+    """
+
+    name = "process"
+
+    def __init__(self, workers: int = 2, address: str | None = None) -> None:
+        super().__init__(workers, address)
+        self._pool: Any = None
+        self._setup: Any = None
+
+    def _ensure_pool(self, setup: Callable[[], Engine]) -> Any:
+        if self._pool is not None and self._setup is setup:
+            return self._pool
+        self.close()
+        import torch.multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        threads = _threads_per_worker(self.workers)
+        self._pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(setup, threads))
+        self._setup = setup
+        return self._pool
+
+    def map(
+        self, setup: Callable[[], Engine], chunks: Iterable[Sequence[RunTask]]
+    ) -> Iterator[list[RunRecord]]:
+        chunks = [list(c) for c in chunks]
+        if not chunks:
+            return
+        pool = self._ensure_pool(setup)
+        try:
+            yield from pool.imap_unordered(_run_chunk, chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+            self._setup = None
+
+
+# ---------------------------------------------------------------------- ray
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise TorchFaultError(
+            "executor 'ray' needs Ray, which is not installed; install the 'ray' extra: "
+            "pip install 'torchfault[ray]' (or choose executor 'process' or 'serial')."
+        ) from None
+    return ray
+
+
+class _RayWorker:
+    """Body of the Ray actor: builds the engine once, then runs chunks."""
+
+    def __init__(self, setup: Callable[[], Engine], threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.engine = setup()
+
+    def run(self, chunk: Sequence[RunTask]) -> list[RunRecord]:
+        return self.engine.run(chunk)
+
+
+@EXECUTORS.register(
+    "ray",
+    description="A Ray cluster: 'address' None or 'local' starts a local one, 'auto' or 'ray://...' connects.",
+)
+class RayExecutor(Executor):
+    """Runs chunks on ``workers`` Ray actors (one CPU each); each builds its engine once.
+
+    Args:
+        workers: actors to start.
+        address: ``None`` or ``"local"``: use the Ray runtime already initialised in this process
+            or start a local one; ``"auto"``: connect to the cluster this machine belongs to; any
+            other value is passed to ``ray.init(address=...)`` (``"ray://head:10001"``).
+
+    A runtime this executor started is shut down by :meth:`close`; one it found running is left.
+
+    Example:
+        >>> from torchfault.campaign import create_executor
+        >>> ex = create_executor("ray", workers=2, address="auto")  # nothing starts before map()
+        >>> ex.name, ex.address
+        ('ray', 'auto')
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int = 2, address: str | None = None) -> None:
+        super().__init__(workers, address)
+        self._started = False
+        self._actors: list[Any] = []
+        self._setup: Any = None
+
+    def _connect(self) -> Any:
+        ray = _import_ray()
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if self.address in (None, "", "local"):
+                kw["num_cpus"] = max(self.workers, 1)
+            else:
+                kw["address"] = self.address
+            try:
+                ray.init(**kw)
+            except Exception as exc:  # noqa: BLE001 - name the address in the error
+                raise TorchFaultError(
+                    f"executor 'ray': cannot start or reach a Ray cluster at address={self.address!r}: {exc}"
+                ) from None
+            self._started = True
+        return ray
+
+    def _ensure_actors(self, setup: Callable[[], Engine]) -> list[Any]:
+        if self._actors and self._setup is setup:
+            return self._actors
+        ray = self._connect()
+        self._kill_actors()
+        actor = ray.remote(num_cpus=1)(_RayWorker)
+        ref = ray.put(setup)
+        self._actors = [actor.remote(ref, 1) for _ in range(self.workers)]
+        self._setup = setup
+        return self._actors
+
+    def map(
+        self, setup: Callable[[], Engine], chunks: Iterable[Sequence[RunTask]]
+    ) -> Iterator[list[RunRecord]]:
+        chunks = [list(c) for c in chunks]
+        if not chunks:
+            return
+        actors = self._ensure_actors(setup)
+        ray = _import_ray()
+        todo = iter(chunks)
+        running: dict[Any, Any] = {}
+        try:
+            # two chunks in flight per actor keeps every actor busy while results travel back
+            for a in actors * 2:
+                chunk = next(todo, None)
+                if chunk is None:
+                    break
+                running[a.run.remote(chunk)] = a
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1)
+                for ref in ready:
+                    a = running.pop(ref)
+                    records = ray.get(ref)
+                    chunk = next(todo, None)
+                    if chunk is not None:
+                        running[a.run.remote(chunk)] = a
+                    yield records
+        except BaseException:
+            for ref in running:
+                ray.cancel(ref, force=True)
+            self._kill_actors()
+            raise
+
+    def _kill_actors(self) -> None:
+        if self._actors:
+            ray = _import_ray()
+            for a in self._actors:
+                with contextlib.suppress(Exception):  # already gone
+                    ray.kill(a)
+        self._actors = []
+        self._setup = None
+
+    def close(self) -> None:
+        if self._actors or self._started:
+            self._kill_actors()
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
