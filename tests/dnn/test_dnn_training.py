@@ -150,3 +150,28 @@ def test_test_job_shipped_weights(fast_train_config, tmp_path, capsys) -> None:
     assert "test_acc" in out
     metrics = dnn.test(dnn.TestConfig(model="mlp", out_dir=str(tmp_path)))
     assert metrics["test_acc"] >= 0.95
+
+
+def test_compress_checkpoints_callback_lightning_reads_back(tmp_path) -> None:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    pl.seed_everything(0, workers=True, verbose=False)
+    module = dnn.ClassifierModule(model_name="mlp", dataset="digits", lr=1e-2)
+    dm = dnn.ClassificationDataModule("digits", batch_size=64)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc", mode="max", save_top_k=2)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        logger=False,
+        callbacks=[ckpt, dnn.CompressCheckpoints("gzip")],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=5,
+    )
+    trainer.fit(module, datamodule=dm)
+    files = sorted(tmp_path.glob("*.ckpt"))
+    assert 1 <= len(files) <= 2  # top-k bookkeeping still works on compressed files
+    assert all(f.read_bytes().startswith(b"\x1f\x8b") for f in files)
+    out = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False)
+    assert out[0]["test_acc"] > 0.5
+    assert dnn.load_checkpoint(ckpt.best_model_path)["hyper_parameters"]["lr"] == 1e-2

@@ -477,7 +477,13 @@ def train(cfg: TrainConfig) -> TrainResult:
             metrics=metrics,
             extra={
                 "model_options": _plain(cfg.model_options),
-                "config": _plain(to_dict(cfg)),
+                # where the run was written is not part of the recipe: leave it out, so the
+                # file is the same byte for byte wherever it is exported
+                "config": {
+                    k: v
+                    for k, v in _plain(to_dict(cfg)).items()
+                    if k not in ("out_dir", "export", "name")
+                },
             },
         )
     return TrainResult(model, metrics, run_dir, best, exported)
