@@ -32,6 +32,8 @@ Example:
 
 from __future__ import annotations
 
+import abc
+
 import copy
 import csv
 from collections import Counter
@@ -67,7 +69,7 @@ _REDUCTIONS = ("sum", "max", "min", "cat")
 # ---------------------------------------------------------------- accumulator base
 
 
-class Accumulator:
+class Accumulator(abc.ABC):
     """Base of mergeable, resettable statistics (torchmetrics ``Metric`` style, without torch).
 
     Subclasses declare their state in ``__init__`` with :meth:`add_state` and implement
@@ -140,11 +142,13 @@ class Accumulator:
                     setattr(self, name, list(mine) + list(theirs))
         return self
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Add data to the state."""
 
-    def compute(self) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def compute(self) -> Any:
+        """The result of the state."""
 
 
 # ---------------------------------------------------------------- summary values

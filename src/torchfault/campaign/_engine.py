@@ -9,6 +9,8 @@ task's inputs. Every faster engine must give the same outcomes as it.
 
 from __future__ import annotations
 
+import abc
+
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ def _forward(model: nn.Module, x: Any) -> torch.Tensor:
     return out
 
 
-class Engine:
+class Engine(abc.ABC):
     """Base of the engines.
 
     Args:
@@ -72,8 +74,9 @@ class Engine:
         self.batch_size = int(batch_size)
         self._golden_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:
+        """Execute the tasks; one record per (fault, input), in any order."""
 
     @torch.no_grad()
     def golden_for(self, input_ids: Sequence[int]) -> torch.Tensor:

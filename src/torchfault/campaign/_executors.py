@@ -8,6 +8,8 @@ any order. The campaign keeps the single writer of the store in the main process
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -20,7 +22,7 @@ __all__ = ["EXECUTORS", "Executor", "SerialExecutor", "register_executor", "list
 EXECUTORS: Registry[type] = Registry("executor")
 
 
-class Executor:
+class Executor(abc.ABC):
     """Base class of executors.
 
     Args:
@@ -36,10 +38,11 @@ class Executor:
         self.workers = int(workers)
         self.address = address
 
+    @abc.abstractmethod
     def map(
         self, setup: Callable[[], Engine], chunks: Iterable[Sequence[RunTask]]
-    ) -> Iterator[list[RunRecord]]:  # pragma: no cover - interface
-        raise NotImplementedError
+    ) -> Iterator[list[RunRecord]]:
+        """Yield each chunk's run records as it finishes (in any order)."""
 
     def close(self) -> None:
         """Release workers."""

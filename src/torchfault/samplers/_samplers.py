@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -261,7 +263,7 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-class Sampler:
+class Sampler(abc.ABC):
     """Base class: maps fault numbers ``0 <= k < len(self)`` to the faults of run ``k``.
 
     Subclasses are registered with :func:`register_sampler` and built by
@@ -361,9 +363,9 @@ class Sampler:
         conf = 0.95 if self.confidence is None else self.confidence
         return sample_size(population, float(self.margin), conf)  # type: ignore[arg-type]
 
+    @abc.abstractmethod
     def _setup(self) -> None:
         """Compute the plan (strata and their sizes); sets ``self._len``."""
-        raise NotImplementedError
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -441,7 +443,8 @@ class Sampler:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _locate(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """Fault numbers to (site, element, bit) arrays; single-fault samplers define it."""
+        raise TorchFaultError(f"the {self.name} sampler draws fault sets, not single faults; use draw(k).")
 
     def _pairs_to_site(self, pair: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Global pair numbers (site by site, element by element, bit by bit) to site/element/bit."""
