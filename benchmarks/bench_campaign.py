@@ -1,0 +1,297 @@
+# SPDX-License-Identifier: MIT
+"""Campaign throughput: torchfault fast vs reference vs pytorchfi, and scaling over processes / Ray.
+
+Run with ``make bench`` (all benchmarks) or ``python -m benchmarks.bench_campaign``.
+
+For ResNet-20 (CIFAR shape, 3x32x32) and LeNet-5 (CIFAR shape), with fixed seeded weights and 32
+seeded inputs, two campaigns of single-bit flips (float32, bit drawn uniformly from 0..31):
+
+- activations: a random element of a random convolution's output (uniform over all elements);
+- weights: a random element of a random convolution's weight (uniform over all elements).
+
+Every fault runs on all 32 inputs (one run = one fault on one input). Each campaign is run by
+torchfault ``fast``, torchfault ``reference`` and pytorchfi (one declared fault per forward pass
+over the batch of 32, bit flips through custom functions, since pytorchfi's own bit-flip model
+emulates 8-bit integers), all in this process, one intra-op thread each. The plain forward pass
+over the 32 inputs gives the ceiling of any tool that re-runs the whole network per fault. The
+golden pass is computed once and not timed. SDC and DUE counts are checked to be the same for the
+three tools.
+
+Scaling: the ResNet-20 activation campaign through the ``serial``, ``process`` (1 and 2 workers)
+and ``ray`` (local cluster, 2 workers) executors with the fast engine; worker start-up (spawn,
+engine build) is excluded by a warm-up chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import random
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchfault import Fault
+from torchfault.campaign import Criterion, ReferenceEngine, RunTask, build_engine, create_executor
+from torchfault.campaign._fast import FastEngine
+from torchfault.dnn import create_model
+
+N_INPUTS = 32
+FAULTS = {"resnet20": {"activation": 96, "weight": 96}, "lenet": {"activation": 400, "weight": 400}}
+SEED = 0
+#: multiplies the fault counts (``TORCHFAULT_BENCH_SCALE=0.25`` for a quick look)
+SCALE = float(os.environ.get("TORCHFAULT_BENCH_SCALE", "1"))
+
+
+# ---------------------------------------------------------------------------- set-up
+def build(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(SEED)
+    model = create_model(name, dataset="cifar10").eval()
+    x = torch.randn(N_INPUTS, 3, 32, 32, generator=torch.Generator().manual_seed(SEED + 1))
+    with torch.no_grad():
+        golden = model(x)
+    return model, x, golden
+
+
+def conv_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Conv2d, tuple[int, ...]]]:
+    """Convolutions in execution order, with their output shapes (without the batch)."""
+    order: list[tuple[str, nn.Conv2d, tuple[int, ...]]] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [
+        m.register_forward_hook(lambda m, a, o: order.append((names[m], m, tuple(o.shape[1:]))))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def draw_faults(model: nn.Module, x: torch.Tensor, kind: str, n: int, seed: int) -> list[Fault]:
+    rng = random.Random(seed)
+    convs = conv_layers(model, x)
+    if kind == "activation":
+        shapes = [(name, shape) for name, _, shape in convs]
+    else:
+        shapes = [(name, tuple(m.weight.shape)) for name, m, _ in convs]
+    sizes = [int(torch.tensor(s).prod()) for _, s in shapes]
+    faults = []
+    for _ in range(n):
+        name, shape = rng.choices(shapes, weights=sizes)[0]
+        index = tuple(rng.randrange(d) for d in shape)
+        target = "output" if kind == "activation" else "weight"
+        faults.append(Fault(name, target, index=index, bits=(rng.randrange(32),)))
+    return faults
+
+
+def flip(value: float, bit: int) -> float:
+    """``value`` (float32) with one bit flipped, through its IEEE-754 word."""
+    (word,) = struct.unpack("<I", struct.pack("<f", value))
+    return struct.unpack("<f", struct.pack("<I", word ^ (1 << bit)))[0]
+
+
+def counts(golden: torch.Tensor, outs: list[torch.Tensor]) -> dict[str, int]:
+    sdc = due = 0
+    g_top = golden.argmax(dim=1)
+    for out in outs:
+        finite = torch.isfinite(out).all(dim=1)
+        top = torch.where(torch.isnan(out), torch.full_like(out, -float("inf")), out).argmax(dim=1)
+        due += int((~finite).sum())
+        sdc += int(((top != g_top) & finite).sum())
+    return {"sdc": sdc, "due": due}
+
+
+# ---------------------------------------------------------------------------- tools
+def run_torchfault(engine: str, model, x, golden, faults) -> tuple[float, dict[str, int]]:
+    tasks = [RunTask(k, (f,), tuple(range(N_INPUTS))) for k, f in enumerate(faults)]
+    t0 = time.perf_counter()
+    cls = FastEngine if engine == "fast" else ReferenceEngine
+    records = cls(model, x, golden, Criterion(), 256).run(tasks)
+    seconds = time.perf_counter() - t0
+    return seconds, {o: sum(r.outcome == o for r in records) for o in ("sdc", "due")}
+
+
+def run_pytorchfi(kind: str, model, x, golden, faults) -> tuple[float, dict[str, int]]:
+    from pytorchfi.core import fault_injection
+
+    convs = conv_layers(model, x)
+    exec_index = {name: i for i, (name, _, _) in enumerate(convs)}  # neuron layers: hook order
+    module_index = {
+        n: i
+        for i, (n, _) in enumerate(
+            (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
+        )
+    }
+    outs = []
+    t0 = time.perf_counter()
+    pfi = fault_injection(
+        model, N_INPUTS, input_shape=[3, 32, 32], layer_types=[nn.Conv2d], use_cuda=False
+    )
+    for f in faults:
+        if kind == "activation":
+            hook = _NeuronFlip(pfi, exec_index[f.module], f.index, f.bits[0])
+            b = list(range(N_INPUTS))
+            faulty = pfi.declare_neuron_fi(
+                function=hook,
+                layer_num=[exec_index[f.module]] * N_INPUTS,
+                batch=b,
+                dim1=[f.index[0]] * N_INPUTS,
+                dim2=[f.index[1]] * N_INPUTS,
+                dim3=[f.index[2]] * N_INPUTS,
+            )
+        else:
+            bit = f.bits[0]
+            faulty = pfi.declare_weight_fi(
+                function=lambda data, loc, bit=bit: flip(float(data[loc]), bit),
+                layer_num=[module_index[f.module]],
+                k=[f.index[0]],
+                dim1=[f.index[1]],
+                dim2=[f.index[2]],
+                dim3=[f.index[3]],
+            )
+        with torch.no_grad():
+            outs.append(faulty(x))
+    seconds = time.perf_counter() - t0
+    return seconds, counts(golden, outs)
+
+
+class _NeuronFlip:
+    """A pytorchfi custom neuron function: flip one bit of one neuron in every batch row."""
+
+    def __init__(self, pfi: Any, layer: int, index: tuple[int, ...], bit: int) -> None:
+        self.pfi, self.layer, self.index, self.bit = pfi, layer, index, bit
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if self.pfi.get_current_layer() == self.layer:
+            c, h, w = self.index
+            words = output[:, c, h, w].contiguous().view(torch.int32) ^ torch.tensor(
+                (1 << self.bit) - (1 << 32 if self.bit == 31 else 0), dtype=torch.int32
+            )
+            output[:, c, h, w] = words.view(torch.float32)
+        self.pfi.updateLayer()
+        if self.pfi.get_current_layer() >= self.pfi.get_total_layers():
+            self.pfi.reset_current_layer()
+
+
+def plain_forward(model, x, repeat: int) -> float:
+    """Median seconds of one forward pass over ``x`` (the median resists a busy machine)."""
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+# ---------------------------------------------------------------------------- scaling
+def scaling(model, x, golden, faults) -> list[tuple[str, float]]:
+    setup = functools.partial(build_engine, "fast", model, x, golden, Criterion(), 256)
+    tasks = [RunTask(k, (f,), tuple(range(N_INPUTS))) for k, f in enumerate(faults)]
+    chunks = [tasks[i : i + 8] for i in range(0, len(tasks), 8)]
+    warm = [tasks[:1]]
+    out = []
+    options: list[tuple[str, Callable[[], Any]]] = [
+        ("serial", lambda: create_executor("serial")),
+        ("process x1", lambda: create_executor("process", workers=1)),
+        ("process x2", lambda: create_executor("process", workers=2)),
+    ]
+    try:
+        import ray  # noqa: F401
+
+        options.append(
+            ("ray x2 (local)", lambda: create_executor("ray", workers=2, address="local"))
+        )
+    except ImportError:
+        pass
+    for label, make in options:
+        with make() as ex:
+            for _ in ex.map(setup, warm):
+                pass
+            t0 = time.perf_counter()
+            n = sum(len(r) for r in ex.map(setup, chunks))
+            out.append((label, n / (time.perf_counter() - t0)))
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+def main() -> None:
+    """Print the campaign benchmark as Markdown tables."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _main()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main() -> None:
+    print("## Campaigns\n")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; "
+        f"torch {torch.__version__}; 1 intra-op thread; {N_INPUTS} inputs per fault\n"
+    )
+    print("| model | faults | tool | runs/s | vs pytorchfi | vs plain forward | SDC | DUE |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    goals = []
+    for name in ("resnet20", "lenet"):
+        model, x, golden = build(name)
+        fwd = plain_forward(model, x, 15 if name == "resnet20" else 100)
+        ceiling = N_INPUTS / fwd
+        for kind in ("activation", "weight"):
+            n = max(4, int(FAULTS[name][kind] * SCALE))
+            faults = draw_faults(model, x, kind, n, seed=len(name) * 10 + len(kind))
+            runs = n * N_INPUTS
+            results = {
+                "torchfault fast": run_torchfault("fast", model, x, golden, faults),
+                "torchfault reference": run_torchfault("reference", model, x, golden, faults),
+                "pytorchfi": run_pytorchfi(kind, model, x, golden, faults),
+            }
+            base = runs / results["pytorchfi"][0]
+            for tool, (sec, c) in results.items():
+                rate = runs / sec
+                print(
+                    f"| {name} | {kind} x{n} | {tool} | {rate:,.0f} | {rate / base:.1f}x | "
+                    f"{rate / ceiling:.2f}x | {c['sdc']} | {c['due']} |"
+                )
+            print(
+                f"| {name} | | plain forward (ceiling) | {ceiling:,.0f} | {ceiling / base:.1f}x | 1.00x | | |"
+            )
+            fast_rate = runs / results["torchfault fast"][0]
+            same = (
+                results["torchfault fast"][1]
+                == results["pytorchfi"][1]
+                == results["torchfault reference"][1]
+            )
+            need = 5.0 if kind == "activation" else 20.0
+            ratio = fast_rate / base
+            line = f"{name} {kind}: fast = {ratio:.1f}x pytorchfi (goal {need:.0f}x: {'met' if ratio >= need else 'NOT met'})"
+            if kind == "activation":
+                above = fast_rate >= ceiling
+                line += f"; {fast_rate / ceiling:.2f}x the plain forward (goal > 1: {'met' if above else 'NOT met'})"
+            line += f"; same SDC/DUE counts as pytorchfi and reference: {'yes' if same else 'NO'}"
+            goals.append(line)
+    print()
+    for g in goals:
+        print(f"- {g}")
+    print("\n### Scaling (ResNet-20 activation campaign, fast engine)\n")
+    model, x, golden = build("resnet20")
+    faults = draw_faults(model, x, "activation", 96, seed=7)
+    print("| executor | runs/s |")
+    print("|---|---:|")
+    for label, rate in scaling(model, x, golden, faults):
+        print(f"| {label} | {rate:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
