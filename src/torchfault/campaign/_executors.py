@@ -9,7 +9,6 @@ any order. The campaign keeps the single writer of the store in the main process
 from __future__ import annotations
 
 import abc
-
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 

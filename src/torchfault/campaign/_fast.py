@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch.fx.node import map_arg
 
 from torchfault import numerics
-from torchfault.campaign._engine import ENGINES, Engine, ReferenceEngine, RunTask
+from torchfault.campaign._engine import ENGINES, MIN_ROWS, Engine, ReferenceEngine, RunTask
 from torchfault.campaign._outcome import OUTCOMES, Criterion, classify, output_words_equal
 from torchfault.faults import FAULT_MODELS, Fault, is_packed
 from torchfault.injectors import Injection
@@ -343,7 +343,7 @@ class FastEngine(Engine):
     """
 
     name = "fast"
-    min_rows = 16
+    min_rows = MIN_ROWS
     cache_bytes = 512 * 2**20
     max_checks = 4
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchfault.campaign._engine import ENGINES, RunTask
+from torchfault.campaign._engine import ENGINES, RunTask, _forward
 from torchfault.campaign._outcome import OUTCOMES, Criterion
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
@@ -84,9 +84,10 @@ def golden_run(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) ->
     """The fault-free outputs of ``model`` on ``inputs``, in batches."""
     outs = []
     for start in range(0, inputs.shape[0], batch_size):
-        out = model(inputs[start : start + batch_size])
-        if not isinstance(out, torch.Tensor):
-            raise TorchFaultError(f"the model must return a tensor of scores, got {type(out).__name__}.")
+        try:
+            out = _forward(model, inputs[start : start + batch_size])
+        except TypeError as exc:
+            raise TorchFaultError(str(exc)) from None
         outs.append(out.detach())
     return torch.cat(outs)
 
