@@ -56,7 +56,8 @@ def rows(store_path):
 def test_campaign_runs_and_is_deterministic(tmp_path):
     a = Campaign(from_dict(CampaignConfig, tiny(tmp_path / "a"))).run()
     b = Campaign(from_dict(CampaignConfig, tiny(tmp_path / "b"))).run()
-    assert len(a) == 60 * 2
+    assert len(a) == len(b) == 60 * 2
+    assert [(r.fault_id, r.input_id, r.outcome) for r in a.runs] == [(r.fault_id, r.input_id, r.outcome) for r in b.runs]
     assert rows(tmp_path / "a/run/campaign.sqlite") == rows(tmp_path / "b/run/campaign.sqlite")
     assert sum(a.outcome_counts().values()) == 120
     # another seed draws other faults

@@ -43,7 +43,7 @@ class Executor(abc.ABC):
     ) -> Iterator[list[RunRecord]]:
         """Yield each chunk's run records as it finishes (in any order)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: executors without workers keep it
         """Release workers."""
 
     def __enter__(self) -> Executor:
