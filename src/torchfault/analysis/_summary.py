@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import abc
-
 import copy
 import csv
 from collections import Counter

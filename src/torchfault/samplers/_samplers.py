@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import abc
-
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
