@@ -115,10 +115,18 @@ class Fault:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise TorchFaultError(f"Fault {name} must be None or an integer >= 0, got {v!r}.")
         if self.element is not None and not isinstance(self.element, (int, str)):
-            raise TorchFaultError(f"Fault element must be None, an int or a str, got {self.element!r}.")
-        object.__setattr__(self, "params", _freeze(dict(self.params) if not isinstance(self.params, Mapping) else self.params))
+            raise TorchFaultError(
+                f"Fault element must be None, an int or a str, got {self.element!r}."
+            )
+        object.__setattr__(
+            self,
+            "params",
+            _freeze(dict(self.params) if not isinstance(self.params, Mapping) else self.params),
+        )
         if not isinstance(self.model, str):
-            raise TorchFaultError(f"Fault model must be a registered fault model name, got {self.model!r}.")
+            raise TorchFaultError(
+                f"Fault model must be a registered fault model name, got {self.model!r}."
+            )
 
     @property
     def is_activation(self) -> bool:
@@ -210,7 +218,15 @@ class FaultSite:
 
     def fault(self, index: tuple[int, ...], bits: tuple[int, ...], **kw: Any) -> Fault:
         """A :class:`Fault` at this site."""
-        return Fault(self.module, self.target, index=index, bits=bits, element=self.element, format=kw.pop("format", self.format), **kw)
+        return Fault(
+            self.module,
+            self.target,
+            index=index,
+            bits=bits,
+            element=self.element,
+            format=kw.pop("format", self.format),
+            **kw,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

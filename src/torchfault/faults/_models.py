@@ -115,7 +115,10 @@ def _bit_model(op: str) -> FaultModelFn:
 
 
 bit_flip = register_fault_model(
-    "bit_flip", description="Invert the given bits (single or multi-bit upset).", needs_bits=True, bit_op="xor"
+    "bit_flip",
+    description="Invert the given bits (single or multi-bit upset).",
+    needs_bits=True,
+    bit_op="xor",
 )(_bit_model("xor"))
 stuck_at_0 = register_fault_model(
     "stuck_at_0", description="Force the given bits to 0.", needs_bits=True, bit_op="stuck_at_0"

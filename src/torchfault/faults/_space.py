@@ -15,7 +15,7 @@ from torchfault.errors import TorchFaultError
 from torchfault.faults._access import stored_tensors
 from torchfault.faults._fault import FaultSite
 from torchfault.faults._structure import iter_tensors
-from torchfault.faults._targets import ModuleSelector, normalize_kinds, select_modules
+from torchfault.faults._targets import ModuleSelector, normalize_kinds, select_modules, tensor_kind
 
 __all__ = ["fault_space", "TargetSpec", "FaultSpace"]
 
@@ -27,10 +27,11 @@ class TargetSpec:
     Attributes:
         modules: selectors (exact name, ``"re:<regex>"``, ``"type:<ClassName>"``, a module type or
             ``fn(module, name) -> bool``); ``None`` selects every leaf module.
-        kinds: tensor kinds: ``outputs``, ``inputs``, ``weights``, ``biases``, ``buffers``,
-            ``parameters`` (every parameter).
+        kinds: tensor kinds: ``outputs``, ``inputs``, ``weights`` (parameters named ``weight``,
+            ``weight_*`` or ``*_weight``), ``biases`` (likewise), ``buffers``, ``parameters``
+            (every parameter).
         format: number format to see every element in (default: each tensor's own dtype).
-        leaf_only: with no ``modules``, only modules without children.
+        leaf_only: with no ``modules``, only modules without children or with tensors of their own.
     """
 
     modules: Any = None
@@ -59,6 +60,35 @@ class FaultSpace(list):
         return [s.to_dict() for s in self]
 
 
+def probe_forward(model: nn.Module, example_inputs: Any) -> None:
+    """One forward pass that leaves no trace: no grad, buffers and RNG states restored.
+
+    A model in training mode updates its BatchNorm statistics and draws dropout masks; the probing
+    passes of :func:`fault_space` and ``inject(..., example_inputs=...)`` must not, so the buffers
+    are written back bit for bit (into the same tensors) and the random generators rewound.
+    """
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    saved = [(b, b.detach().clone()) for b in model.buffers() if isinstance(b, torch.Tensor)]
+    cpu_rng = torch.random.get_rng_state()
+    cuda_rng = (
+        torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else None
+    )
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        with torch.no_grad():
+            for b, copy in saved:
+                if b.is_quantized:
+                    continue  # quantized buffers are not updated by a forward pass
+                b.detach().copy_(copy)
+        torch.random.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
 def _floating_or_int(t: torch.Tensor) -> bool:
     return t.dtype != torch.bool and not t.is_complex() and t.dim() >= 0
 
@@ -76,7 +106,8 @@ def fault_space(
 
     Parameters, biases and buffers are read directly; activations (module outputs and inputs) are
     found with one forward pass over ``example_inputs`` (a tensor, or a tuple of positional
-    arguments), run under ``torch.no_grad`` with temporary hooks that are always removed.
+    arguments), run under ``torch.no_grad`` with temporary hooks that are always removed; the
+    pass leaves the model's buffers (BatchNorm statistics) and the random generators as they were.
 
     Args:
         model: any ``nn.Module``.
@@ -98,7 +129,9 @@ def fault_space(
     elif isinstance(targets, dict):
         targets = TargetSpec(**targets)
     elif not isinstance(targets, TargetSpec):
-        raise TorchFaultError(f"targets must be a TargetSpec or a dict of its fields, got {targets!r}.")
+        raise TorchFaultError(
+            f"targets must be a TargetSpec or a dict of its fields, got {targets!r}."
+        )
     chosen = select_modules(model, targets.modules, leaf_only=targets.leaf_only)
     kinds_ = targets.kinds
     fmt_override = targets.format
@@ -110,7 +143,9 @@ def fault_space(
         numerics.check_compatible(fmt, t)
         return fmt
 
-    acts: dict[tuple[str, str], list[tuple[int | str | None, tuple[int, ...], numerics.NumberFormat]]] = {}
+    acts: dict[
+        tuple[str, str], list[tuple[int | str | None, tuple[int, ...], numerics.NumberFormat]]
+    ] = {}
     calls: dict[str, int] = {}
     want_out, want_in = "outputs" in kinds_, "inputs" in kinds_
     if want_out or want_in:
@@ -125,13 +160,17 @@ def fault_space(
                 calls[name] = calls.get(name, 0) + 1
                 if want_in and calls[name] == 1:
                     acts[(name, "input")] = [
-                        (e, tuple(t.shape[1:]), fmt_for(t)) for e, t in iter_tensors(args) if t.dim() >= 1 and _floating_or_int(t)
+                        (e, tuple(t.shape[1:]), fmt_for(t))
+                        for e, t in iter_tensors(args)
+                        if t.dim() >= 1 and _floating_or_int(t)
                     ]
 
             def post(mod: nn.Module, args: Any, out: Any) -> None:
                 if want_out and calls[name] == 1:
                     acts[(name, "output")] = [
-                        (e, tuple(t.shape[1:]), fmt_for(t)) for e, t in iter_tensors(out) if t.dim() >= 1 and _floating_or_int(t)
+                        (e, tuple(t.shape[1:]), fmt_for(t))
+                        for e, t in iter_tensors(out)
+                        if t.dim() >= 1 and _floating_or_int(t)
                     ]
 
             return pre, post
@@ -141,9 +180,7 @@ def fault_space(
                 pre, post = make_hooks(name)
                 handles.append(mod.register_forward_pre_hook(pre))
                 handles.append(mod.register_forward_hook(post))
-            args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-            with torch.no_grad():
-                model(*args)
+            probe_forward(model, example_inputs)
         finally:
             for h in handles:
                 h.remove()
@@ -157,17 +194,34 @@ def fault_space(
                 if target == "input" and element == 0 and len(acts[(name, target)]) == 1:
                     element = None
                 space.append(
-                    FaultSite(name, target, "activation", shape, fmt.name, fmt.width, element, calls.get(name, 0), mtype)
+                    FaultSite(
+                        name,
+                        target,
+                        "activation",
+                        shape,
+                        fmt.name,
+                        fmt.width,
+                        element,
+                        calls.get(name, 0),
+                        mtype,
+                    )
                 )
         for pname, (pkind, t) in stored_tensors(mod).items():
-            kind_ok = (
-                (pkind == "buffer" and "buffers" in kinds_)
-                or (pkind == "parameter" and "parameters" in kinds_)
-                or (pkind == "parameter" and pname == "weight" and "weights" in kinds_)
-                or (pkind == "parameter" and pname == "bias" and "biases" in kinds_)
-            )
+            kind_ok = any(k in kinds_ for k in tensor_kind(pname, pkind))
             if not kind_ok or t.numel() == 0 or not _floating_or_int(t):
                 continue
             fmt = fmt_for(t)
-            space.append(FaultSite(name, pname, pkind, tuple(t.shape), fmt.name, fmt.width, None, calls.get(name, 0), mtype))
+            space.append(
+                FaultSite(
+                    name,
+                    pname,
+                    pkind,
+                    tuple(t.shape),
+                    fmt.name,
+                    fmt.width,
+                    None,
+                    calls.get(name, 0),
+                    mtype,
+                )
+            )
     return space

@@ -18,7 +18,9 @@ from torchfault.errors import TorchFaultError
 __all__ = ["iter_tensors", "element_path", "get_element", "replace_element"]
 
 
-def iter_tensors(obj: Any, _path: tuple[Any, ...] = ()) -> list[tuple[int | str | None, torch.Tensor]]:
+def iter_tensors(
+    obj: Any, _path: tuple[Any, ...] = ()
+) -> list[tuple[int | str | None, torch.Tensor]]:
     """Every tensor in ``obj`` with its element name, in order.
 
     Example:

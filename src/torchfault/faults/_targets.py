@@ -10,8 +10,9 @@ from typing import Any
 import torch.nn as nn
 
 from torchfault.errors import TorchFaultError, suggest
+from torchfault.faults._access import is_packed
 
-__all__ = ["ModuleSelector", "select_modules", "normalize_kinds", "DEFAULT_KINDS"]
+__all__ = ["ModuleSelector", "select_modules", "normalize_kinds", "tensor_kind", "DEFAULT_KINDS"]
 
 ModuleSelector = str | type | Callable[[nn.Module, str], bool]
 
@@ -75,6 +76,38 @@ def _matches(sel: ModuleSelector, name: str, module: nn.Module) -> bool:
     )
 
 
+def tensor_kind(name: str, kind: str) -> tuple[str, ...]:
+    """The target kinds a module's parameter or buffer ``name`` belongs to.
+
+    Buffers are ``buffers``; every parameter is in ``parameters``, and also in ``weights`` when
+    its name is ``weight`` or starts or ends with it (``weight_ih_l0`` of ``nn.LSTM``,
+    ``in_proj_weight`` of ``nn.MultiheadAttention``), in ``biases`` likewise for ``bias``.
+
+    Example:
+        >>> tensor_kind("weight_hh_l0", "parameter"), tensor_kind("running_mean", "buffer")
+        (('parameters', 'weights'), ('buffers',))
+    """
+    if kind == "buffer":
+        return ("buffers",)
+    out = ["parameters"]
+    for word, group in (("weight", "weights"), ("bias", "biases")):
+        if name == word or name.startswith(word + "_") or name.endswith("_" + word):
+            out.append(group)
+    return tuple(out)
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    """A module without children, or one that holds tensors of its own (``nn.MultiheadAttention``
+    with its ``in_proj_weight``, a quantized ``Linear`` with its packed weight)."""
+    if not any(True for _ in module.children()):
+        return True
+    if any(True for _ in module.parameters(recurse=False)) or any(
+        True for _ in module.buffers(recurse=False)
+    ):
+        return True
+    return is_packed(module, "weight")
+
+
 def select_modules(
     model: nn.Module,
     modules: ModuleSelector | Sequence[ModuleSelector] | None = None,
@@ -83,7 +116,9 @@ def select_modules(
 ) -> list[tuple[str, nn.Module]]:
     """The ``(name, module)`` pairs of ``model`` that any selector matches, in model order.
 
-    With no selector every module (every leaf module when ``leaf_only``) is chosen. An exact name
+    With no selector every module is chosen; with ``leaf_only``, only the modules without
+    children and those holding parameters or buffers of their own (``nn.MultiheadAttention``,
+    quantized ``Linear`` and ``Conv`` with their packed weights). An exact name
     that matches nothing is an error with the closest valid name; so is a selector that matches
     nothing.
 
@@ -97,7 +132,7 @@ def select_modules(
     """
     named = list(model.named_modules())
     if modules is None:
-        return [(n, m) for n, m in named if not leaf_only or not any(True for _ in m.children())]
+        return [(n, m) for n, m in named if not leaf_only or _is_leaf(m)]
     sels: Sequence[Any] = modules if isinstance(modules, (list, tuple)) else [modules]
     names = [n for n, _ in named]
     for sel in sels:

@@ -25,8 +25,15 @@ __all__ = [
 ]
 
 INJECTORS: Registry[Any] = Registry("injector")
-INJECTORS.add("faults", inject, description="Listed faults (activations, parameters, buffers).", context=True)
-INJECTORS.add("ber", inject_ber, description="Bit flips at a bit-error rate, vectorised per tensor.", context=True)
+INJECTORS.add(
+    "faults", inject, description="Listed faults (activations, parameters, buffers).", context=True
+)
+INJECTORS.add(
+    "ber",
+    inject_ber,
+    description="Bit flips at a bit-error rate, vectorised per tensor.",
+    context=True,
+)
 
 
 def register_injector(name: str, **kw: Any) -> Any:

@@ -11,6 +11,7 @@ get fresh flips at every forward pass (only the next one when ``transient``).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,41 +23,75 @@ from torchfault import numerics
 from torchfault.errors import TorchFaultError
 from torchfault.faults import iter_tensors, replace_element
 from torchfault.faults._access import is_packed, set_packed, stored_tensors
-from torchfault.faults._targets import ModuleSelector, normalize_kinds, select_modules
+from torchfault.faults._targets import ModuleSelector, normalize_kinds, select_modules, tensor_kind
+from torchfault.injectors._words import fault_words, may_write, plain_words, to_word_dtype
 
 __all__ = ["inject_ber", "BERInjection", "draw_flips"]
+
+
+def _positions(total: int, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted distinct positions in ``0..total-1``, each present independently with ``rate``.
+
+    A Bernoulli process drawn by its gaps (geometric): the count is ``Binomial(total, rate)``
+    and the cost is proportional to the count, not to ``total``.
+    """
+    if total <= 0 or rate <= 0.0:
+        return np.empty(0, dtype=np.int64)
+    if rate >= 1.0:
+        return np.arange(total, dtype=np.int64)
+    mean = total * rate
+    chunks = []
+    last = -1
+    while True:
+        size = (
+            int(mean + 6.0 * math.sqrt(mean) + 16)
+            if not chunks
+            else int(6.0 * math.sqrt(mean) + 16)
+        )
+        pos = last + np.cumsum(rng.geometric(rate, size=size), dtype=np.int64)
+        if pos[-1] >= total:
+            chunks.append(pos[: int(np.searchsorted(pos, total))])
+            break
+        chunks.append(pos)
+        last = int(pos[-1])
+    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _draw(
+    numel: int, width: int, rate: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(sorted unique element indices, int64 masks, number of flipped bits)``."""
+    pos = _positions(numel * width, rate, rng)
+    if pos.size == 0:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty, 0
+    elem, bit = np.divmod(pos, width)
+    # positions are sorted, so the bits of one element are neighbours
+    starts = np.flatnonzero(np.concatenate(([True], elem[1:] != elem[:-1])))
+    # distinct bits of one element: their sum is their OR (int64 wraps at bit 63)
+    masks = np.add.reduceat(np.left_shift(np.int64(1), bit.astype(np.int64)), starts)
+    return torch.from_numpy(elem[starts]), torch.from_numpy(masks), int(pos.size)
 
 
 def draw_flips(
     numel: int, width: int, rate: float, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw flips for one tensor: ``(unique flat element indices, int64 XOR masks)``.
+    """Draw flips for one tensor: ``(sorted unique flat element indices, int64 XOR masks)``.
 
-    The count is ``Binomial(numel * width, rate)``; positions are distinct (element, bit) pairs.
+    Every one of the ``numel * width`` bits flips independently with probability ``rate``, so
+    the number of flipped bits is ``Binomial(numel * width, rate)`` and the flipped (element,
+    bit) positions are distinct; the bits flipped in one element are combined into its mask.
+    The cost grows with the number of flips, not with the size of the tensor.
 
     Example:
         >>> idx, masks = draw_flips(1000, 32, 0.01, np.random.default_rng(0))
         >>> bool((idx.diff() > 0).all()), masks.dtype
         (True, torch.int64)
     """
-    total = numel * width
-    count = int(rng.binomial(total, rate)) if total else 0
-    if count == 0:
-        return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
-    if count * 4 < total:
-        # sparse: draw with replacement, then top up the few duplicates
-        pos = np.unique(rng.integers(0, total, size=count))
-        while pos.size < count:
-            pos = np.unique(np.concatenate([pos, rng.integers(0, total, size=count - pos.size)]))
-    else:
-        pos = rng.choice(total, size=count, replace=False)
-    pos_t = torch.from_numpy(np.asarray(pos, dtype=np.int64))
-    elem, bit = pos_t // width, pos_t % width
-    uniq, inv = torch.unique(elem, return_inverse=True)
-    masks = torch.zeros(uniq.numel(), dtype=torch.int64)
-    # distinct bits of one element: their sum is their OR (two's complement wrap covers bit 63)
-    masks.scatter_add_(0, inv, torch.ones_like(bit) << bit)
-    return uniq, masks
+    if not 0.0 <= float(rate) <= 1.0:
+        raise TorchFaultError(f"draw_flips: rate must be in [0, 1], got {rate!r}.")
+    idx, masks, _ = _draw(int(numel), int(width), float(rate), rng)
+    return idx, masks
 
 
 class BERInjection:
@@ -81,7 +116,9 @@ class BERInjection:
         if not 0.0 <= float(rate) <= 1.0:
             raise TorchFaultError(f"inject_ber: rate must be in [0, 1], got {rate!r}.")
         if persistence not in ("transient", "permanent"):
-            raise TorchFaultError(f"inject_ber: persistence must be 'transient' or 'permanent', got {persistence!r}.")
+            raise TorchFaultError(
+                f"inject_ber: persistence must be 'transient' or 'permanent', got {persistence!r}."
+            )
         self.model, self.rate, self.format = model, float(rate), format
         self.transient = persistence == "transient"
         self.kinds = normalize_kinds(kinds)
@@ -105,31 +142,35 @@ class BERInjection:
         try:
             for _name, mod in self.modules:
                 for pname, (pkind, t) in stored_tensors(mod).items():
-                    wanted = (
-                        (pkind == "buffer" and "buffers" in self.kinds)
-                        or (pkind == "parameter" and "parameters" in self.kinds)
-                        or (pname == "weight" and pkind == "parameter" and "weights" in self.kinds)
-                        or (pname == "bias" and pkind == "parameter" and "biases" in self.kinds)
-                    )
+                    wanted = any(k in self.kinds for k in tensor_kind(pname, pkind))
                     if not wanted or t.dtype == torch.bool or t.numel() == 0:
                         continue
                     fmt = self._fmt(t)
-                    idx, masks = draw_flips(t.numel(), fmt.width, self.rate, self.rng)
-                    if idx.numel() == 0:
+                    idx, masks, count = _draw(t.numel(), fmt.width, self.rate, self.rng)
+                    if count == 0:
                         continue
-                    self.flips += int(_popcount(masks))
+                    self.flips += count
                     new = numerics.apply_bits(t.detach(), idx, masks, "xor", fmt)
                     if is_packed(mod, pname):
                         self._saved.append(("packed", mod, pname, t))
                         set_packed(mod, pname, new)
                     else:
                         own = numerics.format_of(t)
-                        self._saved.append(("words", t, idx, numerics.read_elements(t.data, idx, own), own))
-                        numerics.apply_bits_(t.data, idx, numerics.read_elements(new, idx, own), "set", own)
+                        self._saved.append(
+                            ("words", t, idx, numerics.read_elements(t.data, idx, own), own)
+                        )
+                        numerics.apply_bits_(
+                            t.data, idx, numerics.read_elements(new, idx, own), "set", own
+                        )
                 if "outputs" in self.kinds:
-                    self._handles.append(mod.register_forward_hook(lambda m, a, o: self._flip_all(o)))
+                    self._handles.append(
+                        mod.register_forward_hook(lambda m, a, o: self._flip_all(o, m, a))
+                    )
                 if "inputs" in self.kinds:
-                    self._handles.append(mod.register_forward_pre_hook(lambda m, a: self._flip_all(a)))
+                    # an input belongs to whoever produced it (a residual branch may read it too)
+                    self._handles.append(
+                        mod.register_forward_pre_hook(lambda m, a: self._flip_all(a))
+                    )
             self._handles.insert(0, self.model.register_forward_pre_hook(self._begin, prepend=True))
             self._handles.append(self.model.register_forward_hook(self._end))
         except BaseException:
@@ -145,20 +186,29 @@ class BERInjection:
             self._spent = True
             self._restore()
 
-    def _flip_all(self, obj: Any) -> Any:
+    def _flip_all(self, obj: Any, module: nn.Module | None = None, inputs: Any = None) -> Any:
+        """Flip bits in every tensor of a module's output (``module`` given) or input."""
         if self._spent:
             return None
+        changed = False
         for element, t in iter_tensors(obj):
             if t.dtype == torch.bool or t.numel() == 0 or t.is_complex():
                 continue
             fmt = self._fmt(t)
-            idx, masks = draw_flips(t.numel(), fmt.width, self.rate, self.rng)
-            if idx.numel():
-                n = int(_popcount(masks))
-                self.flips += n
-                self.last_flips += n
-                obj = replace_element(obj, element, numerics.apply_bits(t, idx, masks, "xor", fmt))
-        return obj
+            idx, masks, count = _draw(t.numel(), fmt.width, self.rate, self.rng)
+            if count == 0:
+                continue
+            self.flips += count
+            self.last_flips += count
+            if plain_words(t, fmt):
+                own = module is not None and may_write(t, module, inputs)
+                new = fault_words(t, idx, to_word_dtype(masks, fmt), "xor", inplace=own)
+            else:
+                new = numerics.apply_bits(t, idx, masks, "xor", fmt)
+            if new is not t:
+                obj = replace_element(obj, element, new)
+                changed = True
+        return obj if changed else None
 
     @torch.no_grad()
     def _restore(self) -> None:
@@ -182,16 +232,6 @@ class BERInjection:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
-
-
-def _popcount(masks: torch.Tensor) -> torch.Tensor:
-    m = masks.clone()
-    count = torch.zeros((), dtype=torch.int64)
-    for _ in range(64):
-        count += (m & 1).sum()
-        m = m >> 1
-        m &= (1 << 63) - 1  # arithmetic shift: clear the sign copies
-    return count
 
 
 @contextlib.contextmanager
@@ -226,7 +266,9 @@ def inject_ber(
         >>> ber.flips > 0 and changed > 0, torch.equal(model.weight, before)
         (True, True)
     """
-    inj = BERInjection(model, rate, modules=modules, kinds=kinds, format=format, seed=seed, persistence=persistence)
+    inj = BERInjection(
+        model, rate, modules=modules, kinds=kinds, format=format, seed=seed, persistence=persistence
+    )
     inj.attach()
     try:
         yield inj

@@ -18,6 +18,7 @@ scatter per tensor per forward pass.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from torchfault.errors import TorchFaultError, suggest
 from torchfault.faults import FAULT_MODELS, Fault, get_element, replace_element
 from torchfault.faults._access import get_stored, is_packed, set_packed, stored_tensors
 from torchfault.faults._models import check_fault_model
+from torchfault.faults._space import probe_forward
+from torchfault.injectors._words import fault_words, may_write, merge_masks, plain_words
 
 __all__ = ["inject", "Injection"]
 
@@ -55,6 +58,26 @@ def _describe(f: Fault) -> str:
     return f"fault on {f.module or '<model>'}:{f.target}{el}"
 
 
+def _check_bits(f: Fault, fmt: numerics.NumberFormat) -> int:
+    """The fault's bit mask in ``fmt``; a bit outside the format names the fault and the width."""
+    try:
+        return numerics.bit_mask(f.bits, fmt)
+    except TorchFaultError as exc:
+        raise TorchFaultError(f"{_describe(f)}: {exc}") from None
+
+
+def _check_format(f: Fault, t: torch.Tensor) -> numerics.NumberFormat:
+    """The format the fault sees ``t`` in (checked against the tensor and the fault's bits)."""
+    try:
+        fmt = numerics.get_format(f.format, t)
+        numerics.check_compatible(fmt, t)
+    except TorchFaultError as exc:
+        raise TorchFaultError(f"{_describe(f)}: {exc}") from None
+    if f.bits:
+        _check_bits(f, fmt)
+    return fmt
+
+
 @dataclass
 class _Segment:
     """Consecutive faults on one tensor that one call applies (many for a bitwise model)."""
@@ -66,7 +89,7 @@ class _Segment:
     transient: bool
     spent: bool = False
     fired: int = 0
-    _cache: dict[Any, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    _cache: dict[Any, tuple[Any, ...]] = field(default_factory=dict)
 
     def mergeable(self, f: Fault, bit_op: str | None) -> bool:
         return (
@@ -110,7 +133,9 @@ class Injection:
         faults = list(faults)
         for f in faults:
             if not isinstance(f, Fault):
-                raise TorchFaultError(f"inject() takes Fault objects, got {type(f).__name__}: {f!r}.")
+                raise TorchFaultError(
+                    f"inject() takes Fault objects, got {type(f).__name__}: {f!r}."
+                )
         self.model = model
         self.faults: tuple[Fault, ...] = tuple(faults)
         self.generator = generator
@@ -142,9 +167,12 @@ class Injection:
             check_fault_model(f.model, f.bits, f.param_dict)
             if f.is_activation:
                 if f.format is not None:
-                    fmt = numerics.get_format(f.format)
+                    try:
+                        fmt = numerics.get_format(f.format)
+                    except TorchFaultError as exc:
+                        raise TorchFaultError(f"{_describe(f)}: {exc}") from None
                     if f.bits:
-                        numerics.bit_mask(f.bits, fmt)
+                        _check_bits(f, fmt)
                 continue
             stored = stored_tensors(mod)
             if f.target not in stored:
@@ -154,47 +182,55 @@ class Injection:
                     f"{''.join(', ' + repr(n) for n in stored)}.{suggest(f.target, ['output', 'input', *stored])}"
                 )
             t = stored[f.target][1]
-            fmt = numerics.get_format(f.format, t)
-            numerics.check_compatible(fmt, t)
+            _check_format(f, t)
             _ravel(f.index, t.shape, _describe(f))
-            if f.bits:
-                numerics.bit_mask(f.bits, fmt)
 
     def _probe(self, example_inputs: Any) -> None:
-        """Run the model once (no grad) to check activation indices before any fault runs."""
+        """Run the model once (no grad, no trace left) to check activation faults before any runs."""
         handles = []
-        seen: dict[tuple[str, str, Any], torch.Size] = {}
+        seen: dict[tuple[str, str, Any], list[tuple[torch.Size, torch.Tensor]]] = {}
         act = [f for f in self.faults if f.is_activation]
         try:
-            for f in act:
-                mod = self._module(f)
-                key = (f.module, f.target, f.element)
+            for key in dict.fromkeys((f.module, f.target, f.element) for f in act):
+                mod = self._modules[key[0]]
 
                 def record(obj: Any, key: tuple[str, str, Any] = key) -> None:
-                    if key not in seen:
-                        seen[key] = get_element(obj, key[2]).shape
+                    t = get_element(obj, key[2])
+                    seen.setdefault(key, []).append((t.shape, t[:0]))
 
-                if f.target == "output":
+                if key[1] == "output":
                     handles.append(mod.register_forward_hook(lambda m, a, o, r=record: r(o)))
                 else:
                     handles.append(mod.register_forward_pre_hook(lambda m, a, r=record: r(a)))
-            args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-            with torch.no_grad():
-                self.model(*args)
+            probe_forward(self.model, example_inputs)
         finally:
             for h in handles:
                 h.remove()
         for f in act:
-            shape = seen.get((f.module, f.target, f.element))
-            if shape is None:
-                raise TorchFaultError(f"{_describe(f)}: the module did not run in the forward pass.")
-            self._check_act(f, shape)
+            runs = seen.get((f.module, f.target, f.element), [])
+            if not runs:
+                raise TorchFaultError(
+                    f"{_describe(f)}: module {f.module!r} did not run in the forward pass."
+                )
+            if f.call is not None and f.call >= len(runs):
+                raise TorchFaultError(
+                    f"{_describe(f)}: call {f.call} is out of range; module {f.module!r} runs "
+                    f"{len(runs)} time(s) per forward pass (calls 0..{len(runs) - 1})."
+                )
+            for shape, empty in runs if f.call is None else [runs[f.call]]:
+                self._check_act(f, shape)
+                _check_format(f, empty)
 
-    def _check_act(self, f: Fault, shape: torch.Size, t: torch.Tensor | None = None) -> None:
+    def _check_act(self, f: Fault, shape: torch.Size) -> None:
+        if len(shape) == 0:
+            raise TorchFaultError(
+                f"{_describe(f)}: the tensor is a scalar; activation faults need a batch dimension."
+            )
         _ravel(f.index, shape[1:], _describe(f))
         if f.sample is not None and f.sample >= shape[0]:
             raise TorchFaultError(
-                f"{_describe(f)}: sample {f.sample} is out of range for a batch of {shape[0]}."
+                f"{_describe(f)}: sample {f.sample} is out of range for a batch of {shape[0]} "
+                f"(tensor shape {tuple(shape)})."
             )
 
     # ------------------------------------------------------------------ attach
@@ -204,7 +240,9 @@ class Injection:
             return self
         self._attached = True
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._begin_pass, prepend=True))
+            self._handles.append(
+                self.model.register_forward_pre_hook(self._begin_pass, prepend=True)
+            )
             acts = [f for f in self.faults if f.is_activation]
             keys: dict[tuple[str, str, Any], list[Fault]] = {}
             for f in acts:
@@ -232,17 +270,24 @@ class Injection:
         return self
 
     @torch.no_grad()
-    def _apply_param_group(self, mname: str, target: str, faults: list[Fault], transient: bool) -> None:
+    def _apply_param_group(
+        self, mname: str, target: str, faults: list[Fault], transient: bool
+    ) -> None:
         mod = self._modules[mname]
         t = get_stored(mod, target)
         assert t is not None  # checked in _validate
         new = t.detach()
         flat_all = []
         for seg in _segments(faults):
-            new, flat = self._apply_segment(new, seg, None)
+            new, flat = self._apply_segment(new, seg)
             flat_all.append(flat)
         idx = torch.unique(torch.cat(flat_all))
-        group: dict[str, Any] = {"module": mod, "target": target, "transient": transient, "done": False}
+        group: dict[str, Any] = {
+            "module": mod,
+            "target": target,
+            "transient": transient,
+            "done": False,
+        }
         if is_packed(mod, target):
             group["original"] = t
             set_packed(mod, target, new)
@@ -261,71 +306,102 @@ class Injection:
         if "original" in group:
             set_packed(group["module"], group["target"], group["original"])
         else:
-            numerics.apply_bits_(group["tensor"].data, group["index"], group["saved"], "set", group["fmt"])
+            numerics.apply_bits_(
+                group["tensor"].data, group["index"], group["saved"], "set", group["fmt"]
+            )
 
     # ------------------------------------------------------------------ applying
-    def _apply_segment(
-        self, t: torch.Tensor, seg: _Segment, batch: int | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply one segment to ``t``; ``batch`` is the batch size for activations (None: a parameter)."""
+    def _apply_segment(self, t: torch.Tensor, seg: _Segment) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply one segment to a parameter or buffer ``t`` (out of place): ``(new, flat indices)``."""
         fmt = numerics.get_format(seg.fmt_name, t)
-        key = (tuple(t.shape), batch)
-        cached = seg._cache.get(key)
-        if cached is None:
-            if batch is None:
-                inner = [_ravel(f.index, t.shape, _describe(f)) for f in seg.faults]
-                flat = torch.tensor(inner, dtype=torch.int64)
-                samples = None
-            else:
-                for f in seg.faults:
-                    self._check_act(f, t.shape)
-                per = t[0].numel() if t.shape[0] else 0
-                inner_t = torch.tensor([_ravel(f.index, t.shape[1:], _describe(f)) for f in seg.faults], dtype=torch.int64)
-                samples = torch.tensor([-1 if f.sample is None else f.sample for f in seg.faults], dtype=torch.int64)
-                every = samples < 0
-                rows = torch.arange(batch, dtype=torch.int64)
-                flat = torch.cat(
-                    [samples[~every] * per + inner_t[~every], (rows[:, None] * per + inner_t[every][None, :]).flatten()]
-                )
-            mask = None
-            if seg.bit_op is not None:
-                masks = torch.tensor([numerics.bit_mask(f.bits, fmt) for f in seg.faults], dtype=torch.int64)
-                if samples is not None:
-                    every = samples < 0
-                    masks = torch.cat([masks[~every], masks[every].repeat(batch)])
-                mask = masks
-            cached = (flat, mask)
-            seg._cache[key] = cached
-        flat, mask = cached
+        flat = torch.tensor(
+            [_ravel(f.index, t.shape, _describe(f)) for f in seg.faults], dtype=torch.int64
+        )
         if seg.bit_op is not None:
-            out = numerics.apply_bits(t, flat, mask, seg.bit_op, fmt)
+            masks = torch.tensor([_check_bits(f, fmt) for f in seg.faults], dtype=torch.int64)
+            out = numerics.apply_bits(t, flat, masks, seg.bit_op, fmt)
         else:
             f = seg.faults[0]
-            fn = FAULT_MODELS.get(f.model)
-            out = fn(t, flat, f.bits, fmt, self.generator, **f.param_dict)
+            out = FAULT_MODELS.get(f.model)(t, flat, f.bits, fmt, self.generator, **f.param_dict)
         seg.fired += 1
         return out, flat
 
-    def _fault_tensor(self, key: tuple[str, str, Any], obj: Any) -> Any:
+    def _act_plan(self, t: torch.Tensor, seg: _Segment) -> tuple[Any, ...]:
+        """Flat indices and masks of a segment for an activation of ``t``'s shape (cached)."""
+        key = (tuple(t.shape), t.dtype, t.is_quantized)
+        plan = seg._cache.get(key)
+        if plan is not None:
+            return plan
+        fmt = None
+        for f in seg.faults:
+            self._check_act(f, t.shape)
+            fmt = _check_format(f, t)
+        assert fmt is not None
+        batch, per = t.shape[0], math.prod(t.shape[1:])
+        inner = torch.tensor(
+            [_ravel(f.index, t.shape[1:], _describe(f)) for f in seg.faults], dtype=torch.int64
+        )
+        samples = torch.tensor(
+            [-1 if f.sample is None else f.sample for f in seg.faults], dtype=torch.int64
+        )
+        every = samples < 0
+        rows = torch.arange(batch, dtype=torch.int64)
+        flat = torch.cat(
+            [
+                samples[~every] * per + inner[~every],
+                (rows[:, None] * per + inner[every][None, :]).flatten(),
+            ]
+        )
+        masks = None
+        fast = False
+        if seg.bit_op is not None:
+            masks = torch.tensor([_check_bits(f, fmt) for f in seg.faults], dtype=torch.int64)
+            masks = torch.cat([masks[~every], masks[every].repeat(batch)])
+            if fmt.kind in ("float", "int") and fmt.value_dtype == t.dtype and not t.is_quantized:
+                flat, masks = merge_masks(flat, masks, seg.bit_op, fmt)
+                fast = True
+        plan = (flat, masks, fmt, fast)
+        seg._cache[key] = plan
+        return plan
+
+    def _fault_tensor(
+        self, key: tuple[str, str, Any], obj: Any, module: nn.Module, inputs: Any
+    ) -> Any:
         count = self._calls.get(key, 0)
         self._calls[key] = count + 1
-        segs = [s for s in self._act_groups[key] if not s.spent and (s.call is None or s.call == count)]
+        segs = [
+            s for s in self._act_groups[key] if not s.spent and (s.call is None or s.call == count)
+        ]
         if not segs:
-            return obj
+            return None
         t = get_element(obj, key[2])
+        # a fresh module output may be written in place; a tensor made here always may
+        own = module is not None and may_write(t, module, inputs)
         for seg in segs:
-            t, _ = self._apply_segment(t, seg, t.shape[0] if t.dim() else 1)
+            flat, masks, fmt, fast = self._act_plan(t, seg)
+            if fast and plain_words(t, fmt):
+                t = fault_words(t, flat, masks, seg.bit_op, inplace=own)
+                own = True
+            elif seg.bit_op is not None:
+                t = numerics.apply_bits(t, flat, masks, seg.bit_op, fmt)
+                own = True
+            else:
+                f = seg.faults[0]
+                t = FAULT_MODELS.get(f.model)(t, flat, f.bits, fmt, self.generator, **f.param_dict)
+                own = False
+            seg.fired += 1
         return replace_element(obj, key[2], t)
 
     def _make_out_hook(self, key: tuple[str, str, Any]) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            return self._fault_tensor(key, output)
+            return self._fault_tensor(key, output, module, args)
 
         return hook
 
     def _make_in_hook(self, key: tuple[str, str, Any]) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
-            return self._fault_tensor(key, args)
+            # an input belongs to whoever produced it (a residual branch may read it too): copy
+            return self._fault_tensor(key, args, None, None)
 
         return hook
 
@@ -336,7 +412,7 @@ class Injection:
         self.passes += 1
         for segs in self._act_groups.values():
             for s in segs:
-                if s.transient and s.fired:
+                if s.transient:
                     s.spent = True
         for g in self._param_groups:
             if g["transient"]:
