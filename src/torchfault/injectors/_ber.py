@@ -24,7 +24,15 @@ from torchfault.errors import TorchFaultError
 from torchfault.faults import iter_tensors, replace_element
 from torchfault.faults._access import is_packed, set_packed, stored_tensors
 from torchfault.faults._targets import ModuleSelector, normalize_kinds, select_modules, tensor_kind
-from torchfault.injectors._words import fault_words, may_write, plain_words, to_word_dtype
+from torchfault.injectors._words import fault_words, may_write, plain_words
+
+_NUMPY_WORD = {
+    torch.int8: np.int8,
+    torch.uint8: np.uint8,
+    torch.int16: np.int16,
+    torch.int32: np.int32,
+    torch.int64: np.int64,
+}
 
 __all__ = ["inject_ber", "BERInjection", "draw_flips"]
 
@@ -32,45 +40,72 @@ __all__ = ["inject_ber", "BERInjection", "draw_flips"]
 def _positions(total: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     """Sorted distinct positions in ``0..total-1``, each present independently with ``rate``.
 
-    A Bernoulli process drawn by its gaps (geometric): the count is ``Binomial(total, rate)``
-    and the cost is proportional to the count, not to ``total``.
+    A Bernoulli process drawn by its gaps: a gap is geometric, ``floor(E / -log(1 - rate)) + 1``
+    with ``E`` standard exponential. The count is then exactly ``Binomial(total, rate)``, the
+    positions are sorted and distinct by construction, and the cost grows with the number of
+    flips, not with ``total``. Dense rates draw one uniform number per position instead.
     """
     if total <= 0 or rate <= 0.0:
         return np.empty(0, dtype=np.int64)
     if rate >= 1.0:
         return np.arange(total, dtype=np.int64)
+    if rate >= 0.25:
+        return np.flatnonzero(rng.random(total) < rate).astype(np.int64)
+    scale = -1.0 / math.log1p(-rate)
     mean = total * rate
-    chunks = []
-    last = -1
+    chunks: list[np.ndarray] = []
+    start = -1  # the position before the next gap
     while True:
         size = (
             int(mean + 6.0 * math.sqrt(mean) + 16)
             if not chunks
             else int(6.0 * math.sqrt(mean) + 16)
         )
-        pos = last + np.cumsum(rng.geometric(rate, size=size), dtype=np.int64)
+        gaps = rng.standard_exponential(size)
+        gaps *= scale
+        pos = gaps.astype(np.int64)
+        pos += 1
+        np.cumsum(pos, out=pos)
+        pos += start
         if pos[-1] >= total:
             chunks.append(pos[: int(np.searchsorted(pos, total))])
             break
         chunks.append(pos)
-        last = int(pos[-1])
-    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        start = int(pos[-1])
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
 def _draw(
     numel: int, width: int, rate: float, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(sorted unique element indices, int64 masks, number of flipped bits)``."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(sorted unique element indices, int64 masks, number of flipped bits)``, as numpy arrays."""
     pos = _positions(numel * width, rate, rng)
     if pos.size == 0:
-        empty = torch.empty(0, dtype=torch.int64)
+        empty = np.empty(0, dtype=np.int64)
         return empty, empty, 0
-    elem, bit = np.divmod(pos, width)
-    # positions are sorted, so the bits of one element are neighbours
-    starts = np.flatnonzero(np.concatenate(([True], elem[1:] != elem[:-1])))
+    if width & (width - 1) == 0:  # a power of two: shift and mask
+        shift = width.bit_length() - 1
+        elem, bit = pos >> shift, pos & (width - 1)
+    else:
+        elem, bit = np.divmod(pos, width)
+    masks = np.left_shift(np.int64(1), bit)
+    # positions are sorted, so the bits of one element are neighbours; a repeat is rare at low
+    # rates, so fold each repeat into the first position of its element
+    rep = np.flatnonzero(elem[1:] == elem[:-1])
+    if rep.size == 0:
+        return elem, masks, int(pos.size)
+    rep += 1
+    keep = np.ones(elem.size, dtype=bool)
+    keep[rep] = False
+    head = rep - 1
+    while True:  # a third bit of one element points at a repeat: walk back to the first
+        back = ~keep[head]
+        if not back.any():
+            break
+        head[back] -= 1
     # distinct bits of one element: their sum is their OR (int64 wraps at bit 63)
-    masks = np.add.reduceat(np.left_shift(np.int64(1), bit.astype(np.int64)), starts)
-    return torch.from_numpy(elem[starts]), torch.from_numpy(masks), int(pos.size)
+    np.add.at(masks, head, masks[rep])
+    return elem[keep], masks[keep], int(pos.size)
 
 
 def draw_flips(
@@ -91,7 +126,7 @@ def draw_flips(
     if not 0.0 <= float(rate) <= 1.0:
         raise TorchFaultError(f"draw_flips: rate must be in [0, 1], got {rate!r}.")
     idx, masks, _ = _draw(int(numel), int(width), float(rate), rng)
-    return idx, masks
+    return torch.from_numpy(idx), torch.from_numpy(masks)
 
 
 class BERInjection:
@@ -130,6 +165,7 @@ class BERInjection:
         self.last_flips = 0
         self._handles: list[Any] = []
         self._saved: list[tuple[Any, ...]] = []
+        self._ptrs: dict[nn.Module, set[int]] = {}
         self._spent = False
 
     def _fmt(self, t: torch.Tensor) -> numerics.NumberFormat:
@@ -150,7 +186,9 @@ class BERInjection:
                     if count == 0:
                         continue
                     self.flips += count
-                    new = numerics.apply_bits(t.detach(), idx, masks, "xor", fmt)
+                    new = numerics.apply_bits(
+                        t.detach(), torch.from_numpy(idx), torch.from_numpy(masks), "xor", fmt
+                    )
                     if is_packed(mod, pname):
                         self._saved.append(("packed", mod, pname, t))
                         set_packed(mod, pname, new)
@@ -201,10 +239,13 @@ class BERInjection:
             self.flips += count
             self.last_flips += count
             if plain_words(t, fmt):
-                own = module is not None and may_write(t, module, inputs)
-                new = fault_words(t, idx, to_word_dtype(masks, fmt), "xor", inplace=own)
+                own = module is not None and may_write(t, module, inputs, self._ptrs)
+                words = _NUMPY_WORD[fmt.word_dtype]
+                new = fault_words(t, idx, masks.astype(words), "xor", inplace=own)  # astype wraps
             else:
-                new = numerics.apply_bits(t, idx, masks, "xor", fmt)
+                new = numerics.apply_bits(
+                    t, torch.from_numpy(idx), torch.from_numpy(masks), "xor", fmt
+                )
             if new is not t:
                 obj = replace_element(obj, element, new)
                 changed = True

@@ -144,6 +144,7 @@ class Injection:
         self._param_groups: list[dict[str, Any]] = []
         self._act_groups: dict[tuple[str, str, Any], list[_Segment]] = {}
         self._calls: dict[tuple[str, str, Any], int] = {}
+        self._ptrs: dict[nn.Module, set[int]] = {}
         self._attached = False
         self._modules = dict(model.named_modules())
         self._validate()
@@ -376,7 +377,7 @@ class Injection:
             return None
         t = get_element(obj, key[2])
         # a fresh module output may be written in place; a tensor made here always may
-        own = module is not None and may_write(t, module, inputs)
+        own = module is not None and may_write(t, module, inputs, self._ptrs)
         for seg in segs:
             flat, masks, fmt, fast = self._act_plan(t, seg)
             if fast and plain_words(t, fmt):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -88,25 +89,45 @@ def storage_ptrs(tensors: Iterable[Any]) -> set[int]:
     return out
 
 
-def may_write(t: torch.Tensor, module: nn.Module, inputs: Any) -> bool:
+def _shares(ptr: int, obj: Any) -> bool:
+    """Whether any tensor in ``obj`` (a tensor, or a tuple, list or dict of them) has storage ``ptr``."""
+    if isinstance(obj, torch.Tensor):
+        return (
+            not obj.is_quantized
+            and obj.layout == torch.strided
+            and obj.untyped_storage().data_ptr() == ptr
+        )
+    if isinstance(obj, (tuple, list)):
+        return any(_shares(ptr, v) for v in obj)
+    if isinstance(obj, dict):
+        return any(_shares(ptr, v) for v in obj.values())
+    return False
+
+
+def may_write(
+    t: torch.Tensor, module: nn.Module, inputs: Any, cache: dict[nn.Module, set[int]] | None = None
+) -> bool:
     """Whether ``module``'s output ``t`` may be faulted in place: a fresh tensor no one else holds.
 
     Not when autograd may have saved it, when it is an inference tensor outside inference mode,
     or when it shares storage with the module's inputs, parameters or buffers (``nn.Identity``,
-    ``nn.Flatten``, ``nn.ReLU(inplace=True)`` return views of their input).
+    ``nn.Flatten``, ``nn.ReLU(inplace=True)`` return views of their input). ``cache`` keeps the
+    storages of each module's parameters and buffers for the injector's lifetime (faults on
+    parameters write into their storage, they never replace it).
     """
     if t.requires_grad and torch.is_grad_enabled():
         return False
     if t.is_inference() and not torch.is_inference_mode_enabled():
         return False
-    from torchfault.faults import iter_tensors
-
     ptr = t.untyped_storage().data_ptr()
-    if ptr in storage_ptrs(x for _, x in iter_tensors(inputs)):
+    if _shares(ptr, inputs):
         return False
-    return ptr not in storage_ptrs(module.parameters()) and ptr not in storage_ptrs(
-        module.buffers()
-    )
+    own = cache.get(module) if cache is not None else None
+    if own is None:
+        own = storage_ptrs([*module.parameters(), *module.buffers()])
+        if cache is not None:
+            cache[module] = own
+    return ptr not in own
 
 
 def fault_words(
@@ -114,9 +135,10 @@ def fault_words(
 ) -> torch.Tensor:
     """Apply merged masks (from :func:`merge_masks`) to the words of ``t`` at flat ``index``.
 
-    ``t`` must satisfy :func:`plain_words`. With ``inplace`` (see :func:`may_write`) ``t`` itself
-    is written; otherwise a copy, which keeps ``t``'s autograd history (the fault acts as an
-    identity for gradients).
+    ``t`` must satisfy :func:`plain_words`; ``index`` must not repeat. With ``inplace`` (see
+    :func:`may_write`) ``t`` itself is written; otherwise a copy, which keeps ``t``'s autograd
+    history (the fault acts as an identity for gradients). ``index`` and ``masks`` may be numpy
+    arrays when ``t`` is on the CPU.
 
     Example:
         >>> x = torch.tensor([1.0, 2.0])
@@ -127,12 +149,38 @@ def fault_words(
     """
     if not inplace:
         t = t.clone(memory_format=torch.contiguous_format)
-    words = t.detach().view(masks.dtype).view(-1)
-    if index.numel():
+    if len(index) == 0:
+        return t
+    word_dtype = masks.dtype if isinstance(masks, torch.Tensor) else _TORCH_OF[masks.dtype]
+    words = t.detach().view(word_dtype).view(-1)
+    if words.device.type == "cpu":  # numpy indexing costs a third of torch's for a few thousand
+        w = words.numpy()
+        i = index.numpy() if isinstance(index, torch.Tensor) else index
+        m = masks.numpy() if isinstance(masks, torch.Tensor) else masks
         if op == "xor":
-            words[index] = words[index] ^ masks
+            w[i] ^= m
         elif op == "stuck_at_1":
-            words[index] = words[index] | masks
+            w[i] |= m
         else:  # stuck_at_0
-            words[index] = words[index] & ~masks
+            w[i] &= ~m
+        return t
+    index = torch.as_tensor(index, device=words.device)
+    masks = torch.as_tensor(masks, device=words.device)
+    old = words.index_select(0, index)
+    if op == "xor":
+        new = old ^ masks
+    elif op == "stuck_at_1":
+        new = old | masks
+    else:  # stuck_at_0
+        new = old & ~masks
+    words.index_copy_(0, index, new)
     return t
+
+
+_TORCH_OF = {
+    np.dtype(np.int8): torch.int8,
+    np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.int16): torch.int16,
+    np.dtype(np.int32): torch.int32,
+    np.dtype(np.int64): torch.int64,
+}
