@@ -535,3 +535,33 @@ def test_example_inputs_probe_leaves_a_training_model_untouched():
         pass
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per:UserWarning")
+def test_scalar_and_quantized_activations_are_checked_on_the_probe():
+    class Q(nn.Module):
+        def forward(self, x):
+            return torch.quantize_per_tensor(x, 0.05, 3, torch.qint8)
+
+    class Total(nn.Module):
+        def forward(self, x):
+            return x.sum()
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.total = Q(), Total()
+
+        def forward(self, x):
+            self.total(x)
+            return self.q(x)
+
+    m, x = Net(), torch.randn(2, 5)
+    golden = m(x).int_repr()
+    with inject(m, Fault("q", index=(1,), bits=(3,), sample=1), example_inputs=x):
+        out = m(x).int_repr()
+    assert int(out[1, 1]) == int(golden[1, 1]) ^ 8 and torch.equal(out[0], golden[0])
+    scalar = Fault("total", index=(), bits=(3,))
+    msg = "scalar; activation faults need a batch dimension"
+    with pytest.raises(TorchFaultError, match=msg), inject(m, scalar, example_inputs=x):
+        pass

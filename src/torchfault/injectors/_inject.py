@@ -197,7 +197,9 @@ class Injection:
 
                 def record(obj: Any, key: tuple[str, str, Any] = key) -> None:
                     t = get_element(obj, key[2])
-                    seen.setdefault(key, []).append((t.shape, t[:0]))
+                    seen.setdefault(key, []).append(
+                        (t.shape, t.flatten()[:0])
+                    )  # shape, dtype, quantizer
 
                 if key[1] == "output":
                     handles.append(mod.register_forward_hook(lambda m, a, o, r=record: r(o)))
