@@ -4,19 +4,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import torchfault.dnn as dnn
-
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Fixed seed; one intra-op thread (tiny models run faster so, and share the CPU well)."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

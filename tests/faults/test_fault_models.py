@@ -10,7 +10,6 @@ views), in float32, float16, bfloat16, int8 and qint8.
 from __future__ import annotations
 
 import struct
-import warnings
 
 import numpy as np
 import pytest
@@ -152,31 +151,9 @@ def test_every_fault_model_on_an_activation(name, dtype):
     check_only_element_changed(x, seen[0], flat, name, bits_for(name, dtype), dtype)
 
 
-def _quantized_linear() -> nn.Module:
-    """A tiny eager-mode quantized model (fbgemm): its Linear weight is packed qint8."""
-    import torch.ao.quantization as tq
-
-    class Tiny(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.quant, self.fc, self.dequant = tq.QuantStub(), nn.Linear(6, 4), tq.DeQuantStub()
-
-        def forward(self, x):
-            return self.dequant(self.fc(self.quant(x)))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = Tiny().eval()
-        m.qconfig = tq.get_default_qconfig("fbgemm")
-        tq.prepare(m, inplace=True)
-        m(torch.randn(16, 6, generator=torch.Generator().manual_seed(3)))
-        tq.convert(m, inplace=True)
-    return m
-
-
 @pytest.mark.parametrize("name", list_fault_models())
-def test_every_fault_model_on_a_packed_qint8_weight(name):
-    model = _quantized_linear()
+def test_every_fault_model_on_a_packed_qint8_weight(name, quantized_linear):
+    model = quantized_linear(6, 4, seed=3)
     w0 = model.fc.weight()
     bits = bits_for(name, torch.qint8)
     fault = Fault("fc", "weight", index=(2, 3), bits=bits, model=name, params=PARAMS.get(name, {}))

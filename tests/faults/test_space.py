@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -188,29 +187,8 @@ def test_probing_pass_leaves_a_training_model_untouched():
     )
 
 
-def _quantized() -> nn.Module:
-    import torch.ao.quantization as tq
-
-    class Tiny(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.quant, self.fc, self.dequant = tq.QuantStub(), nn.Linear(4, 3), tq.DeQuantStub()
-
-        def forward(self, x):
-            return self.dequant(self.fc(self.quant(x)))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = Tiny().eval()
-        m.qconfig = tq.get_default_qconfig("fbgemm")
-        tq.prepare(m, inplace=True)
-        m(torch.randn(16, 4, generator=torch.Generator().manual_seed(1)))
-        tq.convert(m, inplace=True)
-    return m
-
-
-def test_quantized_model_weights_are_qint8_sites_and_take_faults():
-    model = _quantized()
+def test_quantized_model_weights_are_qint8_sites_and_take_faults(quantized_linear):
+    model = quantized_linear(4, 3, seed=1)
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
     space = fault_space(model, x).by_name()
     w = space["fc:weight"]

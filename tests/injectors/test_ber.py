@@ -5,7 +5,6 @@ bits of one element, and the model comes back bit for bit."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -156,30 +155,14 @@ def test_ber_in_other_dtypes_and_formats():
     assert torch.equal(lin.weight, w)
 
 
-def test_ber_on_a_packed_quantized_weight():
-    import torch.ao.quantization as tq
-
-    class Tiny(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.quant, self.fc, self.dequant = tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()
-
-        def forward(self, x):
-            return self.dequant(self.fc(self.quant(x)))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = Tiny().eval()
-        m.qconfig = tq.get_default_qconfig("fbgemm")
-        tq.prepare(m, inplace=True)
-        m(torch.randn(16, 8))
-        tq.convert(m, inplace=True)
-        w0 = m.fc.weight()
-        with inject_ber(m, 0.05, kinds="weights", seed=8) as ber:
-            w1 = m.fc.weight()
-            assert ber.flips == changed_bits(w1.int_repr(), w0.int_repr()) > 0
-            assert torch.equal(w1.q_per_channel_scales(), w0.q_per_channel_scales())
-        assert torch.equal(m.fc.weight().int_repr(), w0.int_repr())
+def test_ber_on_a_packed_quantized_weight(quantized_linear):
+    m = quantized_linear(8, 8)
+    w0 = m.fc.weight()
+    with inject_ber(m, 0.05, kinds="weights", seed=8) as ber:
+        w1 = m.fc.weight()
+        assert ber.flips == changed_bits(w1.int_repr(), w0.int_repr()) > 0
+        assert torch.equal(w1.q_per_channel_scales(), w0.q_per_channel_scales())
+    assert torch.equal(m.fc.weight().int_repr(), w0.int_repr())
 
 
 def test_ber_is_reproducible_with_a_seed():
