@@ -203,7 +203,9 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
         raise
     except (ValueError, TypeError) as exc:
         msg = str(exc)
-        raise ConfigError(f"{prefix + ': ' if prefix else ''}{msg}") from None
+        if prefix and not msg.startswith(prefix):
+            msg = f"{prefix}: {msg}"
+        raise ConfigError(msg) from None
 
 
 def to_dict(obj: Any) -> Any:
