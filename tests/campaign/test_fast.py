@@ -80,6 +80,13 @@ def compare(model, x, faults, inputs_per_fault=N_INPUTS, **engine_kw):
     return got, want, fast
 
 
+def run_fast(model, x, faults):
+    """The fast engine alone, on the tasks of :func:`compare`."""
+    tasks = [RunTask(k, (f,), tuple(range(N_INPUTS))) for k, f in enumerate(faults)]
+    fast = FastEngine(model, x, golden_run(model, x, 256))
+    return fast.run(tasks), fast
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -288,3 +295,144 @@ def test_registered_and_reachable_from_run_campaign():
     # the fast engine leaves the model bit for bit as it was
     after = model.state_dict()
     assert all(torch.equal(before[k].view(torch.uint8), after[k].view(torch.uint8)) for k in before)
+
+
+# ---------------------------------------------------------------------------- spatial windows
+def window_faults(model, x, modules, seed, n_random=6):
+    """Activation faults on ``modules``: the four corners, edge middles and random elements."""
+    rng = random.Random(seed)
+    shapes = {s.module: s.shape for s in fault_space(model, x[:2], kinds=("outputs",))}
+    faults = []
+    for m in modules:
+        c, h, w = shapes[m]
+        places = [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, 0), (0, w // 2)]
+        places += [(rng.randrange(h), rng.randrange(w)) for _ in range(n_random)]
+        for y, z in places:
+            bits = (rng.choice(BITS),)
+            faults.append(Fault(m, "output", index=(rng.randrange(c), y, z), bits=bits))
+    return faults
+
+
+MID_NETWORK = {
+    "resnet20": ["layer1.1.conv1", "layer1.2.bn2", "layer2.0.conv2", "layer2.0.shortcut.0"],
+    "lenet": ["conv1", "relu1", "pool1", "conv2"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MID_NETWORK))
+def test_windowed_activation_faults_mid_network(name):
+    """CIFAR-shaped maps (32x32): the layers after a fault run on windows; every record equals
+    the reference engine's."""
+    model = randomize_buffers(create_model(name, dataset="cifar10")).eval()
+    x = model.example_inputs(N_INPUTS)
+    faults = window_faults(model, x, MID_NETWORK[name], seed=8)
+    got, want, fast = compare(model, x, faults)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["reference"] == 0
+    assert fast.stats["window_rows"] > 0 and fast.stats["window_steps"] > 0
+    assert {"masked", "benign"} <= {r.outcome for r in want}
+
+
+@pytest.mark.parametrize(
+    ("name", "modules"),
+    [("lenet", ["conv1", "pool1", "conv2"]), ("resnet8", ["conv1", "layer1.0.relu1"])],
+)
+def test_windowed_one_input_per_fault(name, modules):
+    """One input per fault: every row of a batch has its own window position (and the regions
+    that overhang the map are shifted per row)."""
+    model = randomize_buffers(create_model(name, dataset="cifar10")).eval()
+    x = model.example_inputs(N_INPUTS)
+    faults = window_faults(model, x, modules, seed=9, n_random=2)
+    golden = golden_run(model, x, 256)
+    single = [
+        RunTask(k * N_INPUTS + i, (f,), (i,)) for k, f in enumerate(faults) for i in range(N_INPUTS)
+    ]
+    fast = FastEngine(model, x, golden)
+    got = fast.run(single)
+    want = ReferenceEngine(model, x, golden).run(
+        [RunTask(k, (f,), tuple(range(N_INPUTS))) for k, f in enumerate(faults)]
+    )
+    strip = lambda r: (r.input_id, r.outcome, r.golden_top1, r.faulty_top1, r.max_abs_diff)  # noqa: E731
+    assert [strip(r) for r in got] == [strip(r) for r in want]
+    assert fast.stats["window_rows"] == len(single) and fast.stats["reference"] == 0
+
+
+class Windowy(nn.Module):
+    """Every operation the windows handle: dilated and grouped convolutions, a 1x1 stride-2
+    convolution (windows that overhang what it reads), padded max- and average-pooling, an
+    in-place ReLU, batch norm, element-wise sums and products of different windows, scalars."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.r1 = nn.ReLU(inplace=True)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.p1 = nn.MaxPool2d(3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 1, stride=2, bias=False)
+        self.c4 = nn.Conv2d(8, 8, (3, 1), padding=(1, 0))
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.Hardswish()
+        self.p2 = nn.AvgPool2d(3, stride=1, padding=1)
+        self.head = nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x):
+        y = self.r1(self.c1(x))
+        z = self.p1(self.c2(y) + y)
+        u = self.c3(z)
+        w = self.act(torch.sigmoid(self.bn(self.c4(u))) * u)
+        w = self.p2(w) * 0.5 + 1.0
+        return self.head(w.flatten(1))
+
+
+def test_windowed_operations():
+    model = randomize_buffers(Windowy()).eval()
+    x = torch.randn(N_INPUTS, 3, 32, 32)
+    faults = window_faults(model, x, ["c1", "r1", "c2", "p1", "c3", "bn", "act"], seed=10)
+    faults += random_faults(model, x, 20, seed=11, kinds=("outputs",))
+    got, want, fast = compare(model, x, faults)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["reference"] == 0 and fast.stats["window_steps"] > 0
+
+
+def test_window_canary_failure_falls_back_exactly(monkeypatch):
+    """A failed canary makes that layer, at that window shape, run whole for good; a windowed
+    computation that is wrong is caught by the canaries, and would change the records without."""
+    model = randomize_buffers(create_model("resnet8", dataset="cifar10")).eval()
+    x = model.example_inputs(N_INPUTS)
+    faults = window_faults(model, x, ["conv1", "layer1.0.conv1", "layer2.0.bn1"], seed=12)
+    got, want, fast = compare(model, x, faults)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["window_steps"] > 0
+    canary_ok = FastEngine._canary_ok
+    # (1) the canaries of every convolution fail
+    failed = []
+
+    def no_conv(self, k, golden, computed):
+        if "conv" in k[0]:
+            failed.append(k)
+            return False
+        return canary_ok(self, k, golden, computed)
+
+    monkeypatch.setattr(FastEngine, "_canary_ok", no_conv)
+    got, fast = run_fast(model, x, faults)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["reference"] == 0 and fast.stats["window_steps"] > 0
+    assert failed and len(set(failed)) == len(failed)  # each (layer, shape) is tried once
+    assert fast.stats["window_fallback"] == len(failed) == len(fast._win_bad)
+    # (2) every windowed region one ulp off: the canaries see it
+    region = FastEngine._region
+
+    def off(self, *args, **kwargs):
+        reg = region(self, *args, **kwargs)
+        return torch.nextafter(reg, torch.full_like(reg, float("inf")))
+
+    monkeypatch.setattr(FastEngine, "_canary_ok", canary_ok)
+    monkeypatch.setattr(FastEngine, "_region", off)
+    got, fast = run_fast(model, x, faults)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["window_fallback"] > 0
+    # ... which, unchecked, would change records
+    monkeypatch.setattr(FastEngine, "_canary_ok", lambda self, k, golden, computed: True)
+    got, fast = run_fast(model, x, faults)
+    assert [key(r) for r in got] != [key(r) for r in want]

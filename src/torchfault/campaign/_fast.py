@@ -20,6 +20,21 @@ How it works (DESIGN.md, "The campaign engine"; docs/engine.md has the long vers
 4. After the site and after each masking operation (ReLU-like, max-pooling) at which the faulty
    value is the only live one, every row is compared word for word with the golden value; rows
    that are identical again are finished as ``masked`` and dropped from the batch.
+5. Spatial windows (activation faults on 4-d maps). A single-element fault can only change, in
+   each following convolution, pooling or element-wise operation, a window of the map that
+   grows with the kernel and shrinks with the stride. While the nodes after the site are such
+   operations (:func:`_win_kind`), every value is kept as a :class:`_Win`: per row, the window's
+   contents and position (golden everywhere else). A convolution or pooling is computed on the
+   region its output window reads (golden halo, the input's window pasted in, zero or -inf past
+   the map's border) with padding 0; an element-wise operation on the union of its operands'
+   windows. Canary rows (golden, no fault) ride along in every windowed computation and must
+   reproduce the golden window word for word; if they do not (CPU kernels choose algorithms by
+   shape), that (node, shape) is remembered as failed and computed whole from then on. At the
+   first node that is not windowable, whose window would cover more than
+   :attr:`FastEngine.window_area` of its map, or whose canary fails, every live window becomes
+   its whole value again and the rest of the network runs as in 3. Rows are still dropped as
+   masked at the cut points (comparing windows). Batches of fewer than
+   :attr:`FastEngine.window_min_rows` rows of a site skip windows (they cost more than they save).
 
 Everything else goes to the ``reference`` engine (full forward passes with
 :func:`torchfault.inject`): a model ``torch.fx`` cannot trace (one logging warning per model
@@ -39,16 +54,16 @@ every input (inputs that do not are run by the reference engine), and (b) for ea
 bit for bit (a site that does not is run by the reference engine). Under these checks a row's
 faulty output is the same float computation as a full forward pass at a batch of at least
 ``min_rows`` rows, so its outcome, ``faulty_top1`` and ``max_abs_diff`` equal those of the
-reference engine whenever the reference engine's own batch is large enough to reproduce the golden
-outputs (on that machine: at least 12 inputs per fault). With one input per fault the reference
-engine runs batches of one row, whose last bits can differ from the golden pass; it then calls
-``benign`` some runs whose output is in truth identical to golden, which this engine calls
-``masked``.
+reference engine, which pads its own passes to the same ``min_rows``
+(:data:`~torchfault.campaign._engine.MIN_ROWS`). Windowed computations are trusted only where
+their canary rows reproduce golden bit for bit; everything outside a window is golden by
+construction (nothing there reads a changed value).
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
@@ -60,6 +75,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.node import map_arg
+from torch.nn.modules.utils import _pair
 
 from torchfault import numerics
 from torchfault.campaign._engine import ENGINES, MIN_ROWS, Engine, ReferenceEngine, RunTask
@@ -116,6 +132,68 @@ _MASKING_METHODS = {
     "clip",
     "amax",
     "max",
+}
+
+
+# Spatial windows (activation faults): operations whose output at one position reads a bounded
+# neighbourhood of their inputs, computed on crops around a fault (see _win_kind).
+_WIN_UNARY_MODULES: tuple[type, ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Threshold,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.BatchNorm2d,
+)
+_WIN_FUNCTIONS = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    F.hardtanh,
+    F.hardswish,
+    F.hardsigmoid,
+}
+_WIN_METHODS = {
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "relu",
+    "sigmoid",
+    "tanh",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
 }
 
 
@@ -232,6 +310,70 @@ def _masking(prog: _Program, node: fx.Node) -> bool:
     return False
 
 
+def _win_kind(prog: _Program, node: fx.Node) -> str | None:
+    """How node can run on a spatial window of its 4-d inputs: ``conv``, ``maxpool``, ``avgpool``
+    (a bounded neighbourhood, its halo read from golden values), ``unary`` (one module input,
+    element by element) or ``ew`` (an element-wise function or method); ``None``: it cannot."""
+    if node.op == "call_module":
+        m = prog.model.get_submodule(str(node.target))
+        kind = type(m)
+        if kind is nn.Conv2d:
+            ok = m.padding_mode == "zeros" and isinstance(m.padding, tuple)
+            return "conv" if ok else None
+        if kind is nn.MaxPool2d:
+            return "maxpool" if not (m.ceil_mode or m.return_indices) else None
+        if kind is nn.AvgPool2d:
+            ok = not m.ceil_mode and (m.count_include_pad or _pair(m.padding) == (0, 0))
+            return "avgpool" if ok else None
+        if kind in _WIN_UNARY_MODULES:
+            if m.training:
+                return None
+            if kind is nn.BatchNorm2d and m.running_mean is None:
+                return None
+            return "unary"
+        return None
+    if node.op == "call_function" and node.target in _WIN_FUNCTIONS:
+        return "ew"
+    if node.op == "call_method" and node.target in _WIN_METHODS:
+        return "ew"
+    return None
+
+
+@dataclass(eq=False)
+class _Win:
+    """A 4-d value that differs from golden only inside a window: per row, ``data`` (rows, C, h, w)
+    is the value at rows ``y0 .. y0+h-1`` and columns ``x0 .. x0+w-1`` (inside the map), and the
+    golden value holds everywhere else."""
+
+    data: torch.Tensor
+    y0: torch.Tensor
+    x0: torch.Tensor
+
+    def same_window(self, other: _Win) -> bool:
+        return (
+            self.data.shape[2:] == other.data.shape[2:]
+            and torch.equal(self.y0, other.y0)
+            and torch.equal(self.x0, other.x0)
+        )
+
+
+@dataclass(eq=False)
+class _Batch:
+    """The rows of one execution of "the rest of the network" and their live values.
+
+    In full mode, ``pos`` holds the block positions of the ``n`` real rows, padded to
+    ``min_rows``; in window mode, the ``n`` real rows are followed by canary rows (golden values,
+    no fault) that check every windowed computation.
+    """
+
+    b: int
+    pos: torch.Tensor
+    n: int
+    env: dict[fx.Node, Any]
+    alive: torch.Tensor
+    masked: list[torch.Tensor] = field(default_factory=list)
+
+
 @dataclass(eq=False)
 class _Site:
     """A faulted node and tensor, with the plan of the rest of the network from there."""
@@ -247,6 +389,9 @@ class _Site:
     ok: bool | None = None  # validated: the rest of the network reproduces golden
     conv_trick: bool | None = None  # stacked single-channel convolutions reproduce golden
     need: set[fx.Node] = field(default_factory=set)
+    # activation sites: the leading nodes of ``order`` that can run on spatial windows, and how
+    win_kind: dict[fx.Node, str] = field(default_factory=dict)
+    win_need: set[fx.Node] | None = None  # their golden values (once sizes are known)
 
 
 def _plan(prog: _Program, node: fx.Node, target: str, module: nn.Module, max_checks: int) -> _Site:
@@ -284,6 +429,12 @@ def _plan(prog: _Program, node: fx.Node, target: str, module: nn.Module, max_che
         last.setdefault(n, len(order))
     site = _Site(node, target, module, order, checks, boundary, masked_all, last)
     site.need = {*boundary, *checks, node} - {prog.placeholder}
+    if target == "output":
+        for n in order:
+            kind = _win_kind(prog, n)
+            if kind is None:
+                break
+            site.win_kind[n] = kind
     _ = step
     return site
 
@@ -327,6 +478,12 @@ class FastEngine(Engine):
             float kernels take the same path as in the golden pass.
         cache_bytes: budget of the golden-activation cache.
         max_checks: masking checks per site after the site itself.
+        window: compute the layers after an activation fault on the spatial window the fault can
+            reach (checked by golden canary rows; see the module docstring).
+        window_area: the windowed computation stops (the whole maps are computed) at the first
+            layer whose window would cover more than this fraction of its output map.
+        window_min_rows: fewest rows of one site in a batch for windows to be used (below it,
+            the fixed cost of the windowed steps outweighs what they save).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -346,6 +503,9 @@ class FastEngine(Engine):
     min_rows = MIN_ROWS
     cache_bytes = 512 * 2**20
     max_checks = 4
+    window = True
+    window_area = 0.5
+    window_min_rows = 32
 
     def __init__(
         self,
@@ -366,7 +526,13 @@ class FastEngine(Engine):
         self._verified: set[int] = set()
         self._bad_inputs: set[int] = set()
         self._rows_independent: bool | None = None
-        #: how many runs each path finished (``fast``, ``masked_early``, ``reference``)
+        self._row_bytes: dict[fx.Node, int] = {}  # bytes per row of each node's value
+        self._measured = False
+        #: windowed computations whose canary failed: (node name, shape of its windowed input)
+        self._win_bad: set[tuple[str, tuple[int, ...]]] = set()
+        #: how many runs each path finished (``fast``, ``masked_early``, ``reference``); and, for
+        #: spatial windows, ``window_rows`` (rows that started on a window), ``window_steps``
+        #: (windowed node computations whose canaries passed), ``window_fallback`` (canary failures)
         self.stats: dict[str, int] = defaultdict(int)
 
     # ------------------------------------------------------------------ planning
@@ -446,6 +612,13 @@ class FastEngine(Engine):
                 break
             v = x if node is prog.placeholder else prog.run_node(node, env)
             env[node] = v
+            if (
+                node not in self._row_bytes
+                and isinstance(v, torch.Tensor)
+                and v.dim() > 0
+                and v.shape[0] == x.shape[0]
+            ):
+                self._row_bytes[node] = v[0].numel() * v.element_size()
             if node not in prog.dynamic:
                 self._consts.setdefault(node, v)
             if node in capture:
@@ -548,73 +721,410 @@ class FastEngine(Engine):
         return torch.cat([idx, idx[:1].expand(self.min_rows - idx.numel())])
 
     def _rest(
-        self,
-        site: _Site,
-        value: torch.Tensor,
-        pos: torch.Tensor,
-        n: int,
-        gold: dict[fx.Node, Any],
-        drop: bool,
-        same0: torch.Tensor | None = None,
+        self, site: _Site, st: _Batch, gold: dict[fx.Node, Any], drop: bool, same0: Any = None
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Run the network after ``site.node`` for rows whose site value is ``value``.
+        """Run the network after ``site.node`` for the rows of ``st`` (its site value in ``st.env``).
 
-        ``pos`` are the rows' positions in the block (padded; the first ``n`` are real rows).
-        ``same0`` tells which rows equal golden at the site (computed here when ``None``).
+        ``st`` is in window mode when the site value is a :class:`_Win`, else in full mode.
+        ``same0`` tells which real rows equal golden at the site (computed here when ``None``).
         Returns ``(out, alive, masked)``: the final outputs of the real rows still alive (``None``
         if none), their row numbers, and the row numbers dropped as masked.
         """
         prog = self._prog
         assert prog is not None
-        alive = torch.arange(n)
-        masked: list[torch.Tensor] = []
-        env: dict[fx.Node, Any] = {site.node: value}
-
-        def compact(node: fx.Node, same: torch.Tensor | None = None) -> None:
-            nonlocal pos, alive, n
-            if same is None:
-                g = gold[node]
-                if g is _NOT_ROWS or not isinstance(env[node], torch.Tensor):
-                    return
-                same = output_words_equal(g.index_select(0, pos[:n]), env[node][:n])
-            if not bool(same.any()):
-                return
-            keep = (~same).nonzero().flatten()
-            masked.append(alive[same])
-            alive = alive[keep]
-            n = int(keep.numel())
-            if n == 0:
-                return
-            idx = self._pad(keep)
-            pos = pos.index_select(0, idx)
-            for k in list(env):
-                v = env[k]
-                if isinstance(v, torch.Tensor) and v.dim() > 0 and k in prog.dynamic:
-                    env[k] = v.index_select(0, idx)
+        start = 0
+        if isinstance(st.env[site.node], _Win):
+            if drop:
+                self._compact_win(st, site.node, gold, same0)
+            start = self._run_windowed(site, st, gold, drop)
+        elif drop:
+            self._compact(st, site.node, gold, same0)
 
         def lookup(a: fx.Node) -> Any:
-            if a in env:
-                return env[a]
-            return self._gather(gold, a, pos)
+            if a in st.env:
+                return st.env[a]
+            return self._gather(gold, a, st.pos)
 
-        if drop:
-            compact(site.node, same0)
-        for i, node in enumerate(site.order):
-            if n == 0:
+        for i in range(start, len(site.order)):
+            if st.n == 0:
                 break
-            env[node] = prog.run_node(node, env, lookup)
+            node = site.order[i]
+            st.env[node] = prog.run_node(node, st.env, lookup)
             for a in node.all_input_nodes:
                 if site.last.get(a, -2) == i:
-                    env.pop(a, None)
+                    st.env.pop(a, None)
             if drop and node in site.checks:
-                compact(node)
-        done = torch.cat(masked) if masked else torch.zeros(0, dtype=torch.int64)
-        if n == 0:
-            return None, alive, done
-        res = env[prog.result] if site.order else env[site.node]
+                self._compact(st, node, gold)
+        done = torch.cat(st.masked) if st.masked else torch.zeros(0, dtype=torch.int64)
+        if st.n == 0:
+            return None, st.alive, done
+        res = st.env[prog.result] if site.order else st.env[site.node]
         if not isinstance(res, torch.Tensor):
             raise _Unsupported("the output is not a tensor")
-        return res[:n], alive, done
+        return res[: st.n], st.alive, done
+
+    def _compact(
+        self, st: _Batch, node: fx.Node, gold: dict[fx.Node, Any], same: Any = None
+    ) -> None:
+        """Full mode: drop the rows whose value at ``node`` equals golden (finished as masked)."""
+        prog = self._prog
+        assert prog is not None
+        n, env = st.n, st.env
+        if same is None:
+            g = gold[node]
+            if g is _NOT_ROWS or not isinstance(env[node], torch.Tensor):
+                return
+            same = output_words_equal(g.index_select(0, st.pos[:n]), env[node][:n])
+        if not bool(same.any()):
+            return
+        keep = (~same).nonzero().flatten()
+        st.masked.append(st.alive[same])
+        st.alive = st.alive[keep]
+        st.n = int(keep.numel())
+        if st.n == 0:
+            return
+        idx = self._pad(keep)
+        st.pos = st.pos.index_select(0, idx)
+        for k in list(env):
+            v = env[k]
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and k in prog.dynamic:
+                env[k] = v.index_select(0, idx)
+
+    # ------------------------------------------------------------------ spatial windows
+    def _window_need(self, site: _Site) -> set[fx.Node]:
+        """The golden values the windowed computation of ``site`` reads: its window nodes, as many
+        as fit in half the cache budget (the computation goes on over whole maps after them)."""
+        if site.win_need is None:
+            rows = max(min(self.block, self.inputs.shape[0]), self.min_rows)
+            budget, total, keep = self.cache_bytes // 2, 0, {}
+            for node, kind in site.win_kind.items():
+                total += self._row_bytes.get(node, 0) * rows
+                if total > budget:
+                    break
+                keep[node] = kind
+            site.win_kind = keep
+            site.win_need = set(keep)
+        return site.win_need
+
+    def _canaries(self, n: int) -> int:
+        """Canary rows after ``n`` real rows: at least one, at least ``min_rows`` rows in all, and
+        a multiple of 8 rows in all (fewer distinct shapes: fewer kernels for oneDNN to build)."""
+        k = max(1, self.min_rows - n)
+        return k + (-(n + k)) % 8
+
+    def _start_window(
+        self,
+        site: _Site,
+        faults: list[Fault],
+        spans: list[tuple[int, int]],
+        gold: dict[fx.Node, Any],
+        real: torch.Tensor,
+        b: int,
+    ) -> tuple[_Batch, Any] | None:
+        """Window mode for an activation site: each row's value is the 1x1 window (all channels)
+        at its fault's position; canary rows (golden, no fault) follow the real rows."""
+        g = gold.get(site.node)
+        if (
+            not isinstance(g, torch.Tensor)
+            or g.dim() != 4
+            or not g.is_floating_point()
+            or not site.win_kind
+        ):
+            return None
+        _, c, h, w = g.shape
+        n = int(real.numel())
+        ys = torch.empty(n, dtype=torch.int64)
+        xs = torch.empty(n, dtype=torch.int64)
+        channels = []
+        for f, (r0, r1) in zip(faults, spans):
+            if len(f.index) != 3:
+                return None
+            ys[r0:r1] = int(f.index[1]) % h
+            xs[r0:r1] = int(f.index[2]) % w
+            channels.append(int(f.index[0]) % c)
+        rows = torch.cat([torch.arange(n), torch.zeros(self._canaries(n), dtype=torch.int64)])
+        pos, y0, x0 = real[rows], ys[rows], xs[rows]
+        crop = g[pos, :, y0, x0].reshape(rows.numel(), c, 1, 1)
+        value, same = self._apply_activation(crop, faults, spans, inner=channels)
+        st = _Batch(b, pos, n, {site.node: _Win(value, y0, x0)}, torch.arange(n))
+        self.stats["window_rows"] += n
+        return st, same
+
+    def _run_windowed(self, site: _Site, st: _Batch, gold: dict[fx.Node, Any], drop: bool) -> int:
+        """Run the leading nodes of ``site.order`` on windows while they can be; then turn every
+        live window into the whole value (full mode) and return the step to go on from."""
+        i = 0
+        while i < len(site.order) and st.n > 0:
+            node = site.order[i]
+            out = self._win_node(site, i, node, st, gold)
+            if out is None:
+                break
+            st.env[node] = out
+            for a in node.all_input_nodes:
+                if site.last.get(a, -2) == i:
+                    st.env.pop(a, None)
+            if drop and node in site.checks:
+                self._compact_win(st, node, gold)
+            i += 1
+        if st.n > 0:
+            for k, v in list(st.env.items()):
+                if isinstance(v, _Win):
+                    st.env[k] = self._materialize(v, gold[k], st)
+            st.pos = self._pad(st.pos[: st.n])
+        return i
+
+    def _crop(
+        self, g: torch.Tensor, pos: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h: int, w: int
+    ) -> torch.Tensor:
+        """Per row r, ``g[pos[r], :, y0[r]:y0[r]+h, x0[r]:x0[r]+w]``, stacked."""
+        return g.unfold(2, h, 1).unfold(3, w, 1)[pos, :, y0, x0]
+
+    def _materialize(self, v: _Win, g: torch.Tensor, st: _Batch) -> torch.Tensor:
+        """The whole value of the real rows (padded to ``min_rows``): golden with the windows."""
+        n = st.n
+        full = g.index_select(0, self._pad(st.pos[:n]))
+        h, w = v.data.shape[2:]
+        full.unfold(2, h, 1).unfold(3, w, 1)[torch.arange(n), :, v.y0[:n], v.x0[:n]] = v.data[:n]
+        return full
+
+    def _region(
+        self,
+        v: _Win,
+        node: fx.Node,
+        gold: dict[fx.Node, Any],
+        st: _Batch,
+        ry: torch.Tensor,
+        rx: torch.Tensor,
+        size: tuple[int, int],
+        pad: tuple[int, int] = (0, 0),
+        fill: float = 0.0,
+    ) -> torch.Tensor:
+        """The value of ``node`` (window ``v``, golden elsewhere, ``fill`` outside the map, at most
+        ``pad`` beyond it) on the region of ``size`` starting at rows ``ry``, columns ``rx``."""
+        g = gold[node]
+        lh, lw = size
+        big_h, big_w = g.shape[2:]
+        cy, cx = ry.clamp(0, max(big_h - lh, 0)), rx.clamp(0, max(big_w - lw, 0))
+        shifts = ((2, ry - cy, lh), (3, rx - cx, lw))
+        if lh <= big_h and lw <= big_w and not any(bool((d != 0).any()) for _, d, _ in shifts):
+            reg = self._crop(g, st.pos, cy, cx, lh, lw)  # no row's region overhangs the map
+        else:
+            rows, pos = torch.unique(st.pos, return_inverse=True)
+            padded = rows.numel() * (big_h + 2 * pad[0]) * (big_w + 2 * pad[1])
+            if lh > big_h or lw > big_w or padded <= 2 * pos.numel() * lh * lw:
+                # pad the maps of the inputs these rows come from
+                g = F.pad(g.index_select(0, rows), (pad[1], pad[1], pad[0], pad[0]), value=fill)
+                reg = self._crop(g, pos, ry + pad[0], rx + pad[1], lh, lw)
+            else:  # crop inside the map, then shift the rows that overhang it, fill the overhang
+                reg = self._crop(g, st.pos, cy, cx, lh, lw)
+                for dim, shift, length in shifts:
+                    if bool((shift != 0).any()):
+                        at = torch.arange(length)[None, :] + shift[:, None]
+                        out = (at < 0) | (at >= length)
+                        at = at.clamp(0, length - 1)
+                        if dim == 2:
+                            at, out = at[:, None, :, None], out[:, None, :, None]
+                        else:
+                            at, out = at[:, None, None, :], out[:, None, None, :]
+                        reg = reg.gather(dim, at.expand(reg.shape)).masked_fill_(out, fill)
+        rows = reg.shape[0]
+        h, w = v.data.shape[2:]
+        dy, dx = v.y0 - ry, v.x0 - rx
+        if (
+            h <= lh
+            and w <= lw
+            and bool(((dy >= 0) & (dy <= lh - h) & (dx >= 0) & (dx <= lw - w)).all())
+        ):
+            reg.unfold(2, h, 1).unfold(3, w, 1)[torch.arange(rows), :, dy, dx] = v.data
+            return reg
+        # part of some window lies outside the region (it reaches nothing there): clip per row
+        iy = torch.arange(lh)[None, :] - dy[:, None]
+        ix = torch.arange(lw)[None, :] - dx[:, None]
+        inside = ((iy >= 0) & (iy < h))[:, None, :, None] & ((ix >= 0) & (ix < w))[:, None, None, :]
+        vals = v.data[
+            torch.arange(rows)[:, None, None, None],
+            torch.arange(v.data.shape[1])[None, :, None, None],
+            iy.clamp(0, h - 1)[:, None, :, None],
+            ix.clamp(0, w - 1)[:, None, None, :],
+        ]
+        return torch.where(inside, vals, reg)
+
+    def _win_node(
+        self, site: _Site, i: int, node: fx.Node, st: _Batch, gold: dict[fx.Node, Any]
+    ) -> _Win | None:
+        """``node`` computed on windows, checked on the canary rows; ``None``: compute it whole."""
+        prog = self._prog
+        assert prog is not None
+        kind = site.win_kind.get(node)
+        g_out = gold.get(node)
+        if kind is None or not isinstance(g_out, torch.Tensor) or g_out.dim() != 4:
+            return None
+        out_h, out_w = g_out.shape[2:]
+        if kind == "ew":
+            return self._win_elementwise(site, i, node, st, gold, g_out)
+        if node.kwargs or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+            return None
+        a = node.args[0]
+        v = st.env.get(a)
+        if not isinstance(v, _Win):
+            return None
+        m = prog.model.get_submodule(str(node.target))
+        if kind == "unary":
+            if g_out.shape != gold[a].shape:
+                return None
+            key = (node.name, tuple(v.data.shape))
+            if key in self._win_bad:
+                return None
+            data = v.data
+            if getattr(m, "inplace", False):
+                if site.last.get(a, -2) != i:
+                    return None  # its input is read again: keep the model's aliasing, whole
+                data = data.clone()
+            out = m(data)
+            return self._canary(key, _Win(out, v.y0, v.x0), g_out, st)
+        # convolution or pooling: the output window, then the input region it reads
+        kh, kw = _pair(m.kernel_size)
+        sh, sw = _pair(m.stride)
+        ph, pw = _pair(m.padding)
+        dh, dw = _pair(getattr(m, "dilation", 1))
+        h, w = v.data.shape[2:]
+
+        def span(
+            o: torch.Tensor, n: int, k: int, s: int, p: int, d: int, out: int
+        ) -> tuple[torch.Tensor, int]:
+            lo = torch.div(o + p - d * (k - 1) + s - 1, s, rounding_mode="floor").clamp(0, out - 1)
+            hi = torch.div(o + n - 1 + p, s, rounding_mode="floor").clamp(0, out - 1)
+            length = int((torch.maximum(hi, lo) - lo).max()) + 1
+            return lo.clamp(max=out - length), length
+
+        oy, ho = span(v.y0, h, kh, sh, ph, dh, out_h)
+        ox, wo = span(v.x0, w, kw, sw, pw, dw, out_w)
+        if ho * wo > self.window_area * out_h * out_w:
+            return None
+        size = ((ho - 1) * sh + dh * (kh - 1) + 1, (wo - 1) * sw + dw * (kw - 1) + 1)
+        key = (node.name, (v.data.shape[0], v.data.shape[1], *size))
+        if key in self._win_bad:
+            return None
+        fill = float("-inf") if kind == "maxpool" else 0.0
+        reg = self._region(v, a, gold, st, oy * sh - ph, ox * sw - pw, size, (ph, pw), fill)
+        if kind == "conv":
+            out = F.conv2d(reg, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+        elif kind == "maxpool":
+            out = F.max_pool2d(reg, m.kernel_size, m.stride, 0, m.dilation)
+        else:
+            out = F.avg_pool2d(
+                reg, m.kernel_size, m.stride, 0, False, m.count_include_pad, m.divisor_override
+            )
+        if tuple(out.shape[2:]) != (ho, wo):
+            return None
+        return self._canary(key, _Win(out, oy, ox), g_out, st)
+
+    def _win_elementwise(
+        self,
+        site: _Site,
+        i: int,
+        node: fx.Node,
+        st: _Batch,
+        gold: dict[fx.Node, Any],
+        g_out: torch.Tensor,
+    ) -> _Win | None:
+        """An element-wise function or method on the union of its operands' windows."""
+        prog = self._prog
+        assert prog is not None
+        wins: dict[fx.Node, _Win] = {}
+        golden: list[fx.Node] = []
+        for a in node.all_input_nodes:
+            if a in st.env:
+                v = st.env[a]
+                if not isinstance(v, _Win) or gold[a].shape != g_out.shape:
+                    return None
+                wins[a] = v
+            elif a in prog.dynamic:
+                ga = gold.get(a)
+                if not isinstance(ga, torch.Tensor) or ga.shape != g_out.shape:
+                    return None
+                golden.append(a)
+            elif isinstance(self._consts.get(a), torch.Tensor):
+                return None  # a constant tensor may broadcast: compute it whole
+        if not wins:
+            return None
+        inplace = node.kwargs.get("inplace") is True or any(x is True for x in node.args)
+        if inplace and any(site.last.get(a, -2) != i for a in wins):
+            return None
+        first = next(iter(wins.values()))
+        if all(first.same_window(v) for v in wins.values()):
+            y0, x0 = first.y0, first.x0
+            h, w = first.data.shape[2:]
+        else:
+            out_h, out_w = g_out.shape[2:]
+            lo_y = torch.stack([v.y0 for v in wins.values()]).amin(0)
+            lo_x = torch.stack([v.x0 for v in wins.values()]).amin(0)
+            hi_y = torch.stack([v.y0 + v.data.shape[2] for v in wins.values()]).amax(0)
+            hi_x = torch.stack([v.x0 + v.data.shape[3] for v in wins.values()]).amax(0)
+            h, w = int((hi_y - lo_y).max()), int((hi_x - lo_x).max())
+            if h * w > self.window_area * out_h * out_w:
+                return None
+            y0, x0 = lo_y.clamp(max=out_h - h), lo_x.clamp(max=out_w - w)
+        key = (node.name, (first.data.shape[0], first.data.shape[1], h, w))
+        if key in self._win_bad:
+            return None
+        vals: dict[fx.Node, Any] = {}
+        for a, v in wins.items():
+            if v.data.shape[2:] == (h, w) and torch.equal(v.y0, y0) and torch.equal(v.x0, x0):
+                vals[a] = v.data.clone() if inplace else v.data
+            else:
+                vals[a] = self._region(v, a, gold, st, y0, x0, (h, w))
+        for a in golden:
+            vals[a] = self._crop(gold[a], st.pos, y0, x0, h, w)
+        out = prog.run_node(node, {}, lambda a: vals[a] if a in vals else self._consts[a])
+        if not isinstance(out, torch.Tensor) or out.shape != first.data.shape[:2] + (h, w):
+            return None
+        return self._canary(key, _Win(out, y0, x0), g_out, st)
+
+    def _canary(
+        self, key: tuple[str, tuple[int, ...]], out: _Win, g_out: torch.Tensor, st: _Batch
+    ) -> _Win | None:
+        """``out`` if its canary rows equal golden bit for bit; else remember ``key`` as failed."""
+        n = st.n
+        h, w = out.data.shape[2:]
+        want = self._crop(g_out, st.pos[n:], out.y0[n:], out.x0[n:], h, w)
+        if self._canary_ok(key, want, out.data[n:]):
+            self.stats["window_steps"] += 1
+            return out
+        self._win_bad.add(key)
+        self.stats["window_fallback"] += 1
+        log.debug("fast engine: windowed %s %s differs from golden; computing it whole", *key)
+        return None
+
+    def _canary_ok(
+        self, key: tuple[str, tuple[int, ...]], golden: torch.Tensor, computed: torch.Tensor
+    ) -> bool:
+        """Do the canary rows of the windowed computation ``key`` equal golden, word for word?"""
+        return bool(output_words_equal(golden, computed).all())
+
+    def _compact_win(
+        self, st: _Batch, node: fx.Node, gold: dict[fx.Node, Any], same: Any = None
+    ) -> None:
+        """Window mode: drop the real rows whose window at ``node`` equals golden; keep canaries."""
+        n, v = st.n, st.env[node]
+        if same is None:
+            h, w = v.data.shape[2:]
+            g = self._crop(gold[node], st.pos[:n], v.y0[:n], v.x0[:n], h, w)
+            same = output_words_equal(g, v.data[:n])
+        if not bool(same.any()):
+            return
+        keep = (~same).nonzero().flatten()
+        st.masked.append(st.alive[same])
+        st.alive = st.alive[keep]
+        st.n = int(keep.numel())
+        if st.n == 0:
+            return
+        canary = torch.full((self._canaries(st.n),), n, dtype=torch.int64)
+        idx = torch.cat([keep, canary])
+        st.pos = st.pos[idx]
+        for k, x in list(st.env.items()):
+            if isinstance(x, _Win):
+                st.env[k] = _Win(x.data[idx], x.y0[idx], x.x0[idx])
 
     def _site_inputs(
         self, site: _Site, gold: dict[fx.Node, Any], pos: torch.Tensor
@@ -647,10 +1157,15 @@ class FastEngine(Engine):
         return FAULT_MODELS.get(f.model)(t.detach(), flat, f.bits, fmt, None, **f.param_dict)
 
     def _apply_activation(
-        self, value: torch.Tensor, faults: list[Fault], spans: list[tuple[int, int]]
+        self,
+        value: torch.Tensor,
+        faults: list[Fault],
+        spans: list[tuple[int, int]],
+        inner: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Apply each fault to its rows of ``value``, as the reference hooks do.
 
+        ``inner``: each fault's flat element index within a row (default: from its index).
         Returns the new tensor and, per row, whether the faulted element kept its word.
         """
         per = value[0].numel()
@@ -658,9 +1173,9 @@ class FastEngine(Engine):
         groups: dict[tuple[str, str | None], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         others = []
         every = []
-        for f, (r0, r1) in zip(faults, spans):
-            inner = _ravel(f.index, shape)
-            flat = torch.arange(r0, r1, dtype=torch.int64) * per + inner
+        for k, (f, (r0, r1)) in enumerate(zip(faults, spans)):
+            at = _ravel(f.index, shape) if inner is None else inner[k]
+            flat = torch.arange(r0, r1, dtype=torch.int64) * per + at
             every.append(flat)
             bit_op = FAULT_MODELS.info(f.model).capabilities.get("bit_op")
             if bit_op is None:
@@ -823,11 +1338,10 @@ class FastEngine(Engine):
             sites[ti] = site
             for i in task.input_ids:
                 rows_by_block[int(i) // self.block].append((ti, int(i)))
-        outs: dict[tuple[int, int], torch.Tensor | None] = {}
-        seconds: dict[tuple[int, int], float] = {}
+        outs: list[tuple[list[tuple[int, int]], torch.Tensor | None, float]] = []
         for b in sorted(rows_by_block):
-            self._run_block(b, rows_by_block[b], tasks, sites, outs, seconds, to_reference)
-        self._classify(tasks, outs, seconds, results)
+            self._run_block(b, rows_by_block[b], tasks, sites, outs, to_reference)
+        self._classify(tasks, outs, results)
         for ti, ids in to_reference.items():
             task = tasks[ti]
             for r in self.reference.run([RunTask(task.fault_id, task.faults, tuple(ids))]):
@@ -841,13 +1355,26 @@ class FastEngine(Engine):
         rows: list[tuple[int, int]],
         tasks: Sequence[RunTask],
         sites: dict[int, _Site],
-        outs: dict[tuple[int, int], torch.Tensor | None],
-        seconds: dict[tuple[int, int], float],
+        outs: list[tuple[list[tuple[int, int]], torch.Tensor | None, float]],
         to_reference: dict[int, list[int]],
     ) -> None:
+        here = list({id(sites[ti]): sites[ti] for ti, _ in rows}.values())
         need: set[fx.Node] = set()
-        for s in {id(sites[ti]): sites[ti] for ti, _ in rows}.values():
+        for s in here:
             need |= s.need
+        if self.window:
+            count: dict[int, int] = defaultdict(int)
+            for ti, _ in rows:
+                count[id(sites[ti])] += 1
+            windowed = [s for s in here if s.win_kind and count[id(s)] >= self.window_min_rows]
+            if windowed and not self._measured:  # measure every value, on a few rows
+                self._measured = True
+                try:
+                    self._forward(self._block_inputs(b)[0][: self.min_rows], set())
+                except Exception:  # noqa: BLE001 - sizes unknown: no value is left out for size
+                    log.debug("fast engine: could not measure the values' sizes", exc_info=True)
+            for s in windowed:
+                need |= self._window_need(s)
         gold = self._golden(b, need)
         by_site: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for ti, i in rows:
@@ -898,9 +1425,7 @@ class FastEngine(Engine):
                         to_reference[ti].append(i)
                     continue
                 per = (time.perf_counter() - t0) / max(len(batch), 1)
-                for key, out in done.items():
-                    outs[key] = out
-                    seconds[key] = per
+                outs.extend((keys, out, per) for keys, out in done if keys)
 
     def _run_rows(
         self,
@@ -909,11 +1434,12 @@ class FastEngine(Engine):
         tasks: Sequence[RunTask],
         gold: dict[fx.Node, Any],
         b: int,
-    ) -> dict[tuple[int, int], torch.Tensor | None]:
+    ) -> list[tuple[list[tuple[int, int]], torch.Tensor | None]]:
+        """Run one batch of rows of ``site``; returns (rows, their outputs; ``None``: masked)."""
         n = len(batch)
         pos = self._pad(torch.tensor([i for _, i in batch], dtype=torch.int64) - b * self.block)
         if site.masked_all:
-            return {key: None for key in batch}
+            return [(list(batch), None)]
         faults: list[Fault] = []
         spans: list[tuple[int, int]] = []
         r = 0
@@ -925,41 +1451,63 @@ class FastEngine(Engine):
             faults.append(tasks[ti].faults[0])
             spans.append((r, r1))
             r = r1
-        base = self._gather(gold, site.node, pos)
-        if site.target == "output":
-            value, same = self._apply_activation(base, faults, spans)
+        started = None
+        if (
+            site.target == "output"
+            and self.window
+            and n >= self.window_min_rows
+            and site.win_need
+            and all(node in gold for node in site.win_need)
+        ):
+            started = self._start_window(site, faults, spans, gold, pos[:n], b)
+        if started is not None:
+            st, same = started
         else:
-            value, same = self._apply_parameter(site, faults, spans, gold, pos, base)
-        out, alive, masked = self._rest(site, value, pos, n, gold, drop=True, same0=same)
-        done: dict[tuple[int, int], torch.Tensor | None] = {batch[int(k)]: None for k in masked}
-        self.stats["masked_early"] += len(done)
+            base = self._gather(gold, site.node, pos)
+            if site.target == "output":
+                value, same = self._apply_activation(base, faults, spans)
+            else:
+                value, same = self._apply_parameter(site, faults, spans, gold, pos, base)
+            st = _Batch(b, pos, n, {site.node: value}, torch.arange(n))
+        out, alive, masked = self._rest(site, st, gold, drop=True, same0=same)
+        done: list[tuple[list[tuple[int, int]], torch.Tensor | None]] = [
+            ([batch[k] for k in masked.tolist()], None)
+        ]
+        self.stats["masked_early"] += int(masked.numel())
         if out is not None:
-            for k, row in zip(alive.tolist(), out):
-                done[batch[k]] = row
+            done.append(([batch[k] for k in alive.tolist()], out))
         return done
 
     def _classify(
         self,
         tasks: Sequence[RunTask],
-        outs: dict[tuple[int, int], torch.Tensor | None],
-        seconds: dict[tuple[int, int], float],
+        outs: list[tuple[list[tuple[int, int]], torch.Tensor | None, float]],
         results: dict[tuple[int, int], RunRecord],
     ) -> None:
-        if not outs:
+        """Classify every row of ``outs`` (rows, their outputs or ``None`` for masked, seconds)."""
+        keys = [key for rows, _, _ in outs for key in rows]
+        if not keys:
             return
-        keys = list(outs)
-        ids = [i for _, i in keys]
-        golden = self.golden[ids]
-        faulty = torch.stack(
-            [golden[k] if outs[key] is None else outs[key] for k, key in enumerate(keys)]
-        )
+        golden = self.golden[[i for _, i in keys]]
+        faulty = golden.clone()  # masked rows: their golden output
+        seconds: list[float] = []
+        at = 0
+        for rows, out, per in outs:
+            if out is not None:
+                if out.shape[1:] != golden.shape[1:] or out.shape[0] != len(rows):
+                    raise _Unsupported(
+                        f"faulty output shape {tuple(out.shape)} differs from golden"
+                    )
+                faulty[at : at + len(rows)] = out
+            seconds += [per] * len(rows)
+            at += len(rows)
         codes, g_top, f_top, diff = classify(golden, faulty, self.criterion)
-        for key, c, g, f, d in zip(
-            keys, codes.tolist(), g_top.tolist(), f_top.tolist(), diff.tolist()
+        for key, c, g, f, d, sec in zip(
+            keys, codes.tolist(), g_top.tolist(), f_top.tolist(), diff.tolist(), seconds
         ):
             ti, i = key
             results[key] = RunRecord(
-                tasks[ti].fault_id, i, OUTCOMES[int(c)], int(g), int(f), float(d), seconds[key]
+                tasks[ti].fault_id, i, OUTCOMES[int(c)], int(g), int(f), float(d), sec
             )
         self.stats["fast"] += len(keys)
 
