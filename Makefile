@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # torchfault: `make demo` and `make test` work on a fresh machine.
 PYTHON ?= python3
 VENV := .venv

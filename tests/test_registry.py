@@ -43,7 +43,9 @@ def test_register_list_create_info(reg):
 def test_unknown_name_lists_valid_and_suggests(reg):
     reg.add("bit_flip", object())
     reg.add("stuck_at_0", object())
-    with pytest.raises(ValueError, match=r"Unknown widget 'bitflip'.*bit_flip, stuck_at_0.*Did you mean 'bit_flip'"):
+    with pytest.raises(
+        ValueError, match=r"Unknown widget 'bitflip'.*bit_flip, stuck_at_0.*Did you mean 'bit_flip'"
+    ):
         reg.get("bitflip")
 
 
@@ -70,9 +72,54 @@ def test_plugins_from_entry_points(reg, monkeypatch):
 
     ep = SimpleNamespace(name="demo_plugin", load=lambda: plugin)
     bad = SimpleNamespace(name="broken", load=lambda: (_ for _ in ()).throw(ImportError("nope")))
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [ep, bad] if group == regmod.PLUGIN_GROUP else [])
+    monkeypatch.setattr(
+        importlib.metadata,
+        "entry_points",
+        lambda group: [ep, bad] if group == regmod.PLUGIN_GROUP else [],
+    )
     monkeypatch.setattr(regmod, "_plugins_loaded", False)
     assert "from_plugin" in reg.list()
     assert calls == [1]
     reg.list()
     assert calls == [1]  # loaded once
+
+
+def test_each_family_has_its_own_frozen_info_type():
+    import dataclasses
+
+    import torchfault
+    from torchfault.faults import FAULT_MODELS
+    from torchfault.samplers import SAMPLERS
+
+    info = FAULT_MODELS.info("bit_flip")
+    assert type(info).__name__ == "FaultModelInfo" and isinstance(info, EntryInfo)
+    assert type(SAMPLERS.info("uniform")).__name__ == "SamplerInfo"
+    assert info.name == "bit_flip" and info.description and info.capabilities["needs_bits"] is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.description = "x"
+    assert (
+        torchfault.Registry("gizmo part", plural="gizmo_parts_test").Info.__name__
+        == "GizmoPartInfo"
+    )
+    regmod._REGISTRIES.pop("gizmo_parts_test", None)
+
+
+@pytest.mark.parametrize(
+    "family, known",
+    [
+        ("injector", "faults"),
+        ("sampler", "uniform"),
+        ("engine", "fast"),
+        ("executor", "process"),
+        ("fault_model", "bit_flip"),
+    ],
+)
+def test_top_level_list_is_create_per_family(family, known):
+    import torchfault
+
+    plural = family + "s"
+    assert known in getattr(torchfault, f"list_{plural}")()
+    assert getattr(torchfault, f"is_{family}")(known)
+    assert not getattr(torchfault, f"is_{family}")("no_such_" + family)
+    with pytest.raises(ValueError, match=f"Unknown {family.replace('_', ' ')} 'no_such'"):
+        getattr(torchfault, f"create_{family}")("no_such")

@@ -74,7 +74,9 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     while i < len(overrides):
         tok = overrides[i]
         if not tok.startswith("--") or len(tok) <= 2:
-            raise ConfigError(f"override {tok!r}: expected '--field.path VALUE' or '--field.path=VALUE'.")
+            raise ConfigError(
+                f"override {tok!r}: expected '--field.path VALUE' or '--field.path=VALUE'."
+            )
         key = tok[2:]
         if "=" in key:
             key, raw = key.split("=", 1)
@@ -133,7 +135,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}.")
+            raise ConfigError(
+                f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}."
+            )
         return from_dict(tp, value, prefix=where)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
@@ -142,7 +146,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}.")
-            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(
+                _convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))
+            )
         item = args[0] if args else Any
         items = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple or tp is tuple else items
@@ -224,3 +230,61 @@ def to_dict(obj: Any) -> Any:
 def dump_yaml(obj: Any) -> str:
     """YAML text of a config (dataclass or dict), keys in declaration order."""
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` section of a dataclass docstring, one joined line per field."""
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    inside, current, indent = False, None, None
+    for line in lines:
+        text = line.strip()
+        if text == "Attributes:":
+            inside, current, indent = True, None, None
+            continue
+        if not inside:
+            continue
+        if not text:
+            current = None
+            continue
+        depth = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = depth
+        if depth < indent:
+            break
+        name, sep, rest = text.partition(":")
+        if depth == indent and sep and name.isidentifier():
+            current = name
+            docs[name] = rest.strip()
+        elif current is not None:
+            docs[current] = f"{docs[current]} {text}".strip()
+    return docs
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted field, default as YAML, description)`` for every field of dataclass ``cls``.
+
+    Nested dataclass fields are listed field by field; descriptions come from the ``Attributes:``
+    section of each dataclass's docstring.
+
+    Example:
+        >>> from torchfault.campaign import CampaignConfig
+        >>> [row for row in describe(CampaignConfig) if row[0] == "sampler.margin"][0][1]
+        'null'
+    """
+    docs = _field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    rows: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        where = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, where + "."))
+            continue
+        value = yaml.safe_dump(to_dict(getattr(default, f.name)), default_flow_style=True)
+        value = value.strip().removesuffix("...").strip()
+        rows.append((where, value, docs.get(f.name, "")))
+    return rows

@@ -104,12 +104,22 @@ class Registry(Generic[T]):
     Args:
         kind: the family's name in messages ("fault model").
         plural: the attribute-style plural used by ``torchfault list`` ("fault_models").
+
+    Attributes:
+        Info: the family's frozen record type, a subclass of :class:`EntryInfo` named after the
+            kind (``FaultModelInfo`` for "fault model"); :meth:`info` returns instances of it.
     """
 
     def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
         self.plural = plural or kind.replace(" ", "_") + "s"
         self._entries: dict[str, EntryInfo] = {}
+        name = "".join(w[:1].upper() + w[1:] for w in kind.replace("_", " ").split()) + "Info"
+        self.Info: type[EntryInfo] = type(
+            name,
+            (EntryInfo,),
+            {"__doc__": f"What the {kind} registry knows of one entry.", "__module__": __name__},
+        )
         _REGISTRIES[self.plural] = self
 
     def __repr__(self) -> str:
@@ -126,7 +136,13 @@ class Registry(Generic[T]):
         """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
 
         def deco(obj: T) -> T:
-            self.add(name or obj.__name__, obj, description=description, overwrite=overwrite, **capabilities)  # type: ignore[attr-defined]
+            self.add(
+                name or obj.__name__,
+                obj,
+                description=description,
+                overwrite=overwrite,
+                **capabilities,
+            )  # type: ignore[attr-defined]
             return obj
 
         return deco
@@ -151,7 +167,7 @@ class Registry(Generic[T]):
         if description is None:
             doc = (getattr(obj, "__doc__", None) or "").strip()
             description = doc.splitlines()[0] if doc else ""
-        info = EntryInfo(name, self.kind, obj, description, MappingProxyType(dict(capabilities)))
+        info = self.Info(name, self.kind, obj, description, MappingProxyType(dict(capabilities)))
         self._entries[name] = info
         return info
 

@@ -565,3 +565,31 @@ def test_scalar_and_quantized_activations_are_checked_on_the_probe():
     msg = "scalar; activation faults need a batch dimension"
     with pytest.raises(TorchFaultError, match=msg), inject(m, scalar, example_inputs=x):
         pass
+
+
+def test_faults_that_never_fire_are_reported_not_silently_masked():
+    m, x = Twice(), torch.full((1, 3), 2.0)
+    never = Fault("lin", index=(0,), bits=(31,), call=5)  # lin runs twice per pass
+    pattern = r"1 activation fault\(s\) never applied in 2 forward pass.*lin:output call=5"
+    faults = [never, Fault("lin", index=(1,), bits=(31,), call=0)]
+    with pytest.warns(UserWarning, match=pattern), torch.no_grad(), inject(m, faults) as inj:
+        m(x)
+        m(x)
+        assert inj.unfired() == [never]
+    # a fault that fired, or a context without any forward pass, says nothing
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad(), inject(m, Fault("lin", index=(0,), bits=(31,), call=1)):
+            m(x)
+        with inject(m, never):
+            pass
+        # the Injection object used as a context manager reports the same way
+    with pytest.warns(UserWarning, match="never applied"), torch.no_grad(), Injection(m, never):
+        m(x)
+    # a forward pass that raised is not reported (the error is what matters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError), torch.no_grad(), inject(m, never):
+            m(torch.ones(1, 4))

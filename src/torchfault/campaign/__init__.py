@@ -26,6 +26,7 @@ from torchfault.campaign._engine import (
     ReferenceEngine,
     RunTask,
     create_engine,
+    is_engine,
     list_engines,
     register_engine,
 )
@@ -34,6 +35,7 @@ from torchfault.campaign._executors import (
     Executor,
     SerialExecutor,
     create_executor,
+    is_executor,
     list_executors,
     register_executor,
 )
@@ -70,6 +72,8 @@ __all__ = [
     "create_executor",
     "fingerprint",
     "golden_run",
+    "is_engine",
+    "is_executor",
     "list_engines",
     "list_executors",
     "output_words_equal",

@@ -24,7 +24,16 @@ from torchfault.injectors import inject
 from torchfault.registry import Registry
 from torchfault.store import RunRecord
 
-__all__ = ["ENGINES", "Engine", "ReferenceEngine", "RunTask", "register_engine", "list_engines", "create_engine"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "ReferenceEngine",
+    "RunTask",
+    "register_engine",
+    "list_engines",
+    "is_engine",
+    "create_engine",
+]
 
 ENGINES: Registry[type] = Registry("engine")
 
@@ -101,17 +110,26 @@ class Engine(abc.ABC):
         per = seconds / max(len(input_ids), 1)
         return [
             RunRecord(task.fault_id, int(i), OUTCOMES[int(c)], int(g), int(f), float(d), per)
-            for i, c, g, f, d in zip(input_ids, codes.tolist(), g_top.tolist(), f_top.tolist(), diff.tolist())
+            for i, c, g, f, d in zip(
+                input_ids, codes.tolist(), g_top.tolist(), f_top.tolist(), diff.tolist()
+            )
         ]
 
-    def _due(self, task: RunTask, input_ids: Sequence[int], exc: BaseException, seconds: float) -> list[RunRecord]:
+    def _due(
+        self, task: RunTask, input_ids: Sequence[int], exc: BaseException, seconds: float
+    ) -> list[RunRecord]:
         g_top = self.golden[list(input_ids)].reshape(len(input_ids), -1).argmax(dim=1).tolist()
         err = f"{type(exc).__name__}: {exc}"[:500]
         per = seconds / max(len(input_ids), 1)
-        return [RunRecord(task.fault_id, int(i), "due", int(g), None, None, per, err) for i, g in zip(input_ids, g_top)]
+        return [
+            RunRecord(task.fault_id, int(i), "due", int(g), None, None, per, err)
+            for i, g in zip(input_ids, g_top)
+        ]
 
 
-@ENGINES.register("reference", description="Plain full re-execution with inject(): one forward pass per fault.")
+@ENGINES.register(
+    "reference", description="Plain full re-execution with inject(): one forward pass per fault."
+)
 class ReferenceEngine(Engine):
     """Injects each task's faults and re-runs the whole network over its inputs."""
 
@@ -145,6 +163,11 @@ def register_engine(name: str, **kw: Any) -> Any:
 def list_engines(filter: str | None = None) -> list[str]:
     """Registered engine names."""
     return ENGINES.list(filter)
+
+
+def is_engine(name: str) -> bool:
+    """Whether ``name`` is a registered engine."""
+    return ENGINES.is_registered(name)
 
 
 def create_engine(name: str, **kwargs: Any) -> Engine:

@@ -16,7 +16,15 @@ from torchfault.campaign._engine import Engine, RunTask
 from torchfault.registry import Registry
 from torchfault.store import RunRecord
 
-__all__ = ["EXECUTORS", "Executor", "SerialExecutor", "register_executor", "list_executors", "create_executor"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "SerialExecutor",
+    "register_executor",
+    "list_executors",
+    "is_executor",
+    "create_executor",
+]
 
 EXECUTORS: Registry[type] = Registry("executor")
 
@@ -57,7 +65,9 @@ class Executor(abc.ABC):
 class SerialExecutor(Executor):
     name = "serial"
 
-    def map(self, setup: Callable[[], Engine], chunks: Iterable[Sequence[RunTask]]) -> Iterator[list[RunRecord]]:
+    def map(
+        self, setup: Callable[[], Engine], chunks: Iterable[Sequence[RunTask]]
+    ) -> Iterator[list[RunRecord]]:
         engine = setup()
         for chunk in chunks:
             yield engine.run(chunk)
@@ -71,6 +81,11 @@ def register_executor(name: str, **kw: Any) -> Any:
 def list_executors(filter: str | None = None) -> list[str]:
     """Registered executor names."""
     return EXECUTORS.list(filter)
+
+
+def is_executor(name: str) -> bool:
+    """Whether ``name`` is a registered executor."""
+    return EXECUTORS.is_registered(name)
 
 
 def create_executor(name: str, **kwargs: Any) -> Executor:

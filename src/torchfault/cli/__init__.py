@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torchfault.config import apply_overrides, dump_yaml, from_dict, load_yaml
+from torchfault.config import apply_overrides, describe, dump_yaml, from_dict, load_yaml
 from torchfault.errors import TorchFaultError
 from torchfault.registry import Registry
 
@@ -30,7 +30,12 @@ log = logging.getLogger("torchfault")
 COMMANDS: Registry[Command] = Registry("command")
 
 # Modules that define jobs; imported when the command line starts.
-_JOB_MODULES = ("torchfault.cli._jobs", "torchfault.cli._dnn", "torchfault.cli._campaign", "torchfault.cli._report")
+_JOB_MODULES = (
+    "torchfault.cli._jobs",
+    "torchfault.cli._dnn",
+    "torchfault.cli._campaign",
+    "torchfault.cli._report",
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,11 @@ def _load_jobs() -> None:
 
 
 def _usage() -> str:
-    lines = ["usage: torchfault JOB [ARGS] [--config FILE.yaml] [--field.path VALUE ...] [--print_config]", "", "jobs:"]
+    lines = [
+        "usage: torchfault JOB [ARGS] [--config FILE.yaml] [--field.path VALUE ...] [--print_config]",
+        "",
+        "jobs:",
+    ]
     for name in COMMANDS.list():
         lines.append(f"  {name:<10} {COMMANDS.get(name).help}")
     return "\n".join(lines)
@@ -112,13 +121,37 @@ def build_config(cmd: Command, args: Sequence[str]) -> tuple[Any, bool]:
         data.update(load_yaml(f))
     if len(positional) > len(cmd.positional):
         raise TorchFaultError(
-            f"torchfault {cmd.name}: unexpected argument(s) {positional[len(cmd.positional):]}; "
+            f"torchfault {cmd.name}: unexpected argument(s) {positional[len(cmd.positional) :]}; "
             f"positional arguments: {', '.join(cmd.positional) or 'none'}."
         )
     for name, value in zip(cmd.positional, positional):
         rest += [f"--{name}", value]
     data = apply_overrides(data, rest)
     return from_dict(cmd.config, data), print_config
+
+
+def _job_help(cmd: Command) -> str:
+    """Usage of one job: its positional arguments, then every field with default and meaning."""
+    pos = " ".join(f"[{p.upper()}]" for p in cmd.positional)
+    lines = [
+        f"usage: torchfault {cmd.name} {pos + ' ' if pos else ''}[--config FILE.yaml] [--FIELD VALUE ...] [--print_config]",
+        "",
+        cmd.help,
+        "",
+        "settings (--FIELD VALUE; default in brackets):",
+    ]
+    width = 72
+    for where, default, doc in describe(cmd.config):
+        lines.append(f"  --{where} [{default}]")
+        words, line = doc.replace("``", "`").split(), "      "
+        for word in words:
+            if len(line) + len(word) > width:
+                lines.append(line.rstrip())
+                line = "      "
+            line += word + " "
+        if line.strip():
+            lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,8 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchfault: {exc}", file=sys.stderr)
         return 2
     if "-h" in args or "--help" in args:
-        print(f"torchfault {name}: {cmd.help}\n\nsettings (defaults):")
-        print(dump_yaml(cmd.config()))
+        print(_job_help(cmd))
         return 0
     try:
         cfg, print_config = build_config(cmd, args)

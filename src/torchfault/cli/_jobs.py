@@ -40,7 +40,12 @@ class ListConfig:
     filter: str = ""
 
 
-@command("list", ListConfig, "List every registry: fault models, injectors, samplers, executors, models, datasets.", positional=("registry",))
+@command(
+    "list",
+    ListConfig,
+    "List every registry: fault models, injectors, samplers, executors, models, datasets.",
+    positional=("registry",),
+)
 def list_job(cfg: ListConfig) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -56,13 +61,20 @@ def list_job(cfg: ListConfig) -> int:
             )
         regs = {cfg.registry: regs[cfg.registry]}
     console = Console()
+    shown = 0
     for plural, reg in regs.items():
+        infos = reg.infos(cfg.filter or None)
+        if cfg.filter and not infos:
+            continue  # a filter hides the families it does not match
         table = Table(title=plural, title_justify="left")
         table.add_column("name", style="bold")
         table.add_column("description")
         table.add_column("capabilities")
-        for info in reg.infos(cfg.filter or None):
+        for info in infos:
             caps = ", ".join(f"{k}={v}" for k, v in info.capabilities.items() if v is not None)
             table.add_row(info.name, info.description, caps)
         console.print(table)
+        shown += len(infos)
+    if cfg.filter and not shown:
+        console.print(f"no entry matches {cfg.filter!r} in {', '.join(regs)}")
     return 0

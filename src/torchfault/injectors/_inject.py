@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -443,11 +444,40 @@ class Injection:
         """How many times activation fault segments were applied."""
         return sum(s.fired for segs in self._act_groups.values() for s in segs)
 
+    def unfired(self) -> list[Fault]:
+        """Activation faults never applied so far (their module, or their ``call``, never ran)."""
+        return [
+            f for segs in self._act_groups.values() for s in segs if not s.fired for f in s.faults
+        ]
+
+    def warn_unfired(self) -> None:
+        """Warn when forward passes ran but some activation faults were never applied.
+
+        Without ``example_inputs`` nothing checks beforehand that a faulted module runs (or runs
+        ``call`` + 1 times per pass): a fault that never fires would otherwise look like a
+        masked one.
+        """
+        missed = self.unfired() if self.passes else []
+        if missed:
+            shown = "; ".join(
+                f"{_describe(f)}" + (f" call={f.call}" if f.call is not None else "")
+                for f in missed[:3]
+            )
+            more = f" (and {len(missed) - 3} more)" if len(missed) > 3 else ""
+            warnings.warn(
+                f"torchfault.inject: {len(missed)} activation fault(s) never applied in "
+                f"{self.passes} forward pass(es): {shown}{more}. The module did not run (or not "
+                "that many times per pass); pass example_inputs=... to check before running.",
+                stacklevel=3,
+            )
+
     def __enter__(self) -> Injection:
         return self.attach()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self.remove()
+        if exc_type is None:
+            self.warn_unfired()
 
 
 @contextlib.contextmanager
@@ -490,3 +520,4 @@ def inject(
         yield inj
     finally:
         inj.remove()
+    inj.warn_unfired()
