@@ -436,3 +436,38 @@ def test_window_canary_failure_falls_back_exactly(monkeypatch):
     monkeypatch.setattr(FastEngine, "_canary_ok", lambda self, k, golden, computed: True)
     got, fast = run_fast(model, x, faults)
     assert [key(r) for r in got] != [key(r) for r in want]
+
+
+# ---------------------------------------------------------------------------- masked rows, windows
+def test_masked_rows_are_dropped_early():
+    """Low-mantissa flips of clearly negative pre-ReLU activations stay negative, so the ReLU
+    makes their rows golden again: the engine drops them there as masked, and the records still
+    equal the reference engine's."""
+    model = create_model("mlp", dataset="digits").eval()
+    with torch.no_grad():
+        model.fc1.bias[:4] = -50.0  # units 0..3 of fc1 are about -50 on every input
+    x = model.example_inputs(N_INPUTS)
+    pre = model.fc1(model.flatten(x)).detach()
+    assert float(pre[:, :4].max()) < -10
+    negative = [Fault("fc1", "output", index=(j,), bits=(b,)) for j in range(4) for b in (0, 3, 9)]
+    # controls: an exponent flip of other units, which reaches the output
+    control = [Fault("fc1", "output", index=(j,), bits=(30,)) for j in range(4, 10)]
+    got, want, fast = compare(model, x, negative + control)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["reference"] == 0 and fast.stats["fast"] == len(want)
+    n_negative = len(negative) * N_INPUTS
+    assert all(r.outcome == "masked" for r in want[:n_negative])
+    assert fast.stats["masked_early"] >= n_negative
+    assert {r.outcome for r in want[n_negative:]} - {"masked"}
+
+
+def test_activation_faults_on_a_conv_model_use_windows():
+    """Faults on early feature maps of a conv model start on spatial windows: ``window_rows``
+    and ``window_steps`` count them, and every record equals the reference engine's."""
+    model = create_model("lenet", dataset="cifar10").eval()
+    x = model.example_inputs(N_INPUTS)
+    faults = window_faults(model, x, ["conv1", "relu1"], seed=13, n_random=3)
+    got, want, fast = compare(model, x, faults)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["reference"] == 0
+    assert fast.stats["window_rows"] > 0 and fast.stats["window_steps"] > 0

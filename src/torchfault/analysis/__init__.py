@@ -9,6 +9,7 @@ Example:
 
 from typing import Any
 
+from torchfault.analysis._export import EXPORT_FORMATS, export_summaries
 from torchfault.analysis._stats import (
     INTERVAL_METHODS,
     beta_ppf,
@@ -39,6 +40,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EXPORT_FORMATS",
     "GROUPS",
     "INTERVAL_METHODS",
     "OUTCOMES",
@@ -49,6 +51,7 @@ __all__ = [
     "Summary",
     "beta_ppf",
     "clopper_pearson_interval",
+    "export_summaries",
     "interval",
     "make_report",
     "should_stop",

@@ -63,6 +63,32 @@ MULTIPLE = "(multiple)"
 NONE = "(none)"
 _BUFFER_NAMES = {"running_mean", "running_var", "num_batches_tracked"}
 _REDUCTIONS = ("sum", "max", "min", "cat")
+#: Columns of :meth:`Summary.to_rows` and of the summary CSV and Parquet files.
+ROW_COLUMNS = (
+    "group",
+    "key",
+    "outcome",
+    "count",
+    "runs",
+    "rate",
+    "low",
+    "high",
+    "confidence",
+    "method",
+)
+
+
+def _pyarrow(what: str) -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``, or an error naming the ``parquet`` extra."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TorchFaultError(
+            f"{what} needs pyarrow, which is not installed; install the 'parquet' extra: "
+            "pip install 'torchfault[parquet]'."
+        ) from None
+    return pa, pq
 
 
 # ---------------------------------------------------------------- accumulator base
@@ -262,10 +288,18 @@ class Summary:
             **{f"by_{g}": [r.to_dict() for r in rows] for g, rows in self.groups.items()},
         }
 
-    def to_rows(self) -> list[dict[str, Any]]:
-        """One flat row per (group, key, outcome): for CSV or a data frame."""
+    def to_rows(self, groups: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One flat row per (group, key, outcome): for CSV or a data frame.
+
+        Args:
+            groups: the groups to include (``"overall"`` and any of :data:`GROUPS` the summary
+                holds), in the summary's order; default: all.
+        """
+        wanted = self._check_groups(groups)
         out = []
         for group, rows in [("overall", (self.overall,)), *self.groups.items()]:
+            if group not in wanted:
+                continue
             for row in rows:
                 for o in OUTCOMES:
                     r = row.rates[o]
@@ -285,14 +319,64 @@ class Summary:
                     )
         return out
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write :meth:`to_rows` as CSV; returns the path."""
+    def _check_groups(self, groups: Sequence[str] | None) -> set[str]:
+        have = ["overall", *self.groups]
+        if groups is None:
+            return set(have)
+        if isinstance(groups, str):
+            groups = (groups,)
+        for g in groups:
+            if g not in have:
+                raise TorchFaultError(
+                    f"summary group must be one of {', '.join(have)}, got {g!r}.{suggest(str(g), have)}"
+                )
+        return set(groups)
+
+    def to_csv(self, path: str | Path, groups: Sequence[str] | None = None) -> Path:
+        """Write :meth:`to_rows` (of ``groups``, default all) as CSV; returns the path."""
         path = Path(path)
-        rows = self.to_rows()
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(ROW_COLUMNS))
+                writer.writeheader()
+                writer.writerows(self.to_rows(groups))
+        except OSError as exc:
+            raise TorchFaultError(f"cannot write summary CSV {str(path)!r}: {exc}") from None
+        return path
+
+    def to_parquet(self, path: str | Path, groups: Sequence[str] | None = None) -> Path:
+        """Write :meth:`to_rows` (of ``groups``, default all) as Parquet; returns the path.
+
+        The ``key`` column is text (layer names, and bit positions as ``"30"``), as in the CSV.
+        Needs pyarrow: the ``parquet`` extra.
+        """
+        pa, pq = _pyarrow("Summary.to_parquet")
+        types = {
+            "group": pa.string(),
+            "key": pa.string(),
+            "outcome": pa.string(),
+            "count": pa.int64(),
+            "runs": pa.int64(),
+            "rate": pa.float64(),
+            "low": pa.float64(),
+            "high": pa.float64(),
+            "confidence": pa.float64(),
+            "method": pa.string(),
+        }
+        rows = self.to_rows(groups)
+        for row in rows:
+            row["key"] = str(row["key"])
+        table = pa.table(
+            {c: pa.array([row[c] for row in rows], type=types[c]) for c in ROW_COLUMNS},
+            schema=pa.schema([(c, types[c]) for c in ROW_COLUMNS]),
+        )
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, path)
+        except OSError as exc:
+            raise TorchFaultError(f"cannot write summary Parquet {str(path)!r}: {exc}") from None
         return path
 
     def _title(self, group: str) -> str:

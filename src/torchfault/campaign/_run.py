@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +22,15 @@ from torchfault.faults import Fault
 from torchfault.store import RunRecord
 
 __all__ = ["CampaignResult", "run_campaign", "golden_run", "as_fault_sets"]
+
+#: Columns of :meth:`CampaignResult.rows` and of its CSV and Parquet files, in order.
+ROW_COLUMNS = (
+    *(f.name for f in dataclasses.fields(RunRecord)),
+    "module",
+    "target",
+    "bits",
+    "n_faults",
+)
 
 
 @dataclass
@@ -41,20 +54,84 @@ class CampaignResult:
         return {o: counts.get(o, 0) for o in OUTCOMES}
 
     def rows(self) -> list[dict[str, Any]]:
-        """The runs as dicts, with the first fault's module, target and bits."""
+        """The table of runs: one dict per run (the :class:`~torchfault.store.RunRecord` fields),
+        with the first fault's ``module``, ``target`` and ``bits`` and the run's ``n_faults``.
+
+        Example:
+            >>> from torchfault.store import RunRecord
+            >>> fault = Fault("fc", "weight", (0, 1), (30,))
+            >>> row = CampaignResult([RunRecord(0, 2, "sdc", 1, 7)], {0: (fault,)}).rows()[0]
+            >>> row["outcome"], row["module"], row["bits"], row["n_faults"]
+            ('sdc', 'fc', [30], 1)
+        """
         out = []
         for r in self.runs:
             f = self.faults.get(r.fault_id, ())
             first = f[0] if f else None
             out.append(
                 {
-                    **r.to_dict(),
+                    **dataclasses.asdict(r),
                     "module": first.module if first else None,
                     "target": first.target if first else None,
                     "bits": list(first.bits) if first else None,
                     "n_faults": len(f),
                 }
             )
+        return out
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`rows` as CSV (``bits`` space-separated, missing values empty); returns
+        the path."""
+        out = Path(path)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(ROW_COLUMNS)
+                for row in self.rows():
+                    if row["bits"] is not None:
+                        row["bits"] = " ".join(str(b) for b in row["bits"])
+                    writer.writerow(["" if row[c] is None else row[c] for c in ROW_COLUMNS])
+        except OSError as exc:
+            raise TorchFaultError(f"cannot write CSV {str(out)!r}: {exc}") from None
+        return out
+
+    def to_parquet(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`rows` as Parquet (``bits`` a list of integers); needs pyarrow (the
+        ``parquet`` extra). Returns the path."""
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise TorchFaultError(
+                "CampaignResult.to_parquet needs pyarrow, which is not installed; install the "
+                "'parquet' extra: pip install 'torchfault[parquet]'."
+            ) from None
+        types = {
+            "fault_id": pa.int64(),
+            "input_id": pa.int64(),
+            "outcome": pa.string(),
+            "golden_top1": pa.int64(),
+            "faulty_top1": pa.int64(),
+            "max_abs_diff": pa.float64(),
+            "seconds": pa.float64(),
+            "error": pa.string(),
+            "module": pa.string(),
+            "target": pa.string(),
+            "bits": pa.list_(pa.int64()),
+            "n_faults": pa.int64(),
+        }
+        rows = self.rows()
+        table = pa.table(
+            {c: pa.array([row[c] for row in rows], type=types[c]) for c in ROW_COLUMNS},
+            schema=pa.schema([(c, types[c]) for c in ROW_COLUMNS]),
+        )
+        out = Path(path)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, out)
+        except OSError as exc:
+            raise TorchFaultError(f"cannot write Parquet {str(out)!r}: {exc}") from None
         return out
 
     def summary(self, confidence: float = 0.95, method: str = "wilson") -> Any:
@@ -75,7 +152,9 @@ def as_fault_sets(faults: Iterable[Fault | Sequence[Fault]] | Fault) -> list[tup
         elif isinstance(item, (list, tuple)) and all(isinstance(f, Fault) for f in item):
             out.append(tuple(item))
         else:
-            raise TorchFaultError(f"faults must be Fault objects or sequences of them, got {item!r}.")
+            raise TorchFaultError(
+                f"faults must be Fault objects or sequences of them, got {item!r}."
+            )
     return out
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from torchfault.cli import command
-from torchfault.errors import ConfigError
+from torchfault.errors import ConfigError, suggest
 
 __all__ = ["ReportConfig", "report_job"]
 
@@ -23,7 +23,9 @@ class ReportConfig:
         confidence: confidence level of the intervals, in (0, 1).
         method: interval method.
         per_element: also break the summary down per element.
-        export: also export the runs: ``csv`` and/or ``parquet`` (``runs.csv``, ``runs.parquet``).
+        export: also export the runs and the summary tables: ``csv`` and/or ``parquet``, as a
+            list or comma-separated (``--export csv,parquet``); writes ``runs.<format>`` and
+            ``summary_<group>.<format>`` for the groups overall, layer, target, kind and bit.
     """
 
     store: str = ""
@@ -31,11 +33,21 @@ class ReportConfig:
     confidence: float = 0.95
     method: Literal["wilson", "clopper_pearson"] = "wilson"
     per_element: bool = False
-    export: list[Literal["csv", "parquet"]] | None = None
+    export: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.confidence < 1.0:
             raise ValueError(f"confidence: must be in (0, 1), got {self.confidence!r}.")
+        if self.export is not None:
+            formats = [f.strip() for item in self.export for f in str(item).split(",")]
+            formats = list(dict.fromkeys(f for f in formats if f))
+            for fmt in formats:
+                if fmt not in ("csv", "parquet"):
+                    raise ValueError(
+                        f"export: {fmt!r} is not valid; choose csv and/or parquet."
+                        f"{suggest(fmt, ['csv', 'parquet'])}"
+                    )
+            self.export = formats
 
 
 @command(
@@ -47,7 +59,7 @@ class ReportConfig:
 def report_job(cfg: ReportConfig) -> int:
     from rich.console import Console
 
-    from torchfault.analysis import make_report
+    from torchfault.analysis import export_summaries, make_report
     from torchfault.store import open_store
 
     if not cfg.store:
@@ -66,9 +78,12 @@ def report_job(cfg: ReportConfig) -> int:
     )
     out = files[0].parent
     with open_store(cfg.store) as store:
-        store.summary(cfg.confidence, cfg.method, per_element=cfg.per_element).print(console)
+        summary = store.summary(cfg.confidence, cfg.method, per_element=cfg.per_element)
+        summary.print(console)
         for kind in cfg.export or ():
             path = out / f"runs.{kind}"
             files.append(store.export_csv(path) if kind == "csv" else store.export_parquet(path))
+    if cfg.export:
+        files += export_summaries(summary, out, cfg.export)
     console.print("wrote " + ", ".join(str(p) for p in files))
     return 0
