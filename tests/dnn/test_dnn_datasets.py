@@ -101,3 +101,80 @@ def test_list_datasets() -> None:
     assert {"digits", "synthetic", "mnist", "cifar10"} <= set(names)
     assert dnn.is_dataset("digits") and not dnn.is_dataset("imagenet")
     assert dnn.dataset_info("cifar100")["num_classes"] == 100
+
+
+class _FakeVisionSet(torch.utils.data.Dataset):
+    """Stands in for a torchvision dataset class: train has 50 items, test 20; records calls."""
+
+    calls: list[dict] = []
+    classes = [str(i) for i in range(10)]
+
+    def __init__(self, root, train=True, transform=None, download=False) -> None:
+        type(self).calls.append({"root": root, "train": train, "download": download})
+        self.train = train
+        self.transform = transform
+        self.n = 50 if train else 20
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        # the item says where it came from: train items are 0..49, test items 1000..1019
+        value = float(i if self.train else 1000 + i)
+        x = self.transform(value) if self.transform else value
+        return x, i % 10
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch):
+    import sys
+    import types
+
+    tv = types.ModuleType("torchvision")
+    datasets = types.ModuleType("torchvision.datasets")
+    datasets.MNIST = type("MNIST", (_FakeVisionSet,), {"calls": []})
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.ToTensor = lambda: lambda v: torch.full((1, 28, 28), v)
+    transforms.Normalize = lambda mean, std: lambda t: t
+    transforms.Compose = lambda fs: lambda v: fs[1](fs[0](v))
+    tv.datasets, tv.transforms = datasets, transforms
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    monkeypatch.setitem(sys.modules, "torchvision.transforms", transforms)
+    monkeypatch.delenv("TORCHFAULT_DATA", raising=False)
+    return datasets.MNIST
+
+
+def test_torchvision_wrapper_missing_folder(fake_torchvision, tmp_path, monkeypatch) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(TorchFaultError, match="no data directory") as err:
+        dnn.create_dataset("mnist", root=str(missing))
+    assert str(missing) in str(err.value) and "root was given" in str(err.value)
+    monkeypatch.setenv("TORCHFAULT_DATA", str(tmp_path / "env"))
+    with pytest.raises(TorchFaultError, match="TORCHFAULT_DATA") as err:
+        dnn.create_dataset("mnist", split="train")
+    assert str(tmp_path / "env") in str(err.value)
+    assert fake_torchvision.calls == [] and not missing.exists()
+
+
+def test_torchvision_wrapper_splits(fake_torchvision, tmp_path) -> None:
+    def values(ds) -> list[int]:
+        return [int(ds[i][0][0, 0, 0]) for i in range(len(ds))]
+
+    parts = {
+        s: dnn.create_dataset("mnist", split=s, root=str(tmp_path))
+        for s in ("train", "val", "test", "all")
+    }
+    assert {s: len(d) for s, d in parts.items()} == {"train": 45, "val": 5, "test": 20, "all": 70}
+    assert sorted(values(parts["train"]) + values(parts["val"])) == list(range(50))
+    assert values(parts["test"]) == [1000 + i for i in range(20)]
+    # all: the training set followed by the test set
+    assert values(parts["all"]) == list(range(50)) + [1000 + i for i in range(20)]
+    x, y = parts["all"][60]
+    assert tuple(x.shape) == (1, 28, 28) and y == 0 and parts["all"].num_classes == 10
+    seeded = dnn.create_dataset("mnist", split="val", root=str(tmp_path), split_seed=0)
+    assert values(seeded) == values(parts["val"])
+    calls = fake_torchvision.calls
+    assert calls and all(c["root"] == str(tmp_path) and c["download"] is False for c in calls)

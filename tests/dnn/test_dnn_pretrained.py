@@ -31,6 +31,32 @@ def test_shipped_weights_small_and_accurate(name: str, digits_test) -> None:
     assert result["acc"] == pytest.approx(payload["metrics"]["test_acc"], abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["lenet", "mlp"])
+def test_shipped_weights_were_trained_by_the_example_config(name: str) -> None:
+    """The config stored in each shipped weights file is the one its example YAML gives."""
+    from torchfault.config import from_dict, load_yaml, to_dict
+    from torchfault.dnn._training import _plain
+
+    data = load_yaml(REPO / "examples" / f"train_{name}_digits.yaml")
+    shipped = dnn.pretrained_path(name, "digits")
+    assert (REPO / data["export"]).resolve() == shipped.resolve()
+    expected = _plain(to_dict(from_dict(dnn.TrainConfig, data)))
+    stored = dnn.load_checkpoint(shipped)["config"]
+    for cfg in (expected, stored):
+        for key in ("out_dir", "export", "name"):  # where the run went: not stored
+            cfg.pop(key, None)
+        cfg["trainer"].pop("enable_progress_bar")  # display only
+    assert stored == expected
+    # and, spelled out, the fields the YAML file sets
+    for key, value in data.items():
+        if key in ("out_dir", "export"):
+            continue
+        if isinstance(value, dict):
+            assert {k: stored[key][k] for k in value} == value, key
+        else:
+            assert stored[key] == value, key
+
+
 @pytest.mark.parametrize("entry", ["lenet_digits", "mlp_digits"])
 def test_hub_entry_points_offline(entry: str, digits_test, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached beforehand

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import torchfault
 import torchfault.dnn as dnn
 from torchfault.errors import TorchFaultError
 
@@ -89,3 +90,27 @@ def test_quantize_job(tmp_path, capsys) -> None:
     assert "int8_acc" in text and "agreement" in text
     metrics = dnn.load_checkpoint(out)["metrics"]
     assert metrics["agreement"] >= 0.95 and metrics["int8_acc"] >= 0.95
+
+
+def test_quantized_lenet_takes_faults_and_is_restored(lenet_pair, digits_test) -> None:
+    """The int8 LeNet from quantize_model is a fault target: its weights are qint8 sites, a
+    flipped high bit changes the output, and the weight comes back bit for bit."""
+    _, qmodel = lenet_pair
+    x = digits_test.inputs[:32]
+    space = torchfault.fault_space(qmodel, x).by_name()
+    qint8 = {name for name, site in space.items() if site.format == "qint8"}
+    assert {f"{m}:weight" for m in ("conv1", "conv2", "fc1", "fc2", "fc3")} <= qint8
+    site = space["conv1:weight"]
+    assert (site.bit_width, site.shape) == (8, tuple(qmodel.conv1.weight().shape))
+    w0 = qmodel.conv1.weight()
+    golden = qmodel(x)
+    index = (0, 0, 2, 2)
+    with torchfault.inject(qmodel, site.fault(index, (6,))):
+        w1 = qmodel.conv1.weight()
+        faulty = qmodel(x)
+    assert int(w1.int_repr()[index]) == int(w0.int_repr()[index]) ^ 64
+    assert not torch.equal(faulty, golden)
+    after = qmodel.conv1.weight()
+    assert after.int_repr().numpy().tobytes() == w0.int_repr().numpy().tobytes()
+    assert torch.equal(after.q_per_channel_scales(), w0.q_per_channel_scales())
+    assert torch.equal(qmodel(x), golden)

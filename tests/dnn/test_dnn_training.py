@@ -5,6 +5,7 @@ compressed checkpoints, and the train / test jobs of the command line."""
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import yaml
 
 import torchfault.dnn as dnn
 from torchfault.cli import main
+from torchfault.errors import TorchFaultError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -175,3 +177,50 @@ def test_compress_checkpoints_callback_lightning_reads_back(tmp_path) -> None:
     out = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False)
     assert out[0]["test_acc"] > 0.5
     assert dnn.load_checkpoint(ckpt.best_model_path)["hyper_parameters"]["lr"] == 1e-2
+
+
+def test_early_stopping_with_wrapped_model_and_datasets(tmp_path) -> None:
+    """wrap_model + wrap_dataset through the Lightning fit of ``train``, EarlyStopping on."""
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from torchfault.dnn._training import _fit
+
+    sets = {}
+    for split in ("train", "val", "test"):
+        d = dnn.create_dataset("digits", split=split)
+        sets[split] = dnn.wrap_dataset(TensorDataset(d.inputs, d.targets), num_classes=10)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = dnn.wrap_model(net, input_shape=(1, 8, 8), num_classes=10)
+    cfg = dnn.TrainConfig(model="mlp", out_dir=str(tmp_path), batch_size=64)
+    cfg.trainer.max_epochs = 6
+    cfg.trainer.enable_progress_bar = False
+    cfg.optimizer.lr = 1e-2
+    # val_acc can never rise by 1.0: epoch 1 sets the best, epoch 2 runs out of patience
+    cfg.early_stopping.patience = 1
+    cfg.early_stopping.min_delta = 1.0
+    dm = dnn.ClassificationDataModule(
+        None, batch_size=64, train_set=sets["train"], val_set=sets["val"], test_set=sets["test"]
+    )
+    trained, metrics, run_dir, best = _fit(cfg, model, dm, "wrapped")
+    assert trained is model and not model.training and best
+    with open(Path(run_dir) / "metrics.csv") as fh:
+        epochs = {r["epoch"] for r in csv.DictReader(fh) if r.get("val_acc")}
+    assert len(epochs) == 2 < cfg.trainer.max_epochs
+    assert metrics["test_acc"] > 0.6
+
+
+def test_train_and_test_without_lightning(monkeypatch, tmp_path, capsys) -> None:
+    """Without the train extra, the jobs say what to install instead of a raw import error."""
+    for name in ("lightning", "lightning.pytorch"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes ``import lightning`` fail
+    hint = "pip install 'torchfault[train]'"
+    assert main(["train", "mlp", "--out_dir", str(tmp_path)]) == 2
+    assert hint in capsys.readouterr().err
+    assert main(["test", "lenet", "--out_dir", str(tmp_path)]) == 2
+    assert hint in capsys.readouterr().err
+    assert main(["train", "mlp", "--cv", "2", "--out_dir", str(tmp_path)]) == 2
+    assert hint in capsys.readouterr().err
+    with pytest.raises(TorchFaultError, match="torchfault\\[train\\]"):
+        dnn.fine_tune(dnn.create_model("mlp"))
+    assert list(tmp_path.iterdir()) == []

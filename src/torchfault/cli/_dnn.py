@@ -4,6 +4,10 @@
 Each job takes a dataclass config (a YAML file with ``--config`` plus dotted overrides such as
 ``--trainer.max_epochs 3``); ``--print_config`` prints the merged config. Lightning is imported
 only by the jobs that train.
+
+The model is a zoo name or, as in ``torchfault campaign``, a factory of your own
+(``path/to/file.py:function``, called with ``model_options`` and wrapped with ``wrap_model`` for
+the dataset's input shape and class count); the dataset likewise (``function(split=...)``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def _metrics_table(title: str, rows: dict[str, Any]) -> Any:
 @command(
     "train",
     TrainConfig,
-    "Train a zoo model with PyTorch Lightning (seeded, deterministic); --cv K for K folds.",
+    "Train a model with PyTorch Lightning (seeded, deterministic); --cv K for K folds.",
     positional=("model",),
 )
 def train_job(cfg: TrainConfig) -> int:
@@ -78,40 +82,32 @@ def train_job(cfg: TrainConfig) -> int:
 )
 def test_job(cfg: TestConfig) -> int:
     from torchfault.dnn import test
+    from torchfault.dnn._datasets import is_factory_spec
 
     metrics = test(cfg)
-    src = cfg.checkpoint or "shipped weights"
+    src = cfg.checkpoint or ("factory weights" if is_factory_spec(cfg.model) else "shipped weights")
     _console().print(_metrics_table(f"{cfg.model} ({src}) on {cfg.dataset}/{cfg.split}", metrics))
     return 0
 
 
 def _load_model(model: str, dataset: str, checkpoint: str | None, pretrained: bool, options: dict):
     from torchfault.dnn import create_model
+    from torchfault.dnn._datasets import is_factory_spec
 
+    # a factory of your own brings its own weights: ``pretrained`` is for zoo models
     return create_model(
         model,
         dataset=dataset,
-        pretrained=pretrained and checkpoint is None,
+        pretrained=pretrained and checkpoint is None and not is_factory_spec(model),
         weights=checkpoint,
         **options,
     )
 
 
 def _check_names(model: str, dataset: str) -> None:
-    from torchfault.dnn import DATASETS, MODELS
-    from torchfault.errors import suggest
+    from torchfault.dnn._training import check_names
 
-    if model not in MODELS:
-        valid = MODELS.list()
-        raise ValueError(
-            f"model: unknown model {model!r}; valid: {', '.join(valid)}.{suggest(model, valid)}"
-        )
-    if dataset not in DATASETS:
-        valid = DATASETS.list()
-        raise ValueError(
-            f"dataset: unknown dataset {dataset!r}; valid: {', '.join(valid)}."
-            f"{suggest(dataset, valid)}"
-        )
+    check_names(model, dataset)
 
 
 @dataclass
@@ -119,9 +115,10 @@ class PruneConfig:
     """Settings of ``torchfault prune``.
 
     Attributes:
-        model: zoo model name.
+        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
         dataset: dataset (for the model configuration, evaluation and fine-tuning).
-        pretrained: start from the shipped weights (ignored when ``checkpoint`` is given).
+        pretrained: start from the shipped weights (ignored when ``checkpoint`` is given, and
+            for a factory of your own).
         checkpoint: start from this weights or Lightning checkpoint file.
         method: l1_unstructured, random_unstructured, ln_structured or random_structured.
         amount: final fraction of weights (or output channels) to prune in each selected layer
@@ -265,9 +262,10 @@ class QuantizeConfig:
     """Settings of ``torchfault quantize`` (post-training static int8, torch.ao FX mode).
 
     Attributes:
-        model: zoo model name.
+        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
         dataset: dataset for calibration and evaluation.
-        pretrained: start from the shipped weights (ignored when ``checkpoint`` is given).
+        pretrained: start from the shipped weights (ignored when ``checkpoint`` is given, and
+            for a factory of your own).
         checkpoint: start from this weights or Lightning checkpoint file.
         backend: quantized engine: x86 (default) or fbgemm on CPU.
         calibration_split: split whose inputs calibrate the activation ranges.
@@ -347,7 +345,7 @@ class SummaryConfig:
     """Settings of ``torchfault summary``.
 
     Attributes:
-        model: zoo model name.
+        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
         dataset: dataset whose input shape and classes configure the model.
         batch: batch size of the probe input (activation memory scales with it).
         checkpoint: load these weights first (weights do not change the summary).
@@ -401,7 +399,7 @@ class ProfileConfig:
     """Settings of ``torchfault profile``.
 
     Attributes:
-        model: zoo model name.
+        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
         dataset: dataset whose input shape configures the model.
         batch: batch size of the profiled forward passes.
         warmup: unprofiled passes first.

@@ -5,7 +5,9 @@ Files are the standard container of their compressor (``xz -d model.pt.xz`` give
 ``torch.save`` file), so :func:`load_checkpoint` recognises the compression by its magic bytes
 and needs no side information; an uncompressed ``torch.save`` file loads too. Loading always uses
 ``torch.load(..., weights_only=True)``: a checkpoint can hold tensors, containers and plain
-values, never arbitrary pickled objects. A truncated, corrupted or foreign file raises a
+values, never arbitrary pickled objects. Before that, the CRC-32 of every record of the
+``torch.save`` zip container is checked (xz, gzip and bzip2 carry checksums of their own), so a
+flipped bit in an uncompressed file is found too. A truncated, corrupted or foreign file raises a
 :class:`~torchfault.errors.TorchFaultError` that says which file and what is wrong.
 
 Example:
@@ -28,6 +30,8 @@ import io
 import lzma
 import os
 import pickle
+import struct
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +183,51 @@ def _decompress(data: bytes, path: Path) -> tuple[bytes, str]:
     return data, kind
 
 
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise TorchFaultError(f"checkpoint {str(path)!r} is a directory, not a file.")
+    if not path.is_file():
+        raise TorchFaultError(f"checkpoint {str(path)!r} does not exist.")
+
+
+def _check_zip(raw: bytes, path: Path) -> None:
+    """Check the CRC-32 of every record of a ``torch.save`` zip container (``torch.load`` does
+    not, so a flipped bit in an uncompressed file would load as a changed weight)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            bad = zf.testzip()
+            # a record flagged as a directory (MS-DOS attribute 0x10) reads back as no data
+            if bad is None:
+                bad = next((i.filename for i in zf.infolist() if i.external_attr & 0x10), None)
+    except (
+        zipfile.BadZipFile,
+        NotImplementedError,
+        EOFError,
+        OSError,
+        ValueError,
+        OverflowError,
+        struct.error,
+    ) as exc:
+        raise TorchFaultError(
+            f"{path} is truncated or corrupted (torch.save zip container: {exc}); save it again."
+        ) from None
+    if bad is not None:
+        raise TorchFaultError(
+            f"{path} is truncated or corrupted (record {bad!r} of the torch.save zip container "
+            "fails its CRC or header check); save it again."
+        )
+
+
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler refused, without PyTorch's advice on how to load the file
+    anyway."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line.startswith("WeightsUnpickler error:"):
+            return line.removeprefix("WeightsUnpickler error:").split(" Please use", 1)[0].strip()
+    return type(exc).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """Load a (compressed) checkpoint with ``torch.load(weights_only=True)``.
 
@@ -187,8 +236,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         map_location: where tensors go.
 
     Raises:
-        TorchFaultError: a missing, truncated, corrupted or foreign file, or one holding objects
-            that ``weights_only`` loading refuses.
+        TorchFaultError: a missing, truncated, corrupted (zip CRC or stream checksum) or foreign
+            file, a directory, or one holding objects that ``weights_only`` loading refuses.
 
     Example:
         >>> import os, tempfile, torch
@@ -198,22 +247,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         tensor([1., 1.])
     """
     p = Path(path)
-    if not p.is_file():
-        raise TorchFaultError(f"checkpoint {str(p)!r} does not exist.")
+    _check_file(p)
     data = p.read_bytes()
     raw, kind = _decompress(data, p)
     if not raw.startswith(_MAGIC["none"]):
         raise TorchFaultError(
             f"{p} decompresses ({kind}) to something that is not a torch.save file."
         )
+    _check_zip(raw, p)
     try:
         return torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines()]
-        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
         raise TorchFaultError(
             f"{p} holds objects that weights_only loading refuses (only tensors, containers and "
-            f"plain values are allowed): {why}"
+            f"plain values are allowed; torchfault does not unpickle arbitrary objects): "
+            f"{_refusal(exc)}"
         ) from None
     except (RuntimeError, EOFError, ValueError) as exc:
         raise TorchFaultError(f"{p} is truncated or corrupted: {exc}") from None
@@ -236,8 +284,7 @@ def compress_file(
     """
     _check_compression(compression)
     src = Path(path)
-    if not src.is_file():
-        raise TorchFaultError(f"checkpoint {str(src)!r} does not exist.")
+    _check_file(src)
     raw, _ = _decompress(src.read_bytes(), src)
     data = _compress(raw, compression)
     dst = Path(out) if out is not None else src

@@ -18,7 +18,9 @@ Built in:
   (``root``, default ``$TORCHFAULT_DATA`` or ``~/.cache/torchfault/data``). Nothing is downloaded
   unless ``download=True`` is asked for; a missing directory is an error saying where it looked.
 
-:func:`wrap_dataset` brings any other ``torch.utils.data.Dataset`` into the same shape.
+:func:`wrap_dataset` brings any other ``torch.utils.data.Dataset`` into the same shape, and a
+dataset name of the form ``path/to/file.py:function`` (or ``package.module:function``) names a
+factory of your own, called as ``function(split=..., **options)`` like a registered one.
 
 Example:
     >>> from torchfault.dnn import create_dataset
@@ -51,6 +53,7 @@ __all__ = [
     "create_dataset",
     "dataset_info",
     "is_dataset",
+    "is_factory_spec",
     "list_datasets",
     "register_dataset",
     "wrap_dataset",
@@ -110,14 +113,52 @@ def is_dataset(name: str) -> bool:
     return DATASETS.is_registered(name)
 
 
+def is_factory_spec(name: Any) -> bool:
+    """Whether a model or dataset name is a factory of your own, ``path/to/file.py:function`` or
+    ``package.module:function``, rather than a registered name.
+
+    Example:
+        >>> is_factory_spec("examples/my_model.py:build"), is_factory_spec("lenet")
+        (True, False)
+    """
+    return isinstance(name, str) and ":" in name
+
+
+def load_factory_spec(spec: str, what: str) -> Any:
+    """The function ``spec`` names, loaded as ``torchfault campaign`` loads ``model.name``;
+    errors name the field ``what``."""
+    from torchfault.campaign._campaign import _load_factory
+
+    try:
+        return _load_factory(spec)
+    except TorchFaultError as exc:
+        raise TorchFaultError(f"{what}: {str(exc).removeprefix('model.name: ')}") from None
+
+
 def dataset_info(name: str) -> dict[str, Any]:
     """``{"input_shape": (C, H, W), "num_classes": K, "description": ...}`` of a dataset.
+
+    For a factory of your own (``file.py:function``) they are read from its test split: the
+    shape of the first input, and ``num_classes`` (the dataset's attribute, else the largest
+    label + 1).
 
     Example:
         >>> from torchfault.dnn import dataset_info
         >>> dataset_info("digits")["input_shape"]
         (1, 8, 8)
     """
+    if is_factory_spec(name):
+        ds = create_dataset(name, split="test")
+        if len(ds) == 0:
+            raise TorchFaultError(f"dataset {name!r}: its test split is empty.")
+        shape = getattr(ds, "input_shape", None) or tuple(ds[0][0].shape)
+        k = getattr(ds, "num_classes", None) or 1 + max(int(ds[i][1]) for i in range(len(ds)))
+        return {
+            "name": name,
+            "input_shape": tuple(int(s) for s in shape),
+            "num_classes": int(k),
+            "description": f"dataset of your own ({name})",
+        }
     info = DATASETS.info(name)
     return {
         "name": info.name,
@@ -131,7 +172,10 @@ def create_dataset(name: str, split: str = "test", **options: Any) -> Dataset:
     """The dataset ``name`` (its ``split``: train, val, test or all) as ``(tensor, int)`` pairs.
 
     Args:
-        name: a registered dataset (see :func:`list_datasets`).
+        name: a registered dataset (see :func:`list_datasets`), or a factory of your own,
+            ``path/to/file.py:function`` or ``package.module:function``, called as
+            ``function(split=split, **options)``; what it returns is wrapped with
+            :func:`wrap_dataset` unless it is already a torchfault dataset.
         split: which part.
         **options: passed to the dataset's factory (``split_seed``, ``size``, ``root``...).
 
@@ -148,16 +192,22 @@ def create_dataset(name: str, split: str = "test", **options: Any) -> Dataset:
             f"dataset {name!r}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}."
             f"{suggest(str(split), SPLITS)}"
         )
+    if is_factory_spec(name):
+        factory = load_factory_spec(name, "dataset")
+    else:
+        try:
+            factory = DATASETS.get(name)
+        except ValueError as exc:
+            raise TorchFaultError(str(exc)) from None
     try:
-        factory = DATASETS.get(name)
-    except ValueError as exc:
-        raise TorchFaultError(str(exc)) from None
-    try:
-        return factory(split=split, **options)
+        ds = factory(split=split, **options)
     except TypeError as exc:
         if "unexpected keyword" in str(exc):
             raise TorchFaultError(f"dataset {name!r}: bad option: {exc}") from None
         raise
+    if is_factory_spec(name) and not isinstance(ds, (TensorClassificationDataset, WrappedDataset)):
+        ds = wrap_dataset(ds)
+    return ds
 
 
 class TensorClassificationDataset(Dataset):
@@ -407,15 +457,19 @@ def _torchvision_dataset(
         )
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     cls = getattr(torchvision.datasets, cls_name)
+    # "all" is the training set followed by the test set
+    parts = {"test": (False,), "all": (True, False)}.get(split, (True,))
     try:
-        full = cls(str(base), train=split != "test", transform=tf, download=download)
+        sets = [cls(str(base), train=t, transform=tf, download=download) for t in parts]
     except RuntimeError as exc:
         raise TorchFaultError(
             f"dataset {name!r}: could not read it under {str(base)!r}: {exc} "
             "(pass download=True to fetch it)."
         ) from None
+    full = sets[0]
     if split in ("test", "all"):
-        return WrappedDataset(full, num_classes=len(full.classes))
+        data = full if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
+        return WrappedDataset(data, num_classes=len(full.classes))
     n = len(full)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).tolist()
     n_val = int(round(n * val_fraction))

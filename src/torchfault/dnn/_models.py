@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from torchfault.dnn._datasets import DATASETS, dataset_info
+from torchfault.dnn._datasets import DATASETS, dataset_info, is_factory_spec, load_factory_spec
 from torchfault.errors import TorchFaultError, suggest
 from torchfault.registry import Registry
 
@@ -461,10 +461,13 @@ def create_model(
     """Build zoo model ``name`` configured for ``dataset``, optionally with trained weights.
 
     Args:
-        name: a registered model (see :func:`list_models`).
-        dataset: a registered dataset whose input shape and class count the model takes; ``None``
-            to give ``input_shape`` and ``num_classes`` directly.
-        pretrained: load the shipped weights for this model and dataset.
+        name: a registered model (see :func:`list_models`), or a factory of your own,
+            ``path/to/file.py:function`` or ``package.module:function`` (as in ``torchfault
+            campaign``), called with ``**options`` and wrapped with :func:`wrap_model`.
+        dataset: a registered dataset (or a dataset factory, see
+            :func:`~torchfault.dnn.create_dataset`) whose input shape and class count the model
+            takes; ``None`` to give ``input_shape`` and ``num_classes`` directly.
+        pretrained: load the shipped weights for this model and dataset (zoo models only).
         input_shape: overrides the dataset's input shape (C, H, W).
         num_classes: overrides the dataset's class count.
         weights: a checkpoint file to load (a state dict, a torchfault weights file or a
@@ -486,12 +489,21 @@ def create_model(
         >>> create_model("mlp", dataset=None, input_shape=(5,), num_classes=3, hidden=(4,)).fc2
         Linear(in_features=4, out_features=3, bias=True)
     """
-    try:
-        cls = MODELS.get(name)
-    except ValueError as exc:
-        raise TorchFaultError(str(exc)) from None
+    factory = cls = None
+    if is_factory_spec(name):
+        if pretrained and weights is None:
+            raise TorchFaultError(
+                f"create_model: {name!r} is a model of your own, with no shipped weights: load "
+                "them in the factory, or give weights=FILE."
+            )
+        factory = load_factory_spec(name, "model")
+    else:
+        try:
+            cls = MODELS.get(name)
+        except ValueError as exc:
+            raise TorchFaultError(str(exc)) from None
     if dataset is not None:
-        if not DATASETS.is_registered(dataset):
+        if not (is_factory_spec(dataset) or DATASETS.is_registered(dataset)):
             valid = DATASETS.list()
             raise TorchFaultError(
                 f"create_model: unknown dataset {dataset!r}. Valid datasets: "
@@ -502,12 +514,22 @@ def create_model(
         num_classes = num_classes if num_classes is not None else info["num_classes"]
     elif input_shape is None or num_classes is None:
         raise TorchFaultError("create_model: without a dataset, give input_shape and num_classes.")
-    kwargs = cls.config_for(dataset, input_shape)
-    kwargs.update(options)
     try:
-        model = cls(input_shape=input_shape, num_classes=num_classes, **kwargs)
+        if factory is not None:
+            module = factory(**options)
+        else:
+            kwargs = cls.config_for(dataset, input_shape)
+            kwargs.update(options)
+            model = cls(input_shape=input_shape, num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise TorchFaultError(f"model {name!r}: bad option: {exc}") from None
+    if factory is not None:
+        if not isinstance(module, nn.Module):
+            raise TorchFaultError(
+                f"model {name!r} returned {type(module).__name__}, not an nn.Module."
+            )
+        model = wrap_model(module, input_shape, num_classes)
+        model.train(module.training)
     model.dataset = dataset
     if pretrained and weights is None:
         if dataset is None:
@@ -534,6 +556,9 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a checkpoint file's weights into ``model`` (strict); mismatches are clear errors.
 
+    A :class:`WrappedModel` takes its own state dict (keys ``model.<name>``) or that of the
+    module it wraps.
+
     Example:
         >>> from torchfault.dnn import create_model, pretrained_path
         >>> m = load_weights(create_model("mlp"), pretrained_path("mlp", "digits"))
@@ -542,8 +567,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
     obj = load_checkpoint(path)
     sd = extract_state_dict(obj, source=str(path))
+    target = model
+    if isinstance(model, WrappedModel) and set(sd) == set(model.model.state_dict()):
+        target = model.model  # the state dict of the wrapped module itself
     try:
-        model.load_state_dict(sd, strict=True)
+        target.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
         raise TorchFaultError(
             f"weights in {path} do not fit the model {type(model).__name__}: {exc}"

@@ -52,6 +52,51 @@ __all__ = [
 log = logging.getLogger("torchfault")
 
 
+def _require_lightning() -> Any:
+    """``lightning.pytorch``, or a clear error naming the extra that brings it."""
+    try:
+        import lightning.pytorch as pl
+        import torchmetrics  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise TorchFaultError(
+            f"training and testing need PyTorch Lightning and torchmetrics ({exc.name} is not "
+            "installed): pip install 'torchfault[train]'."
+        ) from None
+    return pl
+
+
+def _run_name(model: str, dataset: str) -> str:
+    """``{model}_{dataset}``, a factory ``dir/file.py:function`` shortened to ``file.function``
+    (no folders or colons in run directory names)."""
+
+    def short(name: str) -> str:
+        mod, sep, fn = name.rpartition(":")
+        return f"{Path(mod).name.removesuffix('.py')}.{fn}" if sep else name
+
+    return f"{short(model)}_{short(dataset)}"
+
+
+def check_names(model: str, dataset: str) -> None:
+    """A clear error for a model or dataset that is neither registered nor a factory of your own
+    (``path/to/file.py:function``)."""
+    from torchfault.dnn._datasets import DATASETS, is_factory_spec
+    from torchfault.dnn._models import MODELS
+    from torchfault.errors import suggest
+
+    if not is_factory_spec(model) and model not in MODELS:
+        valid = MODELS.list()
+        raise ValueError(
+            f"model: unknown model {model!r}; valid: {', '.join(valid)}, or a factory of your "
+            f"own as 'path/to/file.py:function'.{suggest(model, valid)}"
+        )
+    if not is_factory_spec(dataset) and dataset not in DATASETS:
+        valid = DATASETS.list()
+        raise ValueError(
+            f"dataset: unknown dataset {dataset!r}; valid: {', '.join(valid)}, or a factory of "
+            f"your own as 'path/to/file.py:function'.{suggest(dataset, valid)}"
+        )
+
+
 @dataclass
 class TrainerConfig:
     """Settings passed to ``lightning.pytorch.Trainer``.
@@ -175,8 +220,11 @@ class TrainConfig:
     """Everything :func:`train` needs; the ``torchfault train`` job's settings.
 
     Attributes:
-        model: zoo model name.
-        dataset: registered dataset name.
+        model: zoo model name, or a factory of your own: ``path/to/file.py:function`` or
+            ``package.module:function`` returning an ``nn.Module`` (called with
+            ``model_options``).
+        dataset: registered dataset name, or a factory ``path/to/file.py:function`` called as
+            ``function(split=..., **dataset_options)``.
         model_options: constructor options overriding the dataset's configuration.
         dataset_options: options of ``create_dataset`` (``split_seed``, ``size``...).
         pretrained: start from the shipped weights.
@@ -211,22 +259,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
-        from torchfault.dnn._datasets import DATASETS
-        from torchfault.dnn._models import MODELS
-        from torchfault.errors import suggest
-
-        if self.model not in MODELS:
-            valid = MODELS.list()
-            raise ValueError(
-                f"model: unknown model {self.model!r}; valid: {', '.join(valid)}."
-                f"{suggest(self.model, valid)}"
-            )
-        if self.dataset not in DATASETS:
-            valid = DATASETS.list()
-            raise ValueError(
-                f"dataset: unknown dataset {self.dataset!r}; valid: {', '.join(valid)}."
-                f"{suggest(self.dataset, valid)}"
-            )
+        check_names(self.model, self.dataset)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         if self.num_workers < 0:
@@ -238,7 +271,7 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        return self.name or f"{self.model}_{self.dataset}"
+        return self.name or _run_name(self.model, self.dataset)
 
 
 @dataclass
@@ -451,8 +484,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     if cfg.cv:
         raise TorchFaultError("train: cfg.cv is set; call cross_validate(cfg) for K folds.")
-    import lightning.pytorch as pl
-
+    pl = _require_lightning()
     from torchfault.dnn._lightning import ClassificationDataModule
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -505,6 +537,7 @@ def cross_validate(cfg: TrainConfig, folds: int | None = None) -> CrossValidatio
     k = int(folds if folds is not None else cfg.cv)
     if k < 2:
         raise TorchFaultError(f"cross_validate needs at least 2 folds, got {k}.")
+    pl = _require_lightning()
     from sklearn.model_selection import StratifiedKFold
     from torch.utils.data import ConcatDataset, Subset
 
@@ -520,8 +553,6 @@ def cross_validate(cfg: TrainConfig, folds: int | None = None) -> CrossValidatio
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=cfg.seed)
     results = []
     for fold, (tr, va) in enumerate(splitter.split(list(range(len(labels))), labels)):
-        import lightning.pytorch as pl
-
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         model = _build_model(cfg)
         dm = ClassificationDataModule(
@@ -554,9 +585,10 @@ class TestConfig:
     """Settings of ``torchfault test``: which weights, which data.
 
     Attributes:
-        model: zoo model name.
-        dataset: registered dataset name.
-        checkpoint: a weights or Lightning checkpoint file; ``None`` uses the shipped weights.
+        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
+        dataset: registered dataset name, or a factory (``path/to/file.py:function``).
+        checkpoint: a weights or Lightning checkpoint file; ``None`` uses the shipped weights
+            (a factory's model comes with the weights its factory gives it).
         split: which split to evaluate (train, val, test, all).
         batch_size: evaluation batch size.
         accelerator: Lightning accelerator (cpu, gpu, auto).
@@ -578,6 +610,7 @@ class TestConfig:
     out_dir: str = "runs/test"
 
     def __post_init__(self) -> None:
+        check_names(self.model, self.dataset)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
 
@@ -591,15 +624,14 @@ def test(cfg: TestConfig) -> dict[str, float]:
         >>> test(TestConfig(model="lenet", out_dir=tempfile.mkdtemp()))["test_acc"] > 0.95
         True
     """
-    import lightning.pytorch as pl
-
-    from torchfault.dnn._datasets import create_dataset
+    pl = _require_lightning()
+    from torchfault.dnn._datasets import create_dataset, is_factory_spec
     from torchfault.dnn._lightning import ClassificationDataModule, ClassifierModule
 
     model = create_model(
         cfg.model,
         dataset=cfg.dataset,
-        pretrained=cfg.checkpoint is None,
+        pretrained=cfg.checkpoint is None and not is_factory_spec(cfg.model),
         weights=cfg.checkpoint,
         **cfg.model_options,
     )
@@ -610,7 +642,7 @@ def test(cfg: TestConfig) -> dict[str, float]:
         trainer = pl.Trainer(
             accelerator=cfg.accelerator,
             devices=1,
-            logger=_loggers(cfg.out_dir, f"{cfg.model}_{cfg.dataset}"),
+            logger=_loggers(cfg.out_dir, _run_name(cfg.model, cfg.dataset)),
             enable_progress_bar=sys.stderr.isatty(),
             enable_model_summary=False,
         )
@@ -682,8 +714,7 @@ def fine_tune(
         >>> m.training
         False
     """
-    import lightning.pytorch as pl
-
+    pl = _require_lightning()
     from torchfault.dnn._lightning import ClassificationDataModule, ClassifierModule
 
     pl.seed_everything(seed, workers=True, verbose=False)
