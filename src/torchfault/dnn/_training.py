@@ -101,8 +101,19 @@ def check_names(model: str, dataset: str) -> None:
 class TrainerConfig:
     """Settings passed to ``lightning.pytorch.Trainer``.
 
-    ``limit_*_batches``: a value up to 1.0 is a fraction of the batches, above 1 a count.
-    ``enable_progress_bar``: ``None`` shows it when standard error is a terminal.
+    Attributes:
+        max_epochs: the most epochs to train.
+        min_epochs: epochs to train before early stopping may stop.
+        accelerator: ``cpu``, ``gpu``, ``auto``... (Lightning's names).
+        devices: how many devices of that accelerator.
+        deterministic: ask torch for deterministic algorithms (bit-identical reruns).
+        precision: Lightning precision (``32-true``, ``bf16-mixed``...).
+        limit_train_batches: training batches per epoch: a fraction up to 1.0, above 1 a count.
+        limit_val_batches: validation batches per epoch, the same way.
+        limit_test_batches: test batches, the same way.
+        log_every_n_steps: how often to log training metrics.
+        gradient_clip_val: clip gradients to this norm; null: no clipping.
+        enable_progress_bar: show a progress bar; null: when standard error is a terminal.
     """
 
     max_epochs: int = 30
@@ -161,7 +172,17 @@ class TrainerConfig:
 
 @dataclass
 class OptimizerConfig:
-    """Optimizer and learning-rate schedule."""
+    """Optimizer and learning-rate schedule.
+
+    Attributes:
+        name: ``adam``, ``adamw`` or ``sgd``.
+        lr: learning rate.
+        weight_decay: L2 weight decay.
+        momentum: momentum (``sgd`` only).
+        scheduler: ``none``, ``cosine`` (over ``max_epochs``) or ``step``.
+        step_size: epochs between learning-rate steps (``step``).
+        gamma: factor of each step (``step``).
+    """
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
@@ -182,7 +203,15 @@ class OptimizerConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    """``EarlyStopping`` on a logged metric."""
+    """``EarlyStopping`` on a logged metric.
+
+    Attributes:
+        enabled: stop when ``monitor`` stops improving.
+        monitor: the logged metric (``val_acc``, ``val_loss``).
+        mode: ``max`` or ``min``: which way is better.
+        patience: epochs without improvement before stopping.
+        min_delta: smallest change that counts as an improvement.
+    """
 
     enabled: bool = True
     monitor: str = "val_acc"
@@ -197,7 +226,15 @@ class EarlyStoppingConfig:
 
 @dataclass
 class CheckpointConfig:
-    """``ModelCheckpoint`` settings and the compression of the files it writes."""
+    """``ModelCheckpoint`` settings and the compression of the files it writes.
+
+    Attributes:
+        monitor: the logged metric that ranks checkpoints.
+        mode: ``max`` or ``min``: which way is better.
+        save_top_k: how many best checkpoints to keep (-1: all).
+        save_last: also keep the last epoch's checkpoint.
+        compression: ``lzma``, ``gzip``, ``bz2`` or ``none`` for the checkpoint files.
+    """
 
     monitor: str = "val_acc"
     mode: Literal["min", "max"] = "max"
