@@ -135,7 +135,17 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'torchfault.dnn' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("lightning", "torchmetrics"):
+            from torchfault.errors import TorchFaultError
+
+            raise TorchFaultError(
+                f"torchfault.dnn.{name} needs PyTorch Lightning ({exc.name} is not installed): "
+                "pip install 'torchfault[train]'."
+            ) from exc
+        raise
     globals()[name] = value
     return value
 
