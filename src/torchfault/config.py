@@ -270,7 +270,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     Example:
         >>> from torchfault.campaign import CampaignConfig
         >>> [row for row in describe(CampaignConfig) if row[0] == "sampler.margin"][0][1]
-        'null'
+        '0.01'
     """
     docs = _field_docs(cls)
     hints = typing.get_type_hints(cls)

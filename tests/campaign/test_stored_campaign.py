@@ -57,7 +57,9 @@ def test_campaign_runs_and_is_deterministic(tmp_path):
     a = Campaign(from_dict(CampaignConfig, tiny(tmp_path / "a"))).run()
     b = Campaign(from_dict(CampaignConfig, tiny(tmp_path / "b"))).run()
     assert len(a) == len(b) == 60 * 2
-    assert [(r.fault_id, r.input_id, r.outcome) for r in a.runs] == [(r.fault_id, r.input_id, r.outcome) for r in b.runs]
+    assert [(r.fault_id, r.input_id, r.outcome) for r in a.runs] == [
+        (r.fault_id, r.input_id, r.outcome) for r in b.runs
+    ]
     assert rows(tmp_path / "a/run/campaign.sqlite") == rows(tmp_path / "b/run/campaign.sqlite")
     assert sum(a.outcome_counts().values()) == 120
     # another seed draws other faults
@@ -82,14 +84,31 @@ def test_mismatched_config_or_model_is_refused(tmp_path):
         Campaign(from_dict(CampaignConfig, tiny(tmp_path, **{"model.kwargs": {"seed": 1}}))).run()
     assert rows(tmp_path / "run/campaign.sqlite") == before
     # overwrite starts afresh
-    again = Campaign(from_dict(CampaignConfig, tiny(tmp_path, **{"sampler.n": 61, "store.overwrite": True}))).run()
+    again = Campaign(
+        from_dict(CampaignConfig, tiny(tmp_path, **{"sampler.n": 61, "store.overwrite": True}))
+    ).run()
     assert len(again) == 122
 
 
+ADAPTIVE = {
+    "sampler.n": None,
+    "sampler.adaptive": True,
+    "sampler.margin": 0.02,
+    "sampler.max_faults": 400,
+}
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_gives_identical_rows(tmp_path):
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed", "adaptive"])
+def test_resume_after_sigkill_gives_identical_rows(tmp_path, adaptive):
     over = {"sampler.n": 300, "executor.chunk_faults": 4, "store.chunk_size": 4}
-    ref = Campaign(from_dict(CampaignConfig, tiny(tmp_path / "ref", **over))).run()
+    if adaptive:  # stops at a round boundary of 20 faults whatever the chunking and the kill
+        over.update(ADAPTIVE, **{"sampler.adaptive_step": 20})
+    ref = Campaign(
+        from_dict(CampaignConfig, tiny(tmp_path / "ref", **{**over, "executor.chunk_faults": 16}))
+    ).run()
+    if adaptive:
+        assert len(ref.runs) < 400 * 2
     cfg_path = tmp_path / "kill.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny(tmp_path / "kill", **over)))
     store = tmp_path / "kill/run/campaign.sqlite"
@@ -111,7 +130,9 @@ def test_resume_after_sigkill_gives_identical_rows(tmp_path):
             time.sleep(0.005)
     finally:
         proc.wait()
-    assert killed_at is not None and killed_at < len(ref.runs), "the campaign was not killed mid-way"
+    assert killed_at is not None and killed_at < len(ref.runs), (
+        "the campaign was not killed mid-way"
+    )
     con = sqlite3.connect(store)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
@@ -134,20 +155,28 @@ def test_cli_end_to_end_and_errors(tmp_path, capsys):
     run = tmp_path / "run"
     assert (run / "campaign.sqlite").exists() and (run / "campaign.log").stat().st_size > 0
     assert (run / "runs.csv").read_text().count("\n") == 41
+    for table in ("overall", "layer", "target", "kind", "bit"):
+        assert (run / f"summary_{table}.csv").stat().st_size > 0, table
     assert (run / "report.md").exists()
     # errors name the config field
     for args, field in [
         (["--model.name", "lenett"], "model.name"),
-        (["--sampler.name", "unifrom"], "sampler"),
+        (["--sampler.name", "unifrom"], "sampler.name"),
         (["--sampler.margin", "1.5", "--sampler.n", "null"], "sampler.margin"),
-        (["--targets.modules", "[nope]"], "targets"),
+        (["--targets.modules", "[nope]"], "targets.modules"),
+        (["--data.split", "tset"], "data.split"),
+        (["--model.checkpoint", str(tmp_path / "nonexist.pt")], "model.checkpoint"),
+        (["--targets.format", "fp17"], "targets.format"),
+        (["--sampler.bits", "[40]"], "sampler.bits"),
+        (["--sampler.fault_model", "bitflip"], "sampler.fault_model"),
+        (["--engine.name", "fastt"], "engine.name"),
         (["--out_dir", "/proc/forbidden/x"], "out_dir"),
         (["--store.path", "/proc/forbidden/c.sqlite"], "store.path"),
         (["--sampler.nn", "3"], "sampler.nn"),
     ]:
         assert main(["campaign", "--config", str(cfg_path), *args]) == 2, args
         err = capsys.readouterr().err
-        assert field in err, (args, err)
+        assert f"error: {field}" in err, (args, err)
 
 
 def test_bad_config_values_raise_config_errors():

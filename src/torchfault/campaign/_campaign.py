@@ -3,9 +3,14 @@
 
 1. Build the model and the inputs from the config; run the golden pass.
 2. Find the fault space of the chosen targets; build the sampler (fault k = f(seed, k)).
+   Every setting that could fail is checked here, before any store is opened.
 3. Open the SQLite store: a new one records the campaign's identity (config and a fingerprint
-   of model and inputs); an existing one must match it, and its finished runs are skipped.
+   of model and inputs); an existing one must match it, its golden outputs and fault sites too,
+   and its finished runs are skipped.
 4. Run the missing runs in chunks through the executor; the main process writes every result.
+   An adaptive campaign runs in rounds of ``sampler.adaptive_step`` faults and checks its
+   stopping rule only at round ends, over exactly the faults below the boundary, so where it
+   stops is a function of the config alone (not of chunking, workers or interruptions).
 5. Summarize (rates with confidence intervals), export, report.
 """
 
@@ -16,6 +21,7 @@ import hashlib
 import importlib
 import importlib.util
 import logging
+import re
 import sqlite3
 import sys
 import time
@@ -44,7 +50,12 @@ def _load_factory(spec: str) -> Any:
     if mod_name.endswith(".py"):
         path = Path(mod_name)
         if not path.is_file():
-            raise ConfigError(f"model.name: no such file {mod_name!r}.")
+            where = (
+                ""
+                if path.is_absolute()
+                else f" (relative paths start from the current directory, {str(Path.cwd())!r})"
+            )
+            raise ConfigError(f"model.name: no such file {mod_name!r}{where}.")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
@@ -59,7 +70,9 @@ def _load_factory(spec: str) -> Any:
         return getattr(module, fn_name)
     except AttributeError:
         names = [n for n in dir(module) if not n.startswith("_")]
-        raise ConfigError(f"model.name: {mod_name!r} has no {fn_name!r}.{suggest(fn_name, names)}") from None
+        raise ConfigError(
+            f"model.name: {mod_name!r} has no {fn_name!r}.{suggest(fn_name, names)}"
+        ) from None
 
 
 def build_model(cfg: CampaignConfig) -> nn.Module:
@@ -68,33 +81,46 @@ def build_model(cfg: CampaignConfig) -> nn.Module:
     if ":" in m.name:
         model = _load_factory(m.name)(**m.kwargs)
         if not isinstance(model, nn.Module):
-            raise ConfigError(f"model.name: {m.name!r} returned {type(model).__name__}, not an nn.Module.")
+            raise ConfigError(
+                f"model.name: {m.name!r} returned {type(model).__name__}, not an nn.Module."
+            )
     else:
         from torchfault import dnn
 
         try:
-            model = dnn.create_model(m.name, dataset=m.dataset, pretrained=m.pretrained and not m.checkpoint, **m.kwargs)
+            model = dnn.create_model(
+                m.name, dataset=m.dataset, pretrained=m.pretrained and not m.checkpoint, **m.kwargs
+            )
         except ValueError as exc:
             raise ConfigError(f"model.name: {exc}") from None
     if m.checkpoint:
         from torchfault.dnn import load_checkpoint
 
-        state = load_checkpoint(m.checkpoint)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state)
+        try:
+            state = load_checkpoint(m.checkpoint)
+            if isinstance(state, dict) and "state_dict" in state:
+                state = state["state_dict"]
+            model.load_state_dict(state)
+        except (TorchFaultError, RuntimeError, OSError) as exc:
+            raise ConfigError(f"model.checkpoint: {exc}") from None
     return model.eval()
 
 
 def build_inputs(cfg: CampaignConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The inputs (stacked) and labels a campaign config names."""
     from torchfault import dnn
+    from torchfault.dnn._datasets import SPLITS
 
     d = cfg.data
+    if d.split not in SPLITS:
+        raise ConfigError(
+            f"data.split: unknown split {d.split!r}; valid splits: {', '.join(SPLITS)}.{suggest(d.split, SPLITS)}"
+        )
     try:
         ds = dnn.create_dataset(d.dataset, split=d.split, **d.kwargs)
     except ValueError as exc:
-        raise ConfigError(f"data.dataset: {exc}") from None
+        where = "data.kwargs" if "bad option" in str(exc) else "data.dataset"
+        raise ConfigError(f"{where}: {exc}") from None
     n = len(ds) if d.num_inputs == 0 else min(d.num_inputs, len(ds))
     xs, ys = [], []
     for i in range(n):
@@ -135,6 +161,58 @@ def build_engine(
     except ValueError as exc:
         raise ConfigError(f"engine.name: {exc}") from None
     return cls(model, inputs, golden, criterion, batch_size)
+
+
+_SAMPLER_FIELD = re.compile(r"(?:\w+ sampler: )?(\w+)(?::| must )")
+
+
+def _sampler_error(exc: BaseException) -> ConfigError:
+    """A sampler's error as a ConfigError naming the ``sampler.<field>`` it is about."""
+    from torchfault.campaign._config import SamplerConfig
+
+    msg = str(exc)
+    fields = SamplerConfig.__dataclass_fields__
+    m = _SAMPLER_FIELD.match(msg)
+    if m and m.group(1) in fields:
+        rest = msg[m.end() :].strip() if msg[m.end(1)] == ":" else msg
+        return ConfigError(f"sampler.{m.group(1)}: {rest}")
+    if msg.startswith("Unknown sampler"):
+        return ConfigError(f"sampler.name: {msg}")
+    return ConfigError(f"sampler: {msg}")
+
+
+def _check_fault_model(
+    name: str, params: dict[str, Any], fmt_name: str, bits: tuple[int, ...]
+) -> None:
+    """Apply fault model ``name`` with ``params`` once to a scratch tensor; a ConfigError naming
+    ``sampler.fault_model`` or ``sampler.params`` when it cannot be used."""
+    from torchfault import numerics
+    from torchfault.faults import FAULT_MODELS
+
+    try:
+        fn = FAULT_MODELS.get(name)
+    except ValueError as exc:
+        raise ConfigError(f"sampler.fault_model: {exc}") from None
+    if FAULT_MODELS.info(name).capabilities.get("bit_op") is not None and params:
+        # bitwise models are applied as one vectorised op: parameters would be ignored silently
+        raise ConfigError(
+            f"sampler.params: fault model {name!r} takes no parameters, got {dict(params)}."
+        )
+    try:
+        fmt = numerics.get_format(fmt_name)
+        if fmt.kind not in ("float", "int", "fixed"):
+            fmt = numerics.get_format("float32")
+    except TorchFaultError:
+        fmt = numerics.get_format("float32")
+    x = torch.zeros(4, dtype=fmt.value_dtype or torch.float32)
+    try:
+        fn(x, torch.tensor([1]), bits, fmt, torch.Generator().manual_seed(0), **params)
+    except TypeError as exc:
+        raise ConfigError(
+            f"sampler.params: fault model {name!r} does not take {dict(params)}: {exc}"
+        ) from None
+    except (TorchFaultError, ValueError, ArithmeticError) as exc:
+        raise ConfigError(f"sampler.params: {exc}") from None
 
 
 @dataclass
@@ -182,18 +260,53 @@ class Campaign:
         if cfg.data.only_correct and self.labels is not None:
             ids = [i for i in ids if int(top1[i]) == int(self.labels[i])]
             if not ids:
-                raise TorchFaultError("data.only_correct: the golden model classifies no input correctly.")
+                raise TorchFaultError(
+                    "data.only_correct: the golden model classifies no input correctly."
+                )
         self.input_ids = ids
-        self.accuracy = float((top1 == self.labels).double().mean()) if self.labels is not None else None
+        self.accuracy = (
+            float((top1 == self.labels).double().mean()) if self.labels is not None else None
+        )
         t = cfg.targets
+        if t.format is not None:
+            from torchfault import numerics
+
+            try:
+                numerics.get_format(t.format)
+            except ValueError as exc:
+                raise ConfigError(f"targets.format: {exc}") from None
         try:
-            targets = TargetSpec(modules=list(t.modules) or None, kinds=tuple(t.kinds), format=t.format)
+            targets = TargetSpec(
+                modules=list(t.modules) or None, kinds=tuple(t.kinds), format=t.format
+            )
             self.sites = fault_space(self.model, self.inputs[:2], targets)
         except ValueError as exc:
-            raise ConfigError(f"targets: {exc}") from None
+            where = "targets.modules" if "module" in str(exc).lower() and t.modules else "targets"
+            raise ConfigError(f"{where}: {exc}") from None
         if not self.sites:
             raise ConfigError("targets: the chosen modules and kinds hold no tensor to fault.")
+        s = cfg.sampler
+        try:
+            from torchfault.faults import FAULT_MODELS
+
+            FAULT_MODELS.get(s.fault_model)
+        except ValueError as exc:
+            raise ConfigError(f"sampler.fault_model: {exc}") from None
         self.sampler = self._make_sampler()
+        _check_fault_model(
+            s.fault_model,
+            dict(s.params),
+            self.sampler.sites[0].format,
+            self.sampler.site_bits[0][:1],
+        )
+        try:
+            ENGINES.get(cfg.engine.name)
+        except ValueError as exc:
+            raise ConfigError(f"engine.name: {exc}") from None
+        try:
+            EXECUTORS.get(cfg.executor.name)
+        except ValueError as exc:
+            raise ConfigError(f"executor.name: {exc}") from None
         self.fingerprint = fingerprint(self.model, self.inputs, self.labels)
 
     def _make_sampler(self) -> Any:
@@ -210,7 +323,7 @@ class Campaign:
         }
         if s.name == "ber":
             kw["rate"] = s.rate
-            kw["n"] = s.n or s.max_faults
+            kw["n"] = s.max_faults if s.adaptive else s.n  # the config requires one of them
         elif s.name == "exhaustive":
             pass  # every (element, bit) pair of the chosen sites
         elif s.adaptive:
@@ -222,7 +335,7 @@ class Campaign:
         try:
             return create_sampler(s.name, **kw)
         except ValueError as exc:
-            raise ConfigError(f"sampler: {exc}") from None
+            raise _sampler_error(exc) from None
 
     def _inputs_for(self, k: int) -> tuple[int, ...]:
         ids = self.input_ids
@@ -232,20 +345,37 @@ class Campaign:
         return tuple(ids[(k * per + j) % len(ids)] for j in range(per))
 
     # ---------------------------------------------------------------- running
+    #: What a refused store asks of the user (the store's own advice names its Python API).
+    STORE_ADVICE = (
+        "To keep both, give the campaign another store.path; to discard the stored results and start "
+        "afresh, set store.overwrite: true (on the command line: --store.overwrite true)."
+    )
+
     def open_store(self) -> Any:
+        """Open (or create) the campaign's store; ``store.overwrite`` replaces a torchfault store
+        (never another file) with a fresh one."""
         from torchfault.store import ResultStore
 
         cfg = self.config
         path = Path(cfg.store_path)
-        if cfg.store.overwrite and path.exists():
-            for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                p.unlink(missing_ok=True)
         try:
-            return ResultStore(path, campaign=cfg.identity(), fingerprint=self.fingerprint, chunk_size=cfg.store.chunk_size)
+            return ResultStore(
+                path,
+                campaign=cfg.identity(),
+                fingerprint=self.fingerprint,
+                mode="w" if cfg.store.overwrite else "a",
+                chunk_size=cfg.store.chunk_size,
+                advice=self.STORE_ADVICE,
+            )
         except StoreMismatchError:
             raise
         except (OSError, sqlite3.Error, TorchFaultError) as exc:
             raise ConfigError(f"store.path: cannot open the store {str(path)!r}: {exc}") from None
+
+    @property
+    def runs_per_fault(self) -> int:
+        """Inputs each fault runs on."""
+        return len(self._inputs_for(0))
 
     def run(self) -> CampaignResult:
         """Run (or resume) the campaign; returns every stored run."""
@@ -257,35 +387,45 @@ class Campaign:
         assert self.model is not None and self.inputs is not None and self.golden is not None
         store = self.open_store()
         try:
-            if not store.golden():
-                store.set_golden(self._golden_rows())
+            # a resumed store must hold this very model: same golden outputs, same fault sites
+            store.set_golden(self._golden_rows())
+            store.set_sites(list(self.sites))
             done = store.done_runs()
+            if done:
+                log.info("resuming: %d runs already stored in %s", len(done), cfg.store_path)
             n_faults = len(self.sampler)
+            adaptive = cfg.sampler.adaptive
             crit = Criterion(cfg.outcome.criterion, cfg.outcome.topk, cfg.outcome.tolerance)
             setup = functools.partial(
-                build_engine, cfg.engine.name, self.model, self.inputs, self.golden, crit, cfg.engine.batch_size
+                build_engine,
+                cfg.engine.name,
+                self.model,
+                self.inputs,
+                self.golden,
+                crit,
+                cfg.engine.batch_size,
             )
             try:
-                executor = EXECUTORS.create(cfg.executor.name, workers=cfg.executor.workers, address=cfg.executor.address)
+                executor = EXECUTORS.create(
+                    cfg.executor.name, workers=cfg.executor.workers, address=cfg.executor.address
+                )
             except ValueError as exc:
                 raise ConfigError(f"executor.name: {exc}") from None
             chunk = cfg.executor.chunk_faults
-            known = store.done_fault_ids()
-            progress = _Progress(cfg.progress, total=n_faults * len(self._inputs_for(0)), done=len(done))
+            known = store.fault_ids()
+            total = None if adaptive else n_faults * self.runs_per_fault
+            progress = _Progress(cfg.progress, total=total, done=len(done))
+            # adaptive: rounds of adaptive_step faults, the stopping rule checked at each round's
+            # end over exactly the faults below it; otherwise one round of every fault
+            step = cfg.sampler.adaptive_step if adaptive else max(n_faults, 1)
             with executor, progress:
-                k = 0
-                while k < n_faults:
-                    stop = min(k + chunk, n_faults)
-                    if cfg.sampler.adaptive and self._adaptive_done(store):
-                        log.info("adaptive stop: SDC interval half-width <= %s after %d faults", cfg.sampler.margin, k)
-                        break
-                    # one 'round' of chunks: adaptive campaigns check the rule between rounds
-                    round_stop = stop if cfg.sampler.adaptive else n_faults
+                for first in range(0, n_faults, step):
+                    end = min(first + step, n_faults)
                     chunks = []
                     new_faults = []
-                    for start in range(k, round_stop, chunk):
+                    for start in range(first, end, chunk):
                         tasks = []
-                        for fid in range(start, min(start + chunk, round_stop)):
+                        for fid in range(start, min(start + chunk, end)):
                             ids = tuple(i for i in self._inputs_for(fid) if (fid, i) not in done)
                             if not ids:
                                 continue
@@ -302,42 +442,62 @@ class Campaign:
                         store.add_runs(records)
                         progress.advance(len(records))
                     store.flush()
-                    k = round_stop
+                    if adaptive and end < n_faults and self._adaptive_done(store, end):
+                        break
             store.flush()
             result = CampaignResult(list(store.runs()), store.faults())
         finally:
             store.close()
         return result
 
-    def _adaptive_done(self, store: Any) -> bool:
-        from torchfault.analysis import should_stop
+    def _adaptive_done(self, store: Any, below: int) -> bool:
+        """The stopping rule at a round boundary: over the runs of faults ``< below`` only."""
+        from torchfault.analysis import interval
 
-        counts = store.outcome_counts()
+        counts = store.outcome_counts(below=below)
         total = sum(counts.values())
         if not total:
             return False
         s = self.config.sampler
-        return bool(should_stop(counts.get("sdc", 0), total, s.margin, s.confidence))
+        low, high = interval(counts["sdc"], total, s.confidence, self.config.interval)
+        if (high - low) / 2.0 <= float(s.margin):  # type: ignore[arg-type]
+            log.info(
+                "adaptive stop after %d faults (%d runs): SDC rate %.4f, %s interval half-width %.4f <= margin %s",
+                below,
+                total,
+                counts["sdc"] / total,
+                self.config.interval,
+                (high - low) / 2.0,
+                s.margin,
+            )
+            return True
+        return False
 
     def _golden_rows(self) -> list[tuple[int, int, int | None, str]]:
         assert self.golden is not None
         flat = self.golden.reshape(self.golden.shape[0], -1)
         rows = []
         for i in range(flat.shape[0]):
-            digest = hashlib.sha256(flat[i].contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+            digest = hashlib.sha256(
+                flat[i].contiguous().view(torch.uint8).numpy().tobytes()
+            ).hexdigest()[:16]
             label = int(self.labels[i]) if self.labels is not None else None
             rows.append((i, int(flat[i].argmax()), label, digest))
         return rows
 
     def summary(self, result: CampaignResult | None = None) -> Any:
-        """The summary of the stored runs."""
+        """The summary of the stored runs (layers in network order), with the config's
+        confidence level (``sampler.confidence``) and interval method (``interval``)."""
         from torchfault.store import ResultStore
 
         with ResultStore(Path(self.config.store_path), mode="r") as store:
-            return store.summary()
+            return store.summary(self.config.sampler.confidence, self.config.interval)
 
     def describe(self) -> dict[str, Any]:
-        """What the campaign will do: sites, population, faults, runs."""
+        """What the campaign will do: sites, population, faults, runs.
+
+        For an adaptive campaign ``faults`` and ``runs`` are upper bounds (``adaptive`` is true).
+        """
         self.setup()
         return {
             "model": self.config.model.name,
@@ -346,15 +506,27 @@ class Campaign:
             "sites": len(self.sites),
             "population": self.sites.population,
             "faults": len(self.sampler),
-            "runs": len(self.sampler) * len(self._inputs_for(0)),
+            "runs": len(self.sampler) * self.runs_per_fault,
+            "adaptive": self.config.sampler.adaptive,
             "store": self.config.store_path,
         }
+
+    def plan_text(self) -> str:
+        """One line: how many faults and runs (``up to`` for an adaptive campaign)."""
+        info = self.describe()
+        if not info["adaptive"]:
+            return f"{info['faults']:,} faults, {info['runs']:,} runs"
+        s = self.config.sampler
+        return (
+            f"up to {info['faults']:,} faults (up to {info['runs']:,} runs; adaptive: stops once the SDC "
+            f"interval half-width is <= {s.margin}, checked every {s.adaptive_step:,} faults)"
+        )
 
 
 class _Progress:
     """A rich progress bar with runs/s and ETA (a no-op when disabled)."""
 
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
+    def __init__(self, enabled: bool, total: int | None, done: int) -> None:
         self.enabled, self.total, self.done, self.new = enabled, total, done, 0
         self.t0 = time.perf_counter()
         self._bar: Any = None

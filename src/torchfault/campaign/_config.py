@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchfault.analysis._stats import INTERVAL_METHODS
 from torchfault.errors import suggest
 from torchfault.faults._targets import normalize_kinds
 
@@ -97,17 +98,21 @@ class SamplerConfig:
     Attributes:
         name: ``uniform``, ``per_layer``, ``per_bit``, ``exhaustive`` or ``ber``.
         n: faults to draw (per stratum for stratified samplers); when set it takes precedence
-            over ``margin``.
+            over ``margin``. The ``ber`` sampler needs it (runs, each with a random number of
+            faults), unless ``adaptive``.
         margin: error margin in (0, 1) for the sample size of Leveugle et al. (used when ``n``
             is not set).
         confidence: confidence level in (0, 1).
         adaptive: keep drawing faults until the SDC-rate interval half-width is <= ``margin``.
         max_faults: the most faults an adaptive campaign draws.
+        adaptive_step: an adaptive campaign runs faults in rounds of this many and checks its
+            stopping rule only at round ends, over the runs of the faults below the boundary:
+            where it stops depends on the config alone, never on chunking or interruptions.
         bits: bit positions or field names (``exponent``, ``sign``, ``mantissa``) to fault.
         fault_model: ``bit_flip``, ``stuck_at_0``, ``stuck_at_1``, ``random_value``, ``zero``...
         params: fault-model parameters.
         persistence: ``permanent`` or ``transient``.
-        rate: bit-error rate for the ``ber`` sampler.
+        rate: bit-error rate for the ``ber`` sampler (needed by it).
     """
 
     name: str = "uniform"
@@ -116,6 +121,7 @@ class SamplerConfig:
     confidence: float = 0.95
     adaptive: bool = False
     max_faults: int = 100_000
+    adaptive_step: int = 500
     bits: list[Any] | None = None
     fault_model: str = "bit_flip"
     params: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +139,8 @@ class SamplerConfig:
             raise ValueError("sampler.adaptive: needs sampler.margin (the target half-width).")
         if self.max_faults < 1:
             raise ValueError(f"sampler.max_faults: must be >= 1, got {self.max_faults}.")
+        if self.adaptive_step < 1:
+            raise ValueError(f"sampler.adaptive_step: must be >= 1, got {self.adaptive_step}.")
         if self.persistence not in ("permanent", "transient"):
             raise ValueError(
                 f"sampler.persistence: must be 'permanent' or 'transient', got {self.persistence!r}."
@@ -140,11 +148,27 @@ class SamplerConfig:
             )
         if self.rate is not None and not 0.0 < self.rate <= 1.0:
             raise ValueError(f"sampler.rate: must be in (0, 1], got {self.rate}.")
+        if self.name == "ber":
+            if self.rate is None:
+                raise ValueError("sampler.rate: the ber sampler needs a bit-error rate in (0, 1].")
+            if self.n is None and not self.adaptive:
+                raise ValueError(
+                    "sampler.n: the ber sampler needs sampler.n, the number of runs (each flips "
+                    "Binomial(population, rate) bits; sampler.margin does not size it), or "
+                    "sampler.adaptive: true to stop on the SDC interval (at most sampler.max_faults runs)."
+                )
 
 
 @dataclass
 class OutcomeConfig:
-    """What counts as an SDC: ``criterion`` ``top1``, ``topk`` (with ``topk``) or ``tolerance``."""
+    """What counts as an SDC.
+
+    Attributes:
+        criterion: ``top1`` (the top-1 class changed), ``topk`` (the golden top-1 class left the
+            faulty top ``topk``) or ``tolerance`` (a logit moved by more than ``tolerance``).
+        topk: k of the ``topk`` criterion.
+        tolerance: largest absolute logit change that is not an SDC (``tolerance`` criterion).
+    """
 
     criterion: str = "top1"
     topk: int = 1
@@ -182,12 +206,22 @@ class EngineConfig:
         if self.batch_size < 1:
             raise ValueError(f"engine.batch_size: must be >= 1, got {self.batch_size}.")
         if self.threads < 0:
-            raise ValueError(f"engine.threads: must be >= 0 (0: torch's default), got {self.threads}.")
+            raise ValueError(
+                f"engine.threads: must be >= 0 (0: torch's default), got {self.threads}."
+            )
 
 
 @dataclass
 class ExecutorConfig:
-    """Where runs execute: ``serial``, ``process`` (``workers`` processes) or ``ray`` (``address``)."""
+    """Where runs execute.
+
+    Attributes:
+        name: ``serial``, ``process`` (worker processes on this machine) or ``ray``.
+        workers: worker processes, or Ray tasks in flight.
+        address: Ray cluster address (``auto``, ``ray://host:10001``); null or ``local`` starts a
+            local one.
+        chunk_faults: faults handed to a worker at a time.
+    """
 
     name: str = "serial"
     workers: int = 2
@@ -203,7 +237,17 @@ class ExecutorConfig:
 
 @dataclass
 class StoreConfig:
-    """The SQLite results store: ``path`` (default ``<out_dir>/campaign.sqlite``), ``overwrite``."""
+    """The SQLite results store.
+
+    Attributes:
+        path: the store file (default ``<out_dir>/campaign.sqlite``).
+        overwrite: replace an existing torchfault store with a fresh one (a file that is not
+            a torchfault store is refused and left intact); without it, a store of the same
+            campaign is resumed and one of another campaign is refused.
+        chunk_size: runs per committed write.
+        export: formats the runs and summaries are exported to after the campaign (``csv``,
+            ``parquet``).
+    """
 
     path: str | None = None
     overwrite: bool = False
@@ -227,6 +271,8 @@ class CampaignConfig:
         out_dir: run directory (store, log, report); default ``runs/<name>``.
         report: write plots and a Markdown report after the campaign.
         progress: show a progress bar.
+        interval: confidence-interval method of the printed summary, the report and the
+            adaptive stopping rule: ``wilson`` or ``clopper_pearson`` (exact, wider).
     """
 
     name: str = "campaign"
@@ -243,15 +289,27 @@ class CampaignConfig:
     out_dir: str | None = None
     report: bool = True
     progress: bool = True
+    interval: str = "wilson"
 
     def __post_init__(self) -> None:
+        method = str(self.interval).lower().replace("-", "_")
+        if method not in INTERVAL_METHODS:
+            raise ValueError(
+                f"interval: {self.interval!r} is not valid; choose {' or '.join(INTERVAL_METHODS)}."
+                f"{suggest(method, INTERVAL_METHODS)}"
+            )
+        self.interval = method
         if self.seed < 0:
             raise ValueError(f"seed: must be >= 0, got {self.seed}.")
         if self.inputs_per_fault < 0:
-            raise ValueError(f"inputs_per_fault: must be >= 0 (0 means all), got {self.inputs_per_fault}.")
+            raise ValueError(
+                f"inputs_per_fault: must be >= 0 (0 means all), got {self.inputs_per_fault}."
+            )
         s = self.sampler
         if s.n is None and s.margin is None and s.name not in ("exhaustive", "ber"):
-            raise ValueError("sampler: give sampler.n (a fault count) or sampler.margin and sampler.confidence.")
+            raise ValueError(
+                "sampler: give sampler.n (a fault count) or sampler.margin and sampler.confidence."
+            )
 
     @property
     def run_dir(self) -> str:
@@ -265,7 +323,9 @@ class CampaignConfig:
         """The settings that define the campaign's results (a store refuses other values).
 
         How the runs execute (engine, executor, progress, report, export) is left out: any of them
-        may change between a run and its resumption.
+        may change between a run and its resumption. The stopping settings (``interval``,
+        ``sampler.adaptive_step``) are part of it only for adaptive campaigns, where they decide
+        which runs are made.
         """
         from torchfault.config import to_dict
 
@@ -273,4 +333,7 @@ class CampaignConfig:
         for key in ("engine", "executor", "progress", "report", "out_dir"):
             d.pop(key, None)
         d["store"] = {}
+        if not self.sampler.adaptive:
+            d.pop("interval", None)
+            d["sampler"].pop("adaptive_step", None)
         return d

@@ -14,7 +14,11 @@ log = logging.getLogger("torchfault")
 
 
 def setup_logging(run_dir: str | Path, name: str = "campaign") -> Path:
-    """Log to the console (rich) and to ``<run_dir>/<name>.log``; returns the log file path."""
+    """Log to the console (rich) and to ``<run_dir>/<name>.log``; returns the log file path.
+
+    Records logged with ``extra={"file_only": True}`` (the summary tables, errors the command
+    line prints anyway) go to the file only.
+    """
     from rich.logging import RichHandler
 
     path = Path(run_dir)
@@ -28,6 +32,7 @@ def setup_logging(run_dir: str | Path, name: str = "campaign") -> Path:
             h.close()
     console = RichHandler(show_path=False, rich_tracebacks=False)
     console.setLevel(logging.INFO)
+    console.addFilter(lambda record: not getattr(record, "file_only", False))
     file = logging.FileHandler(log_file)
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for h in (console, file):
@@ -37,39 +42,59 @@ def setup_logging(run_dir: str | Path, name: str = "campaign") -> Path:
     return log_file
 
 
-@command("campaign", CampaignConfig, "Run (or resume) a fault-injection campaign and store its results.")
+@command(
+    "campaign", CampaignConfig, "Run (or resume) a fault-injection campaign and store its results."
+)
 def campaign_job(cfg: CampaignConfig) -> int:
-    from rich.console import Console
+    from torchfault.errors import ConfigError, TorchFaultError
 
     try:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from torchfault.errors import ConfigError
-
-        raise ConfigError(f"out_dir: cannot create the run directory {cfg.run_dir!r}: {exc}") from None
+        raise ConfigError(
+            f"out_dir: cannot create the run directory {cfg.run_dir!r}: {exc}"
+        ) from None
     log_file = setup_logging(cfg.run_dir)
+    try:
+        return _run_campaign(cfg, log_file)
+    except TorchFaultError as exc:
+        log.error("error: %s", exc, extra=_FILE_ONLY)
+        raise
+    except KeyboardInterrupt:
+        log.error("interrupted", extra=_FILE_ONLY)
+        raise
+    except Exception:
+        log.exception("the campaign failed", extra=_FILE_ONLY)
+        raise
+
+
+_FILE_ONLY = {"file_only": True}
+
+
+def _run_campaign(cfg: CampaignConfig, log_file: Path) -> int:
+    from rich.console import Console
+
     console = Console()
     camp = Campaign(cfg)
     t0 = time.perf_counter()
     info = camp.describe()
     log.info(
-        "campaign %r: model %s, %d inputs (golden accuracy %s), %d fault sites, population %s, "
-        "%d faults, %d runs, store %s",
+        "campaign %r: model %s, %d inputs (golden accuracy %s), %d fault sites, population %s, %s, store %s",
         cfg.name,
         info["model"],
         info["inputs"],
         f"{info['golden_accuracy']:.2%}" if info["golden_accuracy"] is not None else "n/a",
         info["sites"],
         f"{info['population']:,}",
-        info["faults"],
-        info["runs"],
+        camp.plan_text(),
         info["store"],
     )
     result = camp.run()
     elapsed = time.perf_counter() - t0
     log.info("%d runs stored in %.1f s", len(result), elapsed)
-    summary = result.summary(confidence=cfg.sampler.confidence)
+    summary = camp.summary()
     summary.print(console)
+    log.info("summary:\n%s", summary.to_markdown(), extra=_FILE_ONLY)
     from torchfault.store import ResultStore
 
     outputs = [Path(cfg.store_path), log_file]
@@ -78,12 +103,24 @@ def campaign_job(cfg: CampaignConfig) -> int:
             out = Path(cfg.run_dir) / f"runs.{fmt}"
             getattr(store, f"export_{fmt}")(out)
             outputs.append(out)
+    if cfg.store.export:
+        from torchfault.analysis import export_summaries
+
+        outputs.extend(export_summaries(summary, cfg.run_dir, cfg.store.export))
     if cfg.report:
         try:
             from torchfault.analysis import make_report
 
-            outputs.extend(make_report(cfg.store_path, cfg.run_dir))
+            outputs.extend(
+                make_report(
+                    cfg.store_path,
+                    cfg.run_dir,
+                    confidence=cfg.sampler.confidence,
+                    method=cfg.interval,
+                )
+            )
         except ImportError as exc:
             log.warning("no report: %s", exc)
     console.print("[bold]written:[/bold] " + ", ".join(str(p) for p in outputs))
+    log.info("written: %s", ", ".join(str(p) for p in outputs), extra=_FILE_ONLY)
     return 0

@@ -51,6 +51,11 @@ _RESERVED_META = (
     "schema_version",
 )
 
+_ADVICE = (
+    "To keep both, point the campaign at a new store path; to discard the stored results, "
+    "overwrite it (ResultStore(..., mode='w'), or the campaign's overwrite setting)."
+)
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(
     key TEXT PRIMARY KEY,
@@ -144,6 +149,11 @@ def _config_diff(stored: Any, given: Any, limit: int = 5) -> str:
     return "; ".join(diffs[:limit]) + more
 
 
+def _site_text(s: FaultSite) -> str:
+    element = "" if s.element is None else f"[{s.element!r}]"
+    return f"{s.module}.{s.target}{element} ({s.module_type or s.kind}, shape {tuple(s.shape)}, {s.format})"
+
+
 def _find_seed(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         if "seed" in obj:
@@ -177,6 +187,8 @@ class ResultStore:
             read only (``campaign`` and ``fingerprint`` are then not needed).
         chunk_size: runs per transaction.
         max_delay: also commit buffered runs once the oldest is this many seconds old.
+        advice: what a refused user should do, ending every mismatch error (default: a new
+            store path, or ``mode='w'``); the campaign runner names its own settings here.
 
     Raises:
         StoreMismatchError: the store holds another campaign (config or fingerprint differ).
@@ -192,6 +204,7 @@ class ResultStore:
         mode: str = "a",
         chunk_size: int = 1000,
         max_delay: float = 10.0,
+        advice: str | None = None,
     ) -> None:
         if mode not in _MODES:
             raise TorchFaultError(
@@ -203,6 +216,7 @@ class ResultStore:
         self.mode = mode
         self.chunk_size = chunk_size
         self.max_delay = float(max_delay)
+        self.advice = advice or _ADVICE
         self._lock = threading.RLock()
         self._buffer: list[tuple[Any, ...]] = []
         self._buffer_since: float | None = None
@@ -336,10 +350,7 @@ class ResultStore:
 
     def _check_same(self, campaign: dict[str, Any], fingerprint: str) -> None:
         meta = self._raw_meta()
-        how = (
-            "To keep both, point the campaign at a new store path; to discard the stored results, "
-            "overwrite it (ResultStore(..., mode='w'), or the campaign's overwrite setting)."
-        )
+        how = self.advice
         if "config" not in meta or "fingerprint" not in meta:
             raise self._error(
                 "the store has no campaign metadata (a crash while it was created?). " + how
@@ -441,10 +452,18 @@ class ResultStore:
         ]
         existing = self.sites()
         if existing:
-            if existing != list(sites):
+            given = list(sites)
+            if existing != given:
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(existing, given)) if a != b),
+                    min(len(existing), len(given)),
+                )
+                stored = _site_text(existing[first]) if first < len(existing) else "none"
+                now = _site_text(given[first]) if first < len(given) else "none"
                 raise StoreMismatchError(
                     f"results store {str(self.path)!r} holds other fault sites ({len(existing)} stored, "
-                    f"{len(rows)} given); the model or the targets changed. Use a new store path or overwrite."
+                    f"{len(rows)} given; site {first}: stored {stored}, now {now}); the model or the "
+                    f"targets changed. {self.advice}"
                 )
             return
         self._transaction(
@@ -543,7 +562,7 @@ class ResultStore:
                 raise StoreMismatchError(
                     f"results store {str(self.path)!r}: the golden result of input {g.input_id} differs "
                     f"(stored {old}, now {g}); the model or inputs changed, or the model is not "
-                    "deterministic. Use a new store path or overwrite."
+                    f"deterministic. {self.advice}"
                 )
         rows = [
             (
@@ -627,16 +646,26 @@ class ResultStore:
     def count_runs(self) -> int:
         return int(self._reading().execute("SELECT count(*) FROM runs").fetchone()[0])
 
-    def outcome_counts(self) -> dict[str, int]:
-        """``{"masked": .., "benign": .., "sdc": .., "due": ..}`` over all runs."""
-        counts = dict(
-            self._reading().execute("SELECT outcome, count(*) FROM runs GROUP BY outcome")
-        )
+    def outcome_counts(self, *, below: int | None = None) -> dict[str, int]:
+        """``{"masked": .., "benign": .., "sdc": .., "due": ..}`` over all runs, or over the runs
+        of faults ``fault_id < below`` (what an adaptive campaign's stopping rule looks at)."""
+        if below is None:
+            cur = self._reading().execute("SELECT outcome, count(*) FROM runs GROUP BY outcome")
+        else:
+            cur = self._reading().execute(
+                "SELECT outcome, count(*) FROM runs WHERE fault_id < ? GROUP BY outcome",
+                (int(below),),
+            )
+        counts = dict(cur)
         return {o: int(counts.get(o, 0)) for o in OUTCOMES}
 
     def done_runs(self) -> set[tuple[int, int]]:
         """``{(fault_id, input_id)}`` of every run stored: what a resumed campaign skips."""
         return set(self._reading().execute("SELECT fault_id, input_id FROM runs"))
+
+    def fault_ids(self) -> set[int]:
+        """Ids of the faults stored (with or without runs): what a resumed campaign need not add."""
+        return {r[0] for r in self.conn.execute("SELECT fault_id FROM faults")}
 
     def done_fault_ids(self, n_inputs: int | None = None) -> set[int]:
         """Fault ids with runs on all inputs: ``n_inputs`` of them (default: the number of
