@@ -123,3 +123,35 @@ def test_top_level_list_is_create_per_family(family, known):
     assert not getattr(torchfault, f"is_{family}")("no_such_" + family)
     with pytest.raises(ValueError, match=f"Unknown {family.replace('_', ' ')} 'no_such'"):
         getattr(torchfault, f"create_{family}")("no_such")
+
+
+def test_plugins_found_through_installed_distribution_metadata(tmp_path, monkeypatch):
+    """A real (unmocked) entry point: a distribution on sys.path whose entry_points.txt names a
+    module in the ``torchfault.plugins`` group; loading it registers a fault model."""
+    from torchfault.faults import FAULT_MODELS, is_fault_model, list_fault_models
+
+    dist = tmp_path / "tf_demo_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tf-demo-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{regmod.PLUGIN_GROUP}]\ndemo = tf_demo_plugin_mod\n")
+    (tmp_path / "tf_demo_plugin_mod.py").write_text(
+        "# SPDX-License-Identifier: MIT\n"
+        "from torchfault.faults import register_fault_model\n\n"
+        "@register_fault_model('plugin_negate', description='Negate (from a plugin).')\n"
+        "def plugin_negate(x, index, bits, fmt, generator):\n"
+        "    y = x.detach().flatten().clone()\n"
+        "    y[index] = -y[index]\n"
+        "    return y.view_as(x)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(regmod, "_plugins_loaded", False)
+    try:
+        assert "plugin_negate" in list_fault_models("plugin_*")
+        assert is_fault_model("plugin_negate")
+        assert FAULT_MODELS.info("plugin_negate").description == "Negate (from a plugin)."
+    finally:
+        if "plugin_negate" in FAULT_MODELS:
+            FAULT_MODELS.remove("plugin_negate")
+        import sys
+
+        sys.modules.pop("tf_demo_plugin_mod", None)

@@ -100,3 +100,20 @@ def test_the_registry_holds_the_fault_models_of_the_issue():
         list_fault_models()
     )
     assert list_fault_models("stuck*") == ["stuck_at_0", "stuck_at_1"]
+
+
+def test_fault_site_is_validated_and_from_dict_names_bad_keys():
+    site = FaultSite("fc", "bias", "parameter", [3], "float32", 32)
+    assert site.shape == (3,) and hash(site) == hash(FaultSite.from_dict(site.to_dict()))
+    with pytest.raises(TorchFaultError, match=r"kind must be one of.*Did you mean 'activation'"):
+        FaultSite("fc", "output", "activations", (3,), "float32", 32)
+    with pytest.raises(TorchFaultError, match="bit_width must be an integer >= 1"):
+        FaultSite("fc", "bias", "parameter", (3,), "float32", 0)
+    with pytest.raises(TorchFaultError, match="sizes >= 0"):
+        FaultSite("fc", "bias", "parameter", (-1,), "float32", 32)
+    with pytest.raises(
+        TorchFaultError, match=r"Unknown FaultSite field.*'bitwidth'.*Did you mean 'bit_width'"
+    ):
+        FaultSite.from_dict({**site.to_dict(), "bitwidth": 32})
+    with pytest.raises(TorchFaultError, match=r"needs the field\(s\) \['bit_width'\]"):
+        FaultSite.from_dict({k: v for k, v in site.to_dict().items() if k != "bit_width"})

@@ -224,3 +224,65 @@ def test_user_fault_model_registered_by_decorator_is_used_by_inject():
         assert torch.equal(model.weight, before)
     finally:
         FAULT_MODELS.remove("negate_for_test")
+
+
+# ----------------------------------------------------------------------------- parameters
+@pytest.mark.parametrize("name", list_fault_models())
+def test_every_fault_model_rejects_an_unknown_parameter_before_anything_runs(name):
+    from torchfault.errors import TorchFaultError
+
+    model = Holder(torch.float32)
+    before = model.weight.detach().clone()
+    params = {**PARAMS.get(name, {}), "no_such_param": 1}
+    fault = Fault("", "weight", index=(1, 1), bits=bits_for(name, torch.float32), model=name)
+    with (
+        pytest.raises(
+            TorchFaultError, match=rf"'{name}' got unknown parameter\(s\) \['no_such_param'\]"
+        ),
+        inject(model, fault.replace(params=params)),
+    ):
+        pass
+    assert torch.equal(model.weight, before)
+
+
+def test_user_fault_model_parameters_are_checked_against_its_signature():
+    from torchfault import register_fault_model
+    from torchfault.errors import TorchFaultError
+
+    @register_fault_model("scale_for_test", overwrite=True)
+    def scale(x, index, bits, fmt, generator, *, factor, offset=0.0):
+        """Scale the element."""
+        y = x.detach().flatten().clone()
+        y[index] = y[index] * factor + offset
+        return y.view_as(x)
+
+    @register_fault_model("anything_for_test", overwrite=True)
+    def anything(x, index, bits, fmt, generator, **params):
+        """Take any parameter."""
+        return x.clone()
+
+    try:
+        model = Holder(torch.float32)
+        before = model.weight.detach().clone()
+        site = Fault("", "weight", index=(1, 1), model="scale_for_test")
+        with (
+            pytest.raises(TorchFaultError, match=r"needs parameter\(s\) \['factor'\]"),
+            inject(model, site),
+        ):
+            pass
+        with (
+            pytest.raises(
+                TorchFaultError, match=r"it takes: factor, offset. Did you mean 'factor'"
+            ),
+            inject(model, site.replace(params={"facter": 2.0})),
+        ):
+            pass
+        assert torch.equal(model.weight, before)
+        with inject(model, site.replace(params={"factor": 2.0, "offset": 1.0})):
+            assert float(model.weight[1, 1]) == float(before[1, 1]) * 2.0 + 1.0
+        with inject(model, site.replace(model="anything_for_test", params={"whatever": 3})):
+            assert torch.equal(model.weight, before)
+        assert torch.equal(model.weight, before)
+    finally:
+        FAULT_MODELS.remove("scale_for_test")
+        FAULT_MODELS.remove("anything_for_test")

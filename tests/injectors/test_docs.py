@@ -32,3 +32,4 @@ def test_injection_guide_examples_run(capsys):
     assert "unknown module 'cnv'. Did you mean 'conv'?" in out
     assert "bit 32 is out of range for float32 (32 bits: 0..31)" in out
     assert "out of range in dimension 0 for shape (4, 8, 8)" in out
+    assert "'value' got unknown parameter(s) ['valeu']; it takes: value." in out

@@ -455,6 +455,29 @@ ERRORS = [
         [r"Unknown number format 'float12'"],
     ),
     (Fault("conv", index=(0, 0, 0), bits=(40,), format="float32"), [r"bit 40", r"32 bits"]),
+    (Fault("conv", index=(0, 0, 0), bits=(64,)), [r"conv:output", r"bit 64", r"0..63"]),
+    # fault-model parameters are checked before anything runs, activations included
+    (
+        Fault("conv", index=(0, 0, 0), model="value", params={"valeu": 1.0}),
+        [r"conv:output", r"unknown parameter\(s\) \['valeu'\]", r"Did you mean 'value'"],
+    ),
+    (Fault("conv", index=(0, 0, 0), model="value"), [r"needs params=\{'value'"]),
+    (
+        Fault("conv", index=(0, 0, 0), model="value", params={"value": "abc"}),
+        [r"needs a number in params\['value'\], got 'abc'"],
+    ),
+    (
+        Fault("conv", index=(0, 0, 0), model="random_value", params={"low": 2.0, "high": 1.0}),
+        [r"low < high", r"low=2.0, high=1.0"],
+    ),
+    (
+        Fault("conv", index=(0, 0, 0), model="random_value", params={"high": 1.0}),
+        [r"low=None, high=1.0"],
+    ),
+    (
+        Fault("conv", "weight", index=(0, 0, 0, 0), bits=(1,), params={"value": 1.0}),
+        [r"conv:weight", r"'bit_flip' got unknown parameter\(s\) \['value'\]", r"no parameters"],
+    ),
 ]
 
 
@@ -593,3 +616,28 @@ def test_faults_that_never_fire_are_reported_not_silently_masked():
         warnings.simplefilter("error")
         with pytest.raises(RuntimeError), torch.no_grad(), inject(m, never):
             m(torch.ones(1, 4))
+
+
+def test_a_missing_element_names_the_fault_and_what_the_structure_holds():
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x * 2, {"h": x + 1}
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pair = Pair()
+
+        def forward(self, x):
+            a, d = self.pair(x)
+            return a + d["h"]
+
+    model, x = Net(), torch.ones(2, 3)
+    fault = Fault("pair", index=(0,), bits=(31,), element="1.g")
+    for kw in ({"example_inputs": x}, {}):
+        with (
+            pytest.raises(TorchFaultError, match=r"fault on pair:output\[1.g\]: .*\[0, '1.h'\]"),
+            inject(model, fault, **kw),
+        ):
+            model(x)
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

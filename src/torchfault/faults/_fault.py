@@ -14,10 +14,19 @@ from typing import Any
 
 from torchfault.errors import TorchFaultError, suggest
 
-__all__ = ["Fault", "FaultSite", "ACTIVATION_TARGETS", "PERSISTENCES", "TARGET_KINDS"]
+__all__ = [
+    "Fault",
+    "FaultSite",
+    "ACTIVATION_TARGETS",
+    "PERSISTENCES",
+    "SITE_KINDS",
+    "TARGET_KINDS",
+]
 
 ACTIVATION_TARGETS = ("output", "input")
 PERSISTENCES = ("transient", "permanent")
+#: What a :class:`FaultSite` holds: a module's activation, parameter or buffer.
+SITE_KINDS = ("activation", "parameter", "buffer")
 #: Tensor kinds a campaign can target, as used by ``fault_space(targets=...)``.
 TARGET_KINDS = ("outputs", "inputs", "weights", "biases", "buffers", "parameters")
 
@@ -200,6 +209,29 @@ class FaultSite:
     calls: int = 1
     module_type: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, str) or not isinstance(self.target, str) or not self.target:
+            raise TorchFaultError(
+                f"FaultSite module and target must be names, got {self.module!r}, {self.target!r}."
+            )
+        if self.kind not in SITE_KINDS:
+            raise TorchFaultError(
+                f"FaultSite kind must be one of {SITE_KINDS}, got {self.kind!r}."
+                f"{suggest(str(self.kind), SITE_KINDS)}"
+            )
+        shape = _int_tuple(self.shape, "shape")
+        if any(n < 0 for n in shape):
+            raise TorchFaultError(f"FaultSite shape must hold sizes >= 0, got {shape}.")
+        object.__setattr__(self, "shape", shape)
+        for name, low in (("bit_width", 1), ("calls", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise TorchFaultError(f"FaultSite {name} must be an integer >= {low}, got {v!r}.")
+        if self.element is not None and not isinstance(self.element, (int, str)):
+            raise TorchFaultError(
+                f"FaultSite element must be None, an int or a str, got {self.element!r}."
+            )
+
     @property
     def numel(self) -> int:
         """Number of elements (per sample, for activations)."""
@@ -243,6 +275,16 @@ class FaultSite:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FaultSite:
-        d = dict(data)
-        d["shape"] = tuple(d.get("shape", ()))
-        return cls(**d)
+        """Build a site from a dict (``to_dict`` inverts it); unknown or missing keys are named."""
+        valid = [f.name for f in fields(cls)]
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            raise TorchFaultError(
+                f"Unknown FaultSite field(s) {unknown}; valid fields: {', '.join(valid)}."
+                f"{suggest(str(unknown[0]), valid)}"
+            )
+        required = ["module", "target", "kind", "shape", "format", "bit_width"]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise TorchFaultError(f"A FaultSite dict needs the field(s) {missing}.")
+        return cls(**dict(data))

@@ -5,7 +5,9 @@ A fault model is a function ``fn(x, index, bits, fmt, generator, **params) -> Te
 returns a new tensor equal to ``x`` except at the flat indices ``index`` (row-major, logical
 order). ``bits`` are the fault's bit positions, ``fmt`` the :class:`~torchfault.numerics.NumberFormat`
 the elements are seen in, ``generator`` a ``torch.Generator`` for random models, and ``params``
-the fault's own parameters (``Fault.params``).
+the fault's own parameters (``Fault.params``): the function's keyword arguments after
+``generator``. :func:`check_fault_model` checks a fault's parameters against them (and the
+values of the built-in models') before the fault touches anything.
 
 Models whose effect is one bitwise operation with the fault's bit mask declare it with the
 ``bit_op`` capability (``"xor"``, ``"stuck_at_0"``, ``"stuck_at_1"``); the injectors then apply
@@ -24,13 +26,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from torchfault import numerics
-from torchfault.errors import TorchFaultError
+from torchfault.errors import TorchFaultError, suggest
 from torchfault.registry import Registry
 
 __all__ = [
@@ -46,6 +50,9 @@ __all__ = [
 FaultModelFn = Callable[..., torch.Tensor]
 
 FAULT_MODELS: Registry[FaultModelFn] = Registry("fault model")
+
+#: checks of the built-in models' parameters, by function: run before a fault touches the model
+_PARAM_CHECKS: dict[Any, Callable[..., None]] = {}
 
 
 def register_fault_model(
@@ -139,6 +146,22 @@ def zero(
     return numerics.set_values(x, index, 0.0, fmt)
 
 
+def _value_param(value: Any) -> float:
+    """The ``value`` parameter of the ``value`` fault model, as a float."""
+    if value is None:
+        raise TorchFaultError("Fault model 'value' needs params={'value': <number>}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TorchFaultError(
+            f"Fault model 'value' needs a number in params['value'], got {value!r}."
+        ) from None
+
+
+def _check_value(value: Any = None) -> None:
+    _value_param(value)
+
+
 @register_fault_model("value", description="Set the element to a given value (param 'value').")
 def value(
     x: torch.Tensor,
@@ -149,9 +172,30 @@ def value(
     *,
     value: float | None = None,
 ) -> torch.Tensor:
-    if value is None:
-        raise TorchFaultError("Fault model 'value' needs params={'value': <number>}.")
-    return numerics.set_values(x, index, float(value), fmt)
+    return numerics.set_values(x, index, _value_param(value), fmt)
+
+
+_PARAM_CHECKS[value] = _check_value
+
+
+def _range_params(low: Any, high: Any) -> tuple[float, float] | None:
+    """``(low, high)`` of ``random_value`` as floats, or ``None`` for a random bit pattern."""
+    if low is None and high is None:
+        return None
+    try:
+        lo, hi = float(low), float(high)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise TorchFaultError(
+            "Fault model 'random_value' needs finite numbers low < high (or neither, for a random "
+            f"bit pattern); got low={low!r}, high={high!r}."
+        )
+    return lo, hi
+
+
+def _check_range(low: Any = None, high: Any = None) -> None:
+    _range_params(low, high)
 
 
 @register_fault_model(
@@ -169,23 +213,86 @@ def random_value(
     high: float | None = None,
 ) -> torch.Tensor:
     n = int(index.numel())
-    if low is None and high is None:
+    bounds = _range_params(low, high)
+    if bounds is None:
         words = numerics.random_words(n, fmt, generator).to(torch.int64)
         return numerics.apply_bits(x, index, words, "set", fmt)
-    if low is None or high is None or not float(low) < float(high):
-        raise TorchFaultError(
-            f"Fault model 'random_value' needs low < high (or neither, for a random bit pattern); got low={low}, high={high}."
-        )
     u = torch.rand(n, generator=generator, dtype=torch.float64)
-    vals = float(low) + (float(high) - float(low)) * u
+    vals = bounds[0] + (bounds[1] - bounds[0]) * u
     return numerics.set_values(x, index, vals, fmt)
 
 
-def check_fault_model(name: str, bits: Sequence[int], params: dict[str, Any]) -> None:
-    """Raise TorchFaultError if ``name`` is unknown or needs bits it was not given."""
+_PARAM_CHECKS[random_value] = _check_range
+
+
+def _model_parameters(fn: Any) -> tuple[list[str], list[str], bool] | None:
+    """The keyword parameters a fault model function takes after its five positional arguments,
+    those of them without a default, and whether it takes ``**params``; ``None`` when its
+    signature cannot be read. Cached per function (``inject`` checks every fault on entry)."""
+    try:
+        return _SIGNATURES[fn]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable: read its signature every time
+        return _read_parameters(fn)
+    _SIGNATURES[fn] = out = _read_parameters(fn)
+    return out
+
+
+_SIGNATURES: dict[Any, tuple[list[str], list[str], bool] | None] = {}
+
+
+def _read_parameters(fn: Any) -> tuple[list[str], list[str], bool] | None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    ps = list(sig.parameters.values())
+    positional = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keyword = [
+        p
+        for p in ps
+        if p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and p in positional[5:])
+    ]
+    required = [p.name for p in keyword if p.default is p.empty]
+    return [p.name for p in keyword], required, any(p.kind == p.VAR_KEYWORD for p in ps)
+
+
+def check_fault_model(name: str, bits: Sequence[int], params: Mapping[str, Any]) -> None:
+    """Raise TorchFaultError unless fault model ``name`` exists and can take ``bits`` and ``params``.
+
+    Checked before a fault touches anything: the name (unknown names list the valid ones), bits
+    for models that need them, parameter names against the model function's signature (bitwise
+    models take none), and the values of the built-in models' parameters.
+
+    Example:
+        >>> check_fault_model("value", (), {"valeu": 1.0})
+        Traceback (most recent call last):
+        ...
+        torchfault.errors.TorchFaultError: Fault model 'value' got unknown parameter(s) ['valeu']; it takes: value. Did you mean 'value'?
+    """
     try:
         info = FAULT_MODELS.info(name)
     except ValueError as exc:
         raise TorchFaultError(str(exc)) from None
     if info.capabilities.get("needs_bits") and not bits:
         raise TorchFaultError(f"Fault model {name!r} needs at least one bit position in 'bits'.")
+    params = dict(params)
+    accepted = _model_parameters(info.obj)
+    if accepted is not None:
+        names, required, takes_any = accepted
+        unknown = [k for k in params if k not in names]
+        if unknown and not takes_any:
+            takes = f"it takes: {', '.join(names)}." if names else "it takes no parameters."
+            raise TorchFaultError(
+                f"Fault model {name!r} got unknown parameter(s) {unknown}; {takes}"
+                f"{suggest(str(unknown[0]), names)}"
+            )
+        missing = [k for k in required if k not in params]
+        if missing:
+            raise TorchFaultError(
+                f"Fault model {name!r} needs parameter(s) {missing} in params, got {params}."
+            )
+    check = _PARAM_CHECKS.get(info.obj)
+    if check is not None:
+        check(**params)

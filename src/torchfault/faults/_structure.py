@@ -57,32 +57,45 @@ def element_path(element: int | str | None) -> tuple[str | int, ...]:
     return tuple(int(p) if p.lstrip("-").isdigit() else p for p in str(element).split("."))
 
 
-def _step(obj: Any, step: str | int, element: Any) -> Any:
-    try:
-        if isinstance(obj, Mapping):
-            return obj[step if step in obj else str(step)]
-        if isinstance(obj, (tuple, list)) and isinstance(step, int):
-            return obj[step]
-    except (KeyError, IndexError):
-        pass
-    raise TorchFaultError(
-        f"Element {element!r} is not in the module's output/input; its tensors are "
-        f"{[e for e, _ in iter_tensors(obj)] if not isinstance(obj, torch.Tensor) else [None]}."
-    )
+def _step(obj: Any, step: str | int) -> Any:
+    if isinstance(obj, Mapping):
+        return obj[step if step in obj else str(step)]
+    if isinstance(obj, (tuple, list)) and isinstance(step, int):
+        return obj[step]
+    raise KeyError(step)
 
 
 def get_element(obj: Any, element: int | str | None) -> torch.Tensor:
-    """The tensor named by ``element`` in ``obj`` (see the module docstring)."""
+    """The tensor named by ``element`` in ``obj`` (see the module docstring).
+
+    Raises:
+        TorchFaultError: ``obj`` holds no tensor there; the message lists the elements it holds.
+
+    Example:
+        >>> import torch
+        >>> get_element((torch.zeros(1), {"h": torch.ones(1)}), "1.h")
+        tensor([1.])
+        >>> get_element((torch.zeros(1), {"h": torch.ones(1)}), "1.c")
+        Traceback (most recent call last):
+        ...
+        torchfault.errors.TorchFaultError: Element '1.c' is not in the module's output/input; its tensors are [0, '1.h'].
+    """
     if element is None:
         found = iter_tensors(obj)
         if not found:
             raise TorchFaultError("The module's output/input holds no tensor to fault.")
         return found[0][1]
     node = obj
-    for step in element_path(element):
-        node = _step(node, step, element)
+    try:
+        for step in element_path(element):
+            node = _step(node, step)
+    except (KeyError, IndexError):
+        node = None
     if not isinstance(node, torch.Tensor):
-        raise TorchFaultError(f"Element {element!r} names a {type(node).__name__}, not a tensor.")
+        raise TorchFaultError(
+            f"Element {element!r} is not in the module's output/input; its tensors are "
+            f"{[e for e, _ in iter_tensors(obj)]}."
+        )
     return node
 
 

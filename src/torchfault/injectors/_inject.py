@@ -79,6 +79,16 @@ def _check_format(f: Fault, t: torch.Tensor) -> numerics.NumberFormat:
     return fmt
 
 
+def _element(obj: Any, key: tuple[str, str, Any]) -> torch.Tensor:
+    """The tensor a fault on ``key`` = (module, target, element) hits; errors name the site."""
+    try:
+        return get_element(obj, key[2])
+    except TorchFaultError as exc:
+        el = f"[{key[2]}]" if key[2] is not None else ""
+        hint = " (keyword arguments of forward are not seen)" if key[1] == "input" else ""
+        raise TorchFaultError(f"fault on {key[0] or '<model>'}:{key[1]}{el}: {exc}{hint}") from None
+
+
 @dataclass
 class _Segment:
     """Consecutive faults on one tensor that one call applies (many for a bitwise model)."""
@@ -166,7 +176,10 @@ class Injection:
     def _validate(self) -> None:
         for f in self.faults:
             mod = self._module(f)
-            check_fault_model(f.model, f.bits, f.param_dict)
+            try:
+                check_fault_model(f.model, f.bits, f.param_dict)
+            except TorchFaultError as exc:
+                raise TorchFaultError(f"{_describe(f)}: {exc}") from None
             if f.is_activation:
                 if f.format is not None:
                     try:
@@ -175,6 +188,12 @@ class Injection:
                         raise TorchFaultError(f"{_describe(f)}: {exc}") from None
                     if f.bits:
                         _check_bits(f, fmt)
+                elif f.bits and max(f.bits) >= 64:
+                    # the tensor's dtype is known when the module runs; no format is this wide
+                    raise TorchFaultError(
+                        f"{_describe(f)}: bit {max(f.bits)} is out of range for every number "
+                        "format (at most 64 bits: 0..63)."
+                    )
                 continue
             stored = stored_tensors(mod)
             if f.target not in stored:
@@ -197,7 +216,7 @@ class Injection:
                 mod = self._modules[key[0]]
 
                 def record(obj: Any, key: tuple[str, str, Any] = key) -> None:
-                    t = get_element(obj, key[2])
+                    t = _element(obj, key)
                     seen.setdefault(key, []).append(
                         (t.shape, t.flatten()[:0])
                     )  # shape, dtype, quantizer
@@ -378,7 +397,7 @@ class Injection:
         ]
         if not segs:
             return None
-        t = get_element(obj, key[2])
+        t = _element(obj, key)
         # a fresh module output may be written in place; a tensor made here always may
         own = module is not None and may_write(t, module, inputs, self._ptrs)
         for seg in segs:
