@@ -120,3 +120,27 @@ def test_pretrained_listing() -> None:
     assert set(dnn.list_pretrained()) >= {("lenet", "digits"), ("mlp", "digits")}
     assert dnn.list_models(pretrained=True, dataset="digits") == ["lenet", "mlp"]
     assert "vgg8" in dnn.list_models(pretrained=False)
+
+
+def test_synthetic_dataset_options_configure_the_model() -> None:
+    """synthetic inputs of any shape and class count: the model is built for them."""
+    opts = {"input_shape": (3, 32, 32), "num_classes": 4, "size": 8}
+    info = dnn.dataset_info("synthetic", **opts)
+    assert info["input_shape"] == (3, 32, 32) and info["num_classes"] == 4
+    assert dnn.dataset_info("synthetic")["input_shape"] == (1, 8, 8)
+    ds = dnn.create_dataset("synthetic", **opts)
+    for name in dnn.list_models():
+        model = dnn.create_model(name, dataset="synthetic", dataset_options=opts).eval()
+        assert model.input_shape == (3, 32, 32) and model.num_classes == 4
+        assert tuple(model(ds.inputs).shape) == (8, 4)
+
+
+def test_layer_sizes_below_one_are_errors() -> None:
+    for name, option in (
+        ("mlp", {"hidden": (16, 0)}),
+        ("lenet", {"channels": (6, 0)}),
+        ("resnet8", {"width": 0}),
+        ("vgg8", {"hidden": 0}),
+    ):
+        with pytest.raises(TorchFaultError, match=f"{next(iter(option))} must hold sizes >= 1"):
+            dnn.create_model(name, **option)

@@ -167,3 +167,38 @@ def test_prune_job_with_finetuning(tmp_path, capsys) -> None:
     payload = dnn.load_checkpoint(tmp_path / "p.pt.xz")
     assert payload["metrics"]["sparsity"] == pytest.approx(0.7, abs=0.01)
     assert payload["metrics"]["test_acc"] > 0.8
+
+
+def test_masks_made_permanent_on_save(tmp_path) -> None:
+    """A model saved with its pruning masks still in place is written as plain pruned weights
+    (``weight``, not ``weight_orig`` / ``weight_mask``) and loads into the unpruned model."""
+    from torch.nn.utils import prune
+
+    from torchfault.dnn._prune import prunable_modules
+
+    model = dnn.create_model("lenet", pretrained=True)
+    dnn.prune_model(model, "l1_unstructured", amount=0.5, make_permanent=False)
+    assert hasattr(model.fc1, "weight_mask")
+    x = model.example_inputs(4)
+    y = model(x)
+    info = dnn.save_checkpoint(model, tmp_path / "masked.pt.xz")
+    sd = dnn.load_checkpoint(info.path)
+    assert set(sd) == set(dnn.create_model("lenet").state_dict())
+    assert int((sd["fc1.weight"] == 0).sum()) == round(0.5 * sd["fc1.weight"].numel())
+    # the model keeps its masks: saving does not change it
+    assert hasattr(model.fc1, "weight_mask") and model.fc1._forward_pre_hooks
+    for path in (info.path, tmp_path / "export.pt.xz"):
+        if path != info.path:
+            dnn.export_weights(model, path, model_name="lenet", dataset="digits")
+        back = dnn.create_model("lenet", weights=path)
+        assert torch.equal(back(x), y)
+        assert dnn.sparsity_report(back)["total"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    # a state dict written with masks in place (as Lightning writes one while fine-tuning,
+    # keys prefixed "model.") loads too, masks applied
+    raw = {f"model.{k}": v for k, v in model.state_dict().items()}
+    assert "model.fc1.weight_orig" in raw
+    dnn.save_checkpoint({"state_dict": raw}, tmp_path / "lightning.ckpt")
+    assert torch.equal(dnn.create_model("lenet", weights=tmp_path / "lightning.ckpt")(x), y)
+    for _, m in prunable_modules(model):
+        prune.remove(m, "weight")
+    assert torch.equal(model(x), y)

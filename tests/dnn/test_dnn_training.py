@@ -146,6 +146,59 @@ def test_bad_config_values_name_the_field(capsys) -> None:
     assert "optimizer.name" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        # these used to fail only mid-run (a traceback), or not at all
+        ("--early_stopping.monitor=val_accc", "early_stopping.monitor.*Did you mean 'val_acc'"),
+        ("--checkpoint.monitor=bogus", "checkpoint.monitor: 'bogus' is not a logged metric"),
+        ("--trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be positive"),
+        ("--optimizer.gamma=-0.5", "optimizer.gamma must be positive"),
+        ("--trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be >= 1"),
+        ("--trainer.accelerator=foo", "trainer.accelerator: .*'foo'"),
+        ("--trainer.precision=bogus", "trainer.precision: .*'bogus'"),
+        ("--dataset_options={split_seed: x}", "split_seed must be a whole number"),
+    ],
+)
+def test_bad_trainer_settings_name_the_field(override, expected, tmp_path, capsys) -> None:
+    import re
+
+    assert main(["train", "mlp", override, "--out_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(expected, err), err
+    assert "Traceback" not in err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_test_job_bad_accelerator_names_the_field(tmp_path, capsys) -> None:
+    assert main(["test", "lenet", "--accelerator", "foo", "--out_dir", str(tmp_path)]) == 2
+    assert "accelerator: " in capsys.readouterr().err
+
+
+def test_train_and_test_on_synthetic_of_any_shape(tmp_path, capsys) -> None:
+    """dataset_options that set synthetic's input shape and class count configure the model
+    of every job (it used to be built for 1x8x8 and 10 classes, and crash)."""
+    opts = "{input_shape: [3, 16, 16], num_classes: 3, size: 48}"
+    out = tmp_path / "w.pt.xz"
+    args = ["--dataset", "synthetic", "--dataset_options", opts]
+    train = ["train", "lenet", *args, "--trainer.max_epochs", "1", "--out_dir", str(tmp_path)]
+    assert main([*train, "--trainer.enable_progress_bar", "false", "--export", str(out)]) == 0
+    assert "test_acc" in capsys.readouterr().out
+    model = dnn.create_model(
+        "lenet",
+        dataset="synthetic",
+        weights=out,
+        dataset_options={"input_shape": (3, 16, 16), "num_classes": 3},
+    )
+    assert model.fc3.out_features == 3
+    assert main(["test", "lenet", *args, "--checkpoint", str(out), "--out_dir", str(tmp_path)]) == 0
+    assert "test_acc" in capsys.readouterr().out
+    summary = tmp_path / "s.json"
+    assert main(["summary", "lenet", *args, "--batch", "2", "--json", str(summary)]) == 0
+    data = yaml.safe_load(summary.read_text())
+    assert data["input_shape"] == [2, 3, 16, 16] and data["rows"][-1]["output_shape"] == [2, 3]
+
+
 def test_test_job_shipped_weights(fast_train_config, tmp_path, capsys) -> None:
     assert main(["test", "lenet", "--out_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -177,6 +230,17 @@ def test_compress_checkpoints_callback_lightning_reads_back(tmp_path) -> None:
     out = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False)
     assert out[0]["test_acc"] > 0.5
     assert dnn.load_checkpoint(ckpt.best_model_path)["hyper_parameters"]["lr"] == 1e-2
+    # Lightning's own load_from_checkpoint reads the compressed file (weights_only) and
+    # rebuilds the model from the saved hyperparameters
+    loaded = dnn.ClassifierModule.load_from_checkpoint(ckpt.best_model_path)
+    assert type(loaded.model).__name__ == "MLP" and loaded.hparams.lr == 1e-2
+    sd = dnn.load_checkpoint(ckpt.best_model_path)["state_dict"]
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(files[0].read_bytes()[:100])
+    with pytest.raises(TorchFaultError, match="truncated or corrupted"):
+        dnn.ClassifierModule.load_from_checkpoint(broken)
 
 
 def test_early_stopping_with_wrapped_model_and_datasets(tmp_path) -> None:

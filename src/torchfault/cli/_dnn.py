@@ -90,7 +90,14 @@ def test_job(cfg: TestConfig) -> int:
     return 0
 
 
-def _load_model(model: str, dataset: str, checkpoint: str | None, pretrained: bool, options: dict):
+def _load_model(
+    model: str,
+    dataset: str,
+    checkpoint: str | None,
+    pretrained: bool,
+    options: dict,
+    dataset_options: dict | None = None,
+):
     from torchfault.dnn import create_model
     from torchfault.dnn._datasets import is_factory_spec
 
@@ -100,6 +107,7 @@ def _load_model(model: str, dataset: str, checkpoint: str | None, pretrained: bo
         dataset=dataset,
         pretrained=pretrained and checkpoint is None and not is_factory_spec(model),
         weights=checkpoint,
+        dataset_options=dataset_options,
         **options,
     )
 
@@ -136,6 +144,8 @@ class PruneConfig:
         out: where to save the pruned weights (masks made permanent); empty: do not save.
         compression: compression of the saved file.
         model_options: constructor options of the model.
+        dataset_options: options of ``create_dataset`` (``split_seed``; ``input_shape`` and
+            ``num_classes`` of ``synthetic``, which also configure the model).
     """
 
     model: str = "lenet"
@@ -158,6 +168,7 @@ class PruneConfig:
     out: str = "runs/prune/pruned.pt.xz"
     compression: Literal["lzma", "gzip", "bz2", "none"] = "lzma"
     model_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_names(self.model, self.dataset)
@@ -190,8 +201,15 @@ def prune_job(cfg: PruneConfig) -> int:
     )
 
     torch.manual_seed(cfg.seed)
-    model = _load_model(cfg.model, cfg.dataset, cfg.checkpoint, cfg.pretrained, cfg.model_options)
-    test_set = create_dataset(cfg.dataset, split="test")
+    model = _load_model(
+        cfg.model,
+        cfg.dataset,
+        cfg.checkpoint,
+        cfg.pretrained,
+        cfg.model_options,
+        cfg.dataset_options,
+    )
+    test_set = create_dataset(cfg.dataset, split="test", **cfg.dataset_options)
     before = evaluate(model, test_set, batch_size=cfg.batch_size)
     finetune = None
     if cfg.finetune_epochs:
@@ -205,6 +223,7 @@ def prune_job(cfg: PruneConfig) -> int:
                 lr=cfg.lr,
                 seed=cfg.seed + step,
                 batch_size=min(cfg.batch_size, 64),
+                dataset_options=cfg.dataset_options,
             )
 
     iterative_prune(
@@ -250,7 +269,10 @@ def prune_job(cfg: PruneConfig) -> int:
                 "test_acc_before": before["acc"],
                 "sparsity": report["total"]["sparsity"],
             },
-            extra={"model_options": dict(cfg.model_options)},
+            extra={
+                "model_options": dict(cfg.model_options),
+                "dataset_options": dict(cfg.dataset_options),
+            },
             compression=cfg.compression,
         )
         console.print(f"saved: {info}")
@@ -274,6 +296,8 @@ class QuantizeConfig:
         split: split on which float and int8 accuracy are compared.
         out: where to save the quantized model; empty: do not save.
         model_options: constructor options of the model.
+        dataset_options: options of ``create_dataset`` (``split_seed``; ``input_shape`` and
+            ``num_classes`` of ``synthetic``, which also configure the model).
     """
 
     model: str = "lenet"
@@ -287,6 +311,7 @@ class QuantizeConfig:
     split: Literal["train", "val", "test", "all"] = "test"
     out: str = "runs/quantize/quantized.pt.xz"
     model_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_names(self.model, self.dataset)
@@ -305,9 +330,16 @@ class QuantizeConfig:
 def quantize_job(cfg: QuantizeConfig) -> int:
     from torchfault.dnn import create_dataset, evaluate, quantize_model, save_quantized
 
-    model = _load_model(cfg.model, cfg.dataset, cfg.checkpoint, cfg.pretrained, cfg.model_options)
-    calib = create_dataset(cfg.dataset, split=cfg.calibration_split)
-    data = create_dataset(cfg.dataset, split=cfg.split)
+    model = _load_model(
+        cfg.model,
+        cfg.dataset,
+        cfg.checkpoint,
+        cfg.pretrained,
+        cfg.model_options,
+        cfg.dataset_options,
+    )
+    calib = create_dataset(cfg.dataset, split=cfg.calibration_split, **cfg.dataset_options)
+    data = create_dataset(cfg.dataset, split=cfg.split, **cfg.dataset_options)
     qmodel = quantize_model(
         model,
         calib,
@@ -334,6 +366,7 @@ def quantize_job(cfg: QuantizeConfig) -> int:
             dataset=cfg.dataset,
             backend=cfg.backend,
             model_options=cfg.model_options,
+            dataset_options=cfg.dataset_options,
             metrics=metrics,
         )
         console.print(f"saved: {info}")
@@ -351,6 +384,8 @@ class SummaryConfig:
         checkpoint: load these weights first (weights do not change the summary).
         json: also write the summary as JSON to this file; empty: do not.
         model_options: constructor options of the model.
+        dataset_options: options of ``create_dataset`` (``split_seed``; ``input_shape`` and
+            ``num_classes`` of ``synthetic``, which also configure the model).
     """
 
     model: str = "lenet"
@@ -359,6 +394,7 @@ class SummaryConfig:
     checkpoint: str | None = None
     json: str = ""
     model_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_names(self.model, self.dataset)
@@ -377,7 +413,9 @@ def summary_job(cfg: SummaryConfig) -> int:
 
     from torchfault.dnn import summarize
 
-    model = _load_model(cfg.model, cfg.dataset, cfg.checkpoint, False, cfg.model_options)
+    model = _load_model(
+        cfg.model, cfg.dataset, cfg.checkpoint, False, cfg.model_options, cfg.dataset_options
+    )
     s = summarize(model, batch=cfg.batch)
     console = _console()
     console.print(s.table())
@@ -409,6 +447,8 @@ class ProfileConfig:
         row_limit: operator rows shown.
         checkpoint: load these weights first.
         model_options: constructor options of the model.
+        dataset_options: options of ``create_dataset`` (``split_seed``; ``input_shape`` and
+            ``num_classes`` of ``synthetic``, which also configure the model).
     """
 
     model: str = "lenet"
@@ -421,6 +461,7 @@ class ProfileConfig:
     row_limit: int = 15
     checkpoint: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_names(self.model, self.dataset)
@@ -445,7 +486,9 @@ def profile_job(cfg: ProfileConfig) -> int:
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise TorchFaultError(f"device: {cfg.device!r} asked for, but CUDA is not available.")
-    model = _load_model(cfg.model, cfg.dataset, cfg.checkpoint, False, cfg.model_options)
+    model = _load_model(
+        cfg.model, cfg.dataset, cfg.checkpoint, False, cfg.model_options, cfg.dataset_options
+    )
     model = model.to(cfg.device)
     x = model.example_inputs(cfg.batch)
     result = profile_model(

@@ -48,6 +48,8 @@ __all__ = [
     "compress_file",
     "detect_compression",
     "load_checkpoint",
+    "permanent_state_dict",
+    "read_checkpoint_bytes",
     "save_checkpoint",
 ]
 
@@ -135,8 +137,9 @@ def save_checkpoint(obj: Any, path: str | Path, compression: str = "lzma") -> Ch
     """Save ``obj`` (a module's state dict, or any ``torch.save``-able value) compressed.
 
     Args:
-        obj: an ``nn.Module`` (its ``state_dict()`` is saved) or tensors / containers / plain
-            values (what ``torch.load(weights_only=True)`` can read back).
+        obj: an ``nn.Module`` (its ``state_dict()`` is saved, with the masks of pruned
+            parameters applied: see :func:`permanent_state_dict`) or tensors / containers /
+            plain values (what ``torch.load(weights_only=True)`` can read back).
         path: the file; written atomically (a temporary file, then a rename).
         compression: lzma (default), gzip, bz2 or none.
 
@@ -151,7 +154,7 @@ def save_checkpoint(obj: Any, path: str | Path, compression: str = "lzma") -> Ch
     """
     _check_compression(compression)
     if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
+        obj = permanent_state_dict(obj)
     buf = io.BytesIO()
     torch.save(obj, buf)
     raw = buf.getvalue()
@@ -228,6 +231,72 @@ def _refusal(exc: pickle.UnpicklingError) -> str:
     return type(exc).__name__
 
 
+def read_checkpoint_bytes(path: str | Path) -> bytes:
+    """The ``torch.save`` bytes of a (compressed) checkpoint file, decompressed and checked (zip
+    CRCs), for code that reads checkpoints itself (Lightning's ``load_from_checkpoint``).
+
+    Raises:
+        TorchFaultError: as :func:`load_checkpoint` does for a missing, truncated, corrupted or
+            foreign file.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> p = os.path.join(tempfile.mkdtemp(), "r.pt.gz")
+        >>> _ = save_checkpoint({"a": torch.ones(2)}, p, compression="gzip")
+        >>> read_checkpoint_bytes(p)[:4]
+        b'PK\\x03\\x04'
+    """
+    p = Path(path)
+    _check_file(p)
+    raw, kind = _decompress(p.read_bytes(), p)
+    if not raw.startswith(_MAGIC["none"]):
+        raise TorchFaultError(
+            f"{p} decompresses ({kind}) to something that is not a torch.save file."
+        )
+    _check_zip(raw, p)
+    return raw
+
+
+def permanent_state_dict(module: nn.Module) -> dict[str, Any]:
+    """``module.state_dict()`` with every ``torch.nn.utils.prune`` mask applied: for a pruned
+    parameter ``weight`` the pair ``weight_orig`` / ``weight_mask`` becomes the plain
+    ``weight = weight_orig * weight_mask``, so the file loads into an unpruned model of the same
+    architecture. The module itself is left as it is (its masks stay in place).
+
+    Example:
+        >>> import torch
+        >>> from torch.nn.utils import prune
+        >>> lin = prune.l1_unstructured(torch.nn.Linear(4, 2), "weight", amount=0.5)
+        >>> sd = permanent_state_dict(lin)
+        >>> sorted(sd), int((sd["weight"] == 0).sum())
+        (['bias', 'weight'], 4)
+    """
+    from torch.nn.utils import prune
+
+    sd = module.state_dict()
+    folded: dict[str, torch.Tensor] = {}
+    for prefix, m in module.named_modules():
+        for hook in m._forward_pre_hooks.values():
+            if not isinstance(hook, prune.BasePruningMethod):
+                continue
+            name = hook._tensor_name
+            key = f"{prefix}.{name}" if prefix else name
+            folded[key] = hook.apply_mask(m).detach()
+    if not folded:
+        return sd
+    out: dict[str, Any] = {}
+    for key, value in sd.items():
+        for suffix in ("_orig", "_mask"):
+            base = key.removesuffix(suffix)
+            if key.endswith(suffix) and base in folded:
+                if suffix == "_orig":
+                    out[base] = folded[base]
+                break
+        else:
+            out[key] = value
+    return out
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """Load a (compressed) checkpoint with ``torch.load(weights_only=True)``.
 
@@ -247,14 +316,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         tensor([1., 1.])
     """
     p = Path(path)
-    _check_file(p)
-    data = p.read_bytes()
-    raw, kind = _decompress(data, p)
-    if not raw.startswith(_MAGIC["none"]):
-        raise TorchFaultError(
-            f"{p} decompresses ({kind}) to something that is not a torch.save file."
-        )
-    _check_zip(raw, p)
+    raw = read_checkpoint_bytes(p)
     try:
         return torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -135,20 +135,25 @@ def load_factory_spec(spec: str, what: str) -> Any:
         raise TorchFaultError(f"{what}: {str(exc).removeprefix('model.name: ')}") from None
 
 
-def dataset_info(name: str) -> dict[str, Any]:
+def dataset_info(name: str, **options: Any) -> dict[str, Any]:
     """``{"input_shape": (C, H, W), "num_classes": K, "description": ...}`` of a dataset.
 
-    For a factory of your own (``file.py:function``) they are read from its test split: the
-    shape of the first input, and ``num_classes`` (the dataset's attribute, else the largest
-    label + 1).
+    For a registered dataset they are the ones it was registered with, except where
+    ``options`` (those of :func:`create_dataset`) set ``input_shape`` or ``num_classes``
+    themselves, as they may for ``synthetic``. For a factory of your own (``file.py:function``)
+    they are read from its test split, made with ``options``: the shape of the first input, and
+    ``num_classes`` (the dataset's attribute, else the largest label + 1).
 
     Example:
         >>> from torchfault.dnn import dataset_info
         >>> dataset_info("digits")["input_shape"]
         (1, 8, 8)
+        >>> info = dataset_info("synthetic", input_shape=(3, 32, 32), num_classes=4)
+        >>> info["input_shape"], info["num_classes"]
+        ((3, 32, 32), 4)
     """
     if is_factory_spec(name):
-        ds = create_dataset(name, split="test")
+        ds = create_dataset(name, split="test", **options)
         if len(ds) == 0:
             raise TorchFaultError(f"dataset {name!r}: its test split is empty.")
         shape = getattr(ds, "input_shape", None) or tuple(ds[0][0].shape)
@@ -160,10 +165,11 @@ def dataset_info(name: str) -> dict[str, Any]:
             "description": f"dataset of your own ({name})",
         }
     info = DATASETS.info(name)
+    shape = options.get("input_shape", info.capabilities["input_shape"])
     return {
         "name": info.name,
-        "input_shape": tuple(info.capabilities["input_shape"]),
-        "num_classes": int(info.capabilities["num_classes"]),
+        "input_shape": tuple(int(s) for s in shape),
+        "num_classes": int(options.get("num_classes", info.capabilities["num_classes"])),
         "description": info.description,
     }
 
@@ -258,6 +264,8 @@ def _split_indices(
     idx = list(range(len(labels)))
     if split == "all":
         return idx
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise TorchFaultError(f"split_seed must be a whole number >= 0, got {split_seed!r}.")
     for what, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < frac < 1.0:
             raise TorchFaultError(f"{what} must lie in (0, 1), got {frac!r}.")
@@ -440,6 +448,10 @@ def _torchvision_dataset(
     val_fraction: float,
 ) -> Dataset:
     cls_name, mean, std = _TV_STATS[name]
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise TorchFaultError(
+            f"dataset {name!r}: val_fraction must lie in (0, 1), got {val_fraction!r}."
+        )
     try:
         import torchvision
         from torchvision import transforms

@@ -7,6 +7,7 @@ inside the functions that train, so the injection core works without the ``train
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from torchfault.dnn._checkpoint import _check_compression, compress_file, load_checkpoint
+from torchfault.dnn._checkpoint import (
+    _check_compression,
+    compress_file,
+    load_checkpoint,
+    read_checkpoint_bytes,
+)
 from torchfault.dnn._datasets import create_dataset
 from torchfault.errors import TorchFaultError
 
@@ -43,6 +49,8 @@ class ClassifierModule(pl.LightningModule):
         model_name: zoo model name (saved as a hyperparameter, so the checkpoint rebuilds it).
         dataset: dataset the model is configured for.
         model_options: constructor options of the zoo model.
+        dataset_options: options of the dataset (its ``input_shape`` and ``num_classes``, where
+            they set them, configure the model).
         num_classes: class count (taken from the model when it has ``num_classes``).
         optimizer: adam, adamw or sgd.
         lr: learning rate.
@@ -60,6 +68,7 @@ class ClassifierModule(pl.LightningModule):
         model_name: str | None = None,
         dataset: str | None = "digits",
         model_options: dict[str, Any] | None = None,
+        dataset_options: dict[str, Any] | None = None,
         num_classes: int | None = None,
         optimizer: str = "adam",
         lr: float = 1e-3,
@@ -81,7 +90,12 @@ class ClassifierModule(pl.LightningModule):
                 raise TorchFaultError("ClassifierModule needs a model or a model_name.")
             from torchfault.dnn._models import create_model
 
-            model = create_model(model_name, dataset=dataset, **(model_options or {}))
+            model = create_model(
+                model_name,
+                dataset=dataset,
+                dataset_options=dataset_options,
+                **(model_options or {}),
+            )
         self.model = model
         k = num_classes if num_classes is not None else getattr(model, "num_classes", None)
         if k is None:
@@ -89,6 +103,34 @@ class ClassifierModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=int(k), average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=int(k), average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=int(k), average="micro")
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> ClassifierModule:
+        """Lightning's ``load_from_checkpoint`` for compressed checkpoints too (lzma, gzip,
+        bz2, as :class:`CompressCheckpoints` writes them), always with ``weights_only=True``;
+        the model is rebuilt from the saved hyperparameters.
+
+        Raises:
+            TorchFaultError: a missing, truncated, corrupted or foreign file.
+        """
+        kwargs.pop("weights_only", None)
+        if isinstance(checkpoint_path, (str, Path)):
+            checkpoint_path = io.BytesIO(read_checkpoint_bytes(checkpoint_path))
+        return super().load_from_checkpoint(
+            checkpoint_path,
+            map_location=map_location or "cpu",
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=True,
+            **kwargs,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -123,6 +123,17 @@ class ZooModel(nn.Module):
         return dict(cls.dataset_configs[best])
 
 
+def _check_sizes(name: str, option: str, values: Any) -> None:
+    """A clear error for a layer size below 1 (``nn.Linear(64, 0)`` builds, and trains to
+    chance)."""
+    items = values if isinstance(values, (list, tuple)) else (values,)
+    bad = [v for v in items if v != "M" and int(v) < 1]
+    if bad:
+        raise TorchFaultError(
+            f"model {name!r}: option {option} must hold sizes >= 1, got {tuple(items)}."
+        )
+
+
 def _check_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise TorchFaultError(
@@ -144,6 +155,7 @@ class MLP(ZooModel, name="mlp"):
         self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (128, 64)
     ) -> None:
         super().__init__(input_shape, num_classes)
+        _check_sizes("mlp", "hidden", hidden)
         widths = [int(torch.tensor(self.input_shape).prod()), *[int(h) for h in hidden]]
         self.flatten = nn.Flatten()
         self._order = ["flatten"]
@@ -181,6 +193,9 @@ class LeNet(ZooModel, name="lenet"):
     ) -> None:
         super().__init__(input_shape, num_classes)
         c, h, w = _check_image("lenet", self.input_shape)
+        for option, values in (("kernel_size", kernel_size), ("channels", channels)):
+            _check_sizes("lenet", option, values)
+        _check_sizes("lenet", "hidden", hidden)
         k = int(kernel_size)
         p1, p2 = (int(p) for p in padding)
         c1, c2 = (int(ch) for ch in channels)
@@ -251,6 +266,7 @@ class CifarResNet(ZooModel):
         super().__init__(input_shape, num_classes)
         c, _, _ = _check_image(type(self).model_name or "resnet", self.input_shape)
         n = (self.depth - 2) // 6
+        _check_sizes(type(self).model_name or "resnet", "width", width)
         w = int(width)
         self.conv1 = nn.Conv2d(c, w, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(w)
@@ -308,6 +324,8 @@ class VGG8(ZooModel, name="vgg8"):
     ) -> None:
         super().__init__(input_shape, num_classes)
         c, h, _ = _check_image("vgg8", self.input_shape)
+        _check_sizes("vgg8", "layers", layers)
+        _check_sizes("vgg8", "hidden", hidden)
         feats: list[nn.Module] = []
         for item in layers:
             if item == "M":
@@ -456,6 +474,7 @@ def create_model(
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
     weights: str | Path | None = None,
+    dataset_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> ZooModel:
     """Build zoo model ``name`` configured for ``dataset``, optionally with trained weights.
@@ -472,6 +491,9 @@ def create_model(
         num_classes: overrides the dataset's class count.
         weights: a checkpoint file to load (a state dict, a torchfault weights file or a
             Lightning checkpoint), instead of the shipped weights.
+        dataset_options: options of :func:`~torchfault.dnn.create_dataset` that change the
+            dataset's input shape or class count (``synthetic``'s ``input_shape`` and
+            ``num_classes``; anything for a dataset factory of your own).
         **options: constructor options overriding the dataset's configuration
             (for example ``hidden=(32,)`` for ``mlp``, ``width=8`` for the ResNets).
 
@@ -488,6 +510,9 @@ def create_model(
         (2, 10)
         >>> create_model("mlp", dataset=None, input_shape=(5,), num_classes=3, hidden=(4,)).fc2
         Linear(in_features=4, out_features=3, bias=True)
+        >>> opts = {"input_shape": (3, 16, 16), "num_classes": 4}
+        >>> create_model("lenet", dataset="synthetic", dataset_options=opts).fc3.out_features
+        4
     """
     factory = cls = None
     if is_factory_spec(name):
@@ -509,7 +534,7 @@ def create_model(
                 f"create_model: unknown dataset {dataset!r}. Valid datasets: "
                 f"{', '.join(valid)}.{suggest(str(dataset), valid)}"
             )
-        info = dataset_info(dataset)
+        info = dataset_info(dataset, **(dataset_options or {}))
         input_shape = tuple(input_shape) if input_shape is not None else info["input_shape"]
         num_classes = num_classes if num_classes is not None else info["num_classes"]
     elif input_shape is None or num_classes is None:
@@ -553,11 +578,23 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
     raise TorchFaultError(f"{source} holds no model state dict (keys: {sorted(obj)[:8]}).")
 
 
+def _apply_masks(sd: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Fold the ``X_orig`` / ``X_mask`` pairs of a state dict saved with pruning masks in place
+    (a Lightning checkpoint written while fine-tuning) into ``X``, where the model expects ``X``."""
+    out = dict(sd)
+    for key in expected:
+        orig, mask = f"{key}_orig", f"{key}_mask"
+        if key not in out and orig in out and mask in out and orig not in expected:
+            out[key] = out.pop(orig) * out.pop(mask)
+    return out
+
+
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a checkpoint file's weights into ``model`` (strict); mismatches are clear errors.
 
     A :class:`WrappedModel` takes its own state dict (keys ``model.<name>``) or that of the
-    module it wraps.
+    module it wraps. A state dict saved with ``torch.nn.utils.prune`` masks in place
+    (``weight_orig`` and ``weight_mask``) loads as the pruned ``weight``.
 
     Example:
         >>> from torchfault.dnn import create_model, pretrained_path
@@ -568,8 +605,9 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     obj = load_checkpoint(path)
     sd = extract_state_dict(obj, source=str(path))
     target = model
-    if isinstance(model, WrappedModel) and set(sd) == set(model.model.state_dict()):
+    if isinstance(model, WrappedModel) and not set(sd) & set(model.state_dict()):
         target = model.model  # the state dict of the wrapped module itself
+    sd = _apply_masks(sd, set(target.state_dict()))
     try:
         target.load_state_dict(sd, strict=True)
     except RuntimeError as exc:

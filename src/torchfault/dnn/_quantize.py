@@ -162,10 +162,12 @@ def save_quantized(
     dataset: str | None,
     backend: str = "x86",
     model_options: dict[str, Any] | None = None,
+    dataset_options: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
     compression: str = "lzma",
 ) -> CheckpointInfo:
-    """Save a quantized zoo model (its state dict and how to rebuild it), compressed.
+    """Save a quantized zoo model (its state dict and how to rebuild it: model name, dataset,
+    ``model_options`` and ``dataset_options``), compressed.
 
     Example:
         >>> import os, tempfile, torch
@@ -184,6 +186,7 @@ def save_quantized(
         "dataset": dataset,
         "backend": backend,
         "model_options": dict(model_options or {}),
+        "dataset_options": dict(dataset_options or {}),
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "state_dict": qmodel.state_dict(),
     }
@@ -204,7 +207,10 @@ def load_quantized(path: str | Path) -> torch.fx.GraphModule:
     if not isinstance(payload, dict) or payload.get("format") != QUANTIZED_FORMAT:
         raise TorchFaultError(f"{path} is not a torchfault quantized model file.")
     model = create_model(
-        payload["model"], dataset=payload["dataset"], **dict(payload.get("model_options") or {})
+        payload["model"],
+        dataset=payload["dataset"],
+        dataset_options=dict(payload.get("dataset_options") or {}),
+        **dict(payload.get("model_options") or {}),
     )
     x = model.example_inputs(4)
     qmodel = quantize_model(model, x, backend=payload.get("backend", "x86"), example_inputs=x[:1])

@@ -29,7 +29,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from torchfault.dnn._checkpoint import COMPRESSIONS, CheckpointInfo, save_checkpoint
+from torchfault.dnn._checkpoint import (
+    COMPRESSIONS,
+    CheckpointInfo,
+    permanent_state_dict,
+    save_checkpoint,
+)
 from torchfault.dnn._models import WEIGHTS_FORMAT, create_model, extract_state_dict
 from torchfault.errors import TorchFaultError
 
@@ -97,6 +102,46 @@ def check_names(model: str, dataset: str) -> None:
         )
 
 
+#: the metrics :class:`~torchfault.dnn.ClassifierModule` logs, which early stopping and
+#: checkpointing can monitor
+MONITORABLE = (
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "train_loss_epoch",
+    "train_loss_step",
+)
+
+
+def _check_monitor(where: str, metric: str) -> None:
+    from torchfault.errors import suggest
+
+    if metric not in MONITORABLE:
+        raise ValueError(
+            f"{where}: {metric!r} is not a logged metric; choose one of "
+            f"{', '.join(MONITORABLE)}.{suggest(str(metric), MONITORABLE)}"
+        )
+
+
+@contextlib.contextmanager
+def _trainer_errors(prefix: str, **settings: Any) -> Iterator[None]:
+    """Lightning's complaints about Trainer settings as errors naming the config field (or, when
+    the message names none, showing the ``settings`` it may be about)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        yield
+    except (ValueError, MisconfigurationException) as exc:
+        msg = str(exc)
+        name = next((f for f in ("accelerator", "precision", "devices") if f in msg.lower()), None)
+        where = ".".join(p for p in (prefix, name) if p) or "trainer"
+        if name is None and settings:
+            dot = f"{prefix}." if prefix else ""
+            where += " (" + ", ".join(f"{dot}{k}={v!r}" for k, v in settings.items()) + ")"
+        raise TorchFaultError(f"{where}: {msg}") from None
+
+
 @dataclass
 class TrainerConfig:
     """Settings passed to ``lightning.pytorch.Trainer``.
@@ -139,6 +184,16 @@ class TrainerConfig:
             )
         if self.devices < 1:
             raise ValueError(f"trainer.devices must be >= 1, got {self.devices}.")
+        if self.log_every_n_steps < 1:
+            raise ValueError(
+                f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}."
+            )
+        if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
+            # a negative norm would flip every gradient (clip_grad_norm_ scales by max_norm/norm)
+            raise ValueError(
+                "trainer.gradient_clip_val must be positive (or null: no clipping), "
+                f"got {self.gradient_clip_val}."
+            )
         for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
             v = getattr(self, name)
             if v <= 0 or (v > 1 and not float(v).is_integer()):
@@ -199,6 +254,10 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}.")
         if self.step_size < 1:
             raise ValueError(f"optimizer.step_size must be >= 1, got {self.step_size}.")
+        if not self.gamma > 0:
+            raise ValueError(f"optimizer.gamma must be positive, got {self.gamma}.")
+        if self.momentum < 0:
+            raise ValueError(f"optimizer.momentum must be >= 0, got {self.momentum}.")
 
 
 @dataclass
@@ -222,6 +281,7 @@ class EarlyStoppingConfig:
     def __post_init__(self) -> None:
         if self.patience < 1:
             raise ValueError(f"early_stopping.patience must be >= 1, got {self.patience}.")
+        _check_monitor("early_stopping.monitor", self.monitor)
 
 
 @dataclass
@@ -243,6 +303,7 @@ class CheckpointConfig:
     compression: Literal["lzma", "gzip", "bz2", "none"] = "lzma"
 
     def __post_init__(self) -> None:
+        _check_monitor("checkpoint.monitor", self.monitor)
         if self.save_top_k < -1:
             raise ValueError(f"checkpoint.save_top_k must be >= -1, got {self.save_top_k}.")
         if self.compression not in COMPRESSIONS:
@@ -263,7 +324,8 @@ class TrainConfig:
         dataset: registered dataset name, or a factory ``path/to/file.py:function`` called as
             ``function(split=..., **dataset_options)``.
         model_options: constructor options overriding the dataset's configuration.
-        dataset_options: options of ``create_dataset`` (``split_seed``, ``size``...).
+        dataset_options: options of ``create_dataset`` (``split_seed``, ``size``...); the
+            model takes the ``input_shape`` and ``num_classes`` they set (``synthetic``).
         pretrained: start from the shipped weights.
         weights: start from this checkpoint file.
         seed: seed of everything (initial weights, shuffling, dropout).
@@ -376,6 +438,7 @@ def _build_model(cfg: TrainConfig) -> nn.Module:
         dataset=cfg.dataset,
         pretrained=cfg.pretrained,
         weights=cfg.weights,
+        dataset_options=cfg.dataset_options,
         **cfg.model_options,
     )
 
@@ -415,6 +478,7 @@ def _fit(
         model_name=cfg.model,
         dataset=cfg.dataset,
         model_options=dict(cfg.model_options),
+        dataset_options=dict(cfg.dataset_options),
         num_classes=getattr(model, "num_classes", None),
         optimizer=cfg.optimizer.name,
         lr=cfg.optimizer.lr,
@@ -443,7 +507,11 @@ def _fit(
         )
     loggers = _loggers(cfg.out_dir, name, version)
     with _quiet_lightning():
-        trainer = pl.Trainer(logger=loggers, callbacks=callbacks, **cfg.trainer.kwargs())
+        t = cfg.trainer
+        with _trainer_errors(
+            "trainer", accelerator=t.accelerator, devices=t.devices, precision=t.precision
+        ):
+            trainer = pl.Trainer(logger=loggers, callbacks=callbacks, **cfg.trainer.kwargs())
         trainer.fit(module, datamodule=datamodule)
         best = checkpoint.best_model_path or None
         metrics: dict[str, float] = {}
@@ -474,7 +542,9 @@ def export_weights(
 ) -> CheckpointInfo:
     """Write a compressed torchfault weights file (the format of the shipped weights).
 
-    The file holds ``{"format", "model", "dataset", "state_dict", "metrics", ...}``;
+    The file holds ``{"format", "model", "dataset", "state_dict", "metrics", ...}``, the state
+    dict with the masks of pruned parameters applied (``weight``, not ``weight_orig`` and
+    ``weight_mask``), so it loads into the plain model;
     :func:`torchfault.dnn.create_model` (``weights=path``) and :func:`load_checkpoint` read it.
 
     Example:
@@ -489,7 +559,7 @@ def export_weights(
         "format": WEIGHTS_FORMAT,
         "model": model_name,
         "dataset": dataset,
-        "state_dict": {k: v.detach().clone().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().clone().cpu() for k, v in permanent_state_dict(model).items()},
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "torch_version": str(torch.__version__),
     }
@@ -670,19 +740,27 @@ def test(cfg: TestConfig) -> dict[str, float]:
         dataset=cfg.dataset,
         pretrained=cfg.checkpoint is None and not is_factory_spec(cfg.model),
         weights=cfg.checkpoint,
+        dataset_options=cfg.dataset_options,
         **cfg.model_options,
     )
     data = create_dataset(cfg.dataset, split=cfg.split, **cfg.dataset_options)
     dm = ClassificationDataModule(None, batch_size=cfg.batch_size, test_set=data)
-    module = ClassifierModule(model=model, model_name=cfg.model, dataset=cfg.dataset)
+    module = ClassifierModule(
+        model=model,
+        model_name=cfg.model,
+        dataset=cfg.dataset,
+        model_options=dict(cfg.model_options),
+        dataset_options=dict(cfg.dataset_options),
+    )
     with _quiet_lightning():
-        trainer = pl.Trainer(
-            accelerator=cfg.accelerator,
-            devices=1,
-            logger=_loggers(cfg.out_dir, _run_name(cfg.model, cfg.dataset)),
-            enable_progress_bar=sys.stderr.isatty(),
-            enable_model_summary=False,
-        )
+        with _trainer_errors("", accelerator=cfg.accelerator):
+            trainer = pl.Trainer(
+                accelerator=cfg.accelerator,
+                devices=1,
+                logger=_loggers(cfg.out_dir, _run_name(cfg.model, cfg.dataset)),
+                enable_progress_bar=sys.stderr.isatty(),
+                enable_model_summary=False,
+            )
         out = trainer.test(module, datamodule=dm, verbose=False)
     return {k: float(v) for k, v in (out[0] if out else {}).items()}
 
@@ -757,23 +835,28 @@ def fine_tune(
     pl.seed_everything(seed, workers=True, verbose=False)
     model.train()
     module = ClassifierModule(
-        model=model, dataset=dataset, num_classes=getattr(model, "num_classes", None), lr=lr
+        model=model,
+        dataset=dataset,
+        dataset_options=dict(dataset_options or {}),
+        num_classes=getattr(model, "num_classes", None),
+        lr=lr,
     )
     dm = ClassificationDataModule(
         dataset, batch_size=batch_size, dataset_options=dataset_options, seed=seed
     )
     with _quiet_lightning():
-        trainer = pl.Trainer(
-            max_epochs=int(epochs),
-            accelerator=accelerator,
-            devices=1,
-            deterministic=True,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=sys.stderr.isatty(),
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
+        with _trainer_errors("", accelerator=accelerator):
+            trainer = pl.Trainer(
+                max_epochs=int(epochs),
+                accelerator=accelerator,
+                devices=1,
+                deterministic=True,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=sys.stderr.isatty(),
+                enable_model_summary=False,
+                limit_val_batches=0,
+            )
         trainer.fit(module, datamodule=dm)
     model.eval()
     return model
