@@ -107,3 +107,19 @@ def test_installed_script_and_module_run():
         timeout=120,
     )
     assert out.returncode == 2 and "unknown registry 'nope'" in out.stderr
+
+
+@pytest.mark.parametrize("args", [["list"], ["campaign", "--help"], ["train", "--help"]])
+def test_output_into_a_closed_pipe_ends_quietly(args):
+    """``torchfault campaign --help | head -1``: the reader hangs up early; no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torchfault", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # hang up before anything is written (the start-up takes a second)
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert rc in (0, 1)

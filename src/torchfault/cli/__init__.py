@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -156,6 +157,17 @@ def _job_help(cmd: Command) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``torchfault`` command."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (``torchfault list | head``): stop quietly, as Unix tools do;
+        # stdout goes to devnull so that the interpreter's final flush does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1  # as rich's console does for the tables (and the Python docs suggest)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _load_jobs()
     if not argv or argv[0] in ("-h", "--help", "help"):
