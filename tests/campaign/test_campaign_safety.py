@@ -295,6 +295,9 @@ def test_cli_errors_name_the_field(tmp_path, capsys):
         (["--sampler.name", "ber", "--sampler.n", "5"], "sampler.rate: "),
         (["--interval", "clopper"], "interval: "),
         (["--sampler.adaptive_step", "0"], "sampler.adaptive_step: "),
+        (["--store.chunk_size", "0"], "store.chunk_size: "),
+        (["--model.kwargs", "{nonsense: 1}"], "model.kwargs: "),
+        (["--sampler.name", "per_layer", "--sampler.adaptive", "true"], "sampler.adaptive: "),
     ]:
         assert main(["campaign", "--config", str(cfg_path), *args]) == 2, args
         err = capsys.readouterr().err
@@ -313,6 +316,47 @@ def test_cli_errors_name_the_field(tmp_path, capsys):
         )
         == 0
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        ({"name": "lenet", "dataset": "digitz"}, "model.dataset"),
+        ({"name": "lenet", "kwargs": {"nonsense": 1}}, "model.kwargs"),
+        # shipped digits weights do not fit a 3-class head: the kwargs are at fault
+        ({"name": "lenet", "kwargs": {"num_classes": 3}}, "model.kwargs"),
+        ({"name": "mlp", "dataset": "cifar10"}, "model.pretrained"),
+        ({"name": "lenett"}, "model.name"),
+        # a factory called with arguments it does not take is an error, not a traceback
+        ({"name": "torch.nn:Linear"}, "model.kwargs"),
+        ({"name": f"{ROOT}/examples/my_model.py:build", "kwargs": {"nonsense": 1}}, "model.kwargs"),
+    ],
+)
+def test_model_errors_name_their_field(model, field):
+    from torchfault.campaign._campaign import build_model
+
+    cfg = from_dict(CampaignConfig, {"model": model})
+    with pytest.raises(ConfigError, match=rf"^{field.replace('.', '[.]')}: "):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize("name", ["per_layer", "per_bit", "exhaustive"])
+def test_adaptive_needs_a_sampler_in_random_order(name):
+    # these number their faults stratum after stratum: an adaptive campaign would stop on the
+    # first stratum (before the fix, per_layer stopped after 100 faults, all in the first site)
+    with pytest.raises(ConfigError, match=r"^sampler[.]adaptive: .*uniform"):
+        from_dict(CampaignConfig, {"sampler": {"name": name, "adaptive": True}})
+    for ok in ("uniform", "ber"):
+        cfg = from_dict(CampaignConfig, {"sampler": {"name": ok, "adaptive": True, "rate": 1e-6}})
+        assert cfg.sampler.adaptive
+
+
+def test_exhaustive_refuses_n_and_store_checks_chunk_size():
+    with pytest.raises(ConfigError, match=r"^sampler[.]n: the exhaustive sampler"):
+        from_dict(CampaignConfig, {"sampler": {"name": "exhaustive", "n": 200}})
+    assert from_dict(CampaignConfig, {"sampler": {"name": "exhaustive"}}).sampler.n is None
+    with pytest.raises(ConfigError, match=r"^store[.]chunk_size: must be >= 1, got 0"):
+        from_dict(CampaignConfig, {"store": {"chunk_size": 0}})
 
 
 def test_ber_needs_n(tmp_path):

@@ -99,6 +99,21 @@ def test_only_correct_filters_inputs():
         run_campaign(model, x, [Fault("2", "output", index=(2,), bits=(30,))], only_correct=True)
 
 
+@pytest.mark.parametrize("only_correct", [False, True])
+def test_labels_must_match_the_inputs(only_correct):
+    fault = Fault("3", "output", index=(2,), bits=(30,))
+    with pytest.raises(ValueError, match="2 labels for 3 inputs"):
+        run_campaign(
+            crafted_model(),
+            torch.ones(3, 2),
+            [fault],
+            torch.tensor([1, 1]),
+            only_correct=only_correct,
+        )
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        run_campaign(crafted_model(), torch.ones(3, 2), [fault], batch_size=0)
+
+
 def test_every_fault_on_every_input_and_model_unchanged():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()

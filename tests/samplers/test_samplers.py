@@ -124,6 +124,30 @@ def test_pure_function_of_seed_and_k(name):
         assert [other.draw(k) for k in range(len(other))] != forward
 
 
+@pytest.mark.parametrize("name", ["uniform", "ber"])
+def test_fault_k_does_not_depend_on_the_sample_length(name):
+    # an adaptive campaign plans max_faults faults and stops early: fault k must be the same
+    # whatever the planned length, or a stopped campaign would not be a prefix of a longer one
+    extra = {"rate": 1e-3} if name == "ber" else {}
+    short = create_sampler(name, sites=SITES, seed=7, n=40, **extra)
+    long = create_sampler(name, sites=SITES, seed=7, n=len(SITES) * 400, **extra)
+    assert short.draws(0, 40) == long.draws(0, 40)
+
+
+def test_draws_are_pinned():
+    # fault k must stay the same across versions and machines: a resumed store holds the faults
+    # an earlier run drew, and the missing runs are drawn again from (seed, k)
+    def first(name, k, **kw):
+        (f, *_) = create_sampler(name, sites=SITES, seed=7, **kw).draw(k)
+        return f.module, f.target, f.index, f.bits
+
+    assert first("uniform", 1, n=50) == ("bn", "running_mean", (0,), (13,))
+    assert first("uniform", 49, n=50) == ("relu", "output", (2, 1, 4), (21,))
+    assert first("per_layer", 1, n=5) == ("conv1", "weight", (2, 0, 0, 1), (23,))
+    assert first("per_bit", 63, n=2) == ("relu", "output", (3, 0, 1), (31,))
+    assert first("ber", 1, n=3, rate=1e-3) == ("conv1", "weight", (1, 0, 2, 0), (17,))
+
+
 @pytest.mark.parametrize("name", list_samplers())
 def test_out_of_range(name):
     s = create_sampler(name, sites=SITES, **_settings(name))

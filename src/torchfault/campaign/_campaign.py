@@ -75,11 +75,29 @@ def _load_factory(spec: str) -> Any:
         ) from None
 
 
+def _model_field(message: str, kwargs: dict[str, Any]) -> str:
+    """The ``model.*`` field a zoo model's error is about (the zoo's messages name no field)."""
+    if "unknown dataset" in message:
+        return "model.dataset"
+    if "no pretrained weights" in message:
+        return "model.pretrained"
+    if "bad option" in message or ("do not fit" in message and kwargs):
+        return "model.kwargs"
+    return "model.name"
+
+
 def build_model(cfg: CampaignConfig) -> nn.Module:
     """The model a campaign config names, in eval mode."""
     m = cfg.model
     if ":" in m.name:
-        model = _load_factory(m.name)(**m.kwargs)
+        factory = _load_factory(m.name)
+        try:
+            model = factory(**m.kwargs)
+        except TypeError as exc:
+            # the factory's signature does not take these arguments (or needs others)
+            raise ConfigError(
+                f"model.kwargs: calling {m.name!r} with {dict(m.kwargs)} failed: {exc}"
+            ) from None
         if not isinstance(model, nn.Module):
             raise ConfigError(
                 f"model.name: {m.name!r} returned {type(model).__name__}, not an nn.Module."
@@ -92,7 +110,7 @@ def build_model(cfg: CampaignConfig) -> nn.Module:
                 m.name, dataset=m.dataset, pretrained=m.pretrained and not m.checkpoint, **m.kwargs
             )
         except ValueError as exc:
-            raise ConfigError(f"model.name: {exc}") from None
+            raise ConfigError(f"{_model_field(str(exc), m.kwargs)}: {exc}") from None
     if m.checkpoint:
         from torchfault.dnn import load_checkpoint
 

@@ -22,6 +22,10 @@ __all__ = [
     "StoreConfig",
 ]
 
+#: Samplers whose fault numbers run stratum after stratum (or site by site): an adaptive
+#: campaign, which stops after the first rounds of fault numbers, would see only the first strata.
+_ORDERED_SAMPLERS = ("per_layer", "per_bit", "exhaustive")
+
 
 @dataclass
 class ModelConfig:
@@ -99,11 +103,12 @@ class SamplerConfig:
         name: ``uniform``, ``per_layer``, ``per_bit``, ``exhaustive`` or ``ber``.
         n: faults to draw (per stratum for stratified samplers); when set it takes precedence
             over ``margin``. The ``ber`` sampler needs it (runs, each with a random number of
-            faults), unless ``adaptive``.
+            faults), unless ``adaptive``; ``exhaustive`` takes none.
         margin: error margin in (0, 1) for the sample size of Leveugle et al. (used when ``n``
             is not set).
         confidence: confidence level in (0, 1).
-        adaptive: keep drawing faults until the SDC-rate interval half-width is <= ``margin``.
+        adaptive: keep drawing faults until the SDC-rate interval half-width is <= ``margin``
+            (``uniform`` and ``ber`` only: the others number their faults stratum by stratum).
         max_faults: the most faults an adaptive campaign draws.
         adaptive_step: an adaptive campaign runs faults in rounds of this many and checks its
             stopping rule only at round ends, over the runs of the faults below the boundary:
@@ -137,6 +142,20 @@ class SamplerConfig:
             raise ValueError(f"sampler.n: must be >= 1, got {self.n}.")
         if self.adaptive and self.margin is None:
             raise ValueError("sampler.adaptive: needs sampler.margin (the target half-width).")
+        if self.adaptive and self.name in _ORDERED_SAMPLERS:
+            # these lay their fault numbers out stratum after stratum (site after site, bit after
+            # bit): the first rounds would all hit one stratum, and the rule would stop on it
+            raise ValueError(
+                f"sampler.adaptive: the {self.name} sampler numbers its faults stratum after "
+                "stratum (site by site or bit by bit), so stopping early would leave the later "
+                "ones unsampled; use sampler.name: uniform (or ber) for an adaptive campaign, or "
+                "give sampler.n or sampler.margin without adaptive."
+            )
+        if self.name == "exhaustive" and self.n is not None:
+            raise ValueError(
+                f"sampler.n: the exhaustive sampler injects every (element, bit) pair, so a fault "
+                f"count does not apply (got {self.n}); leave sampler.n unset, or use another sampler."
+            )
         if self.max_faults < 1:
             raise ValueError(f"sampler.max_faults: must be >= 1, got {self.max_faults}.")
         if self.adaptive_step < 1:
@@ -255,6 +274,8 @@ class StoreConfig:
     export: list[str] = field(default_factory=lambda: ["csv"])
 
     def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"store.chunk_size: must be >= 1, got {self.chunk_size}.")
         for fmt in self.export:
             if fmt not in ("csv", "parquet"):
                 raise ValueError(f"store.export: {fmt!r} is not valid; choose csv and/or parquet.")

@@ -211,6 +211,19 @@ def run_campaign(
         (10, 10)
     """
     crit = criterion if isinstance(criterion, Criterion) else Criterion(criterion, topk, tolerance)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise TorchFaultError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1:
+        raise TorchFaultError(
+            f"inputs must be a tensor with one input per row, got {type(inputs).__name__}."
+        )
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.numel() != inputs.shape[0]:
+            raise TorchFaultError(
+                f"labels must hold one class per input: got {labels.numel()} labels for "
+                f"{inputs.shape[0]} inputs."
+            )
     sets = as_fault_sets(faults)
     was_training = model.training
     model.eval()
