@@ -260,6 +260,11 @@ def test_changed_sites_are_refused(tmp_path):
         (["--sampler.params", "{low: 1}"], "sampler.params:", []),
         (["--engine.name", "fastt"], "engine.name:", ["--engine.name", "fast"]),
         (["--executor.name", "seriall"], "executor.name:", []),
+        (
+            ["--data.dataset", "synthetic", "--data.kwargs", "{input_shape: [3, 8, 8]}"],
+            "data.dataset: the golden run",
+            [],
+        ),
     ],
 )
 def test_bad_settings_are_refused_before_the_store(tmp_path, capsys, bad, field, good):
@@ -457,3 +462,19 @@ def test_resume_does_not_reinsert_stored_faults(tmp_path, monkeypatch):
     campaign(tmp_path).run()
     assert added == []
     assert rows(store) == ref
+
+
+def test_zoo_model_takes_the_shape_of_a_synthetic_dataset(tmp_path):
+    """data.kwargs of synthetic (input_shape, num_classes) configure a zoo model built for it."""
+    over = {
+        "model": {"name": "resnet8", "dataset": "synthetic", "pretrained": False},
+        "data.dataset": "synthetic",
+        "data.kwargs": {"input_shape": [3, 16, 16], "num_classes": 4, "size": 8},
+        "data.num_inputs": 8,
+        "sampler.n": 12,
+    }
+    result = campaign(tmp_path, **over).run()
+    got = rows(tmp_path / "run" / "campaign.sqlite")
+    assert len(got) == 12 * 2
+    assert {r[3] for r in got} <= set(range(4))  # golden top-1 among the 4 classes
+    assert result is not None

@@ -105,9 +105,16 @@ def build_model(cfg: CampaignConfig) -> nn.Module:
     else:
         from torchfault import dnn
 
+        # the data's options (synthetic's input_shape, num_classes) shape the model when the
+        # model is configured for the same dataset
+        options = cfg.data.kwargs if m.dataset == cfg.data.dataset else None
         try:
             model = dnn.create_model(
-                m.name, dataset=m.dataset, pretrained=m.pretrained and not m.checkpoint, **m.kwargs
+                m.name,
+                dataset=m.dataset,
+                pretrained=m.pretrained and not m.checkpoint,
+                dataset_options=options or None,
+                **m.kwargs,
             )
         except ValueError as exc:
             raise ConfigError(f"{_model_field(str(exc), m.kwargs)}: {exc}") from None
@@ -158,7 +165,7 @@ def fingerprint(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | N
         if t.is_quantized:
             t = t.int_repr()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     h.update(inputs.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     if labels is not None:
         h.update(labels.cpu().numpy().tobytes())
@@ -272,7 +279,16 @@ class Campaign:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg)
         self.inputs, self.labels = build_inputs(cfg)
-        self.golden = golden_run(self.model, self.inputs, cfg.engine.batch_size)
+        try:
+            self.golden = golden_run(self.model, self.inputs, cfg.engine.batch_size)
+        except Exception as exc:  # the model cannot run on these inputs: a config problem
+            shape = tuple(self.inputs.shape[1:])
+            raise ConfigError(
+                f"model.name / data.dataset: the golden run of {cfg.model.name!r} on "
+                f"{cfg.data.dataset!r} inputs of shape {shape} failed "
+                f"({type(exc).__name__}: {exc}). Check that the model is built for this data "
+                "(model.dataset, model.kwargs, data.kwargs)."
+            ) from exc
         top1 = self.golden.reshape(self.golden.shape[0], -1).argmax(dim=1)
         ids = list(range(self.inputs.shape[0]))
         if cfg.data.only_correct and self.labels is not None:
