@@ -478,3 +478,33 @@ def test_zoo_model_takes_the_shape_of_a_synthetic_dataset(tmp_path):
     assert len(got) == 12 * 2
     assert {r[3] for r in got} <= set(range(4))  # golden top-1 among the 4 classes
     assert result is not None
+
+
+def test_resume_refuses_a_sampler_that_draws_other_faults(tmp_path, monkeypatch):
+    """Missing runs are redrawn from (seed, k): if the sampler changed since the store was
+    started (another torchfault version), resuming would mix two samples; it is refused."""
+    from torchfault.samplers import _samplers
+
+    camp = campaign(tmp_path)
+    camp.run()
+    store = tmp_path / "run/campaign.sqlite"
+    delete_runs(store, "fault_id >= 50")
+    before = rows(store)
+    # the same campaign resumes fine
+    camp2 = campaign(tmp_path)
+    assert len(camp2.run()) == len(before) + 10 * 2
+    delete_runs(store, "fault_id >= 50")
+    # a sampler whose fault 55 is another one
+    original = _samplers.UniformSampler.draw
+
+    def other(self, k):
+        faults = original(self, k)
+        if k != 55:
+            return faults
+        f = faults[0]
+        return (f.replace(bits=((f.bits[0] + 1) % 32,)),)
+
+    monkeypatch.setattr(_samplers.UniformSampler, "draw", other)
+    with pytest.raises(StoreMismatchError, match="fault 55 is stored as"):
+        campaign(tmp_path).run()
+    assert rows(store) == before

@@ -321,3 +321,17 @@ def test_sigkill_leaves_whole_chunks(tmp_path, delay):
         s.add_runs([RunRecord(10**6, 0, "masked")])
     with open_store(path) as s:
         assert s.count_runs() == len(rows) + 1
+
+
+def test_faults_by_id(tmp_path):
+    """``faults(ids)`` reads just those (in chunks past SQLite's parameter limit)."""
+    records = _faults(1200)
+    with _store(tmp_path / "c.sqlite") as s:
+        s.set_sites(SITES)
+        s.add_faults(records)
+        every = s.faults()
+        some = s.faults([3, 7, 7, 1199, 5000])
+        many = s.faults(range(0, 1200, 2))
+    assert every == {r.fault_id: r.faults for r in records}
+    assert some == {3: records[3].faults, 7: records[7].faults, 1199: records[1199].faults}
+    assert many == {k: every[k] for k in range(0, 1200, 2)}

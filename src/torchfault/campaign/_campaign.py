@@ -447,6 +447,7 @@ class Campaign:
                 raise ConfigError(f"executor.name: {exc}") from None
             chunk = cfg.executor.chunk_faults
             known = store.fault_ids()
+            self._check_stored_faults(store, known, done)
             total = None if adaptive else n_faults * self.runs_per_fault
             progress = _Progress(cfg.progress, total=total, done=len(done))
             # adaptive: rounds of adaptive_step faults, the stopping rule checked at each round's
@@ -506,6 +507,37 @@ class Campaign:
             )
             return True
         return False
+
+    def _check_stored_faults(
+        self, store: Any, known: set[int], done: set[tuple[int, int]]
+    ) -> None:
+        """A resumed store must hold the faults this sampler draws: fault k is redrawn from
+        (seed, k) for the runs still missing, so a sampler that changed (another torchfault
+        version) would otherwise mix two samples. Checked on every fault with runs missing and
+        on up to 32 others spread over the stored ones."""
+        if not known:
+            return
+        stored_ids = sorted(known)
+        check = set(stored_ids[:: max(1, len(stored_ids) // 32)])
+        check.update(
+            fid
+            for fid in stored_ids
+            if fid < len(self.sampler)
+            and any((fid, i) not in done for i in self._inputs_for(fid))
+        )
+        stored = store.faults(check)
+        for fid in sorted(check):
+            if fid >= len(self.sampler):
+                continue
+            drawn = tuple(self.sampler.draw(fid))
+            if stored.get(fid) != drawn:
+                raise StoreMismatchError(
+                    f"store {str(self.config.store_path)!r}: fault {fid} is stored as "
+                    f"{[f.to_dict() for f in stored.get(fid, ())]} but the sampler now draws "
+                    f"{[f.to_dict() for f in drawn]} from seed {self.config.seed}: the sampler "
+                    "changed (another torchfault version?). Resume with the version that "
+                    "started the campaign, or start anew with --store.overwrite true."
+                )
 
     def _golden_rows(self) -> list[tuple[int, int, int | None, str]]:
         assert self.golden is not None

@@ -612,14 +612,22 @@ class ResultStore:
             for m, t, k, sh, fmt, bw, el, calls, mt in rows
         ]
 
-    def faults(self) -> dict[int, tuple[Fault, ...]]:
-        """``{fault_id: (Fault, ...)}`` of every stored fault."""
-        return {
-            fid: tuple(Fault.from_dict(d) for d in json.loads(text))
-            for fid, text in self.conn.execute(
-                "SELECT fault_id, faults FROM faults ORDER BY fault_id"
-            )
-        }
+    def faults(self, ids: Iterable[int] | None = None) -> dict[int, tuple[Fault, ...]]:
+        """``{fault_id: (Fault, ...)}`` of every stored fault, or of those of ``ids`` stored."""
+        if ids is None:
+            rows = list(self.conn.execute("SELECT fault_id, faults FROM faults ORDER BY fault_id"))
+        else:
+            wanted = sorted({int(i) for i in ids})
+            rows = []
+            for k in range(0, len(wanted), 500):  # SQLite limits the parameters of one query
+                part = wanted[k : k + 500]
+                marks = ",".join("?" * len(part))
+                rows += self.conn.execute(
+                    f"SELECT fault_id, faults FROM faults WHERE fault_id IN ({marks}) "
+                    "ORDER BY fault_id",
+                    part,
+                ).fetchall()
+        return {fid: tuple(Fault.from_dict(d) for d in json.loads(text)) for fid, text in rows}
 
     def golden(self) -> dict[int, GoldenRecord]:
         """``{input_id: GoldenRecord}``."""
