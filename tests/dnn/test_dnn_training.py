@@ -130,9 +130,13 @@ def test_train_job_cv_flag(fast_train_config, tmp_path, capsys) -> None:
         "--trainer.enable_progress_bar",
         "false",
     ]
-    assert main(args) == 0
-    out = capsys.readouterr().out
+    assert main([*args, "--export", str(tmp_path / "w.pt.xz")]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
     assert "2-fold cross-validation" in out and "mean" in out and "std" in out
+    # K folds give K models: --export is not written, and the user is told so
+    assert "export=" in captured.err and "not written with --cv 2" in captured.err
+    assert not (tmp_path / "w.pt.xz").exists()
 
 
 def test_bad_config_values_name_the_field(capsys) -> None:

@@ -12,6 +12,7 @@ the dataset's input shape and class count); the dataset likewise (``function(spl
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,14 @@ def train_job(cfg: TrainConfig) -> int:
 
     console = _console()
     if cfg.cv:
+        if cfg.export:
+            # K folds give K models, none of them "the" model: train without --cv to export one
+            print(
+                f"torchfault train: warning: export={cfg.export} is not written with --cv "
+                f"{cfg.cv} (cross-validation trains {cfg.cv} models to estimate accuracy; run "
+                "without --cv to train and export one).",
+                file=sys.stderr,
+            )
         result = cross_validate(cfg)
         from rich.table import Table
 
