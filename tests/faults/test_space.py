@@ -216,3 +216,17 @@ def test_sites_make_faults_that_inject_accepts():
         s.fault((0, 0), (0,), format=None)
         for s in fault_space(model, X, modules="fc", kinds="weights")
     }
+
+
+def test_a_format_override_that_does_not_fit_names_the_target():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval()
+    x = torch.randn(2, 1, 5, 5)
+    space = fault_space(model, x, kinds="buffers")
+    assert {(s.target, s.format) for s in space} == {
+        ("running_mean", "float32"),
+        ("running_var", "float32"),
+        ("num_batches_tracked", "int64"),
+    }
+    # BatchNorm's int64 num_batches_tracked cannot be seen as float16: the error says which
+    with pytest.raises(TorchFaultError, match=r"1:num_batches_tracked: .*int64.*Narrow the targets"):
+        fault_space(model, x, kinds="buffers", format="float16")

@@ -136,11 +136,18 @@ def fault_space(
     kinds_ = targets.kinds
     fmt_override = targets.format
 
-    def fmt_for(t: torch.Tensor) -> numerics.NumberFormat:
+    def fmt_for(t: torch.Tensor, where: str) -> numerics.NumberFormat:
         if fmt_override is None:
             return numerics.format_of(t)
         fmt = numerics.get_format(fmt_override)
-        numerics.check_compatible(fmt, t)
+        try:
+            numerics.check_compatible(fmt, t)
+        except TorchFaultError as exc:
+            raise TorchFaultError(
+                f"fault_space: format {fmt_override!r} does not fit the target {where}: {exc} "
+                "Narrow the targets (modules, kinds) to tensors it fits, or leave format unset "
+                "(each tensor in its own dtype)."
+            ) from None
         return fmt
 
     acts: dict[
@@ -160,7 +167,7 @@ def fault_space(
                 calls[name] = calls.get(name, 0) + 1
                 if want_in and calls[name] == 1:
                     acts[(name, "input")] = [
-                        (e, tuple(t.shape[1:]), fmt_for(t))
+                        (e, tuple(t.shape[1:]), fmt_for(t, f"{name}:input"))
                         for e, t in iter_tensors(args)
                         if t.dim() >= 1 and _floating_or_int(t)
                     ]
@@ -168,7 +175,7 @@ def fault_space(
             def post(mod: nn.Module, args: Any, out: Any) -> None:
                 if want_out and calls[name] == 1:
                     acts[(name, "output")] = [
-                        (e, tuple(t.shape[1:]), fmt_for(t))
+                        (e, tuple(t.shape[1:]), fmt_for(t, f"{name}:output"))
                         for e, t in iter_tensors(out)
                         if t.dim() >= 1 and _floating_or_int(t)
                     ]
@@ -210,7 +217,7 @@ def fault_space(
             kind_ok = any(k in kinds_ for k in tensor_kind(pname, pkind))
             if not kind_ok or t.numel() == 0 or not _floating_or_int(t):
                 continue
-            fmt = fmt_for(t)
+            fmt = fmt_for(t, f"{name}:{pname}")
             space.append(
                 FaultSite(
                     name,
