@@ -508,3 +508,17 @@ def test_resume_refuses_a_sampler_that_draws_other_faults(tmp_path, monkeypatch)
     with pytest.raises(StoreMismatchError, match="fault 55 is stored as"):
         campaign(tmp_path).run()
     assert rows(store) == before
+
+
+def test_a_report_that_cannot_be_made_is_a_warning(tmp_path, monkeypatch):
+    """Without matplotlib the campaign still ends well (its runs are stored); the report is
+    skipped with a warning saying how to make it later."""
+    import sys
+
+    cfg_path = write_config(tmp_path, **{"sampler.n": 5, "report": True})
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    assert main(["campaign", "--config", str(cfg_path)]) == 0
+    assert len(rows(tmp_path / "run/campaign.sqlite")) == 10
+    assert not (tmp_path / "run/report.md").exists()
+    log = (tmp_path / "run/campaign.log").read_text()
+    assert "WARNING" in log and "no report:" in log and "torchfault report" in log

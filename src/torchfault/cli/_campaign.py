@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torchfault.campaign import Campaign, CampaignConfig
 from torchfault.cli import command
+from torchfault.errors import TorchFaultError
 
 log = logging.getLogger("torchfault")
 
@@ -46,7 +47,7 @@ def setup_logging(run_dir: str | Path, name: str = "campaign") -> Path:
     "campaign", CampaignConfig, "Run (or resume) a fault-injection campaign and store its results."
 )
 def campaign_job(cfg: CampaignConfig) -> int:
-    from torchfault.errors import ConfigError, TorchFaultError
+    from torchfault.errors import ConfigError
 
     try:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -119,8 +120,13 @@ def _run_campaign(cfg: CampaignConfig, log_file: Path) -> int:
                     method=cfg.interval,
                 )
             )
-        except ImportError as exc:
-            log.warning("no report: %s", exc)
+        except (ImportError, TorchFaultError) as exc:
+            # the runs are stored: a report that cannot be made (matplotlib missing) is a warning
+            log.warning(
+                "no report: %s (the runs are stored; `torchfault report %s` makes it later)",
+                exc,
+                cfg.store_path,
+            )
     console.print("[bold]written:[/bold] " + ", ".join(str(p) for p in outputs))
     log.info("written: %s", ", ".join(str(p) for p in outputs), extra=_FILE_ONLY)
     return 0
