@@ -471,3 +471,198 @@ def test_activation_faults_on_a_conv_model_use_windows():
     assert [key(r) for r in got] == [key(r) for r in want]
     assert fast.stats["reference"] == 0
     assert fast.stats["window_rows"] > 0 and fast.stats["window_steps"] > 0
+
+
+# ---------------------------------------------------------------------------- fuzz regressions
+def same_records(got, want):
+    """Records equal field by field (NaN differences equal)."""
+    nan = lambda v: "nan" if isinstance(v, float) and v != v else v  # noqa: E731
+    return [tuple(map(nan, key(r))) for r in got] == [tuple(map(nan, key(r))) for r in want]
+
+
+class ReadAfterInplace(nn.Module):
+    """An in-place ReLU modifies a value that is read again afterwards, and an in-place method
+    whose result is unused (``h.relu_()``) modifies a value the output depends on."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.r1 = nn.ReLU(inplace=True)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        y = self.c1(x)
+        z = self.r1(y)  # y is modified too
+        u = self.c2(z) + y  # reads y after the in-place ReLU
+        u.relu_()  # result unused: only its effect on u counts
+        return self.head(u.flatten(1))
+
+
+def test_in_place_modifications_are_exact():
+    """Golden copies of values modified in place later are not what the model reads: such sites
+    run on the reference engine; in-place nodes with unused results are not dropped."""
+    model = ReadAfterInplace().eval()
+    x = torch.randn(N_INPUTS, 3, 6, 6)
+    faults = random_faults(model, x, 30, seed=20, kinds=("outputs", "weights", "biases"))
+    got, want, fast = compare(model, x, faults)
+    assert same_records(got, want)
+    assert fast.stats["fast"] > 0 and fast.stats["reference"] > 0
+
+
+class TinyHead(nn.Module):
+    """A 6-wide linear layer: oneDNN rounds the last rows of some batch heights differently."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(torch.sigmoid(self.a(x)))
+
+
+def test_rows_that_depend_on_their_place_in_the_batch_use_the_reference():
+    model = TinyHead().eval()
+    x = torch.randn(17, 6)
+    faults = random_faults(model, x, 40, seed=0, kinds=("outputs", "weights", "biases"))
+    got, want, fast = compare(model, x, faults, inputs_per_fault=17)
+    assert same_records(got, want)
+
+
+class ResBN(nn.Module):
+    """Convolutions, batch norm, an in-place ReLU, a residual sum, max-pooling, a strided
+    shortcut and global average pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.r1, self.r2 = nn.ReLU(inplace=True), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.c3, self.short = (
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.Conv2d(8, 16, 1, stride=2),
+        )
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.r1(self.b1(self.c1(x)))
+        y = self.pool(self.r2(self.b2(self.c2(y)) + y))
+        y = torch.relu(self.c3(y)) + self.short(y)
+        return self.fc(self.gap(y).flatten(1))
+
+
+def test_channels_last_inputs(caplog):
+    """Channels-last inputs run on the reference engine, with a notice (a fuzzed model with
+    concatenations and norms had rows the fast path could not reproduce bit for bit)."""
+    model = randomize_buffers(ResBN()).eval()
+    x = torch.randn(N_INPUTS, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    faults = random_faults(model, x, 25, seed=22, kinds=("outputs", "weights", "buffers"))
+    with caplog.at_level("WARNING", logger="torchfault.campaign"):
+        got, want, fast = compare(model, x, faults)
+    assert same_records(got, want)
+    assert fast.stats["reference"] == len(faults) * N_INPUTS  # every run
+    assert "not contiguous" in caplog.text
+    golden = golden_run(model, x, 256)
+    single = [RunTask(k, (f,), (k % N_INPUTS,)) for k, f in enumerate(faults)]
+    got1 = FastEngine(model, x, golden).run(single)
+    assert same_records(got1, ReferenceEngine(model, x, golden).run(single))
+
+
+# a compact differential fuzz over model families (seeded, a few seconds)
+class FuzzNet(nn.Module):
+    """Unusual structure: concatenation and chunks, broadcasting residuals, a shared module,
+    grouped, dilated and strided convolutions, pooling with stride != kernel, norms, in-place
+    ReLU, a transpose, element-wise activations and a softmax at the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=16)
+        self.gc = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=4)
+        self.bn = nn.BatchNorm2d(16)
+        self.act = nn.ReLU(inplace=True)  # called twice
+        self.gn = nn.GroupNorm(4, 16)
+        self.se = nn.Linear(16, 16)
+        self.head = nn.Linear(16 * 3 * 3, 10)
+        self.sm = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        y = torch.cat([self.c1(x), self.c2(x)], 1)
+        y = self.act(self.bn(self.dw(y))) + y
+        a, b = torch.chunk(self.gc(y), 2, dim=1)
+        y = self.act(torch.cat([b, torch.nn.functional.silu(a)], 1))
+        g = torch.sigmoid(self.se(y.mean((2, 3))))[:, :, None, None]
+        y = self.gn(y * g).transpose(2, 3)
+        y = torch.nn.functional.max_pool2d(y, 3, stride=2, padding=1)
+        return self.sm(self.head(y.flatten(1)))
+
+
+class FuzzSeq(nn.Module):
+    """Sequences: conv1d, layer norm, an embedding-free MLP with GELU and dropout (eval)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(4, 8, 3, padding=1, stride=2)
+        self.ln = nn.LayerNorm(8)
+        self.fc1 = nn.Linear(8, 16)
+        self.drop = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(16, 6)
+
+    def forward(self, x):
+        h = self.c(x).transpose(1, 2)
+        h = self.drop(nn.functional.gelu(self.fc1(self.ln(h))))
+        return self.fc2(h).mean(1)
+
+
+FUZZ_FAMILIES = {
+    "net": (FuzzNet, lambda n: torch.randn(n, 3, 12, 12)),
+    "net-float64": (lambda: FuzzNet().double(), lambda n: torch.randn(n, 3, 12, 12).double()),
+    "seq": (FuzzSeq, lambda n: torch.randn(n, 4, 10)),
+    "inplace": (ReadAfterInplace, lambda n: torch.randn(n, 3, 6, 6)),
+}
+
+
+def fuzz_faults(model, x, n, rng):
+    sites = [s for s in fault_space(model, x[:2], kinds=("outputs", "parameters", "buffers"))]
+    faults = []
+    while len(faults) < n:
+        s = rng.choice(sites)
+        if not s.shape:
+            continue
+        index = tuple(rng.randrange(d) for d in s.shape)
+        call = rng.randrange(s.calls) if s.kind == "activation" and s.calls > 1 else None
+        fm = rng.choice(("bit_flip", "bit_flip", "stuck_at_0", "stuck_at_1", "zero", "value"))
+        bits = (rng.randrange(s.bit_width),) if fm not in ("zero", "value") else ()
+        params = {"value": rng.choice((1e4, float("nan"), float("inf")))} if fm == "value" else {}
+        faults.append(Fault(s.module, s.target, index, bits, fm, call=call, params=params))
+    return faults
+
+
+@pytest.mark.parametrize("family", sorted(FUZZ_FAMILIES))
+def test_differential_fuzz(family):
+    """Random faults on activations, parameters and buffers (every bit of the format, stuck-at,
+    zero, value; ``call`` of a module used twice), several inputs per fault and one input per
+    fault, default and small-batch/tiny-cache/window settings: every record equals the
+    reference engine's."""
+    rng = random.Random(f"fuzz-{family}")
+    build, make = FUZZ_FAMILIES[family]
+    torch.manual_seed(rng.randrange(1000))
+    model = randomize_buffers(build()).eval()
+    x = make(17)
+    faults = fuzz_faults(model, x, 24, rng)
+    golden = golden_run(model, x, 256)
+    ids = tuple(range(x.shape[0]))
+    tasks = [RunTask(k, (f,), ids) for k, f in enumerate(faults)]
+    tasks += [RunTask(len(faults) + k, (f,), (rng.randrange(17),)) for k, f in enumerate(faults)]
+    for kw, attrs in [({}, {}), ({"batch_size": 5}, {"window_min_rows": 1, "window_area": 0.9})]:
+        fast = FastEngine(model, x, golden, **kw)
+        for k, v in attrs.items():
+            setattr(fast, k, v)
+        if kw:
+            fast._cache.budget = 1
+        want = ReferenceEngine(model, x, golden, **kw).run(tasks)
+        assert same_records(fast.run(tasks), want), (family, kw)

@@ -55,10 +55,17 @@ class RunTask:
 MIN_ROWS = 16
 
 
+def _pad_index(n: int, min_rows: int) -> torch.Tensor:
+    """Row numbers ``0 .. n-1`` padded with copies of row 0 to ``min_rows``."""
+    return torch.cat([torch.arange(n), torch.zeros(min_rows - n, dtype=torch.int64)])
+
+
 def _forward(model: nn.Module, x: torch.Tensor, min_rows: int = MIN_ROWS) -> torch.Tensor:
     n = x.shape[0]
     if n < min_rows:
-        x = torch.cat([x, x[:1].expand(min_rows - n, *x.shape[1:])])
+        # indexing keeps the inputs' memory layout (channels-last stays channels-last, as in
+        # unpadded passes); torch.cat with an expanded row would make the batch contiguous
+        x = x[_pad_index(n, min_rows)]
     out = model(x)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"the model must return a tensor of scores, got {type(out).__name__}")

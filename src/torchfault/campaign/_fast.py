@@ -38,7 +38,7 @@ How it works (DESIGN.md, "The campaign engine"; docs/engine.md has the long vers
 
 Everything else goes to the ``reference`` engine (full forward passes with
 :func:`torchfault.inject`): a model ``torch.fx`` cannot trace (one logging warning per model
-class), several faults in one run, ``target="input"``, faults with ``sample`` or ``element`` set,
+class), inputs that are not contiguous (channels-last), several faults in one run, ``target="input"``, faults with ``sample`` or ``element`` set,
 a module called more than once (unless the fault names its ``call``), parameters used by more
 than one module or read directly by the graph, packed quantized weights, and any row group whose
 execution raises (each task of the group is rerun through the reference engine, so each gets its
@@ -49,9 +49,16 @@ sizes (oneDNN and MKL switch kernels for very small batches: on the machine this
 linear layers with fewer than 12 rows). The engine therefore executes every batch with at least
 :attr:`FastEngine.min_rows` rows (padding with duplicated rows), and checks, before it trusts
 anything: (a) that its own golden pass reproduces the campaign's golden outputs bit for bit for
-every input (inputs that do not are run by the reference engine), and (b) for each site, that
-"the rest of the network" run on unfaulted rows, in shuffled order, reproduces the golden outputs
-bit for bit (a site that does not is run by the reference engine). Under these checks a row's
+every input (inputs that do not are run by the reference engine), and (b) once per engine, that
+every node's value of a few rows is the same bits alone in a batch of ``min_rows`` rows and at
+the end of taller, odd-sized batches (:meth:`FastEngine._same_in_any_batch`; a model that fails
+it, such as one with a linear layer a few columns wide, runs on the reference engine). One pass
+also records in-place modifications (tensor version counters): nodes that modify a value they
+read are kept in the plan even when their result is unused, and a site that reads a value after
+it was modified in place (where a golden copy is not what the model reads) runs on the reference
+engine. Gathered golden rows keep their memory layout (channels-last stays channels-last). A
+stacked single-channel convolution is checked by the same convolution with the golden kernels of
+the faulted channels at the same places. Under these checks a row's
 faulty output is the same float computation as a full forward pass at a batch of at least
 ``min_rows`` rows, so its outcome, ``faulty_top1`` and ``max_abs_diff`` equal those of the
 reference engine, which pads its own passes to the same ``min_rows``
@@ -78,7 +85,14 @@ from torch.fx.node import map_arg
 from torch.nn.modules.utils import _pair
 
 from torchfault import numerics
-from torchfault.campaign._engine import ENGINES, MIN_ROWS, Engine, ReferenceEngine, RunTask
+from torchfault.campaign._engine import (
+    ENGINES,
+    MIN_ROWS,
+    Engine,
+    ReferenceEngine,
+    RunTask,
+    _pad_index,
+)
 from torchfault.campaign._outcome import OUTCOMES, Criterion, classify, output_words_equal
 from torchfault.faults import FAULT_MODELS, Fault, is_packed
 from torchfault.injectors import Injection
@@ -237,6 +251,26 @@ def _fits(index: Sequence[int], shape: Sequence[int]) -> bool:
     return True
 
 
+def _take(v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows ``pos`` of ``v``, in ``v``'s memory layout (channels-last and permuted values keep
+    their strides, so kernels take the same path as on the whole value)."""
+    return v.index_select(0, pos) if v.is_contiguous() else v[pos]
+
+
+def _versions(v: Any) -> Any:
+    """The version counters of the tensors in ``v`` (changed by in-place operations)."""
+    if isinstance(v, torch.Tensor):
+        try:
+            return v._version
+        except RuntimeError:  # an inference tensor: no counter
+            return -1
+    if isinstance(v, (tuple, list)):
+        return tuple(_versions(u) for u in v)
+    if isinstance(v, dict):
+        return tuple((k, _versions(u)) for k, u in v.items())
+    return None
+
+
 class _Program:
     """The traced graph of a model and what the planner needs to know about it."""
 
@@ -284,6 +318,45 @@ class _Program:
                 if t is not None:
                     self.holders[id(t)] += 1
         self.modules = dict(model.named_modules())
+        # in-place mutations, found by :meth:`probe_mutations` (one pass): nodes that modify a
+        # value they read, and values that are not what they were made (read after a mutation,
+        # or constants modified), whose golden copies must not stand in for them
+        self.mutators: set[fx.Node] = set()
+        self.unsafe: set[fx.Node] = set()
+
+    def probe_mutations(self, x: torch.Tensor) -> None:
+        """Run the graph once on ``x`` and record in-place mutations (tensor version counters).
+
+        A node that changes the version of a value it reads is a *mutator*: it and what it reads
+        become ``useful`` (its effect reaches the output through the mutated tensor, even when
+        its own result is unused). A value read by some node after a mutation, or a constant
+        that was mutated, is *unsafe*: a golden copy taken when it was made is not what its
+        readers see. Sites whose computation reads an unsafe value run on the reference engine.
+        """
+        env: dict[fx.Node, Any] = {}
+        made: dict[fx.Node, Any] = {}
+        for node in self.nodes:
+            if node.op == "output":
+                break
+            before = {a: _versions(env.get(a)) for a in node.all_input_nodes}
+            for a, ver in before.items():
+                if ver != made.get(a):
+                    self.unsafe.add(a)
+            v = x.clone() if node is self.placeholder else self.run_node(node, env)
+            for a, ver in before.items():
+                if _versions(env.get(a)) != ver:
+                    self.mutators.add(node)
+            env[node] = v
+            made[node] = _versions(v)
+        for n in self.nodes:
+            if n in made and n not in self.dynamic and _versions(env.get(n)) != made[n]:
+                self.unsafe.add(n)  # a constant modified in place
+        stack = [n for n in self.mutators if n not in self.useful]
+        while stack:
+            n = stack.pop()
+            if n not in self.useful:
+                self.useful.add(n)
+                stack.extend(n.all_input_nodes)
 
     def run_node(self, node: fx.Node, env: dict[fx.Node, Any], lookup: Any = None) -> Any:
         get = lookup or env.__getitem__
@@ -428,6 +501,13 @@ def _plan(prog: _Program, node: fx.Node, target: str, module: nn.Module, max_che
     for n in order:
         last.setdefault(n, len(order))
     site = _Site(node, target, module, order, checks, boundary, masked_all, last)
+    # in-place mutations: a golden copy of a value read after it was modified (or a copy that an
+    # affected mutation would modify where eager code modifies the shared tensor) is not exact
+    reads = {a for n in affected for a in n.all_input_nodes}
+    if target != "output":
+        reads.update(node.all_input_nodes)
+    if reads & prog.unsafe or (prog.unsafe and affected & prog.mutators):
+        site.ok = False
     site.need = {*boundary, *checks, node} - {prog.placeholder}
     if target == "output":
         for n in order:
@@ -484,6 +564,8 @@ class FastEngine(Engine):
             layer whose window would cover more than this fraction of its output map.
         window_min_rows: fewest rows of one site in a batch for windows to be used (below it,
             the fixed cost of the windowed steps outweighs what they save).
+        row_check_rows: inputs whose every value is compared alone and at the end of taller
+            batches before the fast path is trusted (:meth:`_same_in_any_batch`).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -506,6 +588,7 @@ class FastEngine(Engine):
     window = True
     window_area = 0.5
     window_min_rows = 32
+    row_check_rows = 4
 
     def __init__(
         self,
@@ -539,15 +622,35 @@ class FastEngine(Engine):
     def _program(self) -> _Program | None:
         if not self._traced:
             self._traced = True
+            name = type(self.model).__name__
+            if not self.inputs.is_contiguous():
+                # channels-last (or other strided) inputs: CPU kernels pick layouts and rounding
+                # by strides, and a differential fuzz found rows of such models that the fast
+                # path could not reproduce bit for bit; they run on the reference engine
+                _warn_once(
+                    f"layout:{name}",
+                    f"fast engine: the inputs of {name} are not contiguous (channels-last?); "
+                    "running its faults with the reference engine (full forward passes).",
+                )
+                return None
             try:
                 self._prog = _Program(self.model)
             except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back
-                name = type(self.model).__name__
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 _warn_once(
                     name,
                     f"fast engine: torch.fx cannot trace {name} ({type(exc).__name__}: {first[:200]}); "
                     "running its faults with the reference engine (full forward passes with hooks).",
+                )
+                return None
+            try:
+                self._prog.probe_mutations(self._block_inputs(0)[0][: self.min_rows])
+            except Exception as exc:  # noqa: BLE001 - the traced graph does not run: fall back
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                _warn_once(
+                    name,
+                    f"fast engine: the traced graph of {name} does not run ({type(exc).__name__}: "
+                    f"{first[:200]}); running its faults with the reference engine.",
                 )
                 self._prog = None
         return self._prog
@@ -595,7 +698,7 @@ class FastEngine(Engine):
         x = self.inputs[start : start + self.block]
         n = x.shape[0]
         if n < self.min_rows:
-            x = torch.cat([x, x[:1].expand(self.min_rows - n, *x.shape[1:])])
+            x = x[_pad_index(n, self.min_rows)]  # indexing keeps the layout (torch.cat may not)
         return x, n
 
     def _forward(
@@ -610,7 +713,8 @@ class FastEngine(Engine):
         for i, node in enumerate(prog.nodes[: last + 1]):
             if node.op == "output":
                 break
-            v = x if node is prog.placeholder else prog.run_node(node, env)
+            # a copy: the model may modify its input in place (the block's inputs stay golden)
+            v = x.clone() if node is prog.placeholder else prog.run_node(node, env)
             env[node] = v
             if (
                 node not in self._row_bytes
@@ -694,6 +798,7 @@ class FastEngine(Engine):
             ok = isinstance(res, torch.Tensor) and bool(
                 output_words_equal(self.golden[ids], res[: len(ids)]).all()
             )
+            ok = ok and self._same_in_any_batch(ids)
         except Exception:  # noqa: BLE001 - a model that fails on another batch: reference
             ok = False
         if not ok:
@@ -704,13 +809,67 @@ class FastEngine(Engine):
             )
         return ok
 
+    def _same_in_any_batch(self, ids: list[int]) -> bool:
+        """Are the rows ``ids`` computed to the same bits, at every node of the graph, alone in a
+        batch of ``min_rows`` rows and at other places in taller, odd-sized batches?
+
+        The reference engine computes a row in a batch of its fault's inputs; the fast engine in
+        a batch of many faults' rows. Small layers are not always row-wise exact on CPU (a GEMM
+        with a few columns treats the last rows of a tall batch apart; element-wise kernels
+        round the tail of a buffer that does not fill a vector differently), so the fast path
+        needs every node's value of a row to be the same wherever the row sits.
+        """
+        prog = self._prog
+        assert prog is not None
+        ids = ids[: self.row_check_rows]  # a few rows say it; each costs a row in four batches
+        k = len(ids)
+        rows = torch.tensor(ids, dtype=torch.int64)
+        extra = lambda m: rows.repeat(m // k + 1)[:m].flip(0)  # noqa: E731
+        # (row indices of the batch, where the ids' rows start)
+        # alone, and at the end of batches of a few odd heights (the tails of blocked kernels)
+        # (never below min_rows rows: the engine pads every batch to it, and smaller batches may
+        # take other kernels on purpose)
+        heights = (self.min_rows + 1, self.min_rows + 3, 2 * self.min_rows + 1)
+        layouts = [(self._pad(rows), 0)]
+        layouts += [(torch.cat([extra(h - k), rows]), h - k) for h in heights]
+        envs: list[dict[fx.Node, Any]] = [{} for _ in layouts]
+        for i, node in enumerate(prog.nodes):
+            if node.op == "output":
+                break
+            vals = []
+            for env, (idx, _) in zip(envs, layouts):
+                v = self.inputs[idx] if node is prog.placeholder else prog.run_node(node, env)
+                env[node] = v
+                vals.append(v)
+            first = vals[0]
+            if (
+                node in prog.dynamic
+                and isinstance(first, torch.Tensor)
+                and first.dim() > 0
+                and first.shape[0] == layouts[0][0].numel()
+            ):
+                for v, (idx, at) in zip(vals[1:], layouts[1:]):
+                    if not (
+                        isinstance(v, torch.Tensor)
+                        and v.shape[0] == idx.numel()
+                        and v.dtype == first.dtype
+                        and bool(output_words_equal(first[:k], v[at : at + k]).all())
+                    ):
+                        log.info("fast engine: %s differs with the batch composition", node.name)
+                        return False
+            for a in node.all_input_nodes:
+                if prog.last_use[a] == i and a is not prog.result:
+                    for env in envs:
+                        env.pop(a, None)
+        return True
+
     # ------------------------------------------------------------------ execution
     def _gather(self, gold: dict[fx.Node, Any], node: fx.Node, pos: torch.Tensor) -> Any:
         if node in gold:
             v = gold[node]
             if v is _NOT_ROWS:
                 raise _Unsupported(f"golden value of {node.name} is not row-indexed")
-            return v.index_select(0, pos)
+            return _take(v, pos)
         if node in self._consts:
             return self._consts[node]
         raise _Unsupported(f"no golden value for {node.name}")
@@ -774,7 +933,7 @@ class FastEngine(Engine):
             g = gold[node]
             if g is _NOT_ROWS or not isinstance(env[node], torch.Tensor):
                 return
-            same = output_words_equal(g.index_select(0, st.pos[:n]), env[node][:n])
+            same = output_words_equal(_take(g, st.pos[:n]), env[node][:n])
         if not bool(same.any()):
             return
         keep = (~same).nonzero().flatten()
@@ -788,7 +947,7 @@ class FastEngine(Engine):
         for k in list(env):
             v = env[k]
             if isinstance(v, torch.Tensor) and v.dim() > 0 and k in prog.dynamic:
-                env[k] = v.index_select(0, idx)
+                env[k] = _take(v, idx)
 
     # ------------------------------------------------------------------ spatial windows
     def _window_need(self, site: _Site) -> set[fx.Node]:
@@ -882,7 +1041,7 @@ class FastEngine(Engine):
     def _materialize(self, v: _Win, g: torch.Tensor, st: _Batch) -> torch.Tensor:
         """The whole value of the real rows (padded to ``min_rows``): golden with the windows."""
         n = st.n
-        full = g.index_select(0, self._pad(st.pos[:n]))
+        full = _take(g, self._pad(st.pos[:n]))
         h, w = v.data.shape[2:]
         full.unfold(2, h, 1).unfold(3, w, 1)[torch.arange(n), :, v.y0[:n], v.x0[:n]] = v.data[:n]
         return full
@@ -1270,19 +1429,19 @@ class FastEngine(Engine):
         if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
             return False
         w, b = m.weight, m.bias
-        canary = items[0][1]
         ws, bs = [], []
         for _, o, faulty in items:
             ws.append((faulty if site.target == "weight" else w)[o])
             if b is not None:
                 bs.append((faulty if site.target == "bias" else b)[o])
-        ws.append(w[canary])
-        if b is not None:
-            bs.append(b[canary])
         y = m._conv_forward(args[0], torch.stack(ws), torch.stack(bs) if b is not None else None)
+        # the canary: the same convolution with each channel's golden kernel at the same place
+        # (a kernel may round a channel differently by where it sits in its block of channels)
+        outs = [o for _, o, _ in items]
+        canary = m._conv_forward(args[0], w[outs], b[outs] if b is not None else None)
         n = len(rows)
-        g = gold[site.node].index_select(0, idx[:n])
-        if not bool(output_words_equal(g[:, canary], y[:n, -1]).all()):
+        g = _take(gold[site.node], idx[:n])
+        if not bool(output_words_equal(g[:, outs], canary[:n]).all()):
             return False
         if site.conv_trick is None:
             site.conv_trick = True
@@ -1310,7 +1469,7 @@ class FastEngine(Engine):
         pos = self._pad(torch.tensor(ids[::-1][: self.min_rows], dtype=torch.int64) - start)
         try:
             value = self._layer(site, getattr(site.module, site.target), gold, pos)
-            return bool(output_words_equal(gold[site.node].index_select(0, pos), value).all())
+            return bool(output_words_equal(_take(gold[site.node], pos), value).all())
         except Exception as exc:  # noqa: BLE001 - anything odd: the reference engine runs it
             log.info(
                 "fast engine: %s:%s runs on the reference engine (%s)",
@@ -1452,8 +1611,15 @@ class FastEngine(Engine):
             spans.append((r, r1))
             r = r1
         started = None
+        # an activation fault on a value that is not contiguous (channels-last, permuted): the
+        # reference's hook may hand on a copy in another layout, so the rest of the network may
+        # round differently from golden even where the values are equal again; such rows are
+        # run to the end (no masked-early drop, no windows), as the reference runs them
+        g = gold.get(site.node)
+        layout = site.target != "output" or not isinstance(g, torch.Tensor) or g.is_contiguous()
         if (
-            site.target == "output"
+            layout
+            and site.target == "output"
             and self.window
             and n >= self.window_min_rows
             and site.win_need
@@ -1469,7 +1635,7 @@ class FastEngine(Engine):
             else:
                 value, same = self._apply_parameter(site, faults, spans, gold, pos, base)
             st = _Batch(b, pos, n, {site.node: value}, torch.arange(n))
-        out, alive, masked = self._rest(site, st, gold, drop=True, same0=same)
+        out, alive, masked = self._rest(site, st, gold, drop=layout, same0=same)
         done: list[tuple[list[tuple[int, int]], torch.Tensor | None]] = [
             ([batch[k] for k in masked.tolist()], None)
         ]
