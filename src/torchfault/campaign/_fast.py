@@ -564,8 +564,10 @@ class FastEngine(Engine):
             layer whose window would cover more than this fraction of its output map.
         window_min_rows: fewest rows of one site in a batch for windows to be used (below it,
             the fixed cost of the windowed steps outweighs what they save).
-        row_check_rows: inputs whose every value is compared alone and at the end of taller
-            batches before the fast path is trusted (:meth:`_same_in_any_batch`).
+        row_check_rows: inputs whose every value is compared in a batch of ``min_rows`` rows and
+            at the end of taller batches before the fast path is trusted
+            (:meth:`_same_in_any_batch`).
+        row_check_heights: the taller batches: ``min_rows`` plus each of these rows.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -589,6 +591,7 @@ class FastEngine(Engine):
     window_area = 0.5
     window_min_rows = 32
     row_check_rows = 4
+    row_check_heights = (1, 3, 17)
 
     def __init__(
         self,
@@ -792,13 +795,13 @@ class FastEngine(Engine):
             return True
         ids = ids[::-1][: self.min_rows - 1]
         ids = ids + ids[:1]
-        x = self.inputs[self._pad(torch.tensor(ids, dtype=torch.int64))]
         try:
-            res, _ = self._forward(x, set())
-            ok = isinstance(res, torch.Tensor) and bool(
-                output_words_equal(self.golden[ids], res[: len(ids)]).all()
+            ok, res = self._same_in_any_batch(self._pad(torch.tensor(ids, dtype=torch.int64)))
+            ok = (
+                ok
+                and isinstance(res, torch.Tensor)
+                and bool(output_words_equal(self.golden[ids], res[: len(ids)]).all())
             )
-            ok = ok and self._same_in_any_batch(ids)
         except Exception:  # noqa: BLE001 - a model that fails on another batch: reference
             ok = False
         if not ok:
@@ -809,9 +812,10 @@ class FastEngine(Engine):
             )
         return ok
 
-    def _same_in_any_batch(self, ids: list[int]) -> bool:
-        """Are the rows ``ids`` computed to the same bits, at every node of the graph, alone in a
-        batch of ``min_rows`` rows and at other places in taller, odd-sized batches?
+    def _same_in_any_batch(self, batch: torch.Tensor) -> tuple[bool, Any]:
+        """Run the graph on the inputs ``batch`` (row numbers, at least ``min_rows``); are its first
+        :attr:`row_check_rows` rows computed to the same bits, at every node of the graph, there
+        and at the end of taller, odd-sized batches? Returns ``(same, output of batch)``.
 
         The reference engine computes a row in a batch of its fault's inputs; the fast engine in
         a batch of many faults' rows. Small layers are not always row-wise exact on CPU (a GEMM
@@ -821,16 +825,15 @@ class FastEngine(Engine):
         """
         prog = self._prog
         assert prog is not None
-        ids = ids[: self.row_check_rows]  # a few rows say it; each costs a row in four batches
-        k = len(ids)
-        rows = torch.tensor(ids, dtype=torch.int64)
+        rows = batch[: self.row_check_rows]  # a few rows say it
+        k = len(rows)
         extra = lambda m: rows.repeat(m // k + 1)[:m].flip(0)  # noqa: E731
         # (row indices of the batch, where the ids' rows start)
         # alone, and at the end of batches of a few odd heights (the tails of blocked kernels)
         # (never below min_rows rows: the engine pads every batch to it, and smaller batches may
         # take other kernels on purpose)
-        heights = (self.min_rows + 1, self.min_rows + 3, 2 * self.min_rows + 1)
-        layouts = [(self._pad(rows), 0)]
+        heights = tuple(self.min_rows + e for e in self.row_check_heights)
+        layouts = [(batch, 0)]
         layouts += [(torch.cat([extra(h - k), rows]), h - k) for h in heights]
         envs: list[dict[fx.Node, Any]] = [{} for _ in layouts]
         for i, node in enumerate(prog.nodes):
@@ -856,12 +859,12 @@ class FastEngine(Engine):
                         and bool(output_words_equal(first[:k], v[at : at + k]).all())
                     ):
                         log.info("fast engine: %s differs with the batch composition", node.name)
-                        return False
+                        return False, None
             for a in node.all_input_nodes:
                 if prog.last_use[a] == i and a is not prog.result:
                     for env in envs:
                         env.pop(a, None)
-        return True
+        return True, envs[0].get(prog.result)
 
     # ------------------------------------------------------------------ execution
     def _gather(self, gold: dict[fx.Node, Any], node: fx.Node, pos: torch.Tensor) -> Any:
