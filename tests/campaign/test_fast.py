@@ -666,3 +666,38 @@ def test_differential_fuzz(family):
             fast._cache.budget = 1
         want = ReferenceEngine(model, x, golden, **kw).run(tasks)
         assert same_records(fast.run(tasks), want), (family, kw)
+
+
+def test_random_fault_models_give_the_same_runs_however_they_are_batched():
+    """A random_value run draws from a generator seeded by its fault and its input, so its record
+    does not depend on the engine, the batch size, or which other inputs share its task (as
+    after a resume)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 8 * 8, 5)
+    ).eval()
+    x = torch.randn(12, 3, 8, 8)
+    golden = golden_run(model, x, 256)
+    faults = [
+        Fault("0", "output", index=(1, 2, 3), model="random_value", params={"low": -4, "high": 4}),
+        Fault("0", "weight", index=(2, 1, 0, 1), model="random_value", params={"low": -4, "high": 4}),
+        Fault("3", "output", index=(2,), model="random_value"),  # a random bit pattern
+    ]
+    whole = [RunTask(k, (f,), tuple(range(12))) for k, f in enumerate(faults)]
+    split = [RunTask(k, (f,), ids) for k, f in enumerate(faults) for ids in ((3, 0, 7), (1, 2, 4, 5, 6, 8, 9, 10, 11))]
+
+    def by_run(records):
+        return {(r.fault_id, r.input_id): r for r in records}
+
+    ref = by_run(ReferenceEngine(model, x, golden).run(whole))
+    assert len({r.max_abs_diff for r in ref.values()}) > 3  # the values really are random
+    for engine in (
+        ReferenceEngine(model, x, golden, batch_size=5),
+        FastEngine(model, x, golden),
+        FastEngine(model, x, golden, batch_size=4),
+    ):
+        for tasks in (whole, split):
+            got = by_run(engine.run(tasks))
+            assert same_records(
+                [got[k] for k in sorted(got)], [ref[k] for k in sorted(ref)]
+            ), (type(engine).__name__, engine.batch_size, tasks is split)

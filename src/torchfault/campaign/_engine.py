@@ -10,6 +10,8 @@ task's inputs. Every faster engine must give the same outcomes as it.
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from torchfault.campaign._outcome import OUTCOMES, Criterion, classify
-from torchfault.faults import Fault
+from torchfault.faults import FAULT_MODELS, Fault
 from torchfault.injectors import inject
 from torchfault.registry import Registry
 from torchfault.store import RunRecord
@@ -134,6 +136,26 @@ class Engine(abc.ABC):
         ]
 
 
+def _random_faults(task: RunTask) -> bool:
+    """Whether a fault of ``task`` has a fault model that draws random numbers."""
+    for f in task.faults:
+        try:
+            if FAULT_MODELS.info(f.model).capabilities.get("random"):
+                return True
+        except ValueError:  # an unknown model: inject reports it
+            pass
+    return False
+
+
+def run_seed(task: RunTask, input_id: int) -> int:
+    """The seed of the generator of random fault models for one run: a stable hash of the
+    task's faults, its fault id and the input (the same in every process and session)."""
+    text = json.dumps(
+        [task.fault_id, input_id, [f.to_dict() for f in task.faults]], sort_keys=True
+    )
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
 @ENGINES.register(
     "reference", description="Plain full re-execution with inject(): one forward pass per fault."
 )
@@ -147,11 +169,17 @@ class ReferenceEngine(Engine):
         records: list[RunRecord] = []
         for task in tasks:
             ids = list(task.input_ids)
-            for start in range(0, len(ids), self.batch_size):
-                chunk = ids[start : start + self.batch_size]
+            random = _random_faults(task)
+            # random fault models: each input on its own, with a generator seeded from the fault
+            # and the input, so its values do not depend on the other inputs of the batch (and a
+            # resumed or re-chunked campaign draws them again exactly)
+            size = 1 if random else self.batch_size
+            for start in range(0, len(ids), size):
+                chunk = ids[start : start + size]
+                seed = run_seed(task, chunk[0]) if random else None
                 t0 = time.perf_counter()
                 # a bad fault raises here, before the model runs: that is an error, not an outcome
-                with inject(self.model, task.faults):
+                with inject(self.model, task.faults, seed=seed):
                     try:
                         out = _forward(self.model, self.inputs[chunk])
                     except Exception as exc:  # noqa: BLE001 - a crash under a fault is a DUE

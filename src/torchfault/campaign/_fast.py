@@ -92,6 +92,7 @@ from torchfault.campaign._engine import (
     ReferenceEngine,
     RunTask,
     _pad_index,
+    _random_faults,
 )
 from torchfault.campaign._outcome import OUTCOMES, Criterion, classify, output_words_equal
 from torchfault.faults import FAULT_MODELS, Fault, is_packed
@@ -567,7 +568,7 @@ class FastEngine(Engine):
         row_check_rows: inputs whose every value is compared in a batch of ``min_rows`` rows and
             at the end of taller batches before the fast path is trusted
             (:meth:`_same_in_any_batch`).
-        row_check_heights: the taller batches: ``min_rows`` plus each of these rows.
+        row_check_heights: the taller batches: the checked rows after this many other rows.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -590,8 +591,8 @@ class FastEngine(Engine):
     window = True
     window_area = 0.5
     window_min_rows = 32
-    row_check_rows = 4
-    row_check_heights = (1, 3, 17)
+    row_check_rows = 16
+    row_check_heights = (1, 3, 33)
 
     def __init__(
         self,
@@ -664,6 +665,8 @@ class FastEngine(Engine):
             return None
         f = task.faults[0]
         if f.sample is not None or f.element is not None or f.target == "input" or not f.module:
+            return None
+        if _random_faults(task):  # one seeded run per (fault, input): the reference engine's way
             return None
         calls = prog.calls.get(f.module, [])
         if f.is_activation:
@@ -825,14 +828,14 @@ class FastEngine(Engine):
         """
         prog = self._prog
         assert prog is not None
-        rows = batch[: self.row_check_rows]  # a few rows say it
+        rows = batch[: self.row_check_rows]
         k = len(rows)
         extra = lambda m: rows.repeat(m // k + 1)[:m].flip(0)  # noqa: E731
-        # (row indices of the batch, where the ids' rows start)
-        # alone, and at the end of batches of a few odd heights (the tails of blocked kernels)
-        # (never below min_rows rows: the engine pads every batch to it, and smaller batches may
-        # take other kernels on purpose)
-        heights = tuple(self.min_rows + e for e in self.row_check_heights)
+        # (row indices of the batch, where the checked rows start): the batch itself, and the
+        # checked rows at the end of taller batches of a few odd heights (the tails of blocked
+        # kernels); with row_check_rows = min_rows every batch has at least min_rows rows (the
+        # engine pads every batch to it: smaller ones may take other kernels on purpose)
+        heights = tuple(k + e for e in self.row_check_heights)
         layouts = [(batch, 0)]
         layouts += [(torch.cat([extra(h - k), rows]), h - k) for h in heights]
         envs: list[dict[fx.Node, Any]] = [{} for _ in layouts]

@@ -61,6 +61,7 @@ def register_fault_model(
     description: str | None = None,
     needs_bits: bool = False,
     bit_op: str | None = None,
+    random: bool = False,
     overwrite: bool = False,
 ) -> Callable[[FaultModelFn], FaultModelFn]:
     """Register a fault model function under ``name``.
@@ -70,6 +71,9 @@ def register_fault_model(
         description: one line (default: the first docstring line).
         needs_bits: whether a fault of this model must name bit positions.
         bit_op: for models that are one bitwise op with the bit mask (enables vectorisation).
+        random: the model draws from its ``generator``. Campaigns then run each (fault, input)
+            on its own with a generator seeded from the fault and the input, so a run's values
+            do not depend on chunking, resuming or the executor.
         overwrite: replace an existing entry of that name.
 
     Example:
@@ -84,7 +88,12 @@ def register_fault_model(
         tensor([1., 2., 1.])
     """
     return FAULT_MODELS.register(
-        name, description=description, overwrite=overwrite, needs_bits=needs_bits, bit_op=bit_op
+        name,
+        description=description,
+        overwrite=overwrite,
+        needs_bits=needs_bits,
+        bit_op=bit_op,
+        random=random,
     )
 
 
@@ -201,6 +210,7 @@ def _check_range(low: Any = None, high: Any = None) -> None:
 @register_fault_model(
     "random_value",
     description="A random value: uniform in [low, high), or a random bit pattern of the format.",
+    random=True,
 )
 def random_value(
     x: torch.Tensor,
