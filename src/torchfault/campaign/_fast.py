@@ -49,8 +49,8 @@ sizes (oneDNN and MKL switch kernels for very small batches: on the machine this
 linear layers with fewer than 12 rows). The engine therefore executes every batch with at least
 :attr:`FastEngine.min_rows` rows (padding with duplicated rows), and checks, before it trusts
 anything: (a) that its own golden pass reproduces the campaign's golden outputs bit for bit for
-every input (inputs that do not are run by the reference engine), and (b) once per engine, that
-every node's value of a few rows is the same bits alone in a batch of ``min_rows`` rows and at
+every input (inputs that do not are run by the reference engine), and (b) for each block, that
+every node's value of ``min_rows`` rows is the same bits in a batch of their own and at
 the end of taller, odd-sized batches (:meth:`FastEngine._same_in_any_batch`; a model that fails
 it, such as one with a linear layer a few columns wide, runs on the reference engine). One pass
 also records in-place modifications (tensor version counters): nodes that modify a value they
