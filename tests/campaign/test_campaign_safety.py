@@ -544,3 +544,16 @@ def test_random_value_campaign_resumes_to_the_same_rows(tmp_path, engine):
     delete_runs(cut, "fault_id % 3 = 1 OR input_id % 2 = 1")
     campaign(tmp_path / "cut", **over).run()
     assert rows(cut) == ref
+
+
+def test_a_nan_parameter_campaign_runs_again(tmp_path):
+    """value: nan is stored as NaN; resuming (and re-running a finished store) compares the
+    redrawn faults with the stored ones as JSON, where NaN equals NaN."""
+    over = {"sampler.fault_model": "value", "sampler.params": {"value": float("nan")}, "sampler.bits": None}
+    campaign(tmp_path, **over).run()
+    store = tmp_path / "run/campaign.sqlite"
+    ref = rows(store)
+    campaign(tmp_path, **over).run()
+    delete_runs(store, "fault_id % 4 = 1")
+    campaign(tmp_path, **over).run()
+    assert rows(store) == ref

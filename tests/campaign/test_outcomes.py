@@ -112,6 +112,33 @@ def test_labels_must_match_the_inputs(only_correct):
         )
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         run_campaign(crafted_model(), torch.ones(3, 2), [fault], batch_size=0)
+    with pytest.raises(ValueError, match="no inputs"):
+        run_campaign(crafted_model(), torch.ones(0, 2), [fault])
+    with pytest.raises(ValueError, match="got a 0-d tensor"):
+        run_campaign(crafted_model(), torch.tensor(1.0), [fault])
+
+
+@pytest.mark.filterwarnings("ignore:torchfault.inject.*never applied")
+def test_a_model_that_modifies_its_input_in_place_leaves_the_inputs_golden():
+    class Doubles(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x.mul_(2.0)
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    model = Doubles().eval()
+    never = Fault("fc", "output", index=(0,), bits=(0,), call=5)  # a call that never happens
+    for n in (10, 20):
+        x = torch.randn(n, 8)
+        before = x.clone()
+        for engine in ("reference", "fast"):
+            result = run_campaign(model, x, [never], engine=engine, batch_size=32)
+            assert result.outcome_counts()["masked"] == n, (n, engine)
+            assert torch.equal(x, before)
 
 
 def test_every_fault_on_every_input_and_model_unchanged():

@@ -159,3 +159,41 @@ def test_compress_file_in_place_and_recompress(tmp_path) -> None:
     dnn.compress_file(path, "lzma")
     assert path.read_bytes().startswith(b"\xfd7zXZ\x00")
     assert torch.equal(dnn.load_checkpoint(path)["w"], sd["w"])
+
+
+def test_permanent_state_dict_folds_every_name_of_a_shared_pruned_module(tmp_path) -> None:
+    from torch import nn
+    from torch.nn.utils import prune
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = self.a  # one module, two names
+
+    m = Twice()
+    prune.l1_unstructured(m.a, "weight", amount=0.5)
+    from torchfault.dnn._checkpoint import permanent_state_dict
+
+    sd = permanent_state_dict(m)
+    assert sorted(sd) == ["a.bias", "a.weight", "b.bias", "b.weight"]
+    assert int((sd["b.weight"] == 0).sum()) == 8
+    Twice().load_state_dict(sd)
+
+
+def test_wrapped_model_whose_every_key_is_pruned_loads(tmp_path) -> None:
+    """A wrapper's own checkpoint whose keys are all weight_orig/weight_mask pairs."""
+    from torch import nn
+    from torch.nn.utils import prune
+
+    def wrapped():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10, bias=False))
+        return dnn.wrap_model(net, (1, 8, 8), 10)
+
+    w = wrapped()
+    prune.l1_unstructured(w.model[1], "weight", amount=0.5)
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in w.state_dict().items()}}, path)
+    fresh = dnn.load_weights(wrapped(), path)
+    assert int((fresh.model[1].weight == 0).sum()) == 320

@@ -156,7 +156,7 @@ def test_bad_config_values_name_the_field(capsys) -> None:
         # these used to fail only mid-run (a traceback), or not at all
         ("--early_stopping.monitor=val_accc", "early_stopping.monitor.*Did you mean 'val_acc'"),
         ("--checkpoint.monitor=bogus", "checkpoint.monitor: 'bogus' is not a logged metric"),
-        ("--trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be positive"),
+        ("--trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be >= 0"),
         ("--optimizer.gamma=-0.5", "optimizer.gamma must be positive"),
         ("--trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be >= 1"),
         ("--trainer.accelerator=foo", "trainer.accelerator: .*'foo'"),
@@ -241,10 +241,38 @@ def test_compress_checkpoints_callback_lightning_reads_back(tmp_path) -> None:
     sd = dnn.load_checkpoint(ckpt.best_model_path)["state_dict"]
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, sd[k]), k
+    # a binary file object of a compressed checkpoint too
+    with open(ckpt.best_model_path, "rb") as fh:
+        from_file = dnn.ClassifierModule.load_from_checkpoint(fh)
+    assert all(torch.equal(v, sd[k]) for k, v in from_file.state_dict().items())
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(files[0].read_bytes()[:100])
     with pytest.raises(TorchFaultError, match="truncated or corrupted"):
         dnn.ClassifierModule.load_from_checkpoint(broken)
+
+
+def test_hyperparameters_are_plain_values(tmp_path) -> None:
+    """Options holding a Path are saved as strings: the checkpoint reads back with
+    weights_only=True (a pathlib object would be refused, after training)."""
+    from pathlib import Path
+
+    module = dnn.ClassifierModule(
+        model=dnn.create_model("mlp"),
+        dataset="digits",
+        dataset_options={"root": Path("/tmp"), "more": [Path("/a")]},
+        model_options={},
+    )
+    assert module.hparams.dataset_options == {"root": "/tmp", "more": ["/a"]}
+    torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.pt")
+    assert torch.load(tmp_path / "h.pt", weights_only=True)["hyper_parameters"]["dataset_options"]
+
+
+def test_gradient_clip_zero_means_no_clipping() -> None:
+    from torchfault.dnn._training import TrainerConfig
+
+    assert TrainerConfig(gradient_clip_val=0).gradient_clip_val == 0
+    with pytest.raises(ValueError, match="gradient_clip_val must be >= 0"):
+        TrainerConfig(gradient_clip_val=-0.5)
 
 
 def test_early_stopping_with_wrapped_model_and_datasets(tmp_path) -> None:

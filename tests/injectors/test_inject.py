@@ -641,3 +641,14 @@ def test_a_missing_element_names_the_fault_and_what_the_structure_holds():
         ):
             model(x)
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "model, params",
+    [("value", {"value": 10**400}), ("random_value", {"low": 0, "high": 10**400})],
+)
+def test_huge_parameter_values_are_clear_errors(model, params):
+    net = torch.nn.Linear(2, 2)
+    fault = Fault("", "output", index=(0,), model=model, params=params)
+    with pytest.raises(TorchFaultError, match=model), inject(net, fault):
+        pass

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import json
 import logging
 import re
 import sqlite3
@@ -73,6 +74,11 @@ def _load_factory(spec: str) -> Any:
         raise ConfigError(
             f"model.name: {mod_name!r} has no {fn_name!r}.{suggest(fn_name, names)}"
         ) from None
+
+
+def _faults_json(faults: Any) -> str:
+    """A fault tuple as canonical JSON (NaN written as NaN, so equal faults compare equal)."""
+    return json.dumps([f.to_dict() for f in faults], sort_keys=True)
 
 
 def _model_field(message: str, kwargs: dict[str, Any]) -> str:
@@ -530,7 +536,8 @@ class Campaign:
             if fid >= len(self.sampler):
                 continue
             drawn = tuple(self.sampler.draw(fid))
-            if stored.get(fid) != drawn:
+            # compared as JSON: a NaN parameter (value: nan) is never == itself
+            if _faults_json(stored.get(fid, ())) != _faults_json(drawn):
                 raise StoreMismatchError(
                     f"store {str(self.config.store_path)!r}: fault {fid} is stored as "
                     f"{[f.to_dict() for f in stored.get(fid, ())]} but the sampler now draws "

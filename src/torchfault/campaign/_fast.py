@@ -38,7 +38,9 @@ How it works (DESIGN.md, "The campaign engine"; docs/engine.md has the long vers
 
 Everything else goes to the ``reference`` engine (full forward passes with
 :func:`torchfault.inject`): a model ``torch.fx`` cannot trace (one logging warning per model
-class), inputs that are not contiguous (channels-last), several faults in one run, ``target="input"``, faults with ``sample`` or ``element`` set,
+class), inputs that are not contiguous (channels-last), a model with transcendental element-wise
+functions on rows that are not vector-aligned or under several threads (:meth:`FastEngine._positions_exact`),
+several faults in one run, ``target="input"``, faults with ``sample`` or ``element`` set,
 a module called more than once (unless the fault names its ``call``), parameters used by more
 than one module or read directly by the graph, packed quantized weights, and any row group whose
 execution raises (each task of the group is rerun through the reference engine, so each gets its
@@ -49,7 +51,8 @@ sizes (oneDNN and MKL switch kernels for very small batches: on the machine this
 linear layers with fewer than 12 rows). The engine therefore executes every batch with at least
 :attr:`FastEngine.min_rows` rows (padding with duplicated rows), and checks, before it trusts
 anything: (a) that its own golden pass reproduces the campaign's golden outputs bit for bit for
-every input (inputs that do not are run by the reference engine), and (b) for each block, that
+every input (inputs that do not are run by the reference engine), and (b) once per engine, on
+the first block with such inputs, that
 every node's value of ``min_rows`` rows is the same bits in a batch of their own and at
 the end of taller, odd-sized batches (:meth:`FastEngine._same_in_any_batch`; a model that fails
 it, such as one with a linear layer a few columns wide, runs on the reference engine). One pass
@@ -384,10 +387,92 @@ def _masking(prog: _Program, node: fx.Node) -> bool:
     return False
 
 
+#: element-wise operations whose CPU kernels round differently on their vectorised path and on
+#: the scalar path for the tail of a buffer (transcendental functions): a value's bits then
+#: depend on where it sits in its buffer, which the fast engine changes (rows in other batches,
+#: windows cropped from maps)
+_INEXACT_MODULES: tuple[type, ...] = (
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.LogSigmoid,
+    nn.Tanhshrink,
+)
+_INEXACT_FUNCTIONS = {
+    torch.sigmoid,
+    torch.tanh,
+    torch.exp,
+    torch.exp2,
+    torch.expm1,
+    torch.log,
+    torch.log2,
+    torch.log10,
+    torch.log1p,
+    torch.sin,
+    torch.cos,
+    torch.tan,
+    torch.erf,
+    torch.erfc,
+    torch.pow,
+    torch.special.expit,
+    operator.pow,
+    F.gelu,
+    F.silu,
+    F.elu,
+    F.celu,
+    F.selu,
+    F.softplus,
+    F.mish,
+    F.logsigmoid,
+    F.tanhshrink,
+}
+_INEXACT_METHODS = {
+    "sigmoid",
+    "tanh",
+    "exp",
+    "exp2",
+    "expm1",
+    "log",
+    "log2",
+    "log10",
+    "log1p",
+    "sin",
+    "cos",
+    "tan",
+    "erf",
+    "erfc",
+    "pow",
+    "sigmoid_",
+    "tanh_",
+    "exp_",
+    "log_",
+}
+
+
+def _inexact(prog: _Program, node: fx.Node) -> bool:
+    """Whether ``node`` is an element-wise operation whose bits may depend on its position in
+    the buffer (see ``_INEXACT_MODULES``)."""
+    if node.op == "call_module":
+        return isinstance(prog.modules.get(str(node.target)), _INEXACT_MODULES)
+    if node.op == "call_function":
+        return node.target in _INEXACT_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in _INEXACT_METHODS
+    return False
+
+
 def _win_kind(prog: _Program, node: fx.Node) -> str | None:
     """How node can run on a spatial window of its 4-d inputs: ``conv``, ``maxpool``, ``avgpool``
     (a bounded neighbourhood, its halo read from golden values), ``unary`` (one module input,
     element by element) or ``ew`` (an element-wise function or method); ``None``: it cannot."""
+    if _inexact(prog, node):  # its bits may depend on where a value sits: whole maps only
+        return None
     if node.op == "call_module":
         m = prog.model.get_submodule(str(node.target))
         kind = type(m)
@@ -783,7 +868,7 @@ class FastEngine(Engine):
                 self._rows_independent = self._check_rows(b)
         return out
 
-    def _check_rows(self, b: int) -> bool:
+    def _check_rows(self, b: int) -> bool | None:
         """Does the graph, run on block rows reversed and duplicated, give each row its golden output?
 
         The fast path relies on it: a row's values never depend on the other rows of its batch.
@@ -795,9 +880,17 @@ class FastEngine(Engine):
             if i not in self._bad_inputs
         ]
         if not ids:
-            return True
+            return None  # nothing to check here: decided on a later block (until then: reference)
         ids = ids[::-1][: self.min_rows - 1]
         ids = ids + ids[:1]
+        if not self._positions_exact():
+            _warn_once(
+                f"rows:{type(self.model).__name__}",
+                f"fast engine: {type(self.model).__name__} applies a transcendental element-wise "
+                "function (sigmoid, tanh, exp...) to values whose bits may depend on their place "
+                "in a batch; running its faults with the reference engine.",
+            )
+            return False
         try:
             ok, res = self._same_in_any_batch(self._pad(torch.tensor(ids, dtype=torch.int64)))
             ok = (
@@ -814,6 +907,29 @@ class FastEngine(Engine):
                 "(outputs change with the batch composition); running its faults with the reference engine.",
             )
         return ok
+
+    #: bytes per row that keep every row of a buffer on the same lanes of vectorised kernels
+    row_alignment = 256
+
+    def _positions_exact(self) -> bool:
+        """Are the inexact element-wise operations of the graph (``_INEXACT_MODULES``) safe from
+        their values' positions? They are when their inputs' rows are a multiple of
+        :attr:`row_alignment` bytes (every row starts on the same vector lanes and no buffer has
+        a scalar tail) and one intra-op thread runs (threads split buffers at other places)."""
+        prog = self._prog
+        assert prog is not None
+        for node in prog.nodes:
+            if node not in prog.dynamic or not _inexact(prog, node):
+                continue
+            if torch.get_num_threads() > 1:
+                return False
+            for a in node.all_input_nodes:
+                if a not in prog.dynamic:
+                    continue
+                size = self._row_bytes.get(a)
+                if size is None or size % self.row_alignment:
+                    return False
+        return True
 
     def _same_in_any_batch(self, batch: torch.Tensor) -> tuple[bool, Any]:
         """Run the graph on the inputs ``batch`` (row numbers, at least ``min_rows``); are its first

@@ -164,7 +164,8 @@ def golden_run(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) ->
     outs = []
     for start in range(0, inputs.shape[0], batch_size):
         try:
-            out = _forward(model, inputs[start : start + batch_size])
+            # a copy: a model may modify its input in place, and the inputs must stay golden
+            out = _forward(model, inputs[start : start + batch_size].clone())
         except TypeError as exc:
             raise TorchFaultError(str(exc)) from None
         outs.append(out.detach())
@@ -214,9 +215,10 @@ def run_campaign(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise TorchFaultError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1:
-        raise TorchFaultError(
-            f"inputs must be a tensor with one input per row, got {type(inputs).__name__}."
-        )
+        what = "a 0-d tensor" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise TorchFaultError(f"inputs must be a tensor with one input per row, got {what}.")
+    if inputs.shape[0] == 0:
+        raise TorchFaultError("inputs: no inputs (a tensor with 0 rows); give at least one.")
     if labels is not None:
         labels = torch.as_tensor(labels)
         if labels.numel() != inputs.shape[0]:

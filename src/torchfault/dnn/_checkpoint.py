@@ -231,9 +231,10 @@ def _refusal(exc: pickle.UnpicklingError) -> str:
     return type(exc).__name__
 
 
-def read_checkpoint_bytes(path: str | Path) -> bytes:
+def read_checkpoint_bytes(path: Any) -> bytes:
     """The ``torch.save`` bytes of a (compressed) checkpoint file, decompressed and checked (zip
     CRCs), for code that reads checkpoints itself (Lightning's ``load_from_checkpoint``).
+    ``path`` is a file path or a binary file object.
 
     Raises:
         TorchFaultError: as :func:`load_checkpoint` does for a missing, truncated, corrupted or
@@ -246,9 +247,14 @@ def read_checkpoint_bytes(path: str | Path) -> bytes:
         >>> read_checkpoint_bytes(p)[:4]
         b'PK\\x03\\x04'
     """
-    p = Path(path)
-    _check_file(p)
-    raw, kind = _decompress(p.read_bytes(), p)
+    if hasattr(path, "read"):  # a binary file object
+        p = Path(str(getattr(path, "name", "<file object>")))
+        data = path.read()
+    else:
+        p = Path(path)
+        _check_file(p)
+        data = p.read_bytes()
+    raw, kind = _decompress(data, p)
     if not raw.startswith(_MAGIC["none"]):
         raise TorchFaultError(
             f"{p} decompresses ({kind}) to something that is not a torch.save file."
@@ -275,7 +281,7 @@ def permanent_state_dict(module: nn.Module) -> dict[str, Any]:
 
     sd = module.state_dict()
     folded: dict[str, torch.Tensor] = {}
-    for prefix, m in module.named_modules():
+    for prefix, m in module.named_modules(remove_duplicate=False):  # every name a module has
         for hook in m._forward_pre_hooks.values():
             if not isinstance(hook, prune.BasePruningMethod):
                 continue

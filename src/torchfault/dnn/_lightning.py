@@ -8,6 +8,7 @@ inside the functions that train, so the injection core works without the ``train
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,17 @@ __all__ = [
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULERS = ("none", "cosine", "step")
+
+
+def _plain(v: Any) -> Any:
+    """``v`` with os.PathLike values (in dicts, lists, tuples) turned into strings."""
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if isinstance(v, dict):
+        return {k: _plain(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_plain(u) for u in v)
+    return v
 
 
 class ClassifierModule(pl.LightningModule):
@@ -84,6 +96,10 @@ class ClassifierModule(pl.LightningModule):
             raise TorchFaultError(f"optimizer {optimizer!r}: valid: {', '.join(_OPTIMIZERS)}.")
         if scheduler not in _SCHEDULERS:
             raise TorchFaultError(f"scheduler {scheduler!r}: valid: {', '.join(_SCHEDULERS)}.")
+        # hyperparameters are read back with weights_only=True: plain values only (a Path
+        # option, say, is saved as its string)
+        model_options = _plain(model_options)
+        dataset_options = _plain(dataset_options)
         self.save_hyperparameters(ignore=["model"])
         if model is None:
             if model_name is None:
@@ -121,7 +137,12 @@ class ClassifierModule(pl.LightningModule):
             TorchFaultError: a missing, truncated, corrupted or foreign file.
         """
         kwargs.pop("weights_only", None)
-        if isinstance(checkpoint_path, (str, Path)):
+        remote = isinstance(checkpoint_path, str) and "://" in checkpoint_path
+        if hasattr(checkpoint_path, "read") or (
+            isinstance(checkpoint_path, (str, Path)) and not remote
+        ):
+            # local files and file objects may be compressed; URLs (fsspec) go to Lightning as
+            # they are (uncompressed checkpoints only)
             checkpoint_path = io.BytesIO(read_checkpoint_bytes(checkpoint_path))
         return super().load_from_checkpoint(
             checkpoint_path,

@@ -605,7 +605,9 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     obj = load_checkpoint(path)
     sd = extract_state_dict(obj, source=str(path))
     target = model
-    if isinstance(model, WrappedModel) and not set(sd) & set(model.state_dict()):
+    if isinstance(model, WrappedModel) and not set(_apply_masks(sd, set(model.state_dict()))) & set(
+        model.state_dict()
+    ):
         target = model.model  # the state dict of the wrapped module itself
     sd = _apply_masks(sd, set(target.state_dict()))
     try:

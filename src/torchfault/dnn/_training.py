@@ -188,10 +188,10 @@ class TrainerConfig:
             raise ValueError(
                 f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}."
             )
-        if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
+        if self.gradient_clip_val is not None and not self.gradient_clip_val >= 0:
             # a negative norm would flip every gradient (clip_grad_norm_ scales by max_norm/norm)
             raise ValueError(
-                "trainer.gradient_clip_val must be positive (or null: no clipping), "
+                "trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), "
                 f"got {self.gradient_clip_val}."
             )
         for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):

@@ -161,7 +161,7 @@ def _value_param(value: Any) -> float:
         raise TorchFaultError("Fault model 'value' needs params={'value': <number>}.")
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TorchFaultError(
             f"Fault model 'value' needs a number in params['value'], got {value!r}."
         ) from None
@@ -193,7 +193,7 @@ def _range_params(low: Any, high: Any) -> tuple[float, float] | None:
         return None
     try:
         lo, hi = float(low), float(high)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         lo = hi = math.nan
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise TorchFaultError(
