@@ -324,3 +324,30 @@ def test_train_and_test_without_lightning(monkeypatch, tmp_path, capsys) -> None
     monkeypatch.delitem(dnn.__dict__, "ClassifierModule", raising=False)
     with pytest.raises(TorchFaultError, match="ClassifierModule needs PyTorch Lightning.*torchfault\\[train\\]"):
         dnn.ClassifierModule  # noqa: B018 - the lazy import is the test
+
+
+def test_load_from_checkpoint_folds_pruning_masks(tmp_path) -> None:
+    """A Lightning checkpoint written while pruning masks were in place (fine-tuning between
+    pruning steps) loads into the unpruned model the hyperparameters rebuild."""
+    import lightning
+    from torch.nn.utils import prune
+
+    from torchfault.dnn._checkpoint import permanent_state_dict
+
+    torch.manual_seed(0)
+    module = dnn.ClassifierModule(model_name="mlp", dataset="digits")
+    linear = next(m for m in module.model.modules() if isinstance(m, torch.nn.Linear))
+    prune.l1_unstructured(linear, "weight", amount=0.5)
+    pruned = {k: v.clone() for k, v in permanent_state_dict(module).items()}
+    ckpt = {
+        "state_dict": module.state_dict(),  # holds weight_orig / weight_mask
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    path = tmp_path / "pruned.ckpt"
+    dnn.save_checkpoint(ckpt, path, compression="lzma")
+    loaded = dnn.ClassifierModule.load_from_checkpoint(path)
+    got = loaded.state_dict()
+    assert set(got) == set(pruned)
+    assert all(torch.equal(got[k], pruned[k]) for k in pruned)
+    assert int(sum((v == 0).sum() for k, v in got.items() if k.endswith("weight"))) > 0

@@ -41,6 +41,27 @@ _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULERS = ("none", "cosine", "step")
 
 
+def _fold_pruning_masks(raw: bytes) -> io.BytesIO:
+    """A checkpoint saved while ``torch.nn.utils.prune`` masks were in place (fine-tuning between
+    pruning steps) holds ``X_orig`` and ``X_mask`` for a pruned ``X``: folded into ``X`` here, so
+    the checkpoint loads into the unpruned model that the hyperparameters rebuild."""
+    ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    pairs = [
+        k[: -len("_orig")]
+        for k in (sd or {})
+        if k.endswith("_orig") and k[: -len("_orig")] + "_mask" in sd and k[: -len("_orig")] not in sd
+    ]
+    if not pairs:
+        return io.BytesIO(raw)
+    for base in pairs:
+        sd[base] = sd.pop(base + "_orig") * sd.pop(base + "_mask")
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    buf.seek(0)
+    return buf
+
+
 def _plain(v: Any) -> Any:
     """``v`` with os.PathLike values (in dicts, lists, tuples) turned into strings."""
     if isinstance(v, os.PathLike):
@@ -143,7 +164,7 @@ class ClassifierModule(pl.LightningModule):
         ):
             # local files and file objects may be compressed; URLs (fsspec) go to Lightning as
             # they are (uncompressed checkpoints only)
-            checkpoint_path = io.BytesIO(read_checkpoint_bytes(checkpoint_path))
+            checkpoint_path = _fold_pruning_masks(read_checkpoint_bytes(checkpoint_path))
         return super().load_from_checkpoint(
             checkpoint_path,
             map_location=map_location or "cpu",
