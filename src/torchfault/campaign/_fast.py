@@ -154,24 +154,17 @@ _MASKING_METHODS = {
 
 
 # Spatial windows (activation faults): operations whose output at one position reads a bounded
-# neighbourhood of their inputs, computed on crops around a fault (see _win_kind).
+# neighbourhood of their inputs, computed on crops around a fault (see _win_kind). Transcendental
+# element-wise functions (_INEXACT_MODULES below) are not among them: their bits may depend on
+# where a value sits in its buffer, so they are computed on whole maps.
 _WIN_UNARY_MODULES: tuple[type, ...] = (
     nn.ReLU,
     nn.ReLU6,
     nn.LeakyReLU,
     nn.PReLU,
-    nn.ELU,
-    nn.CELU,
-    nn.SELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
     nn.Hardtanh,
     nn.Hardswish,
     nn.Hardsigmoid,
-    nn.Softplus,
     nn.Threshold,
     nn.Identity,
     nn.Dropout,
@@ -188,15 +181,10 @@ _WIN_FUNCTIONS = {
     torch.mul,
     torch.div,
     torch.relu,
-    torch.sigmoid,
-    torch.tanh,
     torch.clamp,
     F.relu,
     F.relu6,
     F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
     F.hardtanh,
     F.hardswish,
     F.hardsigmoid,
@@ -207,8 +195,6 @@ _WIN_METHODS = {
     "mul",
     "div",
     "relu",
-    "sigmoid",
-    "tanh",
     "clamp",
     "clamp_min",
     "clamp_max",
@@ -227,6 +213,12 @@ def _warn_once(key: str, message: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
         log.warning(message)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def _fetch_attr(root: nn.Module, target: str) -> Any:
@@ -377,14 +369,22 @@ class _Program:
         raise _Unsupported(f"cannot run node op {node.op!r}")
 
 
-def _masking(prog: _Program, node: fx.Node) -> bool:
+def _node_in(
+    prog: _Program, node: fx.Node, modules: tuple[type, ...], functions: Any, methods: Any
+) -> bool:
+    """Whether ``node`` calls a module of one of the types ``modules``, or one of the
+    ``functions``, or a tensor method named in ``methods``."""
     if node.op == "call_module":
-        return isinstance(prog.model.get_submodule(str(node.target)), _MASKING_MODULES)
+        return isinstance(prog.modules.get(str(node.target)), modules)
     if node.op == "call_function":
-        return node.target in _MASKING_FUNCTIONS
+        return node.target in functions
     if node.op == "call_method":
-        return node.target in _MASKING_METHODS
+        return node.target in methods
     return False
+
+
+def _masking(prog: _Program, node: fx.Node) -> bool:
+    return _node_in(prog, node, _MASKING_MODULES, _MASKING_FUNCTIONS, _MASKING_METHODS)
 
 
 #: element-wise operations whose CPU kernels round differently on their vectorised path and on
@@ -458,21 +458,13 @@ _INEXACT_METHODS = {
 def _inexact(prog: _Program, node: fx.Node) -> bool:
     """Whether ``node`` is an element-wise operation whose bits may depend on its position in
     the buffer (see ``_INEXACT_MODULES``)."""
-    if node.op == "call_module":
-        return isinstance(prog.modules.get(str(node.target)), _INEXACT_MODULES)
-    if node.op == "call_function":
-        return node.target in _INEXACT_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _INEXACT_METHODS
-    return False
+    return _node_in(prog, node, _INEXACT_MODULES, _INEXACT_FUNCTIONS, _INEXACT_METHODS)
 
 
 def _win_kind(prog: _Program, node: fx.Node) -> str | None:
     """How node can run on a spatial window of its 4-d inputs: ``conv``, ``maxpool``, ``avgpool``
     (a bounded neighbourhood, its halo read from golden values), ``unary`` (one module input,
     element by element) or ``ew`` (an element-wise function or method); ``None``: it cannot."""
-    if _inexact(prog, node):  # its bits may depend on where a value sits: whole maps only
-        return None
     if node.op == "call_module":
         m = prog.model.get_submodule(str(node.target))
         kind = type(m)
@@ -725,21 +717,19 @@ class FastEngine(Engine):
             try:
                 self._prog = _Program(self.model)
             except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 _warn_once(
                     name,
-                    f"fast engine: torch.fx cannot trace {name} ({type(exc).__name__}: {first[:200]}); "
+                    f"fast engine: torch.fx cannot trace {name} ({type(exc).__name__}: {_first_line(exc)}); "
                     "running its faults with the reference engine (full forward passes with hooks).",
                 )
                 return None
             try:
                 self._prog.probe_mutations(self._block_inputs(0)[0][: self.min_rows])
             except Exception as exc:  # noqa: BLE001 - the traced graph does not run: fall back
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 _warn_once(
                     name,
                     f"fast engine: the traced graph of {name} does not run ({type(exc).__name__}: "
-                    f"{first[:200]}); running its faults with the reference engine.",
+                    f"{_first_line(exc)}); running its faults with the reference engine.",
                 )
                 self._prog = None
         return self._prog
@@ -968,7 +958,7 @@ class FastEngine(Engine):
                 node in prog.dynamic
                 and isinstance(first, torch.Tensor)
                 and first.dim() > 0
-                and first.shape[0] == layouts[0][0].numel()
+                and first.shape[0] == batch.numel()
             ):
                 for v, (idx, at) in zip(vals[1:], layouts[1:]):
                     if not (

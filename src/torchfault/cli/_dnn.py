@@ -99,25 +99,22 @@ def test_job(cfg: TestConfig) -> int:
     return 0
 
 
-def _load_model(
-    model: str,
-    dataset: str,
-    checkpoint: str | None,
-    pretrained: bool,
-    options: dict,
-    dataset_options: dict | None = None,
-):
+def _load_model(cfg: Any, pretrained: bool | None = None):
+    """The model a job config names (``model``, ``dataset``, ``checkpoint``, ``model_options``,
+    ``dataset_options``); ``pretrained`` defaults to the config's own."""
     from torchfault.dnn import create_model
     from torchfault.dnn._datasets import is_factory_spec
 
+    if pretrained is None:
+        pretrained = cfg.pretrained
     # a factory of your own brings its own weights: ``pretrained`` is for zoo models
     return create_model(
-        model,
-        dataset=dataset,
-        pretrained=pretrained and checkpoint is None and not is_factory_spec(model),
-        weights=checkpoint,
-        dataset_options=dataset_options,
-        **options,
+        cfg.model,
+        dataset=cfg.dataset,
+        pretrained=pretrained and cfg.checkpoint is None and not is_factory_spec(cfg.model),
+        weights=cfg.checkpoint,
+        dataset_options=cfg.dataset_options,
+        **cfg.model_options,
     )
 
 
@@ -210,14 +207,7 @@ def prune_job(cfg: PruneConfig) -> int:
     )
 
     torch.manual_seed(cfg.seed)
-    model = _load_model(
-        cfg.model,
-        cfg.dataset,
-        cfg.checkpoint,
-        cfg.pretrained,
-        cfg.model_options,
-        cfg.dataset_options,
-    )
+    model = _load_model(cfg)
     test_set = create_dataset(cfg.dataset, split="test", **cfg.dataset_options)
     before = evaluate(model, test_set, batch_size=cfg.batch_size)
     finetune = None
@@ -339,14 +329,7 @@ class QuantizeConfig:
 def quantize_job(cfg: QuantizeConfig) -> int:
     from torchfault.dnn import create_dataset, evaluate, quantize_model, save_quantized
 
-    model = _load_model(
-        cfg.model,
-        cfg.dataset,
-        cfg.checkpoint,
-        cfg.pretrained,
-        cfg.model_options,
-        cfg.dataset_options,
-    )
+    model = _load_model(cfg)
     calib = create_dataset(cfg.dataset, split=cfg.calibration_split, **cfg.dataset_options)
     data = create_dataset(cfg.dataset, split=cfg.split, **cfg.dataset_options)
     qmodel = quantize_model(
@@ -422,9 +405,7 @@ def summary_job(cfg: SummaryConfig) -> int:
 
     from torchfault.dnn import summarize
 
-    model = _load_model(
-        cfg.model, cfg.dataset, cfg.checkpoint, False, cfg.model_options, cfg.dataset_options
-    )
+    model = _load_model(cfg, pretrained=False)
     s = summarize(model, batch=cfg.batch)
     console = _console()
     console.print(s.table())
@@ -495,9 +476,7 @@ def profile_job(cfg: ProfileConfig) -> int:
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise TorchFaultError(f"device: {cfg.device!r} asked for, but CUDA is not available.")
-    model = _load_model(
-        cfg.model, cfg.dataset, cfg.checkpoint, False, cfg.model_options, cfg.dataset_options
-    )
+    model = _load_model(cfg, pretrained=False)
     model = model.to(cfg.device)
     x = model.example_inputs(cfg.batch)
     result = profile_model(

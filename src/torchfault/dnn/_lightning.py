@@ -45,17 +45,16 @@ def _fold_pruning_masks(raw: bytes) -> io.BytesIO:
     """A checkpoint saved while ``torch.nn.utils.prune`` masks were in place (fine-tuning between
     pruning steps) holds ``X_orig`` and ``X_mask`` for a pruned ``X``: folded into ``X`` here, so
     the checkpoint loads into the unpruned model that the hyperparameters rebuild."""
+    from torchfault.dnn._models import _apply_masks
+
     ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    pairs = [
-        k[: -len("_orig")]
-        for k in (sd or {})
-        if k.endswith("_orig") and k[: -len("_orig")] + "_mask" in sd and k[: -len("_orig")] not in sd
-    ]
-    if not pairs:
+    if not isinstance(sd, dict):
         return io.BytesIO(raw)
-    for base in pairs:
-        sd[base] = sd.pop(base + "_orig") * sd.pop(base + "_mask")
+    folded = _apply_masks(sd, {k.removesuffix("_orig") for k in sd if k.endswith("_orig")})
+    if folded.keys() == sd.keys():
+        return io.BytesIO(raw)
+    ckpt["state_dict"] = folded
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     buf.seek(0)

@@ -604,12 +604,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
     obj = load_checkpoint(path)
     sd = extract_state_dict(obj, source=str(path))
-    target = model
-    if isinstance(model, WrappedModel) and not set(_apply_masks(sd, set(model.state_dict()))) & set(
-        model.state_dict()
-    ):
-        target = model.model  # the state dict of the wrapped module itself
-    sd = _apply_masks(sd, set(target.state_dict()))
+    target, expected = model, set(model.state_dict())
+    if isinstance(model, WrappedModel) and not set(_apply_masks(sd, expected)) & expected:
+        # no key of the wrapper's own: the state dict of the wrapped module itself
+        target, expected = model.model, set(model.model.state_dict())
+    sd = _apply_masks(sd, expected)
     try:
         target.load_state_dict(sd, strict=True)
     except RuntimeError as exc:

@@ -468,17 +468,14 @@ def _fit(
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from torchfault.dnn._lightning import ClassifierModule, CompressCheckpoints
+    from torchfault.dnn._lightning import CompressCheckpoints
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule.seed = cfg.seed
     model.train()
-    module = ClassifierModule(
-        model=model,
-        model_name=cfg.model,
-        dataset=cfg.dataset,
-        model_options=dict(cfg.model_options),
-        dataset_options=dict(cfg.dataset_options),
+    module = _classifier(
+        cfg,
+        model,
         num_classes=getattr(model, "num_classes", None),
         optimizer=cfg.optimizer.name,
         lr=cfg.optimizer.lr,
@@ -576,6 +573,21 @@ def _plain(value: Any) -> Any:
         return value
     return str(value)
 
+
+
+def _classifier(cfg: TrainConfig | TestConfig, model: nn.Module, **training: Any) -> Any:
+    """The ``ClassifierModule`` of a train or test config around ``model`` (with what rebuilds
+    the model from a checkpoint: its name, dataset and options)."""
+    from torchfault.dnn._lightning import ClassifierModule
+
+    return ClassifierModule(
+        model=model,
+        model_name=cfg.model,
+        dataset=cfg.dataset,
+        model_options=dict(cfg.model_options),
+        dataset_options=dict(cfg.dataset_options),
+        **training,
+    )
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.dataset`` with Lightning; see the module docstring.
@@ -733,7 +745,7 @@ def test(cfg: TestConfig) -> dict[str, float]:
     """
     pl = _require_lightning()
     from torchfault.dnn._datasets import create_dataset, is_factory_spec
-    from torchfault.dnn._lightning import ClassificationDataModule, ClassifierModule
+    from torchfault.dnn._lightning import ClassificationDataModule
 
     model = create_model(
         cfg.model,
@@ -745,13 +757,7 @@ def test(cfg: TestConfig) -> dict[str, float]:
     )
     data = create_dataset(cfg.dataset, split=cfg.split, **cfg.dataset_options)
     dm = ClassificationDataModule(None, batch_size=cfg.batch_size, test_set=data)
-    module = ClassifierModule(
-        model=model,
-        model_name=cfg.model,
-        dataset=cfg.dataset,
-        model_options=dict(cfg.model_options),
-        dataset_options=dict(cfg.dataset_options),
-    )
+    module = _classifier(cfg, model)
     with _quiet_lightning():
         with _trainer_errors("", accelerator=cfg.accelerator):
             trainer = pl.Trainer(

@@ -62,6 +62,18 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+def _refuse_unknown_fields(cls: type, data: Mapping[str, Any]) -> None:
+    """Refuse a dict for dataclass ``cls`` with keys that are not its fields, naming them and
+    suggesting the closest."""
+    valid = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise TorchFaultError(
+            f"Unknown {cls.__name__} field(s) {unknown}; valid fields: {', '.join(valid)}."
+            f"{suggest(str(unknown[0]), valid)}"
+        )
+
+
 @dataclass(frozen=True)
 class Fault:
     """One fault: where it lands, what it does, how long it lasts.
@@ -171,13 +183,7 @@ class Fault:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Fault:
         """Build a fault from a dict; unknown keys are an error that names them."""
-        valid = [f.name for f in fields(cls)]
-        unknown = [k for k in data if k not in valid]
-        if unknown:
-            raise TorchFaultError(
-                f"Unknown Fault field(s) {unknown}; valid fields: {', '.join(valid)}."
-                f"{suggest(str(unknown[0]), valid)}"
-            )
+        _refuse_unknown_fields(cls, data)
         if "module" not in data:
             raise TorchFaultError("A fault dict needs a 'module' field.")
         return cls(**dict(data))
@@ -276,13 +282,7 @@ class FaultSite:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FaultSite:
         """Build a site from a dict (``to_dict`` inverts it); unknown or missing keys are named."""
-        valid = [f.name for f in fields(cls)]
-        unknown = [k for k in data if k not in valid]
-        if unknown:
-            raise TorchFaultError(
-                f"Unknown FaultSite field(s) {unknown}; valid fields: {', '.join(valid)}."
-                f"{suggest(str(unknown[0]), valid)}"
-            )
+        _refuse_unknown_fields(cls, data)
         required = ["module", "target", "kind", "shape", "format", "bit_width"]
         missing = [k for k in required if k not in data]
         if missing:

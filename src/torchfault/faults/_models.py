@@ -52,7 +52,7 @@ FaultModelFn = Callable[..., torch.Tensor]
 FAULT_MODELS: Registry[FaultModelFn] = Registry("fault model")
 
 #: checks of the built-in models' parameters, by function: run before a fault touches the model
-_PARAM_CHECKS: dict[Any, Callable[..., None]] = {}
+_PARAM_CHECKS: dict[Any, Callable[..., Any]] = {}
 
 
 def register_fault_model(
@@ -155,7 +155,7 @@ def zero(
     return numerics.set_values(x, index, 0.0, fmt)
 
 
-def _value_param(value: Any) -> float:
+def _value_param(value: Any = None) -> float:
     """The ``value`` parameter of the ``value`` fault model, as a float."""
     if value is None:
         raise TorchFaultError("Fault model 'value' needs params={'value': <number>}.")
@@ -165,10 +165,6 @@ def _value_param(value: Any) -> float:
         raise TorchFaultError(
             f"Fault model 'value' needs a number in params['value'], got {value!r}."
         ) from None
-
-
-def _check_value(value: Any = None) -> None:
-    _value_param(value)
 
 
 @register_fault_model("value", description="Set the element to a given value (param 'value').")
@@ -184,10 +180,10 @@ def value(
     return numerics.set_values(x, index, _value_param(value), fmt)
 
 
-_PARAM_CHECKS[value] = _check_value
+_PARAM_CHECKS[value] = _value_param
 
 
-def _range_params(low: Any, high: Any) -> tuple[float, float] | None:
+def _range_params(low: Any = None, high: Any = None) -> tuple[float, float] | None:
     """``(low, high)`` of ``random_value`` as floats, or ``None`` for a random bit pattern."""
     if low is None and high is None:
         return None
@@ -201,10 +197,6 @@ def _range_params(low: Any, high: Any) -> tuple[float, float] | None:
             f"bit pattern); got low={low!r}, high={high!r}."
         )
     return lo, hi
-
-
-def _check_range(low: Any = None, high: Any = None) -> None:
-    _range_params(low, high)
 
 
 @register_fault_model(
@@ -232,7 +224,7 @@ def random_value(
     return numerics.set_values(x, index, vals, fmt)
 
 
-_PARAM_CHECKS[random_value] = _check_range
+_PARAM_CHECKS[random_value] = _range_params
 
 
 def _model_parameters(fn: Any) -> tuple[list[str], list[str], bool] | None:
