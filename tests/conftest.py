@@ -28,7 +28,11 @@ def _quantized_linear(in_features: int, out_features: int, seed: int = 0) -> nn.
     class Tiny(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.quant, self.fc, self.dequant = tq.QuantStub(), nn.Linear(in_features, out_features), tq.DeQuantStub()
+            self.quant, self.fc, self.dequant = (
+                tq.QuantStub(),
+                nn.Linear(in_features, out_features),
+                tq.DeQuantStub(),
+            )
 
         def forward(self, x):
             return self.dequant(self.fc(self.quant(x)))

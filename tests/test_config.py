@@ -28,7 +28,10 @@ class Outer:
 def test_yaml_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("name: run\ninner:\n  margin: 0.05\n")
-    data = apply_overrides(load_yaml(p), ["--inner.margin", "0.02", "--n=7", "--flag", "true", "--inner.names", "[a, b]"])
+    data = apply_overrides(
+        load_yaml(p),
+        ["--inner.margin", "0.02", "--n=7", "--flag", "true", "--inner.names", "[a, b]"],
+    )
     cfg = from_dict(Outer, data)
     assert cfg == Outer(name="run", n=7, flag=True, inner=Inner(0.02, ["a", "b"]))
     assert "margin: 0.02" in dump_yaml(cfg)

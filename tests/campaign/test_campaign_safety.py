@@ -549,7 +549,11 @@ def test_random_value_campaign_resumes_to_the_same_rows(tmp_path, engine):
 def test_a_nan_parameter_campaign_runs_again(tmp_path):
     """value: nan is stored as NaN; resuming (and re-running a finished store) compares the
     redrawn faults with the stored ones as JSON, where NaN equals NaN."""
-    over = {"sampler.fault_model": "value", "sampler.params": {"value": float("nan")}, "sampler.bits": None}
+    over = {
+        "sampler.fault_model": "value",
+        "sampler.params": {"value": float("nan")},
+        "sampler.bits": None,
+    }
     campaign(tmp_path, **over).run()
     store = tmp_path / "run/campaign.sqlite"
     ref = rows(store)

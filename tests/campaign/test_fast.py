@@ -676,11 +676,17 @@ def test_random_fault_models_give_the_same_runs_however_they_are_batched():
     golden = golden_run(model, x, 256)
     faults = [
         Fault("0", "output", index=(1, 2, 3), model="random_value", params={"low": -4, "high": 4}),
-        Fault("0", "weight", index=(2, 1, 0, 1), model="random_value", params={"low": -4, "high": 4}),
+        Fault(
+            "0", "weight", index=(2, 1, 0, 1), model="random_value", params={"low": -4, "high": 4}
+        ),
         Fault("3", "output", index=(2,), model="random_value"),  # a random bit pattern
     ]
     whole = [RunTask(k, (f,), tuple(range(12))) for k, f in enumerate(faults)]
-    split = [RunTask(k, (f,), ids) for k, f in enumerate(faults) for ids in ((3, 0, 7), (1, 2, 4, 5, 6, 8, 9, 10, 11))]
+    split = [
+        RunTask(k, (f,), ids)
+        for k, f in enumerate(faults)
+        for ids in ((3, 0, 7), (1, 2, 4, 5, 6, 8, 9, 10, 11))
+    ]
 
     def by_run(records):
         return {(r.fault_id, r.input_id): r for r in records}
@@ -694,9 +700,11 @@ def test_random_fault_models_give_the_same_runs_however_they_are_batched():
     ):
         for tasks in (whole, split):
             got = by_run(engine.run(tasks))
-            assert same_records(
-                [got[k] for k in sorted(got)], [ref[k] for k in sorted(ref)]
-            ), (type(engine).__name__, engine.batch_size, tasks is split)
+            assert same_records([got[k] for k in sorted(got)], [ref[k] for k in sorted(ref)]), (
+                type(engine).__name__,
+                engine.batch_size,
+                tasks is split,
+            )
 
 
 class _NarrowSigmoid(nn.Module):

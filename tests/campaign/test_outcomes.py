@@ -63,16 +63,24 @@ def test_small_change_that_keeps_top1_is_benign():
 
 
 def test_nan_is_due():
-    run = outcome_of(Fault("2", "output", index=(0,), model="value", params={"value": float("nan")}))
+    run = outcome_of(
+        Fault("2", "output", index=(0,), model="value", params={"value": float("nan")})
+    )
     assert run.outcome == "due"
     # an exponent flip of 0.5 to all-ones gives infinity: also a DUE
-    run = outcome_of(Fault("3", "output", index=(1,), bits=(23, 24, 25, 26, 27, 28, 29, 30), model="stuck_at_1"))
+    run = outcome_of(
+        Fault("3", "output", index=(1,), bits=(23, 24, 25, 26, 27, 28, 29, 30), model="stuck_at_1")
+    )
     assert run.outcome == "due" and run.error is None
 
 
 def test_module_that_raises_under_the_fault_is_due_and_campaign_goes_on():
     # bit 30 of the 0.5 pre-activation gives ~1.7e38, which Guard refuses
-    res = run_campaign(crafted_model(), X, [Fault("0", "output", index=(1,), bits=(30,)), Fault("0", "output", index=(0,), bits=(0,))])
+    res = run_campaign(
+        crafted_model(),
+        X,
+        [Fault("0", "output", index=(1,), bits=(30,)), Fault("0", "output", index=(0,), bits=(0,))],
+    )
     assert [r.outcome for r in res.runs] == ["due", "masked"]
     assert "value out of range" in res.runs[0].error
     assert res.outcome_counts() == {"masked": 1, "benign": 0, "sdc": 0, "due": 1}
@@ -83,7 +91,9 @@ def test_topk_and_tolerance_criteria():
     f = torch.tensor([[2.0, 3.0, 1.0]])
     assert OUTCOMES[int(classify(g, f)[0][0])] == "sdc"
     assert OUTCOMES[int(classify(g, f, Criterion("topk", topk=2))[0][0])] == "benign"
-    assert OUTCOMES[int(classify(g, g + 0.5, Criterion("tolerance", tolerance=1.0))[0][0])] == "benign"
+    assert (
+        OUTCOMES[int(classify(g, g + 0.5, Criterion("tolerance", tolerance=1.0))[0][0])] == "benign"
+    )
     assert OUTCOMES[int(classify(g, g + 2.0, Criterion("tolerance", tolerance=1.0))[0][0])] == "sdc"
     with pytest.raises(ValueError, match="criterion"):
         Criterion("top5")
@@ -93,7 +103,9 @@ def test_only_correct_filters_inputs():
     model = crafted_model()
     x = torch.ones(3, 2)
     labels = torch.tensor([1, 0, 1])  # golden top-1 is 1 for every row
-    res = run_campaign(model, x, [Fault("3", "output", index=(2,), bits=(30,))], labels, only_correct=True)
+    res = run_campaign(
+        model, x, [Fault("3", "output", index=(2,), bits=(30,))], labels, only_correct=True
+    )
     assert sorted(r.input_id for r in res.runs) == [0, 2]
     with pytest.raises(ValueError, match="labels"):
         run_campaign(model, x, [Fault("2", "output", index=(2,), bits=(30,))], only_correct=True)
@@ -146,11 +158,16 @@ def test_every_fault_on_every_input_and_model_unchanged():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(6, 4)
-    faults = [Fault("0", "weight", index=(i % 8, i % 4), bits=(b,)) for i, b in enumerate((0, 10, 23, 30, 31))]
+    faults = [
+        Fault("0", "weight", index=(i % 8, i % 4), bits=(b,))
+        for i, b in enumerate((0, 10, 23, 30, 31))
+    ]
     faults.append(Fault("1", "output", index=(3,), bits=(30,)))
     res = run_campaign(model, x, faults)
     assert len(res) == len(faults) * 6
-    assert {(r.fault_id, r.input_id) for r in res.runs} == {(k, i) for k in range(len(faults)) for i in range(6)}
+    assert {(r.fault_id, r.input_id) for r in res.runs} == {
+        (k, i) for k in range(len(faults)) for i in range(6)
+    }
     assert sum(res.outcome_counts().values()) == len(res)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
@@ -169,10 +186,22 @@ def test_every_fault_on_every_input_and_model_unchanged():
         for r in (r for r in res.runs if r.fault_id == k):
             same = torch.equal(out[r.input_id], golden[r.input_id])
             finite = bool(torch.isfinite(out[r.input_id]).all())
-            expected = "masked" if same else "due" if not finite else "sdc" if int(out[r.input_id].argmax()) != int(golden[r.input_id].argmax()) else "benign"
+            expected = (
+                "masked"
+                if same
+                else "due"
+                if not finite
+                else "sdc"
+                if int(out[r.input_id].argmax()) != int(golden[r.input_id].argmax())
+                else "benign"
+            )
             assert r.outcome == expected
             if r.outcome not in ("masked", "due"):
-                assert math.isclose(r.max_abs_diff, float((out[r.input_id] - golden[r.input_id]).detach().abs().max()), rel_tol=1e-6)
+                assert math.isclose(
+                    r.max_abs_diff,
+                    float((out[r.input_id] - golden[r.input_id]).detach().abs().max()),
+                    rel_tol=1e-6,
+                )
 
 
 def test_masked_is_exact_whatever_the_batch_composition():
@@ -180,7 +209,9 @@ def test_masked_is_exact_whatever_the_batch_composition():
     # swallowed by the ReLU, so every run is masked, although a batch of 8 and a batch of 1 give
     # outputs that differ in the last bits on CPU.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)
+    ).eval()
     with torch.no_grad():
         model[0].bias[0] = -100.0
     x = torch.randn(8, 1, 8, 8)

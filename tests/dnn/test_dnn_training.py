@@ -322,7 +322,9 @@ def test_train_and_test_without_lightning(monkeypatch, tmp_path, capsys) -> None
     assert list(tmp_path.iterdir()) == []
     monkeypatch.delitem(sys.modules, "torchfault.dnn._lightning", raising=False)
     monkeypatch.delitem(dnn.__dict__, "ClassifierModule", raising=False)
-    with pytest.raises(TorchFaultError, match="ClassifierModule needs PyTorch Lightning.*torchfault\\[train\\]"):
+    with pytest.raises(
+        TorchFaultError, match="ClassifierModule needs PyTorch Lightning.*torchfault\\[train\\]"
+    ):
         dnn.ClassifierModule  # noqa: B018 - the lazy import is the test
 
 

@@ -228,5 +228,7 @@ def test_a_format_override_that_does_not_fit_names_the_target():
         ("num_batches_tracked", "int64"),
     }
     # BatchNorm's int64 num_batches_tracked cannot be seen as float16: the error says which
-    with pytest.raises(TorchFaultError, match=r"1:num_batches_tracked: .*int64.*Narrow the targets"):
+    with pytest.raises(
+        TorchFaultError, match=r"1:num_batches_tracked: .*int64.*Narrow the targets"
+    ):
         fault_space(model, x, kinds="buffers", format="float16")

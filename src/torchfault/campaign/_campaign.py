@@ -514,9 +514,7 @@ class Campaign:
             return True
         return False
 
-    def _check_stored_faults(
-        self, store: Any, known: set[int], done: set[tuple[int, int]]
-    ) -> None:
+    def _check_stored_faults(self, store: Any, known: set[int], done: set[tuple[int, int]]) -> None:
         """A resumed store must hold the faults this sampler draws: fault k is redrawn from
         (seed, k) for the runs still missing, so a sampler that changed (another torchfault
         version) would otherwise mix two samples. Checked on every fault with runs missing and
@@ -528,8 +526,7 @@ class Campaign:
         check.update(
             fid
             for fid in stored_ids
-            if fid < len(self.sampler)
-            and any((fid, i) not in done for i in self._inputs_for(fid))
+            if fid < len(self.sampler) and any((fid, i) not in done for i in self._inputs_for(fid))
         )
         stored = store.faults(check)
         for fid in sorted(check):

@@ -150,9 +150,7 @@ def _random_faults(task: RunTask) -> bool:
 def run_seed(task: RunTask, input_id: int) -> int:
     """The seed of the generator of random fault models for one run: a stable hash of the
     task's faults, its fault id and the input (the same in every process and session)."""
-    text = json.dumps(
-        [task.fault_id, input_id, [f.to_dict() for f in task.faults]], sort_keys=True
-    )
+    text = json.dumps([task.fault_id, input_id, [f.to_dict() for f in task.faults]], sort_keys=True)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 

@@ -39,7 +39,9 @@ class Criterion:
 
     def __post_init__(self) -> None:
         if self.name not in ("top1", "topk", "tolerance"):
-            raise TorchFaultError(f"criterion: {self.name!r} is not valid; choose top1, topk or tolerance.")
+            raise TorchFaultError(
+                f"criterion: {self.name!r} is not valid; choose top1, topk or tolerance."
+            )
         if self.topk < 1:
             raise TorchFaultError(f"criterion.topk must be >= 1, got {self.topk}.")
         if self.tolerance < 0:
@@ -77,20 +79,28 @@ def classify(
     criterion = criterion or Criterion()
     g, f = _flat(golden).detach(), _flat(faulty).detach()
     if g.shape != f.shape:
-        raise TorchFaultError(f"faulty output shape {tuple(f.shape)} differs from golden {tuple(g.shape)}.")
+        raise TorchFaultError(
+            f"faulty output shape {tuple(f.shape)} differs from golden {tuple(g.shape)}."
+        )
     same = output_words_equal(g, f)
     gf, ff = g.double(), f.double()
     finite = torch.isfinite(ff).all(dim=1)
     diff = (ff - gf).abs()
     diff = torch.where(torch.isfinite(diff), diff, torch.full_like(diff, float("inf")))
-    max_diff = diff.max(dim=1).values if diff.shape[1] else torch.zeros(diff.shape[0], dtype=torch.float64)
+    max_diff = (
+        diff.max(dim=1).values if diff.shape[1] else torch.zeros(diff.shape[0], dtype=torch.float64)
+    )
     g_top = gf.argmax(dim=1)
     f_top = torch.where(torch.isnan(ff), torch.full_like(ff, -float("inf")), ff).argmax(dim=1)
     if criterion.name == "top1":
         changed = g_top != f_top
     elif criterion.name == "topk":
         k = min(criterion.topk, ff.shape[1])
-        topk = torch.where(torch.isnan(ff), torch.full_like(ff, -float("inf")), ff).topk(k, dim=1).indices
+        topk = (
+            torch.where(torch.isnan(ff), torch.full_like(ff, -float("inf")), ff)
+            .topk(k, dim=1)
+            .indices
+        )
         changed = ~(topk == g_top[:, None]).any(dim=1)
     else:
         changed = max_diff > criterion.tolerance

@@ -574,7 +574,6 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-
 def _classifier(cfg: TrainConfig | TestConfig, model: nn.Module, **training: Any) -> Any:
     """The ``ClassifierModule`` of a train or test config around ``model`` (with what rebuilds
     the model from a checkpoint: its name, dataset and options)."""
@@ -588,6 +587,7 @@ def _classifier(cfg: TrainConfig | TestConfig, model: nn.Module, **training: Any
         dataset_options=dict(cfg.dataset_options),
         **training,
     )
+
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.dataset`` with Lightning; see the module docstring.

@@ -443,7 +443,9 @@ class Sampler(abc.ABC):
 
     def _locate(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fault numbers to (site, element, bit) arrays; single-fault samplers define it."""
-        raise TorchFaultError(f"the {self.name} sampler draws fault sets, not single faults; use draw(k).")
+        raise TorchFaultError(
+            f"the {self.name} sampler draws fault sets, not single faults; use draw(k)."
+        )
 
     def _pairs_to_site(self, pair: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Global pair numbers (site by site, element by element, bit by bit) to site/element/bit."""
