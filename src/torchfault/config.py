@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -39,37 +41,147 @@ __all__ = ["load_yaml", "apply_overrides", "from_dict", "to_dict", "dump_yaml", 
 C = TypeVar("C")
 
 
+#: The most nodes (mappings, sequences and scalars, counted with every alias expanded) a config
+#: file may hold. Real configs hold a few hundred; ten lines of nested aliases (a "billion
+#: laughs" file) expand to 10^8 and more, which would take minutes and gigabytes to walk.
+MAX_CONFIG_NODES = 100_000
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """Nodes of ``data`` counted as if every alias were expanded, stopping past ``limit``.
+
+    YAML aliases load as shared objects, so the walk memoizes each container's size by identity:
+    its cost is the number of distinct containers, however large the expansion.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(obj: Any) -> int:
+        if not isinstance(obj, (dict, list)):
+            return 1
+        key = id(obj)
+        if key in sizes:
+            return sizes[key]
+        if key in active:  # a recursive alias (``&a [*a]``) expands without end
+            return limit + 1
+        active.add(key)
+        total = 1
+        items = [x for kv in obj.items() for x in kv] if isinstance(obj, dict) else obj
+        for item in items:
+            total += size(item)
+            if total > limit:
+                break
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(data)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``safe_load``; a missing file or a non-mapping is a ConfigError."""
+    """Read a YAML mapping with ``safe_load``; a missing, unreadable, non-UTF-8, oversized or
+    non-mapping file is a ConfigError naming the file.
+
+    A file whose tree, with every YAML alias expanded, would hold more than
+    :data:`MAX_CONFIG_NODES` values is refused before anything walks it (aliases load as shared
+    objects, which is cheap; expanding them is not).
+
+    Example:
+        >>> import os, tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "c.yaml")
+        >>> _ = open(p, "w").write("a: &x [1, 2]\\nb: *x\\n")
+        >>> load_yaml(p)
+        {'a': [1, 2], 'b': [1, 2]}
+    """
     p = Path(path)
+    shown = _shown(p)
     if not p.is_file():
-        raise ConfigError(f"config: no such file {str(p)!r}.")
+        raise ConfigError(f"config: no such file {shown}.", field="config")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {shown}: {exc.strerror}.", field="config") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config: {shown} is not UTF-8 text (byte {raw[exc.start : exc.start + 1]!r} at "
+            f"offset {exc.start}, line {line}); save it as UTF-8.",
+            field="config",
+        ) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config: {shown} is not valid YAML: {exc}", field="config") from None
+    except RecursionError:
+        raise ConfigError(f"config: {shown} is nested too deeply.", field="config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config: {p} must hold a mapping at the top, got {type(data).__name__}.")
+        raise ConfigError(
+            f"config: {shown} must hold a mapping at the top, got {type(data).__name__}.",
+            field="config",
+        )
+    if _expanded_size(data, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+        raise ConfigError(
+            f"config: {shown} holds more than {MAX_CONFIG_NODES:,} values once its YAML aliases "
+            "(*name) are expanded; a config this large is refused (write the values out, or "
+            "use fewer nested aliases).",
+            field="config",
+        )
     return data
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def _shown(path: str | Path) -> str:
+    """A file name as printable text, quoted (undecodable bytes of the name escaped)."""
+    return safe_text(repr(str(path)))
+
+
+def safe_text(text: str) -> str:
+    """``text`` with lone surrogates (the undecodable bytes of a file name, as Python reads
+    them from the command line) written as ``\\xNN`` escapes, so it can always be printed and
+    logged.
+
+    Example:
+        >>> safe_text("runs/\\udcff.sqlite")
+        'runs/\\\\xff.sqlite'
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, copied: set[int]) -> None:
+    """Set ``a.b.c`` in ``data``, copying each mapping on the way (once) instead of changing it."""
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
         child = node.get(part)
         if not isinstance(child, dict):
             child = {}
-            node[part] = child
+        elif id(child) not in copied:
+            child = dict(child)
+        copied.add(id(child))
+        node[part] = child
         node = child
     node[parts[-1]] = value
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``["--a.b", "1", "--c=x"]`` to a nested dict (values parsed as YAML scalars)."""
-    out: dict[str, Any] = _deepcopy(dict(data))
+    """Apply ``["--a.b", "1", "--c=x"]`` to a nested dict (values parsed as YAML scalars).
+
+    ``data`` is left unchanged: only the mappings on the path of an override are copied, so the
+    cost does not grow with the rest of the tree (YAML aliases stay shared, never expanded).
+
+    Example:
+        >>> apply_overrides({"a": {"b": 1}}, ["--a.b", "2", "--c=x"])
+        {'a': {'b': 2}, 'c': 'x'}
+    """
+    out: dict[str, Any] = dict(data)
+    copied: set[int] = {id(out)}
     i = 0
     while i < len(overrides):
         tok = overrides[i]
@@ -82,28 +194,30 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
             key, raw = key.split("=", 1)
         else:
             if i + 1 >= len(overrides):
-                raise ConfigError(f"override --{key}: missing value.")
+                raise ConfigError(f"override --{key}: missing value.", field=key)
             i += 1
             raw = overrides[i]
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        _set_dotted(out, key.replace("-", "_"), value)
+        _set_dotted(out, key.replace("-", "_"), value, copied)
         i += 1
     return out
 
 
-def _deepcopy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _deepcopy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deepcopy(v) for v in obj]
-    return obj
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+#: Integers in a config must fit a signed 64-bit word: what torch, numpy and SQLite store.
+INT_MAX = 2**63 - 1
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a message never echoes a whole tree)."""
+    text = safe_text(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -114,21 +228,22 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        real = [arg for arg in args if arg is not type(None)]
+        if len(real) == 1:  # an optional value: the one type's own error is the clearest
+            return _convert(real[0], value, where)
+        for arg in real:
             try:
                 return _convert(arg, value, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}.")
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_short(value)}.", field=where)
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
             raise ConfigError(
-                f"{where}: {value!r} is not valid; choose one of {', '.join(map(repr, allowed))}."
-                f"{suggest(str(value), [str(a) for a in allowed])}"
+                f"{where}: {_short(value)} is not valid; choose one of "
+                f"{', '.join(map(repr, allowed))}.{suggest(str(value), [str(a) for a in allowed])}",
+                field=where,
             )
         return value
     if dataclasses.is_dataclass(tp):
@@ -136,7 +251,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(
-                f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}."
+                f"{where}: expected a mapping of {tp.__name__} fields, got {_short(value)}.",
+                field=where,
             )
         return from_dict(tp, value, prefix=where)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
@@ -145,7 +261,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}.")
+                raise ConfigError(
+                    f"{where}: expected {len(args)} items, got {len(value)}.", field=where
+                )
             return tuple(
                 _convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))
             )
@@ -154,32 +272,51 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return tuple(items) if origin is tuple or tp is tuple else items
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}.")
+            raise ConfigError(f"{where}: expected a mapping, got {_short(value)}.", field=where)
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}.")
+        raise ConfigError(f"{where}: expected true or false, got {_short(value)}.", field=where)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: expected an integer, got {value!r}.")
+                value = int(value)
+            else:
+                raise ConfigError(
+                    f"{where}: expected an integer, got {_short(value)}.", field=where
+                )
+        if not -INT_MAX - 1 <= value <= INT_MAX:
+            raise ConfigError(
+                f"{where}: {value:.4g} does not fit a 64-bit integer (valid: -2**63 to 2**63 - 1).",
+                field=where,
+            )
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            number = None
             if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ConfigError(f"{where}: expected a number, got {value!r}.")
-        return float(value)
+                with contextlib.suppress(ValueError):
+                    number = float(value)
+            if number is None:
+                raise ConfigError(f"{where}: expected a number, got {_short(value)}.", field=where)
+            value = number
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(
+                f"{where}: {_short(value)} is too large for a float.", field=where
+            ) from None
+        if math.isnan(value):
+            raise ConfigError(
+                f"{where}: expected a number, got NaN (no setting is NaN).", field=where
+            )
+        return value
     if tp is str:
         if not isinstance(value, str):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return str(value)
-            raise ConfigError(f"{where}: expected a string, got {value!r}.")
+            raise ConfigError(f"{where}: expected a string, got {_short(value)}.", field=where)
         return value
     return value
 
@@ -187,31 +324,50 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
     """Build dataclass ``cls`` from a mapping; unknown keys and bad values name their field.
 
-    ``ValueError`` raised by the dataclass's ``__post_init__`` is re-raised as a ConfigError that
-    keeps its message (which names the field).
+    A ``ValueError`` or ``TypeError`` raised by the dataclass's ``__post_init__`` is re-raised
+    as a ConfigError that keeps its message (which names the field) and carries the field: the
+    error's own ``field`` (under ``prefix``) where it has one, else ``prefix``.
+    A class may list renamed keys in ``_renamed_fields = {"old": "new"}``: an old key is
+    refused with an error naming the new one.
     """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}.")
+        raise ConfigError(
+            f"{prefix or 'config'}: expected a mapping, got {_short(data)}.", field=prefix or None
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    renamed: dict[str, str] = getattr(cls, "_renamed_fields", {})
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
+            if key in renamed:
+                new = f"{prefix}.{renamed[key]}" if prefix else renamed[key]
+                raise ConfigError(
+                    f"{where}: this key was renamed; write {new} instead.", field=where
+                )
             raise ConfigError(
                 f"{where}: unknown field. Valid fields of {prefix or 'the config'}: "
-                f"{', '.join(fields)}.{suggest(str(key), fields)}"
+                f"{', '.join(fields)}.{suggest(str(key), fields)}",
+                field=where,
             )
         kwargs[key] = _convert(hints[key], value, where)
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
     except (ValueError, TypeError) as exc:
         msg = str(exc)
+        own = getattr(exc, "field", None)
         if prefix and not msg.startswith(prefix):
             msg = f"{prefix}: {msg}"
-        raise ConfigError(msg) from None
+        if own is None:
+            field = prefix or None
+        elif prefix and not own.startswith(prefix + "."):
+            field = f"{prefix}.{own}"
+        else:
+            field = own
+        if isinstance(exc, ConfigError) and own == field and msg == str(exc):
+            raise
+        raise ConfigError(msg, field=field) from None
 
 
 def to_dict(obj: Any) -> Any:
