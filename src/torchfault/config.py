@@ -40,6 +40,9 @@ __all__ = ["load_yaml", "apply_overrides", "from_dict", "to_dict", "dump_yaml", 
 
 C = TypeVar("C")
 
+#: Integers in a config must fit a signed 64-bit word: what torch, numpy and SQLite store.
+INT_MAX = 2**63 - 1
+
 
 #: The most nodes (mappings, sequences and scalars, counted with every alias expanded) a config
 #: file may hold. Real configs hold a few hundred; ten lines of nested aliases (a "billion
@@ -154,6 +157,35 @@ def safe_text(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def check_seed(value: Any, field: str = "seed", maximum: int = INT_MAX) -> int:
+    """``value`` if it is an integer seed in ``[0, maximum]``, else a ConfigError naming
+    ``field`` (a seed of 2**64 would otherwise fail deep in torch, naming nothing).
+
+    Example:
+        >>> check_seed(7)
+        7
+        >>> check_seed(2**64)
+        Traceback (most recent call last):
+        ...
+        torchfault.errors.ConfigError: seed: must be an integer in [0, 2**63 - 1] (it seeds torch and numpy and is stored in SQLite), got 18446744073709551616.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2.0**64:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        bound = "2**63 - 1" if maximum == INT_MAX else f"{maximum:,}"
+        why = (
+            " (it seeds torch and numpy and is stored in SQLite)"
+            if maximum == INT_MAX
+            else " (Lightning seeds numpy with 32 bits)"
+            if maximum == 2**32 - 1
+            else ""
+        )
+        raise ConfigError(
+            f"{field}: must be an integer in [0, {bound}]{why}, got {_short(value)}.", field=field
+        )
+    return value
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any, copied: set[int]) -> None:
     """Set ``a.b.c`` in ``data``, copying each mapping on the way (once) instead of changing it."""
     parts = key.split(".")
@@ -208,10 +240,6 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-#: Integers in a config must fit a signed 64-bit word: what torch, numpy and SQLite store.
-INT_MAX = 2**63 - 1
 
 
 def _short(value: Any, limit: int = 80) -> str:

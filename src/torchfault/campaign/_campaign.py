@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchfault.campaign._config import CampaignConfig
+from torchfault.campaign._config import CampaignConfig, check_topk
 from torchfault.campaign._engine import ENGINES, Engine, RunTask
 from torchfault.campaign._executors import EXECUTORS
 from torchfault.campaign._outcome import Criterion
@@ -295,6 +295,8 @@ class Campaign:
                 f"({type(exc).__name__}: {exc}). Check that the model is built for this data "
                 "(model.dataset, model.kwargs, data.kwargs)."
             ) from exc
+        if cfg.outcome.topk != 1 or cfg.outcome.criterion == "topk":
+            check_topk(self.golden, cfg.outcome.topk, "outcome.topk")
         top1 = self.golden.reshape(self.golden.shape[0], -1).argmax(dim=1)
         ids = list(range(self.inputs.shape[0]))
         if cfg.data.only_correct and self.labels is not None:

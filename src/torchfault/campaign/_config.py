@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from torchfault.analysis._stats import INTERVAL_METHODS
-from torchfault.errors import suggest
+from torchfault.campaign._fast._options import FastOptions
+from torchfault.config import check_seed
+from torchfault.errors import ConfigError, suggest
 from torchfault.faults._targets import normalize_kinds
 
 __all__ = [
@@ -20,11 +24,39 @@ __all__ = [
     "EngineConfig",
     "ExecutorConfig",
     "StoreConfig",
+    "check_topk",
 ]
 
 #: Samplers whose fault numbers run stratum after stratum (or site by site): an adaptive
 #: campaign, which stops after the first rounds of fault numbers, would see only the first strata.
 _ORDERED_SAMPLERS = ("per_layer", "per_bit", "exhaustive")
+
+
+def check_topk(golden: Any, topk: int, field: str = "topk") -> None:
+    """A ``topk`` criterion must leave room for an SDC: ``1 <= topk < classes`` (with ``topk``
+    at or above the number of classes the golden class is always in the faulty top-k, and no run
+    could ever be an SDC). A ConfigError naming ``field`` otherwise; checked on the golden
+    outputs, before anything is stored.
+
+    Example:
+        >>> import torch
+        >>> check_topk(torch.zeros(2, 10), 9)
+        >>> check_topk(torch.zeros(2, 10), 11, "outcome.topk")
+        Traceback (most recent call last):
+        ...
+        torchfault.errors.ConfigError: outcome.topk: must be in [1, 9] for a model with 10 output classes, got 11 (the golden class is always among the top 10, so no run could ever be an SDC).
+    """
+    shape = getattr(golden, "shape", None)
+    if shape is None or len(shape) < 1 or shape[0] == 0:
+        return  # not one tensor of rows: the criterion's own checks apply
+    classes = math.prod(shape[1:])
+    if classes > 1 and not 1 <= topk < classes:
+        raise ConfigError(
+            f"{field}: must be in [1, {classes - 1}] for a model with {classes} output classes, "
+            f"got {topk} (the golden class is always among the top {classes}, so no run could "
+            "ever be an SDC).",
+            field=field,
+        )
 
 
 @dataclass
@@ -48,7 +80,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not self.name:
-            raise ValueError("model.name: must name a zoo model or a 'module:function' factory.")
+            raise ConfigError(
+                "model.name: must name a zoo model or a 'module:function' factory.",
+                field="model.name",
+            )
 
 
 @dataclass
@@ -71,7 +106,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.num_inputs < 0:
-            raise ValueError(f"data.num_inputs: must be >= 0 (0 means all), got {self.num_inputs}.")
+            raise ConfigError(
+                f"data.num_inputs: must be >= 0 (0 means all), got {self.num_inputs}.",
+                field="data.num_inputs",
+            )
 
 
 @dataclass
@@ -89,10 +127,20 @@ class TargetsConfig:
     format: str | None = None
 
     def __post_init__(self) -> None:
+        for i, selector in enumerate(self.modules):
+            if isinstance(selector, str) and selector.startswith("re:"):
+                try:
+                    re.compile(selector[3:])
+                except re.error as exc:
+                    raise ConfigError(
+                        f"targets.modules[{i}]: {selector!r} is not a valid regular expression "
+                        f"({exc}); write re:<Python regex>, e.g. 're:layer1\\..*'.",
+                        field=f"targets.modules[{i}]",
+                    ) from None
         try:
             self.kinds = list(normalize_kinds(self.kinds))
         except ValueError as exc:
-            raise ValueError(f"targets.kinds: {exc}") from None
+            raise ConfigError(f"targets.kinds: {exc}", field="targets.kinds") from None
 
 
 @dataclass
@@ -135,46 +183,69 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.margin is not None and not 0.0 < self.margin < 1.0:
-            raise ValueError(f"sampler.margin: must be in (0, 1), got {self.margin}.")
+            raise ConfigError(
+                f"sampler.margin: must be in (0, 1), got {self.margin}.", field="sampler.margin"
+            )
         if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"sampler.confidence: must be in (0, 1), got {self.confidence}.")
+            raise ConfigError(
+                f"sampler.confidence: must be in (0, 1), got {self.confidence}.",
+                field="sampler.confidence",
+            )
         if self.n is not None and self.n < 1:
-            raise ValueError(f"sampler.n: must be >= 1, got {self.n}.")
+            raise ConfigError(f"sampler.n: must be >= 1, got {self.n}.", field="sampler.n")
         if self.adaptive and self.margin is None:
-            raise ValueError("sampler.adaptive: needs sampler.margin (the target half-width).")
+            raise ConfigError(
+                "sampler.adaptive: needs sampler.margin (the target half-width).",
+                field="sampler.adaptive",
+            )
         if self.adaptive and self.name in _ORDERED_SAMPLERS:
             # these lay their fault numbers out stratum after stratum (site after site, bit after
             # bit): the first rounds would all hit one stratum, and the rule would stop on it
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.adaptive: the {self.name} sampler numbers its faults stratum after "
                 "stratum (site by site or bit by bit), so stopping early would leave the later "
                 "ones unsampled; use sampler.name: uniform (or ber) for an adaptive campaign, or "
-                "give sampler.n or sampler.margin without adaptive."
+                "give sampler.n or sampler.margin without adaptive.",
+                field="sampler.adaptive",
             )
         if self.name == "exhaustive" and self.n is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.n: the exhaustive sampler injects every (element, bit) pair, so a fault "
-                f"count does not apply (got {self.n}); leave sampler.n unset, or use another sampler."
+                f"count does not apply (got {self.n}); leave sampler.n unset, or use another sampler.",
+                field="sampler.n",
             )
         if self.max_faults < 1:
-            raise ValueError(f"sampler.max_faults: must be >= 1, got {self.max_faults}.")
+            raise ConfigError(
+                f"sampler.max_faults: must be >= 1, got {self.max_faults}.",
+                field="sampler.max_faults",
+            )
         if self.adaptive_step < 1:
-            raise ValueError(f"sampler.adaptive_step: must be >= 1, got {self.adaptive_step}.")
+            raise ConfigError(
+                f"sampler.adaptive_step: must be >= 1, got {self.adaptive_step}.",
+                field="sampler.adaptive_step",
+            )
         if self.persistence not in ("permanent", "transient"):
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.persistence: must be 'permanent' or 'transient', got {self.persistence!r}."
-                f"{suggest(self.persistence, ['permanent', 'transient'])}"
+                f"{suggest(self.persistence, ['permanent', 'transient'])}",
+                field="sampler.persistence",
             )
         if self.rate is not None and not 0.0 < self.rate <= 1.0:
-            raise ValueError(f"sampler.rate: must be in (0, 1], got {self.rate}.")
+            raise ConfigError(
+                f"sampler.rate: must be in (0, 1], got {self.rate}.", field="sampler.rate"
+            )
         if self.name == "ber":
             if self.rate is None:
-                raise ValueError("sampler.rate: the ber sampler needs a bit-error rate in (0, 1].")
+                raise ConfigError(
+                    "sampler.rate: the ber sampler needs a bit-error rate in (0, 1].",
+                    field="sampler.rate",
+                )
             if self.n is None and not self.adaptive:
-                raise ValueError(
+                raise ConfigError(
                     "sampler.n: the ber sampler needs sampler.n, the number of runs (each flips "
                     "Binomial(population, rate) bits; sampler.margin does not size it), or "
-                    "sampler.adaptive: true to stop on the SDC interval (at most sampler.max_faults runs)."
+                    "sampler.adaptive: true to stop on the SDC interval (at most sampler.max_faults runs).",
+                    field="sampler.n",
                 )
 
 
@@ -195,14 +266,27 @@ class OutcomeConfig:
 
     def __post_init__(self) -> None:
         if self.criterion not in ("top1", "topk", "tolerance"):
-            raise ValueError(
+            raise ConfigError(
                 f"outcome.criterion: {self.criterion!r} is not valid; choose top1, topk or tolerance."
-                f"{suggest(self.criterion, ['top1', 'topk', 'tolerance'])}"
+                f"{suggest(self.criterion, ['top1', 'topk', 'tolerance'])}",
+                field="outcome.criterion",
+            )
+        if isinstance(self.topk, bool) or not isinstance(self.topk, int):
+            raise ConfigError(
+                f"outcome.topk: must be an integer, got {self.topk!r}.", field="outcome.topk"
             )
         if self.topk < 1:
-            raise ValueError(f"outcome.topk: must be >= 1, got {self.topk}.")
+            raise ConfigError(f"outcome.topk: must be >= 1, got {self.topk}.", field="outcome.topk")
+        if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance)):
+            raise ConfigError(
+                f"outcome.tolerance: must be a finite number >= 0, got {self.tolerance!r} (with "
+                "NaN or infinity no run could ever be an SDC).",
+                field="outcome.tolerance",
+            )
         if self.tolerance < 0:
-            raise ValueError(f"outcome.tolerance: must be >= 0, got {self.tolerance}.")
+            raise ConfigError(
+                f"outcome.tolerance: must be >= 0, got {self.tolerance}.", field="outcome.tolerance"
+            )
 
 
 @dataclass
@@ -215,18 +299,25 @@ class EngineConfig:
         threads: torch intra-op threads per process (0: torch's default). One thread is the
             default: injection runs are small, and on a busy machine torch's thread pool spends
             more time waiting than computing; scale with ``executor.workers`` instead.
+        fast: the ``fast`` engine's tuning knobs (:class:`~torchfault.campaign.FastOptions`:
+            cache size, spatial windows, row checks); no knob changes a record.
     """
 
     name: str = "reference"
     batch_size: int = 256
     threads: int = 1
+    fast: FastOptions = field(default_factory=FastOptions)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"engine.batch_size: must be >= 1, got {self.batch_size}.")
+            raise ConfigError(
+                f"engine.batch_size: must be >= 1, got {self.batch_size}.",
+                field="engine.batch_size",
+            )
         if self.threads < 0:
-            raise ValueError(
-                f"engine.threads: must be >= 0 (0: torch's default), got {self.threads}."
+            raise ConfigError(
+                f"engine.threads: must be >= 0 (0: torch's default), got {self.threads}.",
+                field="engine.threads",
             )
 
 
@@ -249,9 +340,14 @@ class ExecutorConfig:
 
     def __post_init__(self) -> None:
         if self.workers < 1:
-            raise ValueError(f"executor.workers: must be >= 1, got {self.workers}.")
+            raise ConfigError(
+                f"executor.workers: must be >= 1, got {self.workers}.", field="executor.workers"
+            )
         if self.chunk_faults < 1:
-            raise ValueError(f"executor.chunk_faults: must be >= 1, got {self.chunk_faults}.")
+            raise ConfigError(
+                f"executor.chunk_faults: must be >= 1, got {self.chunk_faults}.",
+                field="executor.chunk_faults",
+            )
 
 
 @dataclass
@@ -275,10 +371,15 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
-            raise ValueError(f"store.chunk_size: must be >= 1, got {self.chunk_size}.")
+            raise ConfigError(
+                f"store.chunk_size: must be >= 1, got {self.chunk_size}.", field="store.chunk_size"
+            )
         for fmt in self.export:
             if fmt not in ("csv", "parquet"):
-                raise ValueError(f"store.export: {fmt!r} is not valid; choose csv and/or parquet.")
+                raise ConfigError(
+                    f"store.export: {fmt!r} is not valid; choose csv and/or parquet.",
+                    field="store.export",
+                )
 
 
 @dataclass
@@ -315,21 +416,23 @@ class CampaignConfig:
     def __post_init__(self) -> None:
         method = str(self.interval).lower().replace("-", "_")
         if method not in INTERVAL_METHODS:
-            raise ValueError(
+            raise ConfigError(
                 f"interval: {self.interval!r} is not valid; choose {' or '.join(INTERVAL_METHODS)}."
-                f"{suggest(method, INTERVAL_METHODS)}"
+                f"{suggest(method, INTERVAL_METHODS)}",
+                field="interval",
             )
         self.interval = method
-        if self.seed < 0:
-            raise ValueError(f"seed: must be >= 0, got {self.seed}.")
+        check_seed(self.seed, "seed")
         if self.inputs_per_fault < 0:
-            raise ValueError(
-                f"inputs_per_fault: must be >= 0 (0 means all), got {self.inputs_per_fault}."
+            raise ConfigError(
+                f"inputs_per_fault: must be >= 0 (0 means all), got {self.inputs_per_fault}.",
+                field="inputs_per_fault",
             )
         s = self.sampler
         if s.n is None and s.margin is None and s.name not in ("exhaustive", "ber"):
-            raise ValueError(
-                "sampler: give sampler.n (a fault count) or sampler.margin and sampler.confidence."
+            raise ConfigError(
+                "sampler: give sampler.n (a fault count) or sampler.margin and sampler.confidence.",
+                field="sampler",
             )
 
     @property

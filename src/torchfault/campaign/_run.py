@@ -231,6 +231,10 @@ def run_campaign(
     model.eval()
     try:
         golden = golden_run(model, inputs, batch_size)
+        if crit.topk != 1 or crit.name == "topk":
+            from torchfault.campaign._config import check_topk
+
+            check_topk(golden, crit.topk)
         ids = list(range(inputs.shape[0]))
         if only_correct:
             if labels is None:
