@@ -10,6 +10,7 @@ Example:
 from typing import Any
 
 from torchfault.analysis._export import EXPORT_FORMATS, export_summaries
+from torchfault.analysis._html import StoreState, make_html_report, store_state
 from torchfault.analysis._stats import (
     INTERVAL_METHODS,
     beta_ppf,
@@ -27,6 +28,7 @@ from torchfault.analysis._summary import (
     Row,
     Summary,
     summarize,
+    summarize_store,
 )
 
 
@@ -40,21 +42,29 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_INTERVAL",
     "EXPORT_FORMATS",
     "GROUPS",
     "INTERVAL_METHODS",
     "OUTCOMES",
     "Accumulator",
+    "Estimate",
     "OutcomeAccumulator",
     "Rate",
     "Row",
+    "StoreState",
     "Summary",
     "beta_ppf",
+    "check_method",
     "clopper_pearson_interval",
+    "estimate",
+    "estimate_groups",
     "export_summaries",
     "interval",
+    "make_html_report",
     "make_report",
     "should_stop",
+    "store_state",
     "summarize",
     "wilson_interval",
 ]

@@ -7,6 +7,7 @@ making a report never changes the user's pyplot backend or global state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -143,12 +144,52 @@ def plot_outcome_mix(summary: Summary, path: str | os.PathLike[str]) -> Path:
     return _save(fig, Path(path))
 
 
+#: A breakdown longer than this goes to its own CSV file; report.md shows its top rows.
+MAX_MARKDOWN_ROWS = 60
+_TOP_ROWS = 20
+
+
+def _long_groups(summary: Summary) -> dict[str, tuple[Row, ...]]:
+    return {g: rows for g, rows in summary.groups.items() if len(rows) > MAX_MARKDOWN_ROWS}
+
+
+def _top_table(summary: Summary, group: str, rows: Sequence[Row], file: str) -> list[str]:
+    top = sorted(rows, key=lambda r: (-r.counts["sdc"], -r.n))[:_TOP_ROWS]
+    lines = [
+        f"### {summary._title(group)}",
+        "",
+        f"{len(rows):,} rows: every row is in [{file}]({file}) (and in report.html); "
+        f"the {len(top)} with the most SDC runs:",
+        "",
+        f"| {group} | runs | SDC | DUE | masked | benign |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in top:
+        key = str(row.key).replace("|", "\\|")
+        lines.append(
+            f"| {key} | {row.n} | {row.sdc.format()} | {row.due.format()} | "
+            f"{row.counts['masked']} | {row.counts['benign']} |"
+        )
+    return lines + [""]
+
+
 def _markdown(
-    summary: Summary, meta: dict[str, Any], store_path: Path, images: Sequence[tuple[str, Path]]
+    summary: Summary,
+    meta: dict[str, Any],
+    store_path: Path,
+    images: Sequence[tuple[str, Path]],
+    files: dict[str, str] | None = None,
+    state_text: str = "",
 ) -> str:
+    files = files or {}
+    long = {g: rows for g, rows in summary.groups.items() if g in files}
+    short = dataclasses.replace(
+        summary, groups={g: r for g, r in summary.groups.items() if g not in long}
+    )
     lines = [
         "# torchfault campaign report",
         "",
+        *([f"> **{state_text}**", ""] if state_text else []),
         f"- store: `{store_path}`",
         f"- created: {meta.get('created', '?')} with torchfault {meta.get('torchfault_version', '?')}",
         f"- seed: {meta.get('seed')}",
@@ -162,7 +203,12 @@ def _markdown(
             f"**SDC rate {sdc.format()}**, **DUE rate {due.format()}** ({_label(summary)}).",
             "",
         ]
-    lines += ["## Summary", "", summary.to_markdown().replace("### ", "#### "), "## Plots", ""]
+    lines += ["## Summary", "", short.to_markdown().replace("### ", "#### ")]
+    for group, rows in long.items():
+        lines += [
+            line.replace("### ", "#### ") for line in _top_table(summary, group, rows, files[group])
+        ]
+    lines += ["## Plots", ""]
     for title, image in images:
         lines += [f"### {title}", "", f"![{title}]({image.name})", ""]
     lines += [
@@ -186,8 +232,13 @@ def make_report(
     confidence: float = 0.95,
     method: str = "wilson",
     per_element: bool = False,
+    html: bool = False,
 ) -> list[Path]:
     """Write the plots, ``summary.json`` and ``report.md`` of a stored campaign.
+
+    A breakdown of more than :data:`MAX_MARKDOWN_ROWS` rows (per element, mostly) is written to
+    ``summary_<group>.csv`` and ``report.md`` shows its rows with the most SDC runs. A store whose
+    campaign is still running, or stopped before it finished, says so at the top.
 
     Args:
         store_path: the campaign's SQLite store.
@@ -195,10 +246,13 @@ def make_report(
         confidence: confidence level of the intervals.
         method: ``"wilson"`` or ``"clopper_pearson"``.
         per_element: also break down per element (in the JSON and Markdown).
+        html: also write ``report.html``, one self-contained page with sortable tables
+            (:func:`~torchfault.analysis.make_html_report`).
 
     Returns:
         The files written: ``rate_per_layer.png``, ``rate_per_bit.png``, ``outcome_mix.png``,
-        ``summary.json`` and ``report.md``.
+        ``summary.json`` and ``report.md``, then any ``summary_<group>.csv`` of long breakdowns
+        and ``report.html``.
 
     Example:
         >>> import tempfile, pathlib
@@ -215,10 +269,14 @@ def make_report(
 
     store_path = Path(store_path)
     _figure(1, 1)  # fail early, naming the extra, when matplotlib is missing
+    from torchfault.analysis._html import make_html_report, store_state
+
     with open_store(store_path) as store:
         summary = store.summary(confidence, method, per_element=per_element)
         meta = store.meta()
+        state = store_state(meta, store.count_runs())
     out = Path(out_dir) if out_dir is not None else store_path.parent
+    tables = {g: f"summary_{g}.csv" for g in _long_groups(summary)}
     try:
         out.mkdir(parents=True, exist_ok=True)
         images = [
@@ -234,8 +292,15 @@ def make_report(
         ]
         summary_json = out / "summary.json"
         summary_json.write_text(json.dumps(summary.to_dict(), indent=1, default=str))
+        extra = [summary.to_csv(out / name, groups=[g]) for g, name in tables.items()]
         report = out / "report.md"
-        report.write_text(_markdown(summary, meta, store_path, images))
+        report.write_text(_markdown(summary, meta, store_path, images, tables, state.message()))
     except OSError as exc:
         raise TorchFaultError(f"cannot write the report into {str(out)!r}: {exc}") from None
-    return [p for _, p in images] + [summary_json, report]
+    if html:
+        extra.append(
+            make_html_report(
+                store_path, out / "report.html", summary=summary, files=tables, plots=images
+            )
+        )
+    return [p for _, p in images] + [summary_json, report] + extra

@@ -22,7 +22,9 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import re
+import socket
 import sqlite3
 import sys
 import time
@@ -463,6 +465,9 @@ class Campaign:
             step = cfg.sampler.adaptive_step if adaptive else max(n_faults, 1)
             with executor, progress:
                 for first in range(0, n_faults, step):
+            # what a report of this store tells: being written (by this live process), or done
+            state = {"pid": os.getpid(), "host": socket.gethostname(), "planned_runs": total}
+            store.set_meta("state", {"status": "running", **state})
                     end = min(first + step, n_faults)
                     chunks = []
                     new_faults = []
@@ -494,6 +499,7 @@ class Campaign:
         return result
 
     def _adaptive_done(self, store: Any, below: int) -> bool:
+            store.set_meta("state", {"status": "complete", **state})
         """The stopping rule at a round boundary: over the runs of faults ``< below`` only."""
         from torchfault.analysis import interval
 

@@ -118,6 +118,7 @@ def _run_campaign(cfg: CampaignConfig, log_file: Path) -> int:
                     cfg.run_dir,
                     confidence=cfg.sampler.confidence,
                     method=cfg.interval,
+                    html=True,
                 )
             )
         except (ImportError, TorchFaultError) as exc:

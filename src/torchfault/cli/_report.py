@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from torchfault.cli import command
 from torchfault.errors import ConfigError, suggest
@@ -26,6 +28,10 @@ class ReportConfig:
         export: also export the runs and the summary tables: ``csv`` and/or ``parquet``, as a
             list or comma-separated (``--export csv,parquet``); writes ``runs.<format>`` and
             ``summary_<group>.<format>`` for the groups overall, layer, target, kind and bit.
+        html: also write ``report.html``: one self-contained page (sortable tables, the plots,
+            every breakdown) that opens in any browser, offline, on a phone too.
+        progress: show what is being done (a spinner on a terminal; lines when piped);
+            null: on a terminal only.
     """
 
     store: str = ""
@@ -34,6 +40,8 @@ class ReportConfig:
     method: Literal["wilson", "clopper_pearson"] = "wilson"
     per_element: bool = False
     export: list[str] | None = None
+    html: bool = False
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.confidence < 1.0:
@@ -57,9 +65,11 @@ class ReportConfig:
     positional=("store",),
 )
 def report_job(cfg: ReportConfig) -> int:
+    import sys
+
     from rich.console import Console
 
-    from torchfault.analysis import export_summaries, make_report
+    from torchfault.analysis import export_summaries, make_report, store_state
     from torchfault.store import open_store
 
     if not cfg.store:
@@ -69,21 +79,76 @@ def report_job(cfg: ReportConfig) -> int:
     if not Path(cfg.store).is_file():
         raise ConfigError(f"store: no such file {cfg.store!r}.")
     console = Console()
-    files = make_report(
-        cfg.store,
-        cfg.out_dir,
-        confidence=cfg.confidence,
-        method=cfg.method,
-        per_element=cfg.per_element,
-    )
-    out = files[0].parent
+    err = Console(stderr=True)
     with open_store(cfg.store) as store:
-        summary = store.summary(cfg.confidence, cfg.method, per_element=cfg.per_element)
-        summary.print(console)
-        for kind in cfg.export or ():
-            path = out / f"runs.{kind}"
-            files.append(store.export_csv(path) if kind == "csv" else store.export_parquet(path))
-    if cfg.export:
-        files += export_summaries(summary, out, cfg.export)
+        state = store_state(store.meta(), store.count_runs())
+        n_runs = state.runs
+    if state.message():
+        print(f"torchfault report: warning: {state.message()}", file=sys.stderr)
+    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    with _Stages(err, show) as stage:
+        stage(
+            f"summarising {n_runs:,} runs"
+            + (" per element" if cfg.per_element else "")
+            + ", drawing the plots, writing the report"
+            + (" and report.html" if cfg.html else "")
+        )
+        files = make_report(
+            cfg.store,
+            cfg.out_dir,
+            confidence=cfg.confidence,
+            method=cfg.method,
+            per_element=cfg.per_element,
+            html=cfg.html,
+        )
+        out = files[0].parent
+        stage("printing the summary")
+        with open_store(cfg.store) as store:
+            summary = store.summary(cfg.confidence, cfg.method, per_element=cfg.per_element)
+            if cfg.per_element:  # thousands of rows belong in the files, not on the screen
+                summary = dataclasses.replace(
+                    summary, groups={g: r for g, r in summary.groups.items() if g != "element"}
+                )
+            summary.print(console)
+            for kind in cfg.export or ():
+                stage(f"exporting the runs as {kind}")
+                path = out / f"runs.{kind}"
+                files.append(
+                    store.export_csv(path) if kind == "csv" else store.export_parquet(path)
+                )
+        if cfg.export:
+            files += export_summaries(summary, out, cfg.export)
+    if cfg.per_element:
+        console.print(
+            "per-element rates: "
+            + ", ".join(str(p) for p in files if p.name in ("report.html", "summary_element.csv"))
+            + f" (and {out / 'report.md'})"
+        )
     console.print("wrote " + ", ".join(str(p) for p in files))
     return 0
+
+
+class _Stages:
+    """What the report is doing: a spinner on a terminal, one line per stage when piped."""
+
+    def __init__(self, console: Any, show: bool) -> None:
+        self.console, self.show, self._status = console, show, None
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> _Stages:
+        if self.show and self.console.is_terminal:
+            self._status = self.console.status("")
+            self._status.__enter__()
+        return self
+
+    def __call__(self, text: str) -> None:
+        if not self.show:
+            return
+        if self._status is not None:
+            self._status.update(text + "...")
+        else:
+            self.console.print(f"[{time.perf_counter() - self._t0:5.1f} s] {text}...")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
