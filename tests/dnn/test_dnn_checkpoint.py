@@ -142,7 +142,9 @@ class _Custom:
 def test_weights_only_refuses_arbitrary_objects(tmp_path) -> None:
     path = tmp_path / "evil.pt.xz"
     dnn.save_checkpoint({"obj": _Custom()}, path)
-    with pytest.raises(TorchFaultError, match="weights_only.*_Custom") as err:
+    with pytest.raises(
+        TorchFaultError, match=r"evil.pt.xz.*code.*_Custom.*weights_only=True"
+    ) as err:
         dnn.load_checkpoint(path)
     # PyTorch's own message advises re-running with weights_only=False: not passed on
     msg = str(err.value)
@@ -197,3 +199,61 @@ def test_wrapped_model_whose_every_key_is_pruned_loads(tmp_path) -> None:
     torch.save({"state_dict": {f"model.{k}": v for k, v in w.state_dict().items()}}, path)
     fresh = dnn.load_weights(wrapped(), path)
     assert int((fresh.model[1].weight == 0).sum()) == 320
+
+
+class _Payload:
+    """Unpickling it would create the file ``marker`` (a stand-in for any program)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _loaders(tmp_path):
+    """Every way torchfault reads a checkpoint file."""
+    from torchfault.dnn import ClassifierModule, load_quantized
+    from torchfault.dnn._lightning import CompressedCheckpointIO
+
+    return {
+        "load_checkpoint": dnn.load_checkpoint,
+        "load_weights": lambda p: dnn.load_weights(dnn.create_model("mlp"), p),
+        "create_model": lambda p: dnn.create_model("mlp", weights=p),
+        "load_quantized": load_quantized,
+        "ClassifierModule.load_from_checkpoint": ClassifierModule.load_from_checkpoint,
+        "CompressedCheckpointIO": lambda p: CompressedCheckpointIO().load_checkpoint(p),
+    }
+
+
+@pytest.mark.parametrize("compression", ["none", "lzma"])
+@pytest.mark.parametrize(
+    "loader",
+    [
+        "load_checkpoint",
+        "load_weights",
+        "create_model",
+        "load_quantized",
+        "ClassifierModule.load_from_checkpoint",
+        "CompressedCheckpointIO",
+    ],
+)
+def test_every_loader_refuses_a_pickle_payload_naming_file_and_code(tmp_path, loader, compression):
+    """A checkpoint whose pickle calls code: no loader runs it; each names the file and the
+    blocked global, and none suggests weights_only=False (ClassifierModule's mask folding had
+    an unguarded torch.load that passed torch's advice on)."""
+    pytest.importorskip("lightning")
+    marker = tmp_path / "PAYLOAD_RAN"
+    path = tmp_path / "evil.ckpt"
+    payload = {"state_dict": {"model.fc1.weight": torch.ones(2)}, "x": _Payload(marker)}
+    dnn.save_checkpoint(payload, path, compression=compression)
+    before = path.read_bytes()
+    with pytest.raises(TorchFaultError) as err:
+        _loaders(tmp_path)[loader](path)
+    msg = str(err.value)
+    assert "evil.ckpt" in msg and "pathlib" in msg and "code" in msg, msg
+    assert "weights_only=False" not in msg and "Re-running" not in msg
+    assert not marker.exists()
+    assert path.read_bytes() == before

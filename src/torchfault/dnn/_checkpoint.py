@@ -51,6 +51,7 @@ __all__ = [
     "permanent_state_dict",
     "read_checkpoint_bytes",
     "save_checkpoint",
+    "torch_load",
 ]
 
 COMPRESSIONS = ("lzma", "gzip", "bz2", "none")
@@ -221,14 +222,112 @@ def _check_zip(raw: bytes, path: Path) -> None:
         )
 
 
-def _refusal(exc: pickle.UnpicklingError) -> str:
-    """What the weights-only unpickler refused, without PyTorch's advice on how to load the file
-    anyway."""
-    for line in str(exc).splitlines():
-        line = line.strip()
-        if line.startswith("WeightsUnpickler error:"):
-            return line.removeprefix("WeightsUnpickler error:").split(" Please use", 1)[0].strip()
-    return type(exc).__name__
+def _pickle_globals(raw: bytes) -> list[str]:
+    """``module.name`` of every global a ``torch.save`` file's pickle refers to, in order, read
+    with :mod:`pickletools` (no object is built: nothing in the file runs)."""
+    import pickletools
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+            if name is None:
+                return []
+            data = zf.read(name)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError):
+        return []
+    found: list[str] = []
+    strings: list[str] = []  # recent string pushes, for STACK_GLOBAL
+    memo: dict[Any, Any] = {}
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name == "GLOBAL" and isinstance(arg, str):
+                found.append(arg.replace(" ", ".", 1))
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                strings.append(str(arg))
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                memo[arg] = strings[-1]
+            elif op.name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(memo.get(arg), str):
+                strings.append(memo[arg])
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 - a damaged pickle: report what was read so far
+        pass
+    return list(dict.fromkeys(found))
+
+
+def _blocked_globals(raw: bytes) -> list[str]:
+    """The globals of a ``torch.save`` file that ``weights_only`` loading refuses: code that
+    unpickling would import and call (``posix.system``, a class of your own...)."""
+    names = _pickle_globals(raw)
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except Exception:  # noqa: BLE001 - torch's private table moved: keep the torch.* names
+        allowed = set()
+    for obj in torch.serialization.get_safe_globals():
+        target = obj[0] if isinstance(obj, tuple) else obj
+        allowed.add(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
+    return [
+        n
+        for n in names
+        if n not in allowed and not (not allowed and n.startswith(("torch.", "collections.")))
+    ]
+
+
+def _refusal(exc: BaseException, raw: bytes, path: Any) -> TorchFaultError:
+    """The error for a file that ``weights_only`` loading refused: it names the file and the
+    code it holds (the blocked globals), and never suggests loading it with
+    ``weights_only=False`` (which would run that code)."""
+    blocked = _blocked_globals(raw)
+    if not blocked:  # torch's message names the global (2.6 to 2.13 wordings); nothing else
+        import re
+
+        blocked = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    what = (
+        f"references code, not just tensors: {', '.join(blocked)}"
+        if blocked
+        else "holds objects that are not tensors, containers or plain values"
+    )
+    return TorchFaultError(
+        f"checkpoint {_name(path)} {what}. torchfault loads checkpoints with "
+        "torch.load(weights_only=True) and refuses this file: unpickling it would import and "
+        "call that code. Load the weights in trusted code of your own and save a plain state "
+        "dict (torch.save(model.state_dict(), path)).",
+        field="checkpoint",
+    )
+
+
+def _name(path: Any) -> str:
+    """A file name for a message, quoted (undecodable bytes escaped)."""
+    from torchfault.config import safe_text
+
+    return safe_text(repr(str(path)))
+
+
+def torch_load(raw: bytes, path: Any, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of checked ``torch.save`` bytes; a refused file (one
+    that holds code) or a corrupted one is a :class:`TorchFaultError` naming ``path``. Every
+    loader of torchfault goes through here.
+
+    Example:
+        >>> import io, torch
+        >>> buf = io.BytesIO()
+        >>> torch.save({"w": torch.ones(2)}, buf)
+        >>> torch_load(buf.getvalue(), "w.pt")["w"]
+        tensor([1., 1.])
+    """
+    try:
+        return torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _refusal(exc, raw, path) from None
+    except (RuntimeError, EOFError, ValueError, AttributeError, ImportError, TypeError) as exc:
+        raise TorchFaultError(
+            f"checkpoint {_name(path)} is truncated or corrupted: {str(exc).splitlines()[0]}",
+            field="checkpoint",
+        ) from None
 
 
 def read_checkpoint_bytes(path: Any) -> bytes:
@@ -322,17 +421,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         tensor([1., 1.])
     """
     p = Path(path)
-    raw = read_checkpoint_bytes(p)
-    try:
-        return torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise TorchFaultError(
-            f"{p} holds objects that weights_only loading refuses (only tensors, containers and "
-            f"plain values are allowed; torchfault does not unpickle arbitrary objects): "
-            f"{_refusal(exc)}"
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise TorchFaultError(f"{p} is truncated or corrupted: {exc}") from None
+    return torch_load(read_checkpoint_bytes(p), p, map_location)
 
 
 def compress_file(

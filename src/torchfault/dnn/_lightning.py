@@ -26,6 +26,7 @@ from torchfault.dnn._checkpoint import (
     compress_file,
     load_checkpoint,
     read_checkpoint_bytes,
+    torch_load,
 )
 from torchfault.dnn._datasets import create_dataset
 from torchfault.errors import TorchFaultError
@@ -41,13 +42,14 @@ _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULERS = ("none", "cosine", "step")
 
 
-def _fold_pruning_masks(raw: bytes) -> io.BytesIO:
+def _fold_pruning_masks(raw: bytes, path: Any = "<checkpoint>") -> io.BytesIO:
     """A checkpoint saved while ``torch.nn.utils.prune`` masks were in place (fine-tuning between
     pruning steps) holds ``X_orig`` and ``X_mask`` for a pruned ``X``: folded into ``X`` here, so
-    the checkpoint loads into the unpruned model that the hyperparameters rebuild."""
+    the checkpoint loads into the unpruned model that the hyperparameters rebuild. A file that
+    holds code is refused here (``torch_load``), naming ``path``."""
     from torchfault.dnn._models import _apply_masks
 
-    ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    ckpt = torch_load(raw, path, map_location="cpu")
     sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
         return io.BytesIO(raw)
@@ -163,7 +165,8 @@ class ClassifierModule(pl.LightningModule):
         ):
             # local files and file objects may be compressed; URLs (fsspec) go to Lightning as
             # they are (uncompressed checkpoints only)
-            checkpoint_path = _fold_pruning_masks(read_checkpoint_bytes(checkpoint_path))
+            name = getattr(checkpoint_path, "name", checkpoint_path)
+            checkpoint_path = _fold_pruning_masks(read_checkpoint_bytes(checkpoint_path), name)
         return super().load_from_checkpoint(
             checkpoint_path,
             map_location=map_location or "cpu",
