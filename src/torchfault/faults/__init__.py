@@ -2,6 +2,13 @@
 """What a fault is: :class:`Fault`, :class:`FaultSite`, fault models and the fault space."""
 
 from torchfault.faults._access import get_stored, is_packed, set_packed, stored_tensors
+from torchfault.faults._ecc import (
+    ECC_CODES,
+    EccCode,
+    get_ecc,
+    list_ecc,
+    register_ecc,
+)
 from torchfault.faults._fault import (
     ACTIVATION_TARGETS,
     PERSISTENCES,
@@ -9,6 +16,14 @@ from torchfault.faults._fault import (
     Fault,
     FaultSite,
 )
+from torchfault.faults._layouts import (
+    LAYOUTS,
+    MemoryLayout,
+    TensorMemory,
+    list_layouts,
+    register_layout,
+)
+from torchfault.faults._memory import MemoryFault, MemoryMap, MemoryRegion, MemoryResolution
 from torchfault.faults._models import (
     FAULT_MODELS,
     create_fault_model,
@@ -17,12 +32,38 @@ from torchfault.faults._models import (
     list_fault_models,
     register_fault_model,
 )
+from torchfault.faults._patterns import (
+    PATTERNS,
+    CellPattern,
+    PatternMix,
+    list_patterns,
+    register_pattern,
+)
 from torchfault.faults._space import FaultSpace, TargetSpec, fault_space
 from torchfault.faults._structure import get_element, iter_tensors, replace_element
 from torchfault.faults._targets import normalize_kinds, select_modules
 
 __all__ = [
     "ACTIVATION_TARGETS",
+    "ECC_CODES",
+    "LAYOUTS",
+    "PATTERNS",
+    "CellPattern",
+    "EccCode",
+    "MemoryFault",
+    "MemoryLayout",
+    "MemoryMap",
+    "MemoryRegion",
+    "MemoryResolution",
+    "PatternMix",
+    "TensorMemory",
+    "get_ecc",
+    "list_ecc",
+    "list_layouts",
+    "list_patterns",
+    "register_ecc",
+    "register_layout",
+    "register_pattern",
     "FAULT_MODELS",
     "PERSISTENCES",
     "TARGET_KINDS",

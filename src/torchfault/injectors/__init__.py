@@ -9,18 +9,28 @@ from typing import Any
 
 from torchfault.injectors._ber import BERInjection, draw_flips, inject_ber
 from torchfault.injectors._inject import Injection, inject
+from torchfault.injectors._memory import (
+    MemoryCampaignResult,
+    MemoryInjection,
+    inject_memory,
+    memory_campaign,
+)
 from torchfault.registry import Registry
 
 __all__ = [
     "INJECTORS",
     "BERInjection",
     "Injection",
+    "MemoryCampaignResult",
+    "MemoryInjection",
     "create_injector",
     "draw_flips",
     "inject",
     "inject_ber",
+    "inject_memory",
     "is_injector",
     "list_injectors",
+    "memory_campaign",
     "register_injector",
 ]
 
