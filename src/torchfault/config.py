@@ -36,7 +36,18 @@ import yaml
 
 from torchfault.errors import ConfigError, suggest
 
-__all__ = ["load_yaml", "apply_overrides", "from_dict", "to_dict", "dump_yaml", "ConfigError"]
+__all__ = [
+    "load_yaml",
+    "apply_overrides",
+    "from_dict",
+    "to_dict",
+    "dump_yaml",
+    "check_seed",
+    "is_factory_spec",
+    "load_factory",
+    "safe_text",
+    "ConfigError",
+]
 
 C = TypeVar("C")
 
@@ -184,6 +195,108 @@ def check_seed(value: Any, field: str = "seed", maximum: int = INT_MAX) -> int:
             f"{field}: must be an integer in [0, {bound}]{why}, got {_short(value)}.", field=field
         )
     return value
+
+
+def is_factory_spec(name: Any) -> bool:
+    """Whether a name is a factory of your own, ``path/to/file.py:function`` or
+    ``package.module:function``, rather than a registered name.
+
+    Example:
+        >>> is_factory_spec("examples/my_model.py:build"), is_factory_spec("lenet")
+        (True, False)
+    """
+    return isinstance(name, str) and ":" in name
+
+
+def load_factory(spec: str, field: str = "model.name") -> Any:
+    """The function ``spec`` names (``package.module:function`` or ``path/to/file.py:function``),
+    imported: a config that names one runs that code, so a config is trusted like code.
+
+    The import is logged (logger ``torchfault.config``, which the command line prints), and a
+    function of Python's standard library (``subprocess:run``, ``os:system``) is refused: none
+    builds a model or a dataset, and a config naming one is hostile or mistaken. Errors are
+    ConfigErrors naming ``field``.
+
+    Example:
+        >>> load_factory("torchfault.dnn:create_model").__name__
+        'create_model'
+        >>> load_factory("subprocess:run")
+        Traceback (most recent call last):
+        ...
+        torchfault.errors.ConfigError: model.name: 'subprocess:run' is a function of Python's standard library, not a model factory; name a function of your own ('path/to/file.py:function' or 'package.module:function').
+    """
+    import importlib
+    import importlib.util
+    import logging
+    import sys
+
+    mod_name, _, fn_name = str(spec).rpartition(":")
+    if not mod_name or not fn_name:
+        raise ConfigError(
+            f"{field}: {_short(spec)} is not 'path/to/file.py:function' or "
+            "'package.module:function'.",
+            field=field,
+        )
+    top = mod_name.split(".")[0]
+    if not mod_name.endswith(".py") and (top in sys.stdlib_module_names or top == "builtins"):
+        raise ConfigError(
+            f"{field}: {_short(spec)} is a function of Python's standard library, not a model "
+            "factory; name a function of your own ('path/to/file.py:function' or "
+            "'package.module:function').",
+            field=field,
+        )
+    if mod_name.endswith(".py"):
+        path = Path(mod_name)
+        if not path.is_file():
+            where = (
+                ""
+                if path.is_absolute()
+                else f" (relative paths start from the current directory, {_shown(Path.cwd())})"
+            )
+            raise ConfigError(f"{field}: no such file {_shown(mod_name)}{where}.", field=field)
+        origin = str(path.resolve())
+        logging.getLogger("torchfault.config").info(
+            "%s: running %s from %s (a config runs the code it names: trust it like code)",
+            field,
+            fn_name,
+            safe_text(origin),
+        )
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ConfigError(f"{field}: cannot import {_shown(mod_name)}.", field=field)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules.setdefault(path.stem, module)
+        try:
+            module_spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            raise ConfigError(
+                f"{field}: {_shown(mod_name)} is not valid Python: {exc}", field=field
+            ) from None
+    else:
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise ConfigError(f"{field}: cannot import {mod_name!r}: {exc}", field=field) from None
+        logging.getLogger("torchfault.config").info(
+            "%s: running %s from module %s (%s; a config runs the code it names: trust it "
+            "like code)",
+            field,
+            fn_name,
+            mod_name,
+            safe_text(str(getattr(module, "__file__", None) or "built in")),
+        )
+    try:
+        fn = getattr(module, fn_name)
+    except AttributeError:
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise ConfigError(
+            f"{field}: {mod_name!r} has no {fn_name!r}.{suggest(fn_name, names)}", field=field
+        ) from None
+    if not callable(fn):
+        raise ConfigError(
+            f"{field}: {_short(spec)} is a {type(fn).__name__}, not a function.", field=field
+        )
+    return fn
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any, copied: set[int]) -> None:

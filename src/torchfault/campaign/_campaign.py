@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
-import importlib.util
 import json
 import logging
 import os
 import re
 import socket
 import sqlite3
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +37,7 @@ from torchfault.campaign._engine import ENGINES, Engine, RunTask
 from torchfault.campaign._executors import EXECUTORS
 from torchfault.campaign._outcome import Criterion
 from torchfault.campaign._run import CampaignResult, golden_run
+from torchfault.config import load_factory
 from torchfault.errors import ConfigError, StoreMismatchError, TorchFaultError, suggest
 from torchfault.faults import TargetSpec, fault_space
 
@@ -49,33 +47,8 @@ log = logging.getLogger("torchfault.campaign")
 
 
 def _load_factory(spec: str) -> Any:
-    mod_name, _, fn_name = spec.rpartition(":")
-    if mod_name.endswith(".py"):
-        path = Path(mod_name)
-        if not path.is_file():
-            where = (
-                ""
-                if path.is_absolute()
-                else f" (relative paths start from the current directory, {str(Path.cwd())!r})"
-            )
-            raise ConfigError(f"model.name: no such file {mod_name!r}{where}.")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules.setdefault(path.stem, module)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise ConfigError(f"model.name: cannot import {mod_name!r}: {exc}") from None
-    try:
-        return getattr(module, fn_name)
-    except AttributeError:
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise ConfigError(
-            f"model.name: {mod_name!r} has no {fn_name!r}.{suggest(fn_name, names)}"
-        ) from None
+    """``config.load_factory(spec, "model.name")`` (kept for callers of the old name)."""
+    return load_factory(spec, "model.name")
 
 
 def _faults_json(faults: Any) -> str:
@@ -98,7 +71,7 @@ def build_model(cfg: CampaignConfig) -> nn.Module:
     """The model a campaign config names, in eval mode."""
     m = cfg.model
     if ":" in m.name:
-        factory = _load_factory(m.name)
+        factory = load_factory(m.name, "model.name")
         try:
             model = factory(**m.kwargs)
         except TypeError as exc:

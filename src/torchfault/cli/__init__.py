@@ -167,8 +167,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1  # as rich's console does for the tables (and the Python docs suggest)
 
 
+def _show_trust_log() -> None:
+    """Print, on stderr, which code a config makes torchfault import (``module:function``
+    factories, logger ``torchfault.config``), unless a job logs it already."""
+    logger = logging.getLogger("torchfault.config")
+    if any(getattr(h, "_torchfault_trust", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("torchfault: %(message)s"))
+    # a job that sets up its own logging (campaign) prints the record through it instead
+    handler.addFilter(
+        lambda record: not any(
+            getattr(h, "_torchfault", False) for h in logging.getLogger("torchfault").handlers
+        )
+    )
+    handler._torchfault_trust = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _show_trust_log()
     _load_jobs()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from torchfault.config import is_factory_spec, load_factory
 from torchfault.errors import TorchFaultError, suggest
 from torchfault.registry import Registry
 
@@ -113,26 +114,10 @@ def is_dataset(name: str) -> bool:
     return DATASETS.is_registered(name)
 
 
-def is_factory_spec(name: Any) -> bool:
-    """Whether a model or dataset name is a factory of your own, ``path/to/file.py:function`` or
-    ``package.module:function``, rather than a registered name.
-
-    Example:
-        >>> is_factory_spec("examples/my_model.py:build"), is_factory_spec("lenet")
-        (True, False)
-    """
-    return isinstance(name, str) and ":" in name
-
-
 def load_factory_spec(spec: str, what: str) -> Any:
-    """The function ``spec`` names, loaded as ``torchfault campaign`` loads ``model.name``;
-    errors name the field ``what``."""
-    from torchfault.campaign._campaign import _load_factory
-
-    try:
-        return _load_factory(spec)
-    except TorchFaultError as exc:
-        raise TorchFaultError(f"{what}: {str(exc).removeprefix('model.name: ')}") from None
+    """The function ``spec`` names, loaded as ``torchfault campaign`` loads ``model.name``
+    (:func:`torchfault.config.load_factory`); errors name the field ``what``."""
+    return load_factory(spec, what)
 
 
 def dataset_info(name: str, **options: Any) -> dict[str, Any]:
