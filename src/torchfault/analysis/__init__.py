@@ -28,7 +28,6 @@ from torchfault.analysis._summary import (
     Row,
     Summary,
     summarize,
-    summarize_store,
 )
 
 
