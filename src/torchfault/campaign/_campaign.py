@@ -432,15 +432,15 @@ class Campaign:
             known = store.fault_ids()
             self._check_stored_faults(store, known, done)
             total = None if adaptive else n_faults * self.runs_per_fault
+            # what a report of this store tells: being written (by this live process), or done
+            state = {"pid": os.getpid(), "host": socket.gethostname(), "planned_runs": total}
+            store.set_meta("state", {"status": "running", **state})
             progress = _Progress(cfg.progress, total=total, done=len(done))
             # adaptive: rounds of adaptive_step faults, the stopping rule checked at each round's
             # end over exactly the faults below it; otherwise one round of every fault
             step = cfg.sampler.adaptive_step if adaptive else max(n_faults, 1)
             with executor, progress:
                 for first in range(0, n_faults, step):
-            # what a report of this store tells: being written (by this live process), or done
-            state = {"pid": os.getpid(), "host": socket.gethostname(), "planned_runs": total}
-            store.set_meta("state", {"status": "running", **state})
                     end = min(first + step, n_faults)
                     chunks = []
                     new_faults = []
@@ -466,13 +466,13 @@ class Campaign:
                     if adaptive and end < n_faults and self._adaptive_done(store, end):
                         break
             store.flush()
+            store.set_meta("state", {"status": "complete", **state})
             result = CampaignResult(list(store.runs()), store.faults())
         finally:
             store.close()
         return result
 
     def _adaptive_done(self, store: Any, below: int) -> bool:
-            store.set_meta("state", {"status": "complete", **state})
         """The stopping rule at a round boundary: over the runs of faults ``< below`` only."""
         from torchfault.analysis import interval
 
