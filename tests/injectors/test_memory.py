@@ -129,3 +129,26 @@ def test_bad_input():
         MemoryMap(model, MemoryLayout(64)).resolve(
             [MemoryFault(0, 0), MemoryFault(0, 1, persistence="permanent")]
         )
+
+
+@pytest.mark.filterwarnings("ignore:.*quantize.*:UserWarning")
+def test_per_channel_qint8_weights_in_memory_match_their_integers():
+    qlin = torch.ao.nn.quantized.Linear(6, 3)
+    scales = torch.rand(3) / 20 + 0.01
+    qw = torch.quantize_per_channel(
+        torch.randn(3, 6), scales, torch.zeros(3, dtype=torch.long), 0, torch.qint8
+    )
+    qlin.set_weight_bias(qw, torch.zeros(3))
+    model = nn.Sequential(qlin)
+    mm = MemoryMap(model, MemoryLayout(72, ecc="secded"), kinds="weights")
+    assert mm.regions[0].memory.per_word == 8 and mm.regions[0].memory.fmt.name == "qint8"
+    before = qlin.weight().int_repr().reshape(-1).tolist()
+    # word 1, bits 8..10: element slot 1 of word 1 = flat element 9, bits 0..2
+    fault = MemoryFault(module="0", target="weight", word=1, bit=8, pattern="adjacent_bits:3")
+    with inject_memory(model, fault, mm, ecc=False) as mi:
+        after = qlin.weight().int_repr().reshape(-1).tolist()
+    expected = list(before)
+    flipped = (expected[9] & 0xFF) ^ 0b111
+    expected[9] = flipped - 256 if flipped > 127 else flipped
+    assert after == expected and mi.resolution.raw[0].format == "qint8"
+    assert qlin.weight().int_repr().reshape(-1).tolist() == before

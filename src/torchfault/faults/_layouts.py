@@ -352,8 +352,13 @@ class TensorMemory:
     # ------------------------------------------------------------------ image
     def _element_words(self, tensor: torch.Tensor, flat: np.ndarray) -> np.ndarray:
         """Bits ``(len(flat), elem_bits)`` of the elements at logical flat indices."""
-        vals = tensor.detach().reshape(-1)[torch.as_tensor(flat, dtype=torch.int64)]
-        words = numerics.to_words(vals, self.fmt).to(torch.int64).cpu().numpy().astype(np.uint64)
+        idx = torch.as_tensor(flat, dtype=torch.int64)
+        t = tensor.detach()
+        if t.is_quantized:  # per-channel quantized tensors cannot be indexed: their integers can
+            raw = t.int_repr().reshape(-1)[idx]
+        else:
+            raw = numerics.to_words(t.reshape(-1)[idx.to(t.device)], self.fmt)
+        words = raw.to(torch.int64).cpu().numpy().astype(np.uint64)
         shifts = np.arange(self.elem_bits, dtype=np.uint64)
         return ((words[:, None] >> shifts[None, :]) & np.uint64(1)).astype(np.uint8)
 
