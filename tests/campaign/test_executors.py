@@ -72,7 +72,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_executors_are_registered():
-    assert {"serial", "process", "ray"} <= set(EXECUTORS.list())
+    assert {"serial", "threads", "auto", "process", "ray"} <= set(EXECUTORS.list())
     with pytest.raises(ValueError, match="workers"):
         create_executor("process", workers=0)
 
@@ -114,11 +114,33 @@ def test_process_executor_returns_every_chunk_in_any_order():
 class _Setup:
     """A picklable engine factory (what Campaign passes: functools.partial of build_engine)."""
 
-    def __init__(self, model, x, golden):
-        self.args = ("fast", model, x, golden, Criterion(), 64)
+    def __init__(self, model, x, golden, engine="fast"):
+        self.args = (engine, model, x, golden, Criterion(), 64)
 
     def __call__(self):
         return build_engine(*self.args)
+
+
+@pytest.mark.slow
+def test_workers_share_no_mutable_model_state():
+    """A change the caller makes to its model in place after the workers started is not seen by
+    them (it was, through shared memory, before the fix: the reference engine's in-place weight
+    faults leaked between workers the same way). A fault-free task must stay masked."""
+    torch.manual_seed(0)
+    model = create_model("mlp", dataset="digits").eval()
+    x = model.example_inputs(16)
+    golden = golden_run(model, x)
+    setup = _Setup(model, x, golden, engine="reference")
+    plain = [[RunTask(k, (), tuple(range(16)))] for k in range(4)]
+    with create_executor("process", workers=2) as ex:
+        before = [r.outcome for rs in ex.map(setup, plain) for r in rs]
+        with torch.no_grad():
+            model.fc1.weight.mul_(-1.0)  # the caller's model changes in place
+        after = [r.outcome for rs in ex.map(setup, plain) for r in rs]  # the pool is reused
+    assert before == ["masked"] * 64
+    assert after == ["masked"] * 64  # the workers hold their own copies
+    with torch.no_grad():
+        model.fc1.weight.mul_(-1.0)
 
 
 def test_a_worker_error_reaches_the_caller():
@@ -164,3 +186,82 @@ def test_ray_executor_gives_the_same_table_and_resumes(tmp_path, uninterrupted, 
     crash(tmp_path / "b/campaign.sqlite")
     Campaign(config(tmp_path / "b", "ray")).run()
     assert table(tmp_path / "b/campaign.sqlite") == uninterrupted
+
+
+# ---------------------------------------------------------------- every executor x engine pair
+EXECUTOR_NAMES = ("serial", "threads", "auto", "process", "ray")
+ENGINE_NAMES = ("fast", "reference")
+
+
+def _pair_marks(executor):
+    if executor == "ray":
+        return [pytest.mark.ray, pytest.mark.slow]
+    if executor == "process":
+        return [pytest.mark.slow]
+    return []
+
+
+PAIRS = [
+    pytest.param(ex, en, marks=_pair_marks(ex), id=f"{ex}-{en}")
+    for ex in EXECUTOR_NAMES
+    for en in ENGINE_NAMES
+]
+
+
+@pytest.fixture(scope="module")
+def reference_table(tmp_path_factory):
+    """The oracle: a serial campaign on the reference engine (plain full re-execution)."""
+    path = tmp_path_factory.mktemp("serial-reference")
+    Campaign(config(path, "serial", "reference")).run()
+    rows = table(path / "campaign.sqlite")
+    assert len(rows) == 48 * 16
+    return rows
+
+
+@pytest.mark.parametrize(("executor", "engine"), PAIRS)
+def test_every_executor_and_engine_store_the_serial_table(
+    tmp_path, executor, engine, reference_table, request
+):
+    """Row by row (``seconds`` aside) the same table as serial + reference. Before workers got
+    private copies of the model, process + reference differed here: each worker saw the other's
+    in-place weight faults through shared memory."""
+    if executor == "ray":
+        request.getfixturevalue("local_ray")
+    Campaign(config(tmp_path, executor, engine)).run()
+    got = table(tmp_path / "campaign.sqlite")
+    assert len(got) == len(reference_table)
+    diff = [(a, b) for a, b in zip(got, reference_table) if a != b]
+    assert not diff, f"{len(diff)} rows differ from serial, e.g. {diff[:3]}"
+
+
+@pytest.mark.slow
+def test_auto_starts_processes_when_they_pay_and_stores_the_same_table(
+    tmp_path, reference_table, monkeypatch
+):
+    from torchfault.campaign._parallel import AutoExecutor
+
+    made = []
+    monkeypatch.setattr(AutoExecutor, "start_seconds", 0.0)  # any gain is worth a pool
+    monkeypatch.setattr(AutoExecutor, "close", lambda self: made.append(self.chosen))
+    Campaign(config(tmp_path, "auto", "reference")).run()
+    assert made == ["process"]
+    assert table(tmp_path / "campaign.sqlite") == reference_table
+
+
+def test_auto_stays_serial_for_a_small_campaign(tmp_path, reference_table, monkeypatch):
+    from torchfault.campaign._parallel import AutoExecutor, ProcessExecutor
+
+    def no_pool(*a, **k):
+        raise AssertionError("auto started worker processes for a campaign too small to gain")
+
+    monkeypatch.setattr(ProcessExecutor, "_ensure_pool", no_pool)
+    ex = create_executor("auto", workers=2)
+    cfg = config(tmp_path, "serial", "reference")
+    camp = Campaign(cfg)
+    camp.setup()
+    setup = _Setup(camp.model, camp.inputs, camp.golden)
+    chunks = [[RunTask(k, camp.sampler.draw(k), tuple(range(16)))] for k in range(6)]
+    with ex:
+        got = [r for rs in ex.map(setup, chunks) for r in rs]
+    assert ex.chosen == "serial" and isinstance(ex, AutoExecutor)
+    assert len(got) == 6 * 16
