@@ -20,14 +20,18 @@ from torchfault.campaign._config import (
     StoreConfig,
     TargetsConfig,
 )
+from torchfault.campaign._device import resolve_device
 from torchfault.campaign._engine import (
     ENGINES,
     Engine,
+    HandedOverEngine,
+    MeasuredRun,
     ReferenceEngine,
     RunTask,
     create_engine,
     is_engine,
     list_engines,
+    make_engine,
     register_engine,
 )
 from torchfault.campaign._executors import (
@@ -39,10 +43,49 @@ from torchfault.campaign._executors import (
     list_executors,
     register_executor,
 )
-from torchfault.campaign._outcome import OUTCOMES, Criterion, classify, output_words_equal
-from torchfault.campaign._run import CampaignResult, as_fault_sets, golden_run, run_campaign
+from torchfault.campaign._outcome import (
+    CRITERIA,
+    OUTCOMES,
+    Criterion,
+    CriterionError,
+    Evaluation,
+    Verdict,
+    classify,
+    evaluate,
+    is_criterion,
+    list_criteria,
+    match_detections,
+    output_words_equal,
+    register_criterion,
+)
+from torchfault.campaign._run import (
+    CampaignResult,
+    as_fault_sets,
+    golden_run,
+    make_criterion,
+    run_campaign,
+    summarize_metrics,
+)
+from torchfault.campaign._structure import Batched, as_batched
 
 __all__ = [
+    "Batched",
+    "CRITERIA",
+    "CriterionError",
+    "Evaluation",
+    "HandedOverEngine",
+    "MeasuredRun",
+    "Verdict",
+    "as_batched",
+    "evaluate",
+    "is_criterion",
+    "list_criteria",
+    "make_criterion",
+    "make_engine",
+    "match_detections",
+    "register_criterion",
+    "resolve_device",
+    "summarize_metrics",
     "ENGINES",
     "EXECUTORS",
     "OUTCOMES",

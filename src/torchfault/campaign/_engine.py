@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchfault.campaign._outcome import OUTCOMES, Criterion, classify
+from torchfault.campaign._outcome import Criterion, evaluate
+from torchfault.campaign._structure import Batched, split_rows
 from torchfault.faults import FAULT_MODELS, Fault
 from torchfault.injectors import inject
 from torchfault.registry import Registry
@@ -29,6 +31,10 @@ from torchfault.store import RunRecord
 __all__ = [
     "ENGINES",
     "Engine",
+    "HandedOverEngine",
+    "MeasuredRun",
+    "make_engine",
+    "reference_reason",
     "ReferenceEngine",
     "RunTask",
     "register_engine",
@@ -38,6 +44,7 @@ __all__ = [
 ]
 
 ENGINES: Registry[type] = Registry("engine")
+log = logging.getLogger("torchfault.campaign")
 
 
 @dataclass(frozen=True)
@@ -62,16 +69,40 @@ def _pad_index(n: int, min_rows: int) -> torch.Tensor:
     return torch.cat([torch.arange(n), torch.zeros(min_rows - n, dtype=torch.int64)])
 
 
-def _forward(model: nn.Module, x: torch.Tensor, min_rows: int = MIN_ROWS) -> torch.Tensor:
-    n = x.shape[0]
+def _forward(
+    model: nn.Module, x: torch.Tensor | Batched, min_rows: int = MIN_ROWS
+) -> torch.Tensor | list[Any]:
+    """The model on ``x`` (padded to ``min_rows`` rows): a tensor input with a tensor output
+    gives the output's first ``n`` rows; anything else one output per input (a list)."""
+    n = len(x) if isinstance(x, Batched) else x.shape[0]
     if n < min_rows:
         # indexing keeps the inputs' memory layout (channels-last stays channels-last, as in
         # unpadded passes); torch.cat with an expanded row would make the batch contiguous
         x = x[_pad_index(n, min_rows)]
+    if isinstance(x, Batched):
+        out = x.call(model)
+        if isinstance(out, torch.Tensor) and x.dim == 0:
+            return out[:n]
+        return split_rows(out, n, x.dim)
     out = model(x)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model must return a tensor of scores, got {type(out).__name__}")
-    return out[:n]
+    if isinstance(out, torch.Tensor):
+        return out[:n]
+    return split_rows(out, n, 0)
+
+
+def take_golden(golden: torch.Tensor | Sequence[Any], ids: Sequence[int]) -> Any:
+    """The golden outputs of inputs ``ids``: rows of a tensor, or items of a per-input list."""
+    if isinstance(golden, torch.Tensor):
+        return golden[list(ids)]
+    return [golden[int(i)] for i in ids]
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredRun(RunRecord):
+    """A :class:`~torchfault.store.RunRecord` with the metrics its criterion returned
+    (``(name, value)`` pairs; ``None`` for a NaN)."""
+
+    metrics: tuple[tuple[str, float | None], ...] = ()
 
 
 class Engine(abc.ABC):
@@ -100,6 +131,7 @@ class Engine(abc.ABC):
         self.golden = golden
         self.criterion = criterion or Criterion()
         self.batch_size = int(batch_size)
+        self._golden_top1: dict[int, int | None] = {}
 
     @abc.abstractmethod
     def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:
@@ -114,24 +146,44 @@ class Engine(abc.ABC):
         golden: torch.Tensor | None = None,
     ) -> list[RunRecord]:
         if golden is None:
-            golden = self.golden[list(input_ids)]
-        codes, g_top, f_top, diff = classify(golden, out, self.criterion)
+            golden = take_golden(self.golden, input_ids)
+        ev = evaluate(golden, out, self.criterion, f" on fault {task.fault_id}")
         per = seconds / max(len(input_ids), 1)
-        return [
-            RunRecord(task.fault_id, int(i), OUTCOMES[int(c)], int(g), int(f), float(d), per)
-            for i, c, g, f, d in zip(
-                input_ids, codes.tolist(), g_top.tolist(), f_top.tolist(), diff.tolist()
+        records: list[RunRecord] = []
+        for k, i in enumerate(input_ids):
+            fields = (
+                task.fault_id,
+                int(i),
+                ev.outcomes[k],
+                ev.golden_top1[k],
+                ev.faulty_top1[k],
+                ev.max_abs_diff[k],
+                per,
             )
-        ]
+            m = ev.metrics[k]
+            if m is None:
+                records.append(RunRecord(*fields))
+            else:
+                records.append(MeasuredRun(*fields, None, tuple(sorted(m.items()))))
+        return records
+
+    def golden_top1(self, input_ids: Sequence[int]) -> list[int | None]:
+        """The criterion's golden class of each input (``None`` where it has none)."""
+        missing = [int(i) for i in input_ids if int(i) not in self._golden_top1]
+        if missing:
+            g = take_golden(self.golden, missing)
+            tops = evaluate(g, g, self.criterion).golden_top1
+            self._golden_top1.update(zip(missing, tops))
+        return [self._golden_top1[int(i)] for i in input_ids]
 
     def _due(
         self, task: RunTask, input_ids: Sequence[int], exc: BaseException, seconds: float
     ) -> list[RunRecord]:
-        g_top = self.golden[list(input_ids)].reshape(len(input_ids), -1).argmax(dim=1).tolist()
+        g_top = self.golden_top1(input_ids)
         err = f"{type(exc).__name__}: {exc}"[:500]
         per = seconds / max(len(input_ids), 1)
         return [
-            RunRecord(task.fault_id, int(i), "due", int(g), None, None, per, err)
+            RunRecord(task.fault_id, int(i), "due", g, None, None, per, err)
             for i, g in zip(input_ids, g_top)
         ]
 
@@ -186,6 +238,74 @@ class ReferenceEngine(Engine):
                 seconds = time.perf_counter() - t0
                 records.extend(self._records(task, chunk, out, seconds))
         return records
+
+
+def reference_reason(inputs: Any, golden: Any, criterion: Criterion) -> str | None:
+    """Why a campaign must run on the reference engine whatever engine was asked (``None``: it
+    need not). Only the reference engine runs inputs and outputs of any structure, criteria that
+    record metrics or read a part of the output, and devices other than the CPU."""
+    if not isinstance(inputs, torch.Tensor):
+        return f"inputs of another structure ({inputs!r})"
+    if not isinstance(golden, torch.Tensor):
+        return "outputs that are not one tensor"
+    if not criterion.fast:
+        what = "reads a part of the output" if criterion.output not in (None, "") else "is not top1/topk/tolerance"
+        return f"criterion {criterion.label!r} {what}"
+    if inputs.device.type != "cpu":
+        return f"device {inputs.device} (its exactness checks are made for CPU kernels)"
+    return None
+
+
+_HANDED_OVER_WARNED: set[tuple[str, str]] = set()
+
+
+class HandedOverEngine(ReferenceEngine):
+    """The reference engine standing in for an engine that cannot run a campaign's structure.
+
+    Attributes:
+        requested: the engine that was asked for.
+        reason: why it handed the campaign over.
+        stats: ``{"reference": runs, "handed_over": runs}``, like the fast engine's counters.
+    """
+
+    def __init__(self, requested: str, reason: str, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.requested = requested
+        self.reason = reason
+        self.stats: dict[str, int] = {"reference": 0, "handed_over": 0}
+        key = (requested, reason)
+        if key not in _HANDED_OVER_WARNED:
+            _HANDED_OVER_WARNED.add(key)
+            log.warning(
+                "engine %r: %s; running these runs with the reference engine (same records).",
+                requested,
+                reason,
+            )
+
+    def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:
+        records = super().run(tasks)
+        self.stats["reference"] += len(records)
+        self.stats["handed_over"] += len(records)
+        return records
+
+
+def make_engine(
+    name: str,
+    model: nn.Module,
+    inputs: torch.Tensor | Batched,
+    golden: Any,
+    criterion: Criterion,
+    batch_size: int,
+) -> Engine:
+    """Build engine ``name``; an engine that runs only single-tensor CPU classifiers (the fast
+    engine) hands a campaign it cannot run to the reference engine (:class:`HandedOverEngine`,
+    which counts the runs and says why once)."""
+    cls = ENGINES.get(name)
+    if cls is not ReferenceEngine and not getattr(cls, "any_structure", False):
+        reason = reference_reason(inputs, golden, criterion)
+        if reason is not None:
+            return HandedOverEngine(name, reason, model, inputs, golden, criterion, batch_size)
+    return cls(model, inputs, golden, criterion, batch_size)
 
 
 def register_engine(name: str, **kw: Any) -> Any:

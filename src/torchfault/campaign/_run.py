@@ -15,13 +15,22 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchfault.campaign._engine import ENGINES, RunTask, _forward
-from torchfault.campaign._outcome import OUTCOMES, Criterion
+from torchfault.campaign._device import resolve_device
+from torchfault.campaign._engine import RunTask, _forward, make_engine
+from torchfault.campaign._outcome import OUTCOMES, Criterion, check_fit
+from torchfault.campaign._structure import Batched, as_batched
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
 from torchfault.store import RunRecord
 
-__all__ = ["CampaignResult", "run_campaign", "golden_run", "as_fault_sets"]
+__all__ = [
+    "CampaignResult",
+    "run_campaign",
+    "golden_run",
+    "as_fault_sets",
+    "make_criterion",
+    "summarize_metrics",
+]
 
 #: Columns of :meth:`CampaignResult.rows` and of its CSV and Parquet files, in order.
 ROW_COLUMNS = (
@@ -47,6 +56,20 @@ class CampaignResult:
 
     def __len__(self) -> int:
         return len(self.runs)
+
+    @property
+    def metrics(self) -> dict[tuple[int, int], dict[str, float | None]]:
+        """``(fault_id, input_id)`` -> the metrics its criterion returned (runs with metrics)."""
+        return {
+            (r.fault_id, r.input_id): dict(r.metrics)
+            for r in self.runs
+            if getattr(r, "metrics", None)
+        }
+
+    def metrics_summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per metric, per outcome (and ``all``): count, mean, min and max (see
+        :func:`summarize_metrics`)."""
+        return summarize_metrics(self.runs, self.metrics)
 
     def outcome_counts(self) -> dict[str, int]:
         """Runs per outcome, every outcome present (zeros included)."""
@@ -134,7 +157,7 @@ class CampaignResult:
             raise TorchFaultError(f"cannot write Parquet {str(out)!r}: {exc}") from None
         return out
 
-    def summary(self, confidence: float = 0.95, method: str = "wilson") -> Any:
+    def summary(self, confidence: float = 0.95, method: str = "clopper_pearson") -> Any:
         """Rates with confidence intervals, overall and per layer, bit and target kind."""
         from torchfault.analysis import summarize
 
@@ -158,43 +181,127 @@ def as_fault_sets(faults: Iterable[Fault | Sequence[Fault]] | Fault) -> list[tup
     return out
 
 
+def summarize_metrics(
+    runs: Iterable[RunRecord], metrics: dict[tuple[int, int], dict[str, float | None]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per metric, per outcome (and ``all``): ``n`` (runs with a value), ``mean``, ``min``, ``max``.
+
+    Example:
+        >>> from torchfault.store import RunRecord
+        >>> runs = [RunRecord(0, 0, "sdc"), RunRecord(1, 0, "benign")]
+        >>> s = summarize_metrics(runs, {(0, 0): {"err": 0.5}, (1, 0): {"err": 0.1}})
+        >>> s["err"]["all"]["n"], s["err"]["sdc"]["mean"]
+        (2, 0.5)
+    """
+    values: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        m = metrics.get((r.fault_id, r.input_id))
+        if not m:
+            continue
+        for name, v in m.items():
+            if v is None:
+                continue
+            per = values.setdefault(name, {})
+            per.setdefault("all", []).append(float(v))
+            per.setdefault(r.outcome, []).append(float(v))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, per in values.items():
+        out[name] = {
+            k: {"n": len(v), "mean": sum(v) / len(v), "min": min(v), "max": max(v)}
+            for k, v in per.items()
+        }
+    return out
+
+
 @torch.no_grad()
-def golden_run(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The fault-free outputs of ``model`` on ``inputs``, in batches."""
-    outs = []
-    for start in range(0, inputs.shape[0], batch_size):
+def golden_run(
+    model: nn.Module, inputs: torch.Tensor | Batched | Any, batch_size: int = 256
+) -> torch.Tensor | list[Any]:
+    """The fault-free outputs of ``model`` on ``inputs``, in batches: one tensor (rows first)
+    when the model returns a tensor for a tensor input, else a list of per-input outputs."""
+    inputs = as_batched(inputs)
+    n = len(inputs) if isinstance(inputs, Batched) else inputs.shape[0]
+    outs: list[Any] = []
+    for start in range(0, n, batch_size):
         try:
             # a copy: a model may modify its input in place, and the inputs must stay golden
             out = _forward(model, inputs[start : start + batch_size].clone())
         except TypeError as exc:
             raise TorchFaultError(str(exc)) from None
-        outs.append(out.detach())
-    return torch.cat(outs)
+        outs.append(out.detach() if isinstance(out, torch.Tensor) else _detached(out))
+    if all(isinstance(o, torch.Tensor) for o in outs):
+        return torch.cat(outs)
+    return [row for o in outs for row in (list(o) if not isinstance(o, torch.Tensor) else o)]
+
+
+def _detached(rows: list[Any]) -> list[Any]:
+    from torchfault.campaign._structure import _map
+
+    return [_map(r, lambda t: t.detach()) for r in rows]
+
+
+def make_criterion(
+    criterion: str | Criterion | Any = "top1",
+    topk: int = 1,
+    tolerance: float = 0.0,
+    output: str | int | None = None,
+    **options: Any,
+) -> Criterion:
+    """A :class:`Criterion` from a name, a callable ``fn(golden, faulty)`` or a Criterion.
+
+    Example:
+        >>> make_criterion("tokens", k=2).k
+        2
+        >>> make_criterion(lambda g, f: bool((g != f).any())).fn is not None
+        True
+    """
+    if isinstance(criterion, Criterion):
+        return criterion
+    if callable(criterion):
+        name = getattr(criterion, "__qualname__", None) or "callable"
+        return Criterion(name, topk, tolerance, output=output, fn=criterion, **options)
+    if isinstance(criterion, str):
+        return Criterion(criterion, topk, tolerance, output=output, **options)
+    raise TorchFaultError(
+        f"criterion: expected a name, a Criterion or a callable fn(golden, faulty), got "
+        f"{type(criterion).__name__}."
+    )
 
 
 def run_campaign(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[Any, ...] | dict[str, Any] | Batched,
     faults: Iterable[Fault | Sequence[Fault]] | Fault,
     labels: torch.Tensor | None = None,
     *,
-    criterion: str | Criterion = "top1",
+    criterion: str | Criterion | Any = "top1",
     topk: int = 1,
     tolerance: float = 0.0,
     only_correct: bool = False,
     engine: str = "reference",
     batch_size: int = 256,
+    output: str | int | None = None,
+    batch_dim: int = 0,
+    device: str | torch.device | None = None,
 ) -> CampaignResult:
     """Run every fault (or fault set) on every input and classify each run.
 
     Args:
         model: the model (switched to eval mode for the campaign and restored after).
-        inputs: a batch of inputs, one per row.
+        inputs: the inputs: a tensor with one input per row, a tuple of tensors (positional
+            arguments) or a dict of tensors (keyword arguments: ``input_ids``,
+            ``attention_mask``), every tensor batched along ``batch_dim``.
         faults: faults, or sequences of faults that act together in one run. Activation faults
             with ``sample=None`` hit the run's own input.
         labels: true classes; needed for ``only_correct``.
-        criterion: ``"top1"``, ``"topk"``, ``"tolerance"`` or a :class:`Criterion`.
+        criterion: a registered criterion (``top1``, ``topk``, ``tolerance``, ``regression``,
+            ``segmentation``, ``detection``, ``tokens``), a :class:`Criterion`, or a callable
+            ``fn(golden, faulty) -> "sdc" | "benign" | "due"`` (optionally with a dict of metrics).
         topk, tolerance: parameters of the criterion.
+        output: the part of the model's output the criterion reads (``"logits"``, ``0``).
+        batch_dim: the batch dimension of every input tensor (and of the output's tensors).
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``: the model and inputs are
+            moved there for the campaign (the model moved back after); ``None``: where they are.
         only_correct: run only inputs the golden model classifies correctly.
         engine: ``"reference"`` (full re-execution) or another registered engine (``"fast"``).
         batch_size: rows per forward pass.
@@ -211,40 +318,52 @@ def run_campaign(
         >>> len(result), sum(result.outcome_counts().values())
         (10, 10)
     """
-    crit = criterion if isinstance(criterion, Criterion) else Criterion(criterion, topk, tolerance)
+    crit = make_criterion(criterion, topk, tolerance, output)
+    if output is not None and crit.output != output:
+        crit = dataclasses.replace(crit, output=output)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise TorchFaultError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1:
-        what = "a 0-d tensor" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise TorchFaultError(f"inputs must be a tensor with one input per row, got {what}.")
-    if inputs.shape[0] == 0:
-        raise TorchFaultError("inputs: no inputs (a tensor with 0 rows); give at least one.")
+    if isinstance(inputs, torch.Tensor) and inputs.dim() < 1:
+        raise TorchFaultError("inputs must be a tensor with one input per row, got a 0-d tensor.")
+    inputs = as_batched(inputs, batch_dim)
+    n_inputs = len(inputs) if isinstance(inputs, Batched) else inputs.shape[0]
+    if n_inputs == 0:
+        raise TorchFaultError("inputs: no inputs (0 rows); give at least one.")
     if labels is not None:
         labels = torch.as_tensor(labels)
-        if labels.numel() != inputs.shape[0]:
+        if labels.numel() != n_inputs:
             raise TorchFaultError(
                 f"labels must hold one class per input: got {labels.numel()} labels for "
-                f"{inputs.shape[0]} inputs."
+                f"{n_inputs} inputs."
             )
     sets = as_fault_sets(faults)
+    dev = resolve_device(device, "device") if device is not None else None
     was_training = model.training
+    home = next((t.device for t in [*model.parameters(), *model.buffers()]), None)
+    if dev is not None:
+        model.to(dev)
+        inputs = inputs.to(dev)
     model.eval()
     try:
         golden = golden_run(model, inputs, batch_size)
-        if crit.topk != 1 or crit.name == "topk":
-            from torchfault.campaign._config import check_topk
-
-            check_topk(golden, crit.topk)
-        ids = list(range(inputs.shape[0]))
+        check_fit(golden, crit)
+        ids = list(range(n_inputs))
+        eng = make_engine(engine, model, inputs, golden, crit, batch_size)
         if only_correct:
             if labels is None:
                 raise TorchFaultError("run_campaign(only_correct=True) needs labels.")
-            correct = golden.reshape(len(ids), -1).argmax(dim=1) == labels.reshape(-1)
-            ids = [i for i in ids if bool(correct[i])]
-        eng = ENGINES.get(engine)(model, inputs, golden, crit, batch_size)
+            top1 = eng.golden_top1(ids)
+            if any(t is None for t in top1):
+                raise TorchFaultError(
+                    f"run_campaign(only_correct=True): criterion {crit.label!r} gives no class "
+                    "per input to compare with the labels."
+                )
+            ids = [i for i, t in zip(ids, top1) if int(t) == int(labels.reshape(-1)[i])]  # type: ignore[arg-type]
         tasks = [RunTask(k, fs, tuple(ids)) for k, fs in enumerate(sets)]
         runs = eng.run(tasks)
     finally:
         model.train(was_training)
+        if dev is not None and home is not None:
+            model.to(home)
     runs.sort(key=lambda r: (r.fault_id, r.input_id))
     return CampaignResult(runs, {k: fs for k, fs in enumerate(sets)})
