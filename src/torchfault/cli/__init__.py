@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchfault.config import apply_overrides, describe, dump_yaml, from_dict, load_yaml
-from torchfault.errors import TorchFaultError
+from torchfault.errors import ConfigError, TorchFaultError
 from torchfault.registry import Registry
 
 __all__ = ["Command", "command", "main", "COMMANDS"]
@@ -82,12 +82,27 @@ def _load_jobs() -> None:
 def _usage() -> str:
     lines = [
         "usage: torchfault JOB [ARGS] [--config FILE.yaml] [--field.path VALUE ...] [--print_config]",
+        "       torchfault --version",
         "",
         "jobs:",
     ]
     for name in COMMANDS.list():
         lines.append(f"  {name:<10} {COMMANDS.get(name).help}")
     return "\n".join(lines)
+
+
+def _switches(cls: type, prefix: str = "") -> set[str]:
+    """Dotted names of the ``bool`` (or ``bool | None``) fields of a config dataclass."""
+    import dataclasses
+    import typing
+
+    out: set[str] = set()
+    for name, tp in typing.get_type_hints(cls).items():
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out |= _switches(tp, f"{prefix}{name}.")
+        elif tp is bool or set(typing.get_args(tp)) == {bool, type(None)}:
+            out.add(prefix + name)
+    return out
 
 
 def build_config(cmd: Command, args: Sequence[str]) -> tuple[Any, bool]:
@@ -111,9 +126,15 @@ def build_config(cmd: Command, args: Sequence[str]) -> tuple[Any, bool]:
             config_files.append(tok.split("=", 1)[1])
         elif tok.startswith("--"):
             rest.append(tok)
-            if "=" not in tok and i + 1 < len(args):
-                rest.append(args[i + 1])
-                i += 1
+            if "=" not in tok:
+                key = tok[2:].replace("-", "_")
+                if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    rest.append(args[i + 1])
+                    i += 1
+                elif key in _switches(cmd.config):
+                    rest.append("true")  # a bare switch (``--html``, ``--per_element``)
+                else:
+                    raise ConfigError(f"--{key}: missing value.", field=key)
         else:
             positional.append(tok)
         i += 1
@@ -192,6 +213,11 @@ def _main(argv: Sequence[str] | None) -> int:
     _load_jobs()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        from torchfault import __version__
+
+        print(f"torchfault {__version__}")
         return 0
     name, args = argv[0], argv[1:]
     try:
