@@ -43,6 +43,7 @@ __all__ = [
     "to_dict",
     "dump_yaml",
     "check_seed",
+    "check_selectors",
     "is_factory_spec",
     "load_factory",
     "safe_text",
@@ -188,13 +189,38 @@ def check_seed(value: Any, field: str = "seed", maximum: int = INT_MAX) -> int:
             " (it seeds torch and numpy and is stored in SQLite)"
             if maximum == INT_MAX
             else " (Lightning seeds numpy with 32 bits)"
-            if maximum == 2**32 - 1
+            if maximum < 2**32
             else ""
         )
         raise ConfigError(
             f"{field}: must be an integer in [0, {bound}]{why}, got {_short(value)}.", field=field
         )
     return value
+
+
+def check_selectors(selectors: Any, field: str) -> None:
+    """Compile every ``re:<regex>`` of a list of module selectors; a bad one is a ConfigError
+    naming ``field[i]`` (instead of an ``re.error`` traceback when the model is searched).
+
+    Example:
+        >>> check_selectors(["conv1", "re:layer[12]"], "targets.modules")
+        >>> check_selectors(["re:["], "targets.modules")
+        Traceback (most recent call last):
+        ...
+        torchfault.errors.ConfigError: targets.modules[0]: 're:[' is not a valid regular expression (unterminated character set at position 0); write re:<Python regex>, e.g. 're:layer1\\..*'.
+    """
+    import re
+
+    for i, selector in enumerate(selectors or ()):
+        if isinstance(selector, str) and selector.startswith("re:"):
+            try:
+                re.compile(selector[3:])
+            except re.error as exc:
+                raise ConfigError(
+                    f"{field}[{i}]: {selector!r} is not a valid regular expression ({exc}); "
+                    "write re:<Python regex>, e.g. 're:layer1\\..*'.",
+                    field=f"{field}[{i}]",
+                ) from None
 
 
 def is_factory_spec(name: Any) -> bool:

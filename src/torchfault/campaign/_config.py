@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from torchfault.analysis._stats import INTERVAL_METHODS
 from torchfault.campaign._fast._options import FastOptions
-from torchfault.config import check_seed
+from torchfault.config import check_seed, check_selectors
 from torchfault.errors import ConfigError, suggest
 from torchfault.faults._targets import normalize_kinds
 
@@ -127,16 +126,7 @@ class TargetsConfig:
     format: str | None = None
 
     def __post_init__(self) -> None:
-        for i, selector in enumerate(self.modules):
-            if isinstance(selector, str) and selector.startswith("re:"):
-                try:
-                    re.compile(selector[3:])
-                except re.error as exc:
-                    raise ConfigError(
-                        f"targets.modules[{i}]: {selector!r} is not a valid regular expression "
-                        f"({exc}); write re:<Python regex>, e.g. 're:layer1\\..*'.",
-                        field=f"targets.modules[{i}]",
-                    ) from None
+        check_selectors(self.modules, "targets.modules")
         try:
             self.kinds = list(normalize_kinds(self.kinds))
         except ValueError as exc:

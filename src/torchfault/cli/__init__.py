@@ -188,20 +188,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1  # as rich's console does for the tables (and the Python docs suggest)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to whatever ``sys.stderr`` is when a record comes."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _show_trust_log() -> None:
     """Print, on stderr, which code a config makes torchfault import (``module:function``
     factories, logger ``torchfault.config``), unless a job logs it already."""
     logger = logging.getLogger("torchfault.config")
     if any(getattr(h, "_torchfault_trust", False) for h in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("torchfault: %(message)s"))
-    # a job that sets up its own logging (campaign) prints the record through it instead
-    handler.addFilter(
-        lambda record: not any(
+
+    def unlogged(record: logging.LogRecord) -> bool:
+        # a job that sets up its own logging (campaign) prints the record through it instead
+        return not any(
             getattr(h, "_torchfault", False) for h in logging.getLogger("torchfault").handlers
         )
-    )
+
+    handler.addFilter(unlogged)
     handler._torchfault_trust = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -34,13 +34,27 @@ def setup_logging(run_dir: str | Path, name: str = "campaign") -> Path:
     console = RichHandler(show_path=False, rich_tracebacks=False)
     console.setLevel(logging.INFO)
     console.addFilter(lambda record: not getattr(record, "file_only", False))
-    file = logging.FileHandler(log_file)
+    file = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for h in (console, file):
         h._torchfault = True  # type: ignore[attr-defined]
+        h.addFilter(_printable)
         root.addHandler(h)
     root.propagate = False
     return log_file
+
+
+def _printable(record: logging.LogRecord) -> bool:
+    """Make a record's message printable: a file name of any bytes (undecodable bytes read
+    from the command line as lone surrogates) is written with ``\\xNN`` escapes instead of
+    failing in the handler (``--- Logging error ---``)."""
+    from torchfault.config import safe_text
+
+    message = record.getMessage()
+    safe = safe_text(message)
+    if safe is not message:
+        record.msg, record.args = safe, ()
+    return True
 
 
 @command(
@@ -67,6 +81,19 @@ def campaign_job(cfg: CampaignConfig) -> int:
     except Exception:
         log.exception("the campaign failed", extra=_FILE_ONLY)
         raise
+    finally:
+        _close_logging()
+
+
+def _close_logging() -> None:
+    """Remove and close the handlers :func:`setup_logging` added (the log file is complete; a
+    later job in the same process logs afresh)."""
+    root = logging.getLogger("torchfault")
+    for h in list(root.handlers):
+        if getattr(h, "_torchfault", False):
+            root.removeHandler(h)
+            h.close()
+    root.propagate = True
 
 
 _FILE_ONLY = {"file_only": True}
@@ -128,6 +155,8 @@ def _run_campaign(cfg: CampaignConfig, log_file: Path) -> int:
                 exc,
                 cfg.store_path,
             )
-    console.print("[bold]written:[/bold] " + ", ".join(str(p) for p in outputs))
+    from torchfault.config import safe_text
+
+    console.print("[bold]written:[/bold] " + safe_text(", ".join(str(p) for p in outputs)))
     log.info("written: %s", ", ".join(str(p) for p in outputs), extra=_FILE_ONLY)
     return 0

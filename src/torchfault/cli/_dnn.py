@@ -12,12 +12,14 @@ the dataset's input shape and class count); the dataset likewise (``function(spl
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from torchfault.cli import command
+from torchfault.config import check_seed, check_selectors
 from torchfault.dnn._training import TestConfig, TrainConfig
 
 __all__ = ["PruneConfig", "ProfileConfig", "QuantizeConfig", "SummaryConfig"]
@@ -27,6 +29,13 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console()
+
+
+def _wide_console() -> Any:
+    """A console that never wraps or cuts lines (for output that is not a terminal)."""
+    from rich.console import Console
+
+    return Console(width=100_000)
 
 
 def _metrics_table(title: str, rows: dict[str, Any]) -> Any:
@@ -178,6 +187,8 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         _check_names(self.model, self.dataset)
+        check_seed(self.seed, "seed", 2**32 - 1 - self.steps)  # fine-tuning seeds seed + step
+        check_selectors(self.modules, "modules")
         if not 0.0 <= self.amount < 1.0:
             raise ValueError(f"amount must lie in [0, 1), got {self.amount}.")
         if self.steps < 1:
@@ -408,7 +419,12 @@ def summary_job(cfg: SummaryConfig) -> int:
     model = _load_model(cfg, pretrained=False)
     s = summarize(model, batch=cfg.batch)
     console = _console()
-    console.print(s.table())
+    if console.is_terminal or "COLUMNS" in os.environ:
+        table = s.table(width=console.width)  # compact when the full table does not fit
+    else:  # piped: every row whole, however wide (for grep, files, other programs)
+        table = s.table()
+        console = _wide_console()
+    console.print(table)
     console.print(
         f"params {s.total_params:,} ({s.trainable_params:,} trainable); MACs {s.total_macs:,}; "
         f"FLOPs {s.total_flops:,}; parameter memory {s.param_bytes:,} B; buffers "

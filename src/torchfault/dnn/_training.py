@@ -359,6 +359,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_names(self.model, self.dataset)
+        from torchfault.config import check_seed
+
+        check_seed(self.seed, "seed", 2**32 - 1)  # Lightning's seed_everything takes 32 bits
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         if self.num_workers < 0:
