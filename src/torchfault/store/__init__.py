@@ -9,15 +9,34 @@ Example:
     'masked'
 """
 
+from torchfault.store._check import (
+    CheckReport,
+    FileInfo,
+    RepairReport,
+    StoreDamagedError,
+    check_store,
+    inspect_file,
+    repair_store,
+)
+from torchfault.store._lock import StoreBusyError, StoreLock
 from torchfault.store._records import OUTCOMES, FaultRecord, GoldenRecord, RunRecord
 from torchfault.store._store import SCHEMA_VERSION, ResultStore, open_store
 
 __all__ = [
     "OUTCOMES",
     "SCHEMA_VERSION",
+    "CheckReport",
     "FaultRecord",
+    "FileInfo",
     "GoldenRecord",
+    "RepairReport",
     "ResultStore",
     "RunRecord",
+    "StoreBusyError",
+    "StoreDamagedError",
+    "StoreLock",
+    "check_store",
+    "inspect_file",
     "open_store",
+    "repair_store",
 ]

@@ -8,6 +8,15 @@ transactions, never corrupt the file). Runs are buffered and committed ``chunk_s
 a chunk is also committed when the oldest buffered run is ``max_delay`` seconds old. The schema
 is documented in ``docs/store.md``.
 
+One writer at a time: a writing store holds ``<store>.lock`` (see :mod:`torchfault.store._lock`;
+released by the kernel when the writer dies, even by ``kill -9``), so a second campaign on the same
+store is refused with the first one's pid and host (or waits, ``wait=``), and ``mode='w'`` takes
+the lock before it deletes anything. Before any write or pragma, an existing file is identified
+read-only (:func:`~torchfault.store.inspect_file`): another application's file, or a file that is
+not SQLite, is refused byte-for-byte untouched; a damaged store is refused, pointing to
+``torchfault store check`` / ``repair``. A damaged page met later, or a stored fault that does not
+decode, is a :class:`~torchfault.store.StoreDamagedError` naming the file (and the row).
+
 Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.sqlite"
@@ -22,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import json
@@ -35,6 +45,8 @@ from typing import Any
 
 from torchfault.errors import StoreMismatchError, TorchFaultError
 from torchfault.faults._fault import Fault, FaultSite
+from torchfault.store._check import StoreDamagedError, damage_advice, inspect_file, refusal
+from torchfault.store._lock import StoreLock
 from torchfault.store._records import OUTCOMES, FaultRecord, GoldenRecord, RunRecord
 
 __all__ = ["ResultStore", "SCHEMA_VERSION", "open_store"]
@@ -189,9 +201,14 @@ class ResultStore:
         max_delay: also commit buffered runs once the oldest is this many seconds old.
         advice: what a refused user should do, ending every mismatch error (default: a new
             store path, or ``mode='w'``); the campaign runner names its own settings here.
+        wait: a writer (``'a'``, ``'w'``) waits this many seconds for another campaign writing
+            the same store to finish; ``0`` refuses at once, ``None`` waits as long as it takes.
+        writer: a name for this writer, shown to refused ones (the campaign's name).
 
     Raises:
         StoreMismatchError: the store holds another campaign (config or fingerprint differ).
+        StoreBusyError: another process is writing the store.
+        StoreDamagedError: the file is damaged.
         TorchFaultError: the path cannot be written, or is not a torchfault store.
     """
 
@@ -205,6 +222,8 @@ class ResultStore:
         chunk_size: int = 1000,
         max_delay: float = 10.0,
         advice: str | None = None,
+        wait: float | None = 0.0,
+        writer: str = "",
     ) -> None:
         if mode not in _MODES:
             raise TorchFaultError(
@@ -221,6 +240,9 @@ class ResultStore:
         self._buffer: list[tuple[Any, ...]] = []
         self._buffer_since: float | None = None
         self._conn: sqlite3.Connection | None = None
+        self._writer_lock: StoreLock | None = None
+        if mode != "r":
+            self._writer_lock = StoreLock(self.path, wait=wait, campaign=writer)  # checks wait
         if mode == "r":
             self._open_read()
         else:
@@ -232,7 +254,11 @@ class ResultStore:
                 raise TorchFaultError(
                     f"ResultStore({str(self.path)!r}): fingerprint must be a non-empty string, got {fingerprint!r}."
                 )
-            self._open_write(json.loads(_canonical(campaign)), fingerprint)
+            try:
+                self._open_write(json.loads(_canonical(campaign)), fingerprint)
+            except BaseException:
+                self._release()
+                raise
         self._kinds = {(s.module, s.target): s.kind for s in self.sites()}
 
     # ------------------------------------------------------------------ opening
@@ -240,6 +266,25 @@ class ResultStore:
     def _error(self, what: str, exc: BaseException | None = None) -> TorchFaultError:
         tail = f": {exc}" if exc is not None else ""
         return TorchFaultError(f"results store {str(self.path)!r}: {what}{tail}")
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """SQLite's read errors as errors that name this file (and what to do when damaged)."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise self._error(f"cannot read {what}", exc) from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamagedError(
+                f"results store {str(self.path)!r} is damaged: reading {what} failed "
+                f"(SQLite: {exc}). {damage_advice(self.path)}"
+            ) from None
+
+    def _identify(self) -> None:
+        """Refuse, before anything is written, a file that is not a sound-looking store."""
+        info = inspect_file(self.path)
+        if info.kind in ("not_sqlite", "foreign_sqlite", "damaged"):
+            raise refusal(self.path, info)
 
     def _connect(self, uri: str | None = None) -> sqlite3.Connection:
         try:
@@ -277,6 +322,7 @@ class ResultStore:
     def _open_read(self) -> None:
         if not self.path.is_file():
             raise self._error("no such file")
+        self._identify()
         # a plain connection (that we never write through) lets SQLite tidy its -wal/-shm files
         # on close; a read-only file or folder needs the read-only URI
         writable = os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
@@ -303,15 +349,35 @@ class ResultStore:
             raise self._error("its folder is not writable")
         if self.path.exists() and not os.access(self.path, os.W_OK):
             raise self._error("the file is not writable")
+        if self.mode == "a" or self.path.exists():
+            # read-only, before the lock file or any pragma: a foreign file keeps every byte
+            info = inspect_file(self.path)
+            if info.kind in ("not_sqlite", "foreign_sqlite") or (
+                info.kind == "damaged" and self.mode == "a"
+            ):
+                raise refusal(self.path, info)
+            if info.kind == "damaged":  # mode 'w' deletes only what it knows to be a store
+                raise StoreDamagedError(
+                    f"results store {str(self.path)!r}: cannot tell whether this damaged file is "
+                    f"a torchfault store (SQLite: {info.detail}), so overwrite leaves it alone; "
+                    "delete it yourself if it is yours, or give another store.path."
+                )
+        assert self._writer_lock is not None
+        self._writer_lock.acquire()  # before deleting anything: never under a running campaign
         if self.mode == "w" and self.path.exists():
-            if self.path.stat().st_size > 0:
-                probe = self._connect()
-                try:
-                    self._is_store(probe)  # refuses to delete a foreign file
-                finally:
-                    probe.close()
             self._remove_files()
         conn = self._connect()
+        if self.mode == "a" and self.path.stat().st_size > 0:
+            try:
+                problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+            except sqlite3.DatabaseError as exc:
+                problems = [str(exc)]
+            if problems != ["ok"]:
+                conn.close()
+                raise StoreDamagedError(
+                    f"results store {str(self.path)!r} is damaged (SQLite: {'; '.join(problems)}); "
+                    f"nothing was written to it. {damage_advice(self.path)}"
+                )
         meta = {
             "config": _canonical(campaign),
             "seed": _canonical(_find_seed(campaign)),
@@ -393,12 +459,20 @@ class ResultStore:
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                    exc, sqlite3.OperationalError
+                ):
+                    raise StoreDamagedError(
+                        f"results store {str(self.path)!r} is damaged: a write failed "
+                        f"(SQLite: {exc}). {damage_advice(self.path)}"
+                    ) from None
                 if isinstance(exc, sqlite3.Error):
                     raise self._error("write failed", exc) from None
                 raise
 
     def _raw_meta(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT key, value FROM meta"))
+        with self._guard("its metadata"):
+            return dict(self.conn.execute("SELECT key, value FROM meta"))
 
     def __enter__(self) -> ResultStore:
         return self
@@ -409,10 +483,15 @@ class ResultStore:
     def __repr__(self) -> str:
         return f"ResultStore({str(self.path)!r}, mode={self.mode!r})"
 
+    def _release(self) -> None:
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+
     def close(self) -> None:
-        """Commit buffered runs and close the file (idempotent)."""
+        """Commit buffered runs, close the file and release the write lock (idempotent)."""
         with self._lock:
             if self._conn is None:
+                self._release()
                 return
             try:
                 if self.mode != "r":
@@ -420,6 +499,7 @@ class ResultStore:
             finally:
                 self._conn.close()
                 self._conn = None
+                self._release()
 
     # ------------------------------------------------------------------ writing
 
@@ -601,19 +681,39 @@ class ResultStore:
 
     def sites(self) -> list[FaultSite]:
         """The fault sites, in order."""
-        rows = self.conn.execute(
-            "SELECT module, target, kind, shape, format, bit_width, element, calls, module_type "
-            "FROM sites ORDER BY site_id"
-        ).fetchall()
-        return [
-            FaultSite(
-                m, t, k, tuple(json.loads(sh)), fmt, bw, json.loads(el) if el else None, calls, mt
-            )
-            for m, t, k, sh, fmt, bw, el, calls, mt in rows
-        ]
+        with self._guard("its fault sites"):
+            rows = self.conn.execute(
+                "SELECT site_id, module, target, kind, shape, format, bit_width, element, calls, "
+                "module_type FROM sites ORDER BY site_id"
+            ).fetchall()
+        out = []
+        for sid, m, t, k, sh, fmt, bw, el, calls, mt in rows:
+            try:
+                shape, element = tuple(json.loads(sh)), json.loads(el) if el else None
+            except (ValueError, TypeError) as exc:
+                raise StoreDamagedError(
+                    f"results store {str(self.path)!r}: sites row site_id={sid} does not decode "
+                    f"({type(exc).__name__}: {exc}). {damage_advice(self.path)}"
+                ) from None
+            out.append(FaultSite(m, t, k, shape, fmt, bw, element, calls, mt))
+        return out
 
     def faults(self, ids: Iterable[int] | None = None) -> dict[int, tuple[Fault, ...]]:
         """``{fault_id: (Fault, ...)}`` of every stored fault, or of those of ``ids`` stored."""
+        with self._guard("its faults"):
+            rows = self._fault_rows(ids)
+        out: dict[int, tuple[Fault, ...]] = {}
+        for fid, text in rows:
+            try:
+                out[fid] = tuple(Fault.from_dict(d) for d in json.loads(text))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise StoreDamagedError(
+                    f"results store {str(self.path)!r}: faults row fault_id={fid} does not decode "
+                    f"({type(exc).__name__}: {exc}). {damage_advice(self.path)}"
+                ) from None
+        return out
+
+    def _fault_rows(self, ids: Iterable[int] | None) -> list[tuple[int, str]]:
         if ids is None:
             rows = list(self.conn.execute("SELECT fault_id, faults FROM faults ORDER BY fault_id"))
         else:
@@ -627,63 +727,70 @@ class ResultStore:
                     "ORDER BY fault_id",
                     part,
                 ).fetchall()
-        return {fid: tuple(Fault.from_dict(d) for d in json.loads(text)) for fid, text in rows}
+        return rows
 
     def golden(self) -> dict[int, GoldenRecord]:
         """``{input_id: GoldenRecord}``."""
-        return {
-            row[0]: GoldenRecord(*row)
-            for row in self.conn.execute(
-                "SELECT input_id, top1, label, digest FROM golden ORDER BY input_id"
-            )
-        }
+        with self._guard("its golden results"):
+            return {
+                row[0]: GoldenRecord(*row)
+                for row in self.conn.execute(
+                    "SELECT input_id, top1, label, digest FROM golden ORDER BY input_id"
+                )
+            }
 
     def iter_runs(self) -> Iterator[RunRecord]:
         """Every committed (and, when writing, buffered) run, ordered by fault and input."""
-        cur = self._reading().execute(
-            "SELECT fault_id, input_id, outcome, golden_top1, faulty_top1, max_abs_diff, seconds, error "
-            "FROM runs ORDER BY fault_id, input_id"
-        )
-        for row in cur:
-            yield RunRecord(*row)
+        with self._guard("its runs"):
+            cur = self._reading().execute(
+                "SELECT fault_id, input_id, outcome, golden_top1, faulty_top1, max_abs_diff, "
+                "seconds, error FROM runs ORDER BY fault_id, input_id"
+            )
+            for row in cur:
+                yield RunRecord(*row)
 
     def runs(self) -> list[RunRecord]:
         """:meth:`iter_runs` as a list."""
         return list(self.iter_runs())
 
     def count_runs(self) -> int:
-        return int(self._reading().execute("SELECT count(*) FROM runs").fetchone()[0])
+        with self._guard("its runs"):
+            return int(self._reading().execute("SELECT count(*) FROM runs").fetchone()[0])
 
     def outcome_counts(self, *, below: int | None = None) -> dict[str, int]:
         """``{"masked": .., "benign": .., "sdc": .., "due": ..}`` over all runs, or over the runs
         of faults ``fault_id < below`` (what an adaptive campaign's stopping rule looks at)."""
-        if below is None:
-            cur = self._reading().execute("SELECT outcome, count(*) FROM runs GROUP BY outcome")
-        else:
-            cur = self._reading().execute(
-                "SELECT outcome, count(*) FROM runs WHERE fault_id < ? GROUP BY outcome",
-                (int(below),),
-            )
-        counts = dict(cur)
+        with self._guard("its runs"):
+            if below is None:
+                cur = self._reading().execute("SELECT outcome, count(*) FROM runs GROUP BY outcome")
+            else:
+                cur = self._reading().execute(
+                    "SELECT outcome, count(*) FROM runs WHERE fault_id < ? GROUP BY outcome",
+                    (int(below),),
+                )
+            counts = dict(cur)
         return {o: int(counts.get(o, 0)) for o in OUTCOMES}
 
     def done_runs(self) -> set[tuple[int, int]]:
         """``{(fault_id, input_id)}`` of every run stored: what a resumed campaign skips."""
-        return set(self._reading().execute("SELECT fault_id, input_id FROM runs"))
+        with self._guard("its runs"):
+            return set(self._reading().execute("SELECT fault_id, input_id FROM runs"))
 
     def fault_ids(self) -> set[int]:
         """Ids of the faults stored (with or without runs): what a resumed campaign need not add."""
-        return {r[0] for r in self.conn.execute("SELECT fault_id FROM faults")}
+        with self._guard("its faults"):
+            return {r[0] for r in self.conn.execute("SELECT fault_id FROM faults")}
 
     def done_fault_ids(self, n_inputs: int | None = None) -> set[int]:
         """Fault ids with runs on all inputs: ``n_inputs`` of them (default: the number of
         golden inputs stored, or 1 when none are)."""
-        if n_inputs is None:
-            n_inputs = int(self.conn.execute("SELECT count(*) FROM golden").fetchone()[0]) or 1
-        cur = self._reading().execute(
-            "SELECT fault_id FROM runs GROUP BY fault_id HAVING count(*) >= ?", (int(n_inputs),)
-        )
-        return {r[0] for r in cur}
+        with self._guard("its runs"):
+            if n_inputs is None:
+                n_inputs = int(self.conn.execute("SELECT count(*) FROM golden").fetchone()[0]) or 1
+            cur = self._reading().execute(
+                "SELECT fault_id FROM runs GROUP BY fault_id HAVING count(*) >= ?", (int(n_inputs),)
+            )
+            return {r[0] for r in cur}
 
     def summary(
         self, confidence: float = 0.95, method: str = "wilson", *, per_element: bool = False
@@ -710,8 +817,9 @@ class ResultStore:
             with out.open("w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(_EXPORT_COLUMNS)
-                for row in self._reading().execute(_EXPORT_SQL):
-                    writer.writerow(["" if v is None else v for v in row])
+                with self._guard("its runs"):
+                    for row in self._reading().execute(_EXPORT_SQL):
+                        writer.writerow(["" if v is None else v for v in row])
         except OSError as exc:
             raise TorchFaultError(f"cannot write CSV export {str(out)!r}: {exc}") from None
         return out
@@ -726,7 +834,8 @@ class ResultStore:
                 "export_parquet needs pyarrow, which is not installed; install the 'parquet' extra: "
                 "pip install 'torchfault[parquet]'."
             ) from None
-        rows = self._reading().execute(_EXPORT_SQL).fetchall()
+        with self._guard("its runs"):
+            rows = self._reading().execute(_EXPORT_SQL).fetchall()
         types = [
             pa.int64(),
             pa.int64(),
