@@ -11,7 +11,7 @@ seeded inputs, two campaigns of single-bit flips (float32, bit drawn uniformly f
 
 Every fault runs on all 32 inputs (one run = one fault on one input). Each campaign is run by
 torchfault ``fast`` (for activation faults also with its spatial windows switched off,
-``FastEngine.window = False``: the engine as it was before them), torchfault ``reference`` and
+``FastOptions(window=False)``: the engine as it was before them), torchfault ``reference`` and
 pytorchfi (one declared fault per forward pass
 over the batch of 32, bit flips through custom functions, since pytorchfi's own bit-flip model
 emulates 8-bit integers), all in this process, one intra-op thread each. One plain forward pass
@@ -41,7 +41,7 @@ import torch.nn as nn
 
 from torchfault import Fault
 from torchfault.campaign import Criterion, ReferenceEngine, RunTask, build_engine, create_executor
-from torchfault.campaign._fast import FastEngine
+from torchfault.campaign._fast import FastEngine, FastOptions
 from torchfault.dnn import create_model
 
 N_INPUTS = 32
@@ -121,15 +121,13 @@ def run_torchfault(
     engine: str, model, x, golden, faults, window: bool = True
 ) -> tuple[float, dict[str, int]]:
     tasks = [RunTask(k, (f,), tuple(range(N_INPUTS))) for k, f in enumerate(faults)]
-    before = FastEngine.window
-    FastEngine.window = window
-    try:
-        t0 = time.perf_counter()
-        cls = FastEngine if engine == "fast" else ReferenceEngine
-        records = cls(model, x, golden, Criterion(), 256).run(tasks)
-        seconds = time.perf_counter() - t0
-    finally:
-        FastEngine.window = before
+    t0 = time.perf_counter()
+    if engine == "fast":
+        options = FastOptions(window=window)
+        records = FastEngine(model, x, golden, Criterion(), 256, options=options).run(tasks)
+    else:
+        records = ReferenceEngine(model, x, golden, Criterion(), 256).run(tasks)
+    seconds = time.perf_counter() - t0
     return seconds, {o: sum(r.outcome == o for r in records) for o in ("sdc", "due")}
 
 

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from torchfault import Fault, run_campaign
 from torchfault.campaign import ENGINES, ReferenceEngine, RunTask, golden_run
-from torchfault.campaign._fast import FastEngine
+from torchfault.campaign._fast import FastEngine, FastOptions, _windows
+from torchfault.campaign._fast._windows import WindowRunner
 from torchfault.dnn import create_model, list_models
 from torchfault.faults import fault_space
 
@@ -278,7 +279,7 @@ def test_tiny_cache_and_small_batches_give_the_same_runs():
     faults = random_faults(model, x, 30, seed=6)
     got, want, fast = compare(model, x, faults, batch_size=20)
     fast2 = FastEngine(model, x, golden_run(model, x, 256), batch_size=3)
-    fast2._cache.budget = 1
+    fast2.cache.budget = 1
     got2 = fast2.run([RunTask(k, (f,), tuple(range(N_INPUTS))) for k, f in enumerate(faults)])
     assert [key(r) for r in got] == [key(r) for r in want] == [key(r) for r in got2]
 
@@ -404,7 +405,7 @@ def test_window_canary_failure_falls_back_exactly(monkeypatch):
     got, want, fast = compare(model, x, faults)
     assert [key(r) for r in got] == [key(r) for r in want]
     assert fast.stats["window_steps"] > 0
-    canary_ok = FastEngine._canary_ok
+    canary_ok = WindowRunner.canary_ok
     # (1) the canaries of every convolution fail
     failed = []
 
@@ -414,26 +415,27 @@ def test_window_canary_failure_falls_back_exactly(monkeypatch):
             return False
         return canary_ok(self, k, golden, computed)
 
-    monkeypatch.setattr(FastEngine, "_canary_ok", no_conv)
+    monkeypatch.setattr(WindowRunner, "canary_ok", no_conv)
     got, fast = run_fast(model, x, faults)
     assert [key(r) for r in got] == [key(r) for r in want]
     assert fast.stats["reference"] == 0 and fast.stats["window_steps"] > 0
     assert failed and len(set(failed)) == len(failed)  # each (layer, shape) is tried once
-    assert fast.stats["window_fallback"] == len(failed) == len(fast._win_bad)
-    # (2) every windowed region one ulp off: the canaries see it
-    region = FastEngine._region
+    assert fast.stats["window_fallback"] == len(failed) == len(fast.windows.failed)
+    # (2) every windowed region one ulp off: the canaries see it (the geometry itself is tested
+    # directly in test_fast_geometry.py)
+    region = _windows.region
 
-    def off(self, *args, **kwargs):
-        reg = region(self, *args, **kwargs)
+    def off(*args, **kwargs):
+        reg = region(*args, **kwargs)
         return torch.nextafter(reg, torch.full_like(reg, float("inf")))
 
-    monkeypatch.setattr(FastEngine, "_canary_ok", canary_ok)
-    monkeypatch.setattr(FastEngine, "_region", off)
+    monkeypatch.setattr(WindowRunner, "canary_ok", canary_ok)
+    monkeypatch.setattr(_windows, "region", off)
     got, fast = run_fast(model, x, faults)
     assert [key(r) for r in got] == [key(r) for r in want]
     assert fast.stats["window_fallback"] > 0
     # ... which, unchecked, would change records
-    monkeypatch.setattr(FastEngine, "_canary_ok", lambda self, k, golden, computed: True)
+    monkeypatch.setattr(WindowRunner, "canary_ok", lambda self, k, golden, computed: True)
     got, fast = run_fast(model, x, faults)
     assert [key(r) for r in got] != [key(r) for r in want]
 
@@ -654,12 +656,11 @@ def test_differential_fuzz(family):
     ids = tuple(range(x.shape[0]))
     tasks = [RunTask(k, (f,), ids) for k, f in enumerate(faults)]
     tasks += [RunTask(len(faults) + k, (f,), (rng.randrange(17),)) for k, f in enumerate(faults)]
-    for kw, attrs in [({}, {}), ({"batch_size": 5}, {"window_min_rows": 1, "window_area": 0.9})]:
-        fast = FastEngine(model, x, golden, **kw)
-        for k, v in attrs.items():
-            setattr(fast, k, v)
+    small = FastOptions(window_min_rows=1, window_area=0.9)
+    for kw, options in [({}, None), ({"batch_size": 5}, small)]:
+        fast = FastEngine(model, x, golden, options=options, **kw)
         if kw:
-            fast._cache.budget = 1
+            fast.cache.budget = 1
         want = ReferenceEngine(model, x, golden, **kw).run(tasks)
         assert same_records(fast.run(tasks), want), (family, kw)
 

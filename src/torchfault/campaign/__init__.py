@@ -43,6 +43,7 @@ from torchfault.campaign._executors import (
     list_executors,
     register_executor,
 )
+from torchfault.campaign._fast import FastOptions
 from torchfault.campaign._outcome import (
     CRITERIA,
     OUTCOMES,
@@ -98,6 +99,7 @@ __all__ = [
     "EngineConfig",
     "Executor",
     "ExecutorConfig",
+    "FastOptions",
     "ModelConfig",
     "OutcomeConfig",
     "ReferenceEngine",

@@ -35,6 +35,7 @@ import torch.nn as nn
 from torchfault.campaign._config import CampaignConfig, check_topk
 from torchfault.campaign._engine import ENGINES, Engine, RunTask
 from torchfault.campaign._executors import EXECUTORS
+from torchfault.campaign._fast import FastEngine, FastOptions
 from torchfault.campaign._outcome import Criterion
 from torchfault.campaign._run import CampaignResult, golden_run
 from torchfault.config import load_factory
@@ -160,12 +161,16 @@ def build_engine(
     golden: torch.Tensor,
     criterion: Criterion,
     batch_size: int,
+    fast: FastOptions | None = None,
 ) -> Engine:
-    """Build an engine (a picklable entry point for executor workers)."""
+    """Build an engine (a picklable entry point for executor workers); ``fast``: the fast
+    engine's options (``engine.fast``)."""
     try:
         cls = ENGINES.get(engine)
     except ValueError as exc:
         raise ConfigError(f"engine.name: {exc}") from None
+    if fast is not None and issubclass(cls, FastEngine):
+        return cls(model, inputs, golden, criterion, batch_size, options=fast)
     return cls(model, inputs, golden, criterion, batch_size)
 
 
@@ -421,6 +426,7 @@ class Campaign:
                 self.golden,
                 crit,
                 cfg.engine.batch_size,
+                cfg.engine.fast,
             )
             try:
                 executor = EXECUTORS.create(

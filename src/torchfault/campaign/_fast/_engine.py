@@ -1,0 +1,409 @@
+# SPDX-License-Identifier: MIT
+"""The :class:`FastEngine`: which runs take the fast path, and the loop that runs them.
+
+Runs are grouped by input block and fault site; each group is split into batches of rows
+(:mod:`._rows`), the site's faulty value is made (:mod:`._faults`, or a window,
+:mod:`._windows`) and the rest of the network runs over the batch. Everything the fast path does
+not cover goes to a :class:`~torchfault.campaign.ReferenceEngine` over the same model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from torchfault.campaign._engine import (
+    ENGINES,
+    MIN_ROWS,
+    Engine,
+    ReferenceEngine,
+    RunTask,
+    _random_faults,
+)
+from torchfault.campaign._fast._exactness import rows_independent, site_reproduces
+from torchfault.campaign._fast._faults import activation_faults, fits, parameter_faults
+from torchfault.campaign._fast._geometry import Window
+from torchfault.campaign._fast._golden import GoldenCache, GoldenValues
+from torchfault.campaign._fast._notices import first_line, log, warn_once
+from torchfault.campaign._fast._options import FastOptions
+from torchfault.campaign._fast._planning import Program, Site, Unsupported, plan_site
+from torchfault.campaign._fast._rows import (
+    Done,
+    Row,
+    Rows,
+    batches,
+    drop_masked,
+    fault_spans,
+    pad,
+    records,
+)
+from torchfault.campaign._fast._windows import WindowRunner
+from torchfault.campaign._outcome import Criterion
+from torchfault.faults import is_packed
+from torchfault.injectors import Injection
+from torchfault.store import RunRecord
+
+__all__ = ["FastEngine"]
+
+
+@ENGINES.register(
+    "fast",
+    description="fx-traced partial re-execution: only what a fault touches, many faults per batch, masked rows stop early.",
+)
+class FastEngine(Engine):
+    """Runs each fault from its own module onward, many faults per batch (see
+    :mod:`torchfault.campaign._fast`).
+
+    Gives the same outcomes as the ``reference`` engine (the tests compare them on every zoo model);
+    tasks it does not cover are handed to a :class:`ReferenceEngine` over the same model.
+
+    Args:
+        model: the model, in eval mode.
+        inputs: all campaign inputs, a tensor whose rows are the inputs.
+        golden: the golden outputs, one row per input.
+        criterion: what counts as an SDC.
+        batch_size: the most rows of one batched execution.
+        options: the tuning knobs (:class:`FastOptions`; ``engine.fast`` in a campaign config).
+
+    Attributes:
+        min_rows: fewest rows any batched execution has (padding with duplicated rows), so that
+            float kernels take the same path as in the golden pass (the reference engine's
+            ``MIN_ROWS``).
+        stats: how many runs each path finished (``fast``, of which ``masked_early``;
+            ``reference``); for spatial windows ``window_rows`` (rows that started on a window),
+            ``window_steps`` (windowed node computations whose canaries passed) and
+            ``window_fallback`` (canary failures).
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from torchfault import Fault, run_campaign
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> x = torch.randn(16, 4)
+        >>> faults = [Fault("0", "output", index=(j,), bits=(b,)) for j in range(8) for b in (3, 30, 31)]
+        >>> fast = run_campaign(model, x, faults, engine="fast")
+        >>> ref = run_campaign(model, x, faults, engine="reference")
+        >>> [r.outcome for r in fast.runs] == [r.outcome for r in ref.runs]
+        True
+    """
+
+    name = "fast"
+    min_rows = MIN_ROWS
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        golden: torch.Tensor,
+        criterion: Criterion | None = None,
+        batch_size: int = 256,
+        options: FastOptions | None = None,
+    ) -> None:
+        super().__init__(model, inputs, golden, criterion, batch_size)
+        if options is not None and not isinstance(options, FastOptions):
+            raise TypeError(f"options: expected FastOptions, got {type(options).__name__}")
+        self.options = options or FastOptions()
+        self.reference = ReferenceEngine(model, inputs, golden, criterion, batch_size)
+        self.block = max(self.batch_size, self.min_rows)
+        #: the golden-value cache (its ``budget`` starts at ``options.cache_bytes``)
+        self.cache = GoldenCache(self.options.cache_bytes)
+        self.stats: dict[str, int] = defaultdict(int)
+        self._prog: Program | None = None
+        self._values: GoldenValues | None = None
+        self._windows: WindowRunner | None = None
+        self._traced = False
+        self._sites: dict[tuple[str, str], Site | None] = {}
+        self._rows_independent: bool | None = None
+        self._measured = False
+
+    @property
+    def windows(self) -> WindowRunner | None:
+        """The windowed execution (``None`` until the model is traced, or when it cannot be)."""
+        return self._windows
+
+    # ------------------------------------------------------------------ which runs go fast
+    def _program(self) -> Program | None:
+        """The traced model (traced on first use); ``None``: every run goes to the reference."""
+        if self._traced:
+            return self._prog
+        self._traced = True
+        name = type(self.model).__name__
+        if not self.inputs.is_contiguous():
+            # channels-last (or other strided) inputs: CPU kernels pick layouts and rounding
+            # by strides, and a differential fuzz found rows of such models that the fast
+            # path could not reproduce bit for bit; they run on the reference engine
+            warn_once(
+                f"layout:{name}",
+                f"fast engine: the inputs of {name} are not contiguous (channels-last?); "
+                "running its faults with the reference engine (full forward passes).",
+            )
+            return None
+        try:
+            prog = Program(self.model)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back
+            warn_once(
+                name,
+                f"fast engine: torch.fx cannot trace {name} ({type(exc).__name__}: {first_line(exc)}); "
+                "running its faults with the reference engine (full forward passes with hooks).",
+            )
+            return None
+        values = GoldenValues(prog, self.inputs, self.golden, self.block, self.min_rows, self.cache)
+        try:
+            prog.probe_mutations(values.block_inputs(0)[0][: self.min_rows])
+        except Exception as exc:  # noqa: BLE001 - the traced graph does not run: fall back
+            warn_once(
+                name,
+                f"fast engine: the traced graph of {name} does not run ({type(exc).__name__}: "
+                f"{first_line(exc)}); running its faults with the reference engine.",
+            )
+            return None
+        self._prog, self._values = prog, values
+        self._windows = WindowRunner(values, self.options, self.stats)
+        return prog
+
+    def _site_for(self, task: RunTask) -> Site | None:
+        """The planned site of a task's fault; ``None``: the reference engine runs the task."""
+        prog = self._program()
+        if prog is None or len(task.faults) != 1:
+            return None
+        f = task.faults[0]
+        if f.sample is not None or f.element is not None or f.target == "input" or not f.module:
+            return None
+        if _random_faults(task):  # one seeded run per (fault, input): the reference engine's way
+            return None
+        calls = prog.calls.get(f.module, [])
+        if f.is_activation and f.call is not None:
+            node = calls[f.call] if f.call < len(calls) else None
+        else:
+            node = calls[0] if len(calls) == 1 else None
+        if node is None:
+            return None
+        key = (node.name, f.target)
+        if key in self._sites:
+            return self._sites[key]
+        site = None
+        module = prog.modules.get(f.module)
+        if module is not None:
+            t = None if f.is_activation else getattr(module, f.target, None)
+            if f.is_activation or (
+                isinstance(t, torch.Tensor)
+                and not is_packed(module, f.target)
+                and f"{f.module}.{f.target}" not in prog.attr_uses
+                and prog.holders.get(id(t), 0) == 1
+            ):
+                site = plan_site(prog, node, f.target, module, self.options.max_checks)
+        self._sites[key] = site
+        return site
+
+    # ------------------------------------------------------------------ run
+    @torch.no_grad()
+    def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:
+        """Run the tasks; records come back task by task, inputs in each task's order."""
+        results: dict[Row, RunRecord] = {}
+        to_reference: dict[int, list[int]] = defaultdict(list)
+        rows_by_block: dict[int, list[Row]] = defaultdict(list)
+        sites: dict[int, Site] = {}
+        for ti, task in enumerate(tasks):
+            site = self._site_for(task)
+            if site is None:
+                to_reference[ti].extend(task.input_ids)
+                continue
+            # a bad fault raises here, as in the reference engine
+            Injection(self.model, task.faults)
+            sites[ti] = site
+            for i in task.input_ids:
+                rows_by_block[int(i) // self.block].append((ti, int(i)))
+        finished: list[Done] = []
+        for block in sorted(rows_by_block):
+            self._run_block(block, rows_by_block[block], tasks, sites, finished, to_reference)
+        self.stats["fast"] += records(tasks, finished, self.golden, self.criterion, results)
+        for ti, ids in to_reference.items():
+            task = tasks[ti]
+            for r in self.reference.run([RunTask(task.fault_id, task.faults, tuple(ids))]):
+                results[(ti, r.input_id)] = r
+            self.stats["reference"] += len(ids)
+        return [results[(ti, int(i))] for ti, task in enumerate(tasks) for i in task.input_ids]
+
+    def _run_block(
+        self,
+        block: int,
+        rows: list[Row],
+        tasks: Sequence[RunTask],
+        sites: dict[int, Site],
+        finished: list[Done],
+        to_reference: dict[int, list[int]],
+    ) -> None:
+        """Run the rows of one input block, site by site, batch by batch."""
+        values, windows = self._values, self._windows
+        assert values is not None and windows is not None
+        here = list({id(sites[ti]): sites[ti] for ti, _ in rows}.values())
+        need: set[fx.Node] = set()
+        for s in here:
+            need |= s.need
+        if self.options.window:
+            count: dict[int, int] = defaultdict(int)
+            for ti, _ in rows:
+                count[id(sites[ti])] += 1
+            windowed = [
+                s for s in here if s.window_kinds and count[id(s)] >= self.options.window_min_rows
+            ]
+            if windowed and not self._measured:  # measure every value, on a few rows
+                self._measured = True
+                try:
+                    values.forward(values.block_inputs(block)[0][: self.min_rows], set())
+                except Exception:  # noqa: BLE001 - sizes unknown: no value is left out for size
+                    log.debug("fast engine: could not measure the values' sizes", exc_info=True)
+            for s in windowed:
+                need |= windows.need(s)
+        golden, verified = values.values(block, need)
+        if verified and self._rows_independent is None:
+            self._rows_independent = rows_independent(values, block, self.options)
+        by_site: dict[int, list[Row]] = defaultdict(list)
+        for ti, i in rows:
+            if i in values.bad_inputs or not self._rows_independent:
+                to_reference[ti].append(i)
+            else:
+                by_site[id(sites[ti])].append((ti, i))
+        for group in by_site.values():
+            site = sites[group[0][0]]
+            if site.ok is None:
+                site.ok = site_reproduces(site, values, block, golden)
+            if not site.ok:
+                for ti, i in group:
+                    to_reference[ti].append(i)
+                continue
+            if site.target == "output" and not site.masked_all:
+                shape = golden[site.node].shape[1:]
+                fit = {ti: fits(tasks[ti].faults[0].index, shape) for ti in {ti for ti, _ in group}}
+                for ti, i in group:
+                    if not fit[ti]:  # the reference engine reports the bad index (as a DUE)
+                        to_reference[ti].append(i)
+                group = [(ti, i) for ti, i in group if fit[ti]]
+            group.sort()
+            for batch in batches(group, self.batch_size):
+                t0 = time.perf_counter()
+                try:
+                    done = self._run_batch(site, batch, tasks, golden, block)
+                except Exception as exc:  # noqa: BLE001 - each task of the batch gets its own outcome
+                    if isinstance(exc, Unsupported):
+                        site.ok = False
+                    log.debug(
+                        "fast engine: batch at %s raised (%s); rerunning it on the reference engine",
+                        site.node.name,
+                        exc,
+                    )
+                    for ti, i in batch:
+                        to_reference[ti].append(i)
+                    continue
+                per = (time.perf_counter() - t0) / max(len(batch), 1)
+                finished.extend((keys, out, per) for keys, out in done if keys)
+
+    def _run_batch(
+        self,
+        site: Site,
+        batch: list[Row],
+        tasks: Sequence[RunTask],
+        golden: dict[fx.Node, Any],
+        block: int,
+    ) -> list[tuple[list[Row], torch.Tensor | None]]:
+        """Run one batch of rows of ``site``; returns (rows, their outputs; ``None``: masked)."""
+        values, windows = self._values, self._windows
+        assert values is not None and windows is not None
+        n = len(batch)
+        pos = torch.tensor([i for _, i in batch], dtype=torch.int64) - block * self.block
+        pos = pad(pos, self.min_rows)
+        if site.masked_all:
+            return [(list(batch), None)]
+        faults, spans = fault_spans(batch, tasks)
+        started = None
+        # an activation fault on a value that is not contiguous (channels-last, permuted): the
+        # reference's hook may hand on a copy in another layout, so the rest of the network may
+        # round differently from golden even where the values are equal again; such rows are
+        # run to the end (no masked-early drop, no windows), as the reference runs them
+        g = golden.get(site.node)
+        layout = site.target != "output" or not isinstance(g, torch.Tensor) or g.is_contiguous()
+        if (
+            layout
+            and site.target == "output"
+            and self.options.window
+            and n >= self.options.window_min_rows
+            and site.window_need
+            and all(node in golden for node in site.window_need)
+        ):
+            started = windows.start(site, faults, spans, golden, pos[:n], block)
+        if started is not None:
+            live, site_same = started
+        else:
+            base = values.gather(golden, site.node, pos)
+            if site.target == "output":
+                value, site_same = activation_faults(base, faults, spans)
+            else:
+                value, site_same = parameter_faults(site, faults, spans, values, golden, pos, base)
+            live = Rows(block, pos, n, {site.node: value}, torch.arange(n))
+        out, alive, masked = self._run_after_site(site, live, golden, layout, site_same)
+        done: list[tuple[list[Row], torch.Tensor | None]] = [
+            ([batch[k] for k in masked.tolist()], None)
+        ]
+        self.stats["masked_early"] += int(masked.numel())
+        if out is not None:
+            done.append(([batch[k] for k in alive.tolist()], out))
+        return done
+
+    def _run_after_site(
+        self,
+        site: Site,
+        live: Rows,
+        golden: dict[fx.Node, Any],
+        drop: bool,
+        site_same: Any = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Run the network after ``site.node`` for the rows ``live`` (its site value in
+        ``live.env``), dropping rows golden again at the cut points when ``drop``.
+
+        ``live`` is in window mode when the site value is a window, else in full mode.
+        ``site_same`` tells which real rows equal golden at the site (computed when ``None``).
+        Returns ``(out, alive, masked)``: the final outputs of the real rows still alive (``None``
+        if none), their row numbers, and the row numbers dropped as masked.
+        """
+        prog, windows = self._prog, self._windows
+        assert prog is not None and windows is not None
+        start = 0
+        if isinstance(live.env[site.node], Window):
+            if drop:
+                windows.drop_masked(live, site.node, golden, site_same)
+            start = windows.run(site, live, golden, drop)
+        elif drop:
+            drop_masked(
+                live, site.node, golden.get(site.node), prog.dynamic, self.min_rows, site_same
+            )
+
+        def lookup(a: fx.Node) -> Any:
+            if a in live.env:
+                return live.env[a]
+            assert self._values is not None
+            return self._values.gather(golden, a, live.pos)
+
+        for i in range(start, len(site.order)):
+            if live.n == 0:
+                break
+            node = site.order[i]
+            live.env[node] = prog.run_node(node, live.env, lookup)
+            for a in node.all_input_nodes:
+                if site.last.get(a, -2) == i:
+                    live.env.pop(a, None)
+            if drop and node in site.checks:
+                drop_masked(live, node, golden.get(node), prog.dynamic, self.min_rows)
+        done = torch.cat(live.masked) if live.masked else torch.zeros(0, dtype=torch.int64)
+        if live.n == 0:
+            return None, live.alive, done
+        res = live.env[prog.result] if site.order else live.env[site.node]
+        if not isinstance(res, torch.Tensor):
+            raise Unsupported("the output is not a tensor")
+        return res[: live.n], live.alive, done

@@ -1,0 +1,238 @@
+# SPDX-License-Identifier: MIT
+"""Fault application: a site's faulty value for every row of a batch, as ``inject`` would make it.
+
+An activation fault is its rows' golden module output with the fault applied (vectorised over
+the rows, one call per fault model and format). A parameter fault is the module's output
+recomputed from its cached golden inputs with the faulted tensor
+(``torch.func.functional_call``); for a convolution only the one output channel a fault can
+change is recomputed, all faults of a site stacked in one call, checked by a golden canary (the
+same convolution with the golden kernels of those channels in the same places).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.node import map_arg
+
+from torchfault import numerics
+from torchfault.campaign._fast._golden import GoldenValues
+from torchfault.campaign._fast._planning import Site, Unsupported
+from torchfault.campaign._fast._rows import pad, take
+from torchfault.campaign._outcome import output_words_equal
+from torchfault.faults import FAULT_MODELS, Fault
+
+__all__ = [
+    "BadIndex",
+    "activation_faults",
+    "faulty_tensor",
+    "fits",
+    "layer_output",
+    "parameter_faults",
+    "ravel",
+]
+
+
+class BadIndex(Exception):
+    """A fault's index does not fit its tensor; the reference engine reports it (as it does)."""
+
+
+def ravel(index: Sequence[int], shape: Sequence[int]) -> int:
+    """The flat position of ``index`` (negative entries count from the end) in ``shape``."""
+    if len(index) != len(shape):
+        raise BadIndex("index rank")
+    flat = 0
+    for v, n in zip(index, shape):
+        if not -n <= v < n:
+            raise BadIndex("index range")
+        flat = flat * n + (v % n)
+    return flat
+
+
+def fits(index: Sequence[int], shape: Sequence[int]) -> bool:
+    """Whether ``index`` is a valid index into ``shape``."""
+    try:
+        ravel(index, shape)
+    except BadIndex:
+        return False
+    return True
+
+
+def faulty_tensor(f: Fault, t: torch.Tensor) -> torch.Tensor:
+    """``t`` with fault ``f`` applied, as :func:`torchfault.inject` writes it."""
+    fmt = numerics.get_format(f.format, t)
+    flat = torch.tensor([ravel(f.index, t.shape)], dtype=torch.int64)
+    bit_op = FAULT_MODELS.info(f.model).capabilities.get("bit_op")
+    if bit_op is not None:
+        return numerics.apply_bits(t.detach(), flat, numerics.bit_mask(f.bits, fmt), bit_op, fmt)
+    return FAULT_MODELS.get(f.model)(t.detach(), flat, f.bits, fmt, None, **f.param_dict)
+
+
+def activation_faults(
+    value: torch.Tensor,
+    faults: list[Fault],
+    spans: list[tuple[int, int]],
+    inner: list[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply each fault to its rows of ``value`` (rows ``spans[k]`` for ``faults[k]``), as the
+    reference hooks do.
+
+    ``inner``: each fault's flat element index within a row (default: from its index).
+    Returns the new tensor and, per row, whether the faulted element kept its word.
+    """
+    per = value[0].numel()
+    shape = value.shape[1:]
+    groups: dict[tuple[str, str | None], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    others = []
+    every = []
+    for k, (f, (r0, r1)) in enumerate(zip(faults, spans)):
+        at = ravel(f.index, shape) if inner is None else inner[k]
+        flat = torch.arange(r0, r1, dtype=torch.int64) * per + at
+        every.append(flat)
+        bit_op = FAULT_MODELS.info(f.model).capabilities.get("bit_op")
+        if bit_op is None:
+            others.append((f, flat))
+            continue
+        fmt = numerics.get_format(f.format, value)
+        mask = numerics.bit_mask(f.bits, fmt)
+        flats, masks = groups.setdefault((bit_op, f.format), ([], []))
+        flats.append(flat)
+        masks.append(torch.full((r1 - r0,), mask, dtype=torch.int64))
+    out = value
+    for (op, fmt_name), (flats, masks) in groups.items():
+        fmt = numerics.get_format(fmt_name, value)
+        out = numerics.apply_bits(out, torch.cat(flats), torch.cat(masks), op, fmt)
+    for f, flat in others:
+        fmt = numerics.get_format(f.format, out)
+        out = FAULT_MODELS.get(f.model)(out, flat, f.bits, fmt, None, **f.param_dict)
+    if out is value:
+        out = value.clone()
+    try:
+        flat_all = torch.cat(every)
+        same = output_words_equal(
+            value.reshape(-1)[flat_all][:, None], out.reshape(-1)[flat_all][:, None]
+        )
+    except Exception:  # noqa: BLE001 - e.g. quantized tensors: compare whole rows instead
+        same = None
+    return out, same
+
+
+def _site_inputs(
+    site: Site, values: GoldenValues, golden: dict[fx.Node, Any], pos: torch.Tensor
+) -> tuple[Any, Any]:
+    get = lambda a: values.gather(golden, a, pos)  # noqa: E731
+    return map_arg(site.node.args, get), map_arg(site.node.kwargs, get)
+
+
+def layer_output(
+    site: Site,
+    tensor: torch.Tensor,
+    values: GoldenValues,
+    golden: dict[fx.Node, Any],
+    pos: torch.Tensor,
+) -> torch.Tensor:
+    """The site module's output over block rows ``pos`` with ``tensor`` as its faulted parameter."""
+    args, kwargs = _site_inputs(site, values, golden, pos)
+    out = torch.func.functional_call(site.module, {site.target: tensor}, tuple(args), dict(kwargs))
+    if not isinstance(out, torch.Tensor):
+        raise Unsupported("the module output is not a tensor")
+    return out
+
+
+def _one_channel(site: Site, f: Fault) -> bool:
+    """Whether fault ``f`` changes one output channel of a convolution that may be stacked."""
+    m = site.module
+    return (
+        site.conv_trick is not False
+        and isinstance(m, nn.modules.conv._ConvNd)
+        and not m.transposed
+        and m.groups == 1
+        and site.target in ("weight", "bias")
+        and len(f.index) >= 1
+    )
+
+
+def parameter_faults(
+    site: Site,
+    faults: list[Fault],
+    spans: list[tuple[int, int]],
+    values: GoldenValues,
+    golden: dict[fx.Node, Any],
+    pos: torch.Tensor,
+    base: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The site output for every row: its fault's layer output, from the cached layer inputs.
+
+    ``base`` is the golden site output of the rows. Returns the faulty output and, per row,
+    whether the row equals golden there.
+    """
+    t = getattr(site.module, site.target)
+    value = base.clone()
+    n = spans[-1][1]
+    same = torch.zeros(n, dtype=torch.bool)
+    stacks: dict[tuple[int, ...], list[tuple[int, int, torch.Tensor]]] = defaultdict(list)
+    full: list[tuple[int, int, torch.Tensor]] = []
+    for f, (r0, r1) in zip(faults, spans):
+        faulty = faulty_tensor(f, t)
+        if _one_channel(site, f):
+            rows = tuple(pos[r0:r1].tolist())
+            stacks[rows].append((r0, int(f.index[0]) % t.shape[0], faulty))
+        else:
+            full.append((r0, r1, faulty))
+    for rows, items in stacks.items():
+        if _stacked_conv(site, rows, items, values, golden, value):
+            for r0, o, _ in items:
+                r1 = r0 + len(rows)
+                same[r0:r1] = output_words_equal(base[r0:r1, o], value[r0:r1, o])
+        else:
+            site.conv_trick = False
+            full.extend((r0, r0 + len(rows), faulty) for r0, _, faulty in items)
+    for r0, r1, faulty in full:
+        out = layer_output(site, faulty, values, golden, pad(pos[r0:r1], values.min_rows))
+        value[r0:r1] = out[: r1 - r0]
+        same[r0:r1] = output_words_equal(base[r0:r1], value[r0:r1])
+    return value, same
+
+
+def _stacked_conv(
+    site: Site,
+    rows: tuple[int, ...],
+    items: list[tuple[int, int, torch.Tensor]],
+    values: GoldenValues,
+    golden: dict[fx.Node, Any],
+    value: torch.Tensor,
+) -> bool:
+    """One convolution computing each fault's one changed output channel, plus a golden canary;
+    writes the channels into ``value`` when the canary reproduces golden."""
+    m = site.module
+    assert isinstance(m, nn.modules.conv._ConvNd)
+    idx = pad(torch.tensor(rows, dtype=torch.int64), values.min_rows)
+    args, kwargs = _site_inputs(site, values, golden, idx)
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return False
+    w, b = m.weight, m.bias
+    ws, bs = [], []
+    for _, o, faulty in items:
+        ws.append((faulty if site.target == "weight" else w)[o])
+        if b is not None:
+            bs.append((faulty if site.target == "bias" else b)[o])
+    conv: Any = m._conv_forward  # type: ignore[operator]
+    y = conv(args[0], torch.stack(ws), torch.stack(bs) if b is not None else None)
+    # the canary: the same convolution with each channel's golden kernel at the same place
+    # (a kernel may round a channel differently by where it sits in its block of channels)
+    outs = [o for _, o, _ in items]
+    canary = conv(args[0], w[outs], b[outs] if b is not None else None)
+    n = len(rows)
+    g = take(golden[site.node], idx[:n])
+    if not bool(output_words_equal(g[:, outs], canary[:n]).all()):
+        return False
+    if site.conv_trick is None:
+        site.conv_trick = True
+    for k, (r0, o, _) in enumerate(items):
+        value[r0 : r0 + n, o] = y[:n, k]
+    return True

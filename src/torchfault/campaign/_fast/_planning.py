@@ -1,0 +1,235 @@
+# SPDX-License-Identifier: MIT
+"""Graph planning: the traced model, and per fault site the rest of the network to run.
+
+:class:`Program` traces a model once with ``torch.fx`` and records what the planner needs: which
+nodes depend on the input, which lead to the output, who holds each parameter, and (one probing
+pass) which nodes modify values in place. :func:`plan_site` turns a faulted node and tensor into a
+:class:`Site`: the nodes that depend on it in graph order, the golden values they read from
+outside (the *boundary*), the cut points where rows golden again are dropped as masked, and the
+leading nodes that can run on spatial windows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.node import map_arg
+
+from torchfault.campaign._fast._operations import is_masking, window_kind
+
+__all__ = ["Program", "Site", "Unsupported", "plan_site"]
+
+
+class Unsupported(Exception):
+    """The fast path does not cover this site or model; the reference engine runs it."""
+
+
+def _fetch_attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def versions(v: Any) -> Any:
+    """The version counters of the tensors in ``v`` (changed by in-place operations)."""
+    if isinstance(v, torch.Tensor):
+        try:
+            return v._version
+        except RuntimeError:  # an inference tensor: no counter
+            return -1
+    if isinstance(v, (tuple, list)):
+        return tuple(versions(u) for u in v)
+    if isinstance(v, dict):
+        return tuple((k, versions(u)) for k, u in v.items())
+    return None
+
+
+class Program:
+    """The traced graph of a model and what the planner needs to know about it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        graph = fx.symbolic_trace(model).graph
+        self.nodes: list[fx.Node] = list(graph.nodes)
+        self.pos = {n: i for i, n in enumerate(self.nodes)}
+        holders = [n for n in self.nodes if n.op == "placeholder"]
+        if len(holders) != 1:
+            raise Unsupported(f"the traced graph takes {len(holders)} inputs, not one")
+        self.placeholder = holders[0]
+        out = [n for n in self.nodes if n.op == "output"]
+        result = out[0].args[0] if out else None
+        if not isinstance(result, fx.Node):
+            raise Unsupported("the model does not return a single tensor")
+        self.result: fx.Node = result
+        self.calls: dict[str, list[fx.Node]] = defaultdict(list)
+        self.attr_uses: set[str] = set()
+        for n in self.nodes:
+            if n.op == "call_module":
+                self.calls[str(n.target)].append(n)
+            elif n.op == "get_attr":
+                self.attr_uses.add(str(n.target))
+        # nodes whose value depends on the input (row-indexed); the others are constants
+        self.dynamic: set[fx.Node] = {self.placeholder}
+        for n in self.nodes:
+            if any(a in self.dynamic for a in n.all_input_nodes):
+                self.dynamic.add(n)
+        # nodes that lead to the output
+        self.useful: set[fx.Node] = set()
+        stack = [self.result]
+        while stack:
+            n = stack.pop()
+            if n not in self.useful:
+                self.useful.add(n)
+                stack.extend(n.all_input_nodes)
+        self.last_use = {n: max((self.pos[u] for u in n.users), default=-1) for n in self.nodes}
+        # how many (module, name) pairs hold each parameter or buffer object
+        self.holders: dict[int, int] = defaultdict(int)
+        for _, mod in model.named_modules(remove_duplicate=False):
+            for _, t in list(mod.named_parameters(recurse=False)) + list(
+                mod.named_buffers(recurse=False)
+            ):
+                if t is not None:
+                    self.holders[id(t)] += 1
+        self.modules = dict(model.named_modules())
+        # in-place mutations, found by :meth:`probe_mutations` (one pass): nodes that modify a
+        # value they read, and values that are not what they were made (read after a mutation,
+        # or constants modified), whose golden copies must not stand in for them
+        self.mutators: set[fx.Node] = set()
+        self.unsafe: set[fx.Node] = set()
+
+    def module_of(self, node: fx.Node) -> nn.Module | None:
+        """The submodule a ``call_module`` node calls (``None`` for other nodes)."""
+        return self.modules.get(str(node.target)) if node.op == "call_module" else None
+
+    def probe_mutations(self, x: torch.Tensor) -> None:
+        """Run the graph once on ``x`` and record in-place mutations (tensor version counters).
+
+        A node that changes the version of a value it reads is a *mutator*: it and what it reads
+        become ``useful`` (its effect reaches the output through the mutated tensor, even when
+        its own result is unused). A value read by some node after a mutation, or a constant
+        that was mutated, is *unsafe*: a golden copy taken when it was made is not what its
+        readers see. Sites whose computation reads an unsafe value run on the reference engine.
+        """
+        env: dict[fx.Node, Any] = {}
+        made: dict[fx.Node, Any] = {}
+        for node in self.nodes:
+            if node.op == "output":
+                break
+            before = {a: versions(env.get(a)) for a in node.all_input_nodes}
+            for a, ver in before.items():
+                if ver != made.get(a):
+                    self.unsafe.add(a)
+            v = x.clone() if node is self.placeholder else self.run_node(node, env)
+            for a, ver in before.items():
+                if versions(env.get(a)) != ver:
+                    self.mutators.add(node)
+            env[node] = v
+            made[node] = versions(v)
+        for n in self.nodes:
+            if n in made and n not in self.dynamic and versions(env.get(n)) != made[n]:
+                self.unsafe.add(n)  # a constant modified in place
+        stack = [n for n in self.mutators if n not in self.useful]
+        while stack:
+            n = stack.pop()
+            if n not in self.useful:
+                self.useful.add(n)
+                stack.extend(n.all_input_nodes)
+
+    def run_node(self, node: fx.Node, env: dict[fx.Node, Any], lookup: Any = None) -> Any:
+        """Execute one node, its arguments read from ``env`` (or through ``lookup``)."""
+        get = lookup or env.__getitem__
+        args = map_arg(node.args, get)
+        kwargs = map_arg(node.kwargs, get)
+        if node.op == "call_module":
+            return self.model.get_submodule(str(node.target))(*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)  # type: ignore[operator]
+        if node.op == "call_method":
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        if node.op == "get_attr":
+            return _fetch_attr(self.model, str(node.target))
+        raise Unsupported(f"cannot run node op {node.op!r}")
+
+
+@dataclass(eq=False)
+class Site:
+    """A faulted node and tensor, with the plan of the rest of the network from there."""
+
+    node: fx.Node
+    target: str  # "output" or a parameter/buffer name of the module
+    module: nn.Module
+    order: list[fx.Node]
+    checks: set[fx.Node]
+    boundary: list[fx.Node]  # row-indexed golden values the rest reads (site inputs included)
+    masked_all: bool  # the site does not reach the output: every run is masked
+    last: dict[fx.Node, int]  # node -> last step (index in order) that reads it; -1: the start
+    ok: bool | None = None  # validated: the rest of the network reproduces golden
+    conv_trick: bool | None = None  # stacked single-channel convolutions reproduce golden
+    need: set[fx.Node] = field(default_factory=set)
+    # activation sites: the leading nodes of ``order`` that can run on spatial windows, and how
+    window_kinds: dict[fx.Node, str] = field(default_factory=dict)
+    window_need: set[fx.Node] | None = None  # their golden values (once sizes are known)
+
+
+def plan_site(
+    prog: Program, node: fx.Node, target: str, module: nn.Module, max_checks: int
+) -> Site:
+    """Plan the rest of the network after the fault site ``(node, target)``."""
+    affected = {node}
+    for n in prog.nodes[prog.pos[node] + 1 :]:
+        if any(a in affected for a in n.all_input_nodes):
+            affected.add(n)
+    masked_all = prog.result not in affected
+    order = [n for n in prog.nodes[prog.pos[node] + 1 :] if n in affected and n in prog.useful]
+    last: dict[fx.Node, int] = {node: -1}
+    boundary: list[fx.Node] = []
+    seen: set[fx.Node] = set()
+    for i, n in enumerate(order):
+        for a in n.all_input_nodes:
+            last[a] = i
+            if a not in affected and a in prog.dynamic and a not in seen:
+                seen.add(a)
+                boundary.append(a)
+    if target != "output":
+        for a in node.all_input_nodes:
+            if a in prog.dynamic and a not in seen:
+                seen.add(a)
+                boundary.append(a)
+    # cut points: after step i the only live affected value is order[i]
+    checks: set[fx.Node] = set()
+    live = {node} if last.get(node, -1) >= 0 else set()
+    for i, n in enumerate(order):
+        live = {m for m in live if last.get(m, -1) > i}
+        if last.get(n, -1) > i:
+            live.add(n)
+        if (
+            len(checks) < max_checks
+            and live == {n}
+            and n is not prog.result
+            and is_masking(n, prog.module_of(n))
+        ):
+            checks.add(n)
+    for n in order:
+        last.setdefault(n, len(order))
+    site = Site(node, target, module, order, checks, boundary, masked_all, last)
+    # in-place mutations: a golden copy of a value read after it was modified (or a copy that an
+    # affected mutation would modify where eager code modifies the shared tensor) is not exact
+    reads = {a for n in affected for a in n.all_input_nodes}
+    if target != "output":
+        reads.update(node.all_input_nodes)
+    if reads & prog.unsafe or (prog.unsafe and affected & prog.mutators):
+        site.ok = False
+    site.need = {*boundary, *checks, node} - {prog.placeholder}
+    if target == "output":
+        for n in order:
+            kind = window_kind(n, prog.module_of(n))
+            if kind is None:
+                break
+            site.window_kinds[n] = kind
+    return site

@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: MIT
+"""Row batching: one faulty run is a *row* (fault, input); rows of one site share an execution.
+
+A batch holds up to ``batch_size`` rows, the rows of one fault together. Every execution has at
+least ``min_rows`` rows (padded with copies of the first one), as every pass of every engine has.
+While the rest of the network runs, :class:`Rows` holds the live rows and their values; rows that
+are golden again at a cut point are dropped as masked (:func:`drop_masked`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from torchfault.campaign._engine import RunTask
+from torchfault.campaign._fast._planning import Unsupported
+from torchfault.campaign._outcome import OUTCOMES, Criterion, classify, output_words_equal
+from torchfault.faults import Fault
+from torchfault.store import RunRecord
+
+__all__ = ["Rows", "batches", "drop_masked", "fault_spans", "pad", "records", "take"]
+
+#: a row: (task number, input number)
+Row = tuple[int, int]
+#: finished rows of one batch: (rows, their outputs; ``None``: masked, seconds per row)
+Done = tuple[list[Row], torch.Tensor | None, float]
+
+
+def take(v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows ``pos`` of ``v``, in ``v``'s memory layout (channels-last and permuted values keep
+    their strides, so kernels take the same path as on the whole value)."""
+    return v.index_select(0, pos) if v.is_contiguous() else v[pos]
+
+
+def pad(idx: torch.Tensor, min_rows: int) -> torch.Tensor:
+    """``idx`` padded with copies of its first entry to ``min_rows`` entries."""
+    if idx.numel() >= min_rows:
+        return idx
+    return torch.cat([idx, idx[:1].expand(min_rows - idx.numel())])
+
+
+@dataclass(eq=False)
+class Rows:
+    """The rows of one execution of "the rest of the network" and their live values.
+
+    In full mode, ``pos`` holds the block positions of the ``n`` real rows, padded to
+    ``min_rows``; in window mode (the site value is a window), the ``n`` real rows are
+    followed by canary rows (golden values, no fault) that check every windowed computation.
+    ``alive`` numbers the real rows still running (in the batch's order), ``masked`` collects the
+    numbers of the rows dropped as masked.
+    """
+
+    block: int
+    pos: torch.Tensor
+    n: int
+    env: dict[fx.Node, Any]
+    alive: torch.Tensor
+    masked: list[torch.Tensor] = field(default_factory=list)
+
+    def keep(self, same: torch.Tensor) -> torch.Tensor | None:
+        """Finish the real rows where ``same`` is true as masked; the positions of the others
+        (``None`` when no row is dropped)."""
+        if not bool(same.any()):
+            return None
+        keep = (~same).nonzero().flatten()
+        self.masked.append(self.alive[same])
+        self.alive = self.alive[keep]
+        self.n = int(keep.numel())
+        return keep
+
+
+def drop_masked(
+    rows: Rows,
+    node: fx.Node,
+    golden: Any,
+    dynamic: set[fx.Node],
+    min_rows: int,
+    same: torch.Tensor | None = None,
+) -> None:
+    """Full mode: drop the rows whose value at ``node`` equals ``golden`` (the golden value of
+    ``node`` for the block, or ``None`` when it is not row-indexed); ``same`` if already known."""
+    n, env = rows.n, rows.env
+    if same is None:
+        if not isinstance(golden, torch.Tensor) or not isinstance(env[node], torch.Tensor):
+            return
+        same = output_words_equal(take(golden, rows.pos[:n]), env[node][:n])
+    keep = rows.keep(same)
+    if keep is None or rows.n == 0:
+        return
+    idx = pad(keep, min_rows)
+    rows.pos = rows.pos.index_select(0, idx)
+    for k in list(env):
+        v = env[k]
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and k in dynamic:
+            env[k] = take(v, idx)
+
+
+def fault_spans(
+    batch: Sequence[Row], tasks: Sequence[RunTask]
+) -> tuple[list[Fault], list[tuple[int, int]]]:
+    """The faults of a batch (rows of one task together; one fault per task) and the rows of the
+    batch each covers."""
+    out: list[Fault] = []
+    spans: list[tuple[int, int]] = []
+    n = len(batch)
+    r = 0
+    while r < n:
+        ti = batch[r][0]
+        r1 = r
+        while r1 < n and batch[r1][0] == ti:
+            r1 += 1
+        out.append(tasks[ti].faults[0])
+        spans.append((r, r1))
+        r = r1
+    return out, spans
+
+
+def batches(group: list[Row], batch_size: int) -> list[list[Row]]:
+    """Split sorted rows into batches of up to ``batch_size`` rows; the rows of one fault stay
+    together (a batch grows past ``batch_size`` to hold a fault's last rows)."""
+    out = []
+    start = 0
+    while start < len(group):
+        stop = min(start + batch_size, len(group))
+        while stop < len(group) and stop > start + 1 and group[stop][0] == group[stop - 1][0]:
+            stop += 1
+        out.append(group[start:stop])
+        start = stop
+    return out
+
+
+def records(
+    tasks: Sequence[RunTask],
+    finished: list[Done],
+    golden: torch.Tensor,
+    criterion: Criterion,
+    results: dict[Row, RunRecord],
+) -> int:
+    """Classify every finished row (rows, their outputs or ``None`` for masked, seconds) against
+    the campaign's ``golden`` outputs into ``results``; returns how many rows."""
+    keys = [key for rows, _, _ in finished for key in rows]
+    if not keys:
+        return 0
+    want = golden[[i for _, i in keys]]
+    faulty = want.clone()  # masked rows: their golden output
+    seconds: list[float] = []
+    at = 0
+    for rows, out, per in finished:
+        if out is not None:
+            if out.shape[1:] != want.shape[1:] or out.shape[0] != len(rows):
+                raise Unsupported(f"faulty output shape {tuple(out.shape)} differs from golden")
+            faulty[at : at + len(rows)] = out
+        seconds += [per] * len(rows)
+        at += len(rows)
+    codes, g_top, f_top, diff = classify(want, faulty, criterion)
+    for key, c, g, f, d, sec in zip(
+        keys, codes.tolist(), g_top.tolist(), f_top.tolist(), diff.tolist(), seconds
+    ):
+        ti, i = key
+        results[key] = RunRecord(
+            tasks[ti].fault_id, i, OUTCOMES[int(c)], int(g), int(f), float(d), sec
+        )
+    return len(keys)
