@@ -216,3 +216,56 @@ def test_repair_salvages_the_readable_runs(tmp_path):
         assert len(s.done_runs()) == len(got)
     with pytest.raises(TorchFaultError, match="exists"):
         repair_store(path, out)
+
+
+# ---------------------------------------------------------------- campaigns
+
+
+def _campaign_cfg(tmp_path: Path, **store: object) -> dict:
+    return {
+        "name": "lock",
+        "seed": 2,
+        "model": {"name": "mlp", "dataset": "digits"},
+        "data": {"dataset": "digits", "num_inputs": 8},
+        "sampler": {"name": "uniform", "n": 8},
+        "out_dir": str(tmp_path),
+        "progress": False,
+        "report": False,
+        "store": {"export": [], **store},
+    }
+
+
+def test_a_second_campaign_on_a_running_store_is_refused_or_waits(tmp_path):
+    from torchfault import Campaign
+
+    path = tmp_path / "campaign.sqlite"
+    holder = ResultStore(
+        path, campaign=Campaign(_campaign_cfg(tmp_path)).config.identity(), fingerprint="x"
+    )
+    try:
+        before = path.read_bytes()
+        for overwrite in (False, True):
+            with pytest.raises(StoreBusyError, match=f"pid {os.getpid()}"):
+                Campaign(_campaign_cfg(tmp_path, overwrite=overwrite)).run()
+        assert path.read_bytes() == before  # nothing written, nothing deleted
+        with pytest.raises(StoreBusyError, match="waited 0.2 s"):
+            Campaign(_campaign_cfg(tmp_path, wait=0.2)).run()
+    finally:
+        holder.close()
+    with pytest.raises(TorchFaultError, match="store.wait"):
+        Campaign(_campaign_cfg(tmp_path, wait=-1.0))
+
+
+def test_a_campaign_on_a_damaged_store_names_the_file(tmp_path):
+    from torchfault import Campaign
+
+    Campaign(_campaign_cfg(tmp_path)).run()
+    path = tmp_path / "campaign.sqlite"
+    con = sqlite3.connect(path)
+    with con:  # one byte of fault 3's JSON changed
+        con.execute("UPDATE faults SET faults = '#' || substr(faults, 2) WHERE fault_id = 3")
+        con.execute("DELETE FROM runs WHERE fault_id = 3")  # so the resume redraws it
+    con.close()
+    with pytest.raises(StoreDamagedError, match="fault_id=3") as err:
+        Campaign(_campaign_cfg(tmp_path)).run()
+    assert str(path) in str(err.value)

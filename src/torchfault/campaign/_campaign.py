@@ -375,8 +375,9 @@ class Campaign:
 
     def open_store(self) -> Any:
         """Open (or create) the campaign's store; ``store.overwrite`` replaces a torchfault store
-        (never another file) with a fresh one."""
-        from torchfault.store import ResultStore
+        (never another file) with a fresh one. One campaign writes a store at a time (another
+        one is refused naming it, or waited for: ``store.wait``)."""
+        from torchfault.store import ResultStore, StoreBusyError, StoreDamagedError
 
         cfg = self.config
         path = Path(cfg.store_path)
@@ -388,8 +389,10 @@ class Campaign:
                 mode="w" if cfg.store.overwrite else "a",
                 chunk_size=cfg.store.chunk_size,
                 advice=self.STORE_ADVICE,
+                wait=cfg.store.wait,
+                writer=cfg.name,
             )
-        except StoreMismatchError:
+        except (StoreMismatchError, StoreBusyError, StoreDamagedError):
             raise
         except (OSError, sqlite3.Error, TorchFaultError) as exc:
             raise ConfigError(f"store.path: cannot open the store {str(path)!r}: {exc}") from None

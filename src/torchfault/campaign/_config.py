@@ -352,14 +352,23 @@ class StoreConfig:
         chunk_size: runs per committed write.
         export: formats the runs and summaries are exported to after the campaign (``csv``,
             ``parquet``).
+        wait: seconds to wait when another campaign is writing the same store (one writer at
+            a time); ``0`` refuses at once, naming the running campaign's pid and host;
+            ``null`` waits as long as it takes.
     """
 
     path: str | None = None
     overwrite: bool = False
     chunk_size: int = 1000
     export: list[str] = field(default_factory=lambda: ["csv"])
+    wait: float | None = 0.0
 
     def __post_init__(self) -> None:
+        if self.wait is not None and (isinstance(self.wait, bool) or not self.wait >= 0):
+            raise ConfigError(
+                f"store.wait: must be >= 0 seconds, or null to wait as long as it takes; got {self.wait!r}.",
+                field="store.wait",
+            )
         if self.chunk_size < 1:
             raise ConfigError(
                 f"store.chunk_size: must be >= 1, got {self.chunk_size}.", field="store.chunk_size"

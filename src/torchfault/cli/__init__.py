@@ -36,6 +36,7 @@ _JOB_MODULES = (
     "torchfault.cli._dnn",
     "torchfault.cli._campaign",
     "torchfault.cli._report",
+    "torchfault.cli._store",
 )
 
 
