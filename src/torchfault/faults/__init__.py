@@ -1,7 +1,16 @@
 # SPDX-License-Identifier: MIT
 """What a fault is: :class:`Fault`, :class:`FaultSite`, fault models and the fault space."""
 
-from torchfault.faults._access import get_stored, is_packed, set_packed, stored_tensors
+from torchfault.faults._access import (
+    SPARSE_COMPONENTS,
+    InvalidSparseTensorError,
+    get_stored,
+    is_packed,
+    set_packed,
+    sparse_components,
+    sparse_guard,
+    stored_tensors,
+)
 from torchfault.faults._ecc import (
     ECC_CODES,
     EccCode,
@@ -50,6 +59,8 @@ __all__ = [
     "PATTERNS",
     "CellPattern",
     "EccCode",
+    "InvalidSparseTensorError",
+    "SPARSE_COMPONENTS",
     "MemoryFault",
     "MemoryLayout",
     "MemoryMap",
@@ -85,5 +96,7 @@ __all__ = [
     "replace_element",
     "select_modules",
     "set_packed",
+    "sparse_components",
+    "sparse_guard",
     "stored_tensors",
 ]

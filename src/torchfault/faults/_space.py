@@ -213,7 +213,7 @@ def fault_space(
                         mtype,
                     )
                 )
-        for pname, (pkind, t) in stored_tensors(mod).items():
+        for pname, (pkind, t) in stored_tensors(mod, sparse_indices=True).items():
             kind_ok = any(k in kinds_ for k in tensor_kind(pname, pkind))
             if not kind_ok or t.numel() == 0 or not _floating_or_int(t):
                 continue

@@ -89,6 +89,7 @@ def tensor_kind(name: str, kind: str) -> tuple[str, ...]:
     """
     if kind == "buffer":
         return ("buffers",)
+    name = name.split(".", 1)[0]  # a sparse tensor's component ("weight.values") is the tensor's
     out = ["parameters"]
     for word, group in (("weight", "weights"), ("bias", "biases")):
         if name == word or name.startswith(word + "_") or name.endswith("_" + word):

@@ -30,7 +30,13 @@ import torch.nn as nn
 from torchfault import numerics
 from torchfault.errors import TorchFaultError, suggest
 from torchfault.faults import FAULT_MODELS, Fault, get_element, replace_element
-from torchfault.faults._access import get_stored, is_packed, set_packed, stored_tensors
+from torchfault.faults._access import (
+    get_stored,
+    is_packed,
+    set_packed,
+    sparse_guard,
+    stored_tensors,
+)
 from torchfault.faults._models import check_fault_model
 from torchfault.faults._space import probe_forward
 from torchfault.injectors._words import fault_words, may_write, merge_masks, plain_words
@@ -195,7 +201,7 @@ class Injection:
                         "format (at most 64 bits: 0..63)."
                     )
                 continue
-            stored = stored_tensors(mod)
+            stored = stored_tensors(mod, sparse_indices=True)
             if f.target not in stored:
                 raise TorchFaultError(
                     f"{_describe(f)}: module {f.module!r} ({type(mod).__name__}) has no parameter or "
@@ -320,6 +326,9 @@ class Injection:
             group["saved"] = numerics.read_elements(t.data, idx, own)
             numerics.apply_bits_(t.data, idx, numerics.read_elements(new, idx, own), "set", own)
         self._param_groups.append(group)
+        guard = sparse_guard(mod, target)  # a faulted sparse index: refuse invalid tensors
+        if guard is not None:
+            self._handles.append(guard)
 
     @torch.no_grad()
     def _restore_group(self, group: dict[str, Any]) -> None:
