@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -75,44 +76,72 @@ class ModelSummary:
         d["rows"] = [asdict(r) for r in self.rows]
         return d
 
-    def table(self) -> Any:
-        """A ``rich`` table of the summary."""
+    def table(self, width: int | None = None) -> Any:
+        """A ``rich`` table of the summary that fits ``width`` columns (default: no limit).
+
+        When the full table (exact counts with thousands separators, FLOPs and parameter memory)
+        is wider than ``width``, a compact one is given instead: counts abbreviated
+        (``2.36M``), shapes as ``1x16x32x32``, FLOPs (twice the MACs) and parameter memory left
+        out. Layer names are never cut: a name too long for its column wraps.
+        """
+        full = self._table(compact=False)
+        if width is None or _width(full) <= width:
+            return full
+        return self._table(compact=True)
+
+    def _table(self, compact: bool) -> Any:
         from rich.table import Table
 
-        t = Table(title=f"{self.model}, input {self.input_shape}", title_justify="left")
-        for col, just in (
-            ("layer", "left"),
-            ("type", "left"),
-            ("output shape", "left"),
-            ("params", "right"),
-            ("MACs", "right"),
-            ("FLOPs", "right"),
-            ("param mem", "right"),
-            ("act mem", "right"),
-        ):
-            t.add_column(col, justify=just)  # type: ignore[arg-type]
-        for r in self.rows:
-            t.add_row(
-                r.name,
-                r.type,
-                str(tuple(r.output_shape)),
-                f"{r.params:,}",
-                f"{r.macs:,}",
-                f"{r.flops:,}",
-                _human(r.param_bytes),
-                _human(r.activation_bytes),
+        if compact:
+            cols = ("layer", "type", "output", "params", "MACs", "act mem")
+            count, shape = _short_count, _short_shape
+        else:
+            cols = (
+                "layer",
+                "type",
+                "output shape",
+                "params",
+                "MACs",
+                "FLOPs",
+                "param mem",
+                "act mem",
             )
+            count, shape = (lambda n: f"{n:,}"), (lambda s: str(tuple(s)))
+        t = Table(title=f"{self.model}, input {self.input_shape}", title_justify="left")
+        # layer names whole when they fit in 40 characters (longer ones fold); the type column
+        # gives way first
+        long_names = max((len(r.name) for r in self.rows), default=0) > 40
+        for col in cols:
+            left = col in ("layer", "type", "output", "output shape")
+            t.add_column(
+                col,
+                justify="left" if left else "right",
+                no_wrap=col != "type" and not (col == "layer" and long_names),
+                overflow="fold",
+            )
+        for r in self.rows:
+            cells = {
+                "layer": r.name,
+                "type": r.type,
+                "output": shape(r.output_shape),
+                "output shape": shape(r.output_shape),
+                "params": count(r.params),
+                "MACs": count(r.macs),
+                "FLOPs": count(r.flops),
+                "param mem": _human(r.param_bytes),
+                "act mem": _human(r.activation_bytes),
+            }
+            t.add_row(*(cells[c] for c in cols))
         t.add_section()
-        t.add_row(
-            "total",
-            "",
-            "",
-            f"{self.total_params:,}",
-            f"{self.total_macs:,}",
-            f"{self.total_flops:,}",
-            _human(self.param_bytes + self.buffer_bytes),
-            _human(self.activation_bytes),
-        )
+        totals = {
+            "layer": "total",
+            "params": count(self.total_params),
+            "MACs": count(self.total_macs),
+            "FLOPs": count(self.total_flops),
+            "param mem": _human(self.param_bytes + self.buffer_bytes),
+            "act mem": _human(self.activation_bytes),
+        }
+        t.add_row(*(totals.get(c, "") for c in cols))
         return t
 
     def __str__(self) -> str:
@@ -131,6 +160,30 @@ class ModelSummary:
             f"activation memory {_human(self.activation_bytes)}, input {_human(self.input_bytes)}"
         )
         return "\n".join(lines)
+
+
+def _width(renderable: Any) -> int:
+    """Columns ``renderable`` takes when nothing limits it."""
+    from rich.console import Console
+
+    console = Console(width=100_000, file=io.StringIO(), color_system=None)
+    with console.capture() as cap:
+        console.print(renderable)
+    return max((len(line) for line in cap.get().splitlines()), default=0)
+
+
+def _short_count(n: int) -> str:
+    """``2359296`` -> ``"2.36M"``; below 10,000 the number itself."""
+    if n < 10_000:
+        return f"{n:,}"
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)  # pragma: no cover
+
+
+def _short_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape) or "()"
 
 
 def _human(n: int) -> str:
