@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import struct
-import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -542,29 +541,41 @@ def test_conv3d_random_models_draw_the_fifth_coordinate():
     assert len(weight_error_models.random_weight_location(pfi, 0)) == 6
 
 
-def quantized_cnn():
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+def quantized_cnn() -> nn.Module:
+    """An int8 model of real quantized modules (per-channel weights, as torch's x86 default)."""
+    import torch.ao.nn.quantized as nnq
 
     if "x86" not in torch.backends.quantized.supported_engines:
         pytest.skip("no x86 quantized engine")
     torch.backends.quantized.engine = "x86"
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)).eval()
-    x = torch.randn(8, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example_inputs=(x,))
-        prepared(x)
-        return convert_fx(prepared)
+    g = torch.Generator().manual_seed(0)
+
+    def conv(cin: int, cout: int, scale: float, zero_point: int) -> nn.Module:
+        m = nnq.Conv2d(cin, cout, 3)
+        m.scale, m.zero_point = scale, zero_point
+        w = torch.randn(cout, cin, 3, 3, generator=g) * 0.3
+        scales = (w.abs().amax(dim=(1, 2, 3)) / 127).double()
+        zeros = torch.zeros(cout, dtype=torch.long)
+        qw = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
+        m.set_weight_bias(qw, torch.randn(cout, generator=g) * 0.1)
+        return m
+
+    return nn.Sequential(
+        nnq.Quantize(0.05, 64, torch.quint8),
+        conv(3, 4, 0.1, 0),
+        nn.ReLU(),
+        conv(4, 4, 0.05, 64),
+        nnq.DeQuantize(),
+    ).eval()
 
 
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions:UserWarning")
 def test_quantized_model_fails_in_pytorchfi_and_works_here():
     q = quantized_cnn()
     with pytest.raises(StopIteration):
         _pfi(REAL, q, [3, 8, 8], [nn.Conv2d], batch=2)
     pfi = _pfi(OURS, q, [3, 8, 8], [nn.Conv2d], batch=2)
-    assert pfi.get_total_layers() == 2  # QuantizedConvReLU2d and QuantizedConv2d count as Conv2d
+    assert pfi.get_total_layers() == 2  # quantized Conv2d modules count as nn.Conv2d
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         golden = q(x)
@@ -574,7 +585,7 @@ def test_quantized_model_fails_in_pytorchfi_and_works_here():
         )
         got = bad(x)
         assert torch.equal(q(x), golden)  # restored after the call
-        w, b = q._modules["2"].weight(), q._modules["2"].bias()
+        w, b = q[3].weight(), q[3].bias()
         ints = w.int_repr().clone()
         ints[2, 1, 0, 2] ^= 1 << 6
         if w.qscheme() == torch.per_channel_affine:
@@ -586,9 +597,9 @@ def test_quantized_model_fails_in_pytorchfi_and_works_here():
             )
         else:
             faulty = torch._make_per_tensor_quantized_tensor(ints, w.q_scale(), w.q_zero_point())
-        q._modules["2"].set_weight_bias(faulty, b)
+        q[3].set_weight_bias(faulty, b)
         expected = q(x)
-        q._modules["2"].set_weight_bias(w, b)
+        q[3].set_weight_bias(w, b)
         assert torch.equal(got, expected) and not torch.equal(got, golden)
         # neuron: a value in a quantized output is quantized with that output's scale
         bad = pfi.declare_neuron_fi(
@@ -596,7 +607,7 @@ def test_quantized_model_fails_in_pytorchfi_and_works_here():
         )
         got = bad(x)
         seen = {}
-        handle = q._modules["2"].register_forward_hook(lambda m, a, o: seen.setdefault("o", o))
+        handle = q[3].register_forward_hook(lambda m, a, o: seen.setdefault("o", o))
         q(x)
         handle.remove()
         o = seen["o"]
