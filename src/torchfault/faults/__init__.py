@@ -48,6 +48,7 @@ from torchfault.faults._patterns import (
     list_patterns,
     register_pattern,
 )
+from torchfault.faults._pruned import NonzeroFaults, unpruned_index
 from torchfault.faults._space import FaultSpace, TargetSpec, fault_space
 from torchfault.faults._structure import get_element, iter_tensors, replace_element
 from torchfault.faults._targets import normalize_kinds, select_modules
@@ -66,6 +67,7 @@ __all__ = [
     "MemoryMap",
     "MemoryRegion",
     "MemoryResolution",
+    "NonzeroFaults",
     "PatternMix",
     "TensorMemory",
     "get_ecc",
@@ -99,4 +101,5 @@ __all__ = [
     "sparse_components",
     "sparse_guard",
     "stored_tensors",
+    "unpruned_index",
 ]
