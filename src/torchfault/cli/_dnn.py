@@ -13,6 +13,7 @@ the dataset's input shape and class count); the dataset likewise (``function(spl
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from torchfault.cli import command
 from torchfault.config import check_seed, check_selectors
 from torchfault.dnn._training import TestConfig, TrainConfig
+from torchfault.errors import ConfigError
 
 __all__ = ["PruneConfig", "ProfileConfig", "QuantizeConfig", "SummaryConfig"]
 
@@ -157,6 +159,12 @@ class PruneConfig:
         seed: seed of random pruning and fine-tuning.
         batch_size: evaluation and fine-tuning batch size.
         out: where to save the pruned weights (masks made permanent); empty: do not save.
+            ``{name}`` is replaced by a name made of the model, dataset, method, amount and
+            (when not the default) steps, fine-tuning epochs and scope, e.g.
+            ``lenet-digits-l1_unstructured-0.5``; ``{model}``, ``{dataset}``, ``{method}``,
+            ``{amount}`` and ``{steps}`` by those settings.
+        overwrite: replace an existing ``out`` file (else an existing file is an error, raised
+            before anything is pruned).
         compression: compression of the saved file.
         model_options: constructor options of the model.
         dataset_options: options of ``create_dataset`` (``split_seed``; ``input_shape`` and
@@ -180,7 +188,8 @@ class PruneConfig:
     lr: float = 1e-3
     seed: int = 0
     batch_size: int = 256
-    out: str = "runs/prune/pruned.pt.xz"
+    out: str = "runs/prune/{name}.pt.xz"
+    overwrite: bool = False
     compression: Literal["lzma", "gzip", "bz2", "none"] = "lzma"
     model_options: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
@@ -197,6 +206,43 @@ class PruneConfig:
             raise ValueError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}.")
         if self.scope == "global" and self.method.endswith("_structured"):
             raise ValueError(f"scope: 'global' needs an unstructured method, not {self.method!r}.")
+        self.out_path()  # an unknown {placeholder} is an error now, not after pruning
+
+    def out_path(self) -> str:
+        """``out`` with its placeholders filled in (``""``: do not save).
+
+        Example:
+            >>> PruneConfig("lenet", amount=0.75, steps=3).out_path()
+            'runs/prune/lenet-digits-l1_unstructured-0.75-3steps.pt.xz'
+        """
+        model = self.model
+        if ":" in model:  # a factory: path/to/file.py:function or package.module:function
+            where, fn = model.rsplit(":", 1)
+            model = f"{Path(where).stem if where.endswith('.py') else where}.{fn}"
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+        name = f"{model}-{self.dataset}-{self.method}-{self.amount:g}"
+        if self.steps > 1:
+            name += f"-{self.steps}steps"
+        if self.finetune_epochs:
+            name += f"-ft{self.finetune_epochs}"
+        if self.scope != "layer":
+            name += f"-{self.scope}"
+        fields = {
+            "name": name,
+            "model": model,
+            "dataset": self.dataset,
+            "method": self.method,
+            "amount": f"{self.amount:g}",
+            "steps": self.steps,
+        }
+        try:
+            return self.out.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"out: {self.out!r} has an unknown placeholder ({exc}); use "
+                + ", ".join("{" + k + "}" for k in fields)
+                + " (write {{ and }} for literal braces)."
+            ) from None
 
 
 @command(
@@ -217,24 +263,40 @@ def prune_job(cfg: PruneConfig) -> int:
         sparsity_report,
     )
 
+    out = cfg.out_path()
+    if out and Path(out).exists() and not cfg.overwrite:
+        raise ConfigError(
+            f"out: {out} exists (pruned weights of an earlier run); pass --overwrite true to "
+            "replace it, or another --out (placeholders: {name}, {model}, {amount}...)."
+        )
     torch.manual_seed(cfg.seed)
     model = _load_model(cfg)
     test_set = create_dataset(cfg.dataset, split="test", **cfg.dataset_options)
     before = evaluate(model, test_set, batch_size=cfg.batch_size)
-    finetune = None
-    if cfg.finetune_epochs:
+
+    def finetune(m, step):
+        # progress: a line per pruning step (and per fine-tuning epoch), on standard error
+        sparsity = sparsity_report(m)["total"]["sparsity"]
+        more = f"; fine-tuning {cfg.finetune_epochs} epoch(s)" if cfg.finetune_epochs else ""
+        print(
+            f"prune step {step + 1}/{cfg.steps}: sparsity {sparsity:.2%}{more}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not cfg.finetune_epochs:
+            return m
         from torchfault.dnn import fine_tune
 
-        def finetune(m, step):
-            return fine_tune(
-                m,
-                cfg.dataset,
-                epochs=cfg.finetune_epochs,
-                lr=cfg.lr,
-                seed=cfg.seed + step,
-                batch_size=min(cfg.batch_size, 64),
-                dataset_options=cfg.dataset_options,
-            )
+        return fine_tune(
+            m,
+            cfg.dataset,
+            epochs=cfg.finetune_epochs,
+            lr=cfg.lr,
+            seed=cfg.seed + step,
+            batch_size=min(cfg.batch_size, 64),
+            dataset_options=cfg.dataset_options,
+            progress_prefix=f"  step {step + 1}/{cfg.steps}, fine-tune epoch",
+        )
 
     iterative_prune(
         model,
@@ -268,10 +330,10 @@ def prune_job(cfg: PruneConfig) -> int:
     console = _console()
     console.print(table)
     console.print(f"test accuracy: {before['acc']:.4f} before, {after['acc']:.4f} after pruning")
-    if cfg.out:
+    if out:
         info = export_weights(
             model,
-            cfg.out,
+            out,
             model_name=cfg.model,
             dataset=cfg.dataset,
             metrics={

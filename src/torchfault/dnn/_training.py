@@ -505,6 +505,10 @@ def _fit(
                 monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta
             )
         )
+    if not cfg.trainer.kwargs()["enable_progress_bar"]:  # no terminal: a line per epoch
+        from torchfault.dnn._progress import EpochLines
+
+        callbacks.append(EpochLines())
     loggers = _loggers(cfg.out_dir, name, version)
     with _quiet_lightning():
         t = cfg.trainer
@@ -828,9 +832,11 @@ def fine_tune(
     batch_size: int = 64,
     accelerator: str = "cpu",
     dataset_options: dict[str, Any] | None = None,
+    progress_prefix: str = "fine-tune epoch",
 ) -> nn.Module:
     """Train ``model`` in place for a few epochs on ``dataset``'s train split (Lightning, seeded,
-    deterministic, no checkpoints or logs); used between pruning steps.
+    deterministic, no checkpoints or logs); used between pruning steps. Without a terminal,
+    each epoch ends with a line ``<progress_prefix> k/epochs: ...`` on standard error.
 
     Example:
         >>> from torchfault.dnn import create_model
@@ -840,6 +846,7 @@ def fine_tune(
     """
     pl = _require_lightning()
     from torchfault.dnn._lightning import ClassificationDataModule, ClassifierModule
+    from torchfault.dnn._progress import EpochLines
 
     pl.seed_everything(seed, workers=True, verbose=False)
     model.train()
@@ -865,6 +872,7 @@ def fine_tune(
                 enable_progress_bar=sys.stderr.isatty(),
                 enable_model_summary=False,
                 limit_val_batches=0,
+                callbacks=[] if sys.stderr.isatty() else [EpochLines(progress_prefix)],
             )
         trainer.fit(module, datamodule=dm)
     model.eval()
