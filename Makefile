@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test bench lint venv clean docs
+.PHONY: demo test bench soak lint venv clean docs
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# long campaigns (10^6 fast-engine runs, 10^5 with worker processes: memory, store, progress/ETA),
+# then every executor x engine pair killed at 5 seeded random instants and resumed
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak
+	TORCHFAULT_CHAOS_KILLS=5 $(PY) -m pytest -q -s tests/campaign/test_chaos.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples hubconf.py
