@@ -747,3 +747,162 @@ def test_no_deep_copy_and_exact_restore_even_when_the_forward_raises(pfi_models,
     assert sd["fc.weight"][3, 2] == -model.fc.weight[3, 2]  # bit 31: the faulty weights, copied
     assert torch.equal(sd["conv1.weight"][1:], model.conv1.weight[1:])
     assert bad_w.conv1 is model.conv1  # attributes reach the wrapped model
+
+
+def test_custom_function_gets_a_fresh_layer_counter_in_every_call(pfi_models):
+    """A custom hook that never resets pytorchfi's counter injects only in pytorchfi's first call;
+    here every call starts the counter at 0."""
+    builder, shape, types = pfi_models["cnn"]
+    x = torch.randn(BATCH, *shape)
+    outs = {}
+    for impl in (REAL, OURS):
+        torch.manual_seed(0)
+        model = builder().eval()
+        pfi = _pfi(impl, model, shape, types)
+
+        def hook(module, inputs, output, pfi=pfi):
+            if pfi.get_current_layer() == 2:
+                output[1, 0, 1, 1] = 500.0
+            pfi.updateLayer()
+
+        bad = pfi.declare_neuron_fi(
+            function=hook, layer_num=[2], batch=[1], dim1=[0], dim2=[1], dim3=[1]
+        )
+        with torch.no_grad():
+            outs[impl.name] = (model(x), bad(x), bad(x))
+    golden, first, second = outs["pytorchfi"]
+    assert not torch.equal(first, golden) and torch.equal(second, golden)
+    assert all(torch.equal(bits(o), bits(first)) for o in outs["compat"][1:])
+
+
+def test_missing_location_lists_mean_none(pfi_models):
+    builder, shape, types = pfi_models["cnn"]
+    x = torch.randn(BATCH, *shape)
+    torch.manual_seed(0)
+    real = _pfi(REAL, builder().eval(), shape, types)
+    torch.manual_seed(0)
+    ours = _pfi(OURS, builder().eval(), shape, types)
+    kw = dict(batch=[2], layer_num=[3], dim1=[4], value=[-40.0])
+    with pytest.raises(AssertionError, match="missing values"):
+        real.declare_neuron_fi(**kw)
+    with torch.no_grad():
+        expected = real.declare_neuron_fi(dim2=[None], dim3=[None], **kw)(x)
+        assert torch.equal(bits(ours.declare_neuron_fi(**kw)(x)), bits(expected))
+        wkw = dict(layer_num=[3], k=[5], dim1=[17], value=[3.0])
+        with pytest.raises(IndexError):
+            real.declare_weight_fi(**wkw)
+        expected = real.declare_weight_fi(dim2=[None], dim3=[None], **wkw)(x)
+        assert torch.equal(bits(ours.declare_weight_fi(**wkw)(x)), bits(expected))
+
+
+def test_all_layer_types_weight_faults_fail_in_pytorchfi_and_work_here(pfi_models):
+    builder, shape, types = pfi_models["resnet_all"]
+    torch.manual_seed(0)
+    model = builder().eval()
+    with pytest.raises(TypeError):
+        _pfi(REAL, model, shape, types).declare_weight_fi(
+            layer_num=[0], k=[0], dim1=[0], dim2=[0], dim3=[0], value=[2.0]
+        )
+    pfi = _pfi(OURS, model, shape, types)
+    leaves = [n for n, m in model.named_modules() if n and not list(m.children())]
+    assert leaves[1] == "bn1" and leaves[2] == "relu"
+    bad = pfi.declare_weight_fi(layer_num=[1], k=[3], value=[9.0])  # bn1.weight[3]
+    x = torch.randn(BATCH, *shape)
+    oracle = builder().eval()
+    oracle.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        oracle.bn1.weight[3] = 9.0
+        assert torch.equal(bad(x), oracle(x)) and not torch.equal(bad(x), model(x))
+    with pytest.raises(AssertionError, match=r"layer_num\[0\] = 2 \(relu: ReLU\) has no weight"):
+        pfi.declare_weight_fi(layer_num=[2], k=[0], value=[1.0])
+    assert "-" in pfi.print_pytorchfi_layer_summary()  # weightless layers in the table
+
+
+def test_pytorchfi_sets_up_global_logging_and_the_compat_layer_does_not(pfi_models, monkeypatch):
+    import logging
+
+    calls = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: calls.append(kw))
+    builder, shape, types = pfi_models["cnn"]
+    _pfi(REAL, builder().eval(), shape, types)
+    assert len(calls) == 1 and "%(clientip)s" in calls[0]["format"]
+    _pfi(OURS, builder().eval(), shape, types)
+    neuron_error_models.single_bit_flip_func(builder().eval(), 1, shape, use_cuda=False)
+    assert len(calls) == 1
+
+
+def test_more_bad_arguments_are_refused_before_anything_runs(pfi_models):
+    builder, shape, types = pfi_models["cnn"]
+    torch.manual_seed(0)
+    ours = _pfi(OURS, builder().eval(), shape, types)
+    loc = dict(layer_num=[0], dim1=[0], dim2=[0], dim3=[0])
+    with pytest.raises(
+        AssertionError, match=r"batch\[0\] = -1: Invalid batch element! valid: 0\.\.2"
+    ):
+        ours.declare_neuron_fi(batch=[-1], value=[1.0], **loc)
+    with pytest.raises(AssertionError, match="got value and function"):
+        ours.declare_neuron_fi(batch=[0], value=[1.0], function=lambda *a: None, **loc)
+    with pytest.raises(AssertionError, match="must be callable"):
+        ours.declare_neuron_fi(batch=[0], function=3, **loc)
+    with pytest.raises(AssertionError, match=r"value\[0\] must be a number, got 'big'"):
+        ours.declare_neuron_fi(batch=[0], value=["big"], **loc)
+    with pytest.raises(AssertionError, match="flip_bits entries must be a bit position"):
+        ours.declare_weight_fi(layer_num=[0], k=[0], dim1=[0], dim2=[0], dim3=[0], flip_bits=[[]])
+    with pytest.raises(AssertionError, match="needs layer_num"):
+        ours.declare_weight_fi(k=[0], value=[1.0])
+    with pytest.raises(AssertionError, match="layer_types must be a list"):
+        core.fault_injection(builder().eval(), 1, shape, [nn.Conv2d, "conv"])
+    with pytest.raises(AssertionError, match="Batch size"):
+        core.fault_injection(builder().eval(), 0, shape)
+    with pytest.raises(AssertionError, match="Input shape"):
+        core.fault_injection(builder().eval(), 1, (3, 8, 8))
+
+
+def test_custom_function_hooks_are_removed_when_the_forward_raises(pfi_models):
+    builder, shape, types = pfi_models["resnet"]
+    torch.manual_seed(0)
+    model = builder().eval()
+    pfi = _pfi(OURS, model, shape, types)
+    hooks = _hooks(model)
+    random.seed(0)
+    bad = neuron_error_models.random_neuron_single_bit_inj_batched(
+        _pfi_single_bit(model, shape, types), [50.0] * 7
+    )
+    with pytest.raises(RuntimeError):
+        bad(torch.randn(BATCH, 5, 8, 8))
+    assert _hooks(model) == hooks
+    assert pfi.get_total_layers() == 7
+
+
+def _pfi_single_bit(model, shape, types):
+    return neuron_error_models.single_bit_flip_func(
+        model, BATCH, input_shape=shape, layer_types=types, use_cuda=False
+    )
+
+
+def test_numpy_integer_locations_work_as_in_pytorchfi(pfi_models):
+    np = pytest.importorskip("numpy")
+    builder, shape, types = pfi_models["cnn"]
+    x = torch.randn(BATCH, *shape)
+    nkw = dict(batch=[np.int64(1)], layer_num=[np.int64(1)], dim1=[np.int64(2)])
+    nkw.update(dim2=[np.int64(3)], dim3=[np.int64(0)], value=[np.float64(20.0)])
+    wkw = dict(layer_num=[np.int64(0)], k=[np.int64(1)], dim1=[np.int64(2)])
+    wkw.update(dim2=[np.int64(0)], dim3=[np.int64(1)], value=[np.float64(-3.0)])
+    outs = {}
+    for impl in (REAL, OURS):
+        torch.manual_seed(0)
+        pfi = _pfi(impl, builder().eval(), shape, types)
+        with torch.no_grad():
+            outs[impl.name] = (pfi.declare_neuron_fi(**nkw)(x), pfi.declare_weight_fi(**wkw)(x))
+    for a, b in zip(outs["pytorchfi"], outs["compat"]):
+        assert torch.equal(bits(a), bits(b))
+
+
+def test_a_layer_type_without_one_output_tensor_is_named():
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), Pair())
+    with pytest.raises(AssertionError, match=r"layer 1 \(1: Pair\) returns tuple, not a tensor"):
+        core.fault_injection(model, 1, [1, 2, 2], ["all"])

@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import operator
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -176,9 +177,14 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
         self.use_cuda = kwargs.get("use_cuda", is_cuda)
 
         if not isinstance(input_shape, list):
-            raise AssertionError("Error: Input shape must be provided as a list.")
+            raise PytorchfiArgumentError(
+                "Error: Input shape must be provided as a list (one input's shape, without the "
+                f"batch dimension), got {input_shape!r}."
+            )
         if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise AssertionError("Error: Batch size must be an integer greater than 1.")
+            raise PytorchfiArgumentError(
+                f"Error: Batch size must be an integer >= 1, got batch_size={batch_size!r}."
+            )
         if not isinstance(layer_types, (list, tuple)) or not all(
             t == "all" or isinstance(t, type) and issubclass(t, nn.Module) for t in layer_types
         ):
@@ -209,6 +215,12 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
 
         def record(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: Any, output: Any) -> None:
+                if not isinstance(output, torch.Tensor):
+                    raise PytorchfiArgumentError(
+                        f"layer {len(self.output_size)} ({name}: {type(module).__name__}) returns "
+                        f"{type(output).__name__}, not a tensor: pytorchfi's layers have one "
+                        "output tensor; leave this type out of layer_types."
+                    )
                 shape = list(output.size())
                 self.layers_type.append(type(module))
                 self.layers_dim.append(len(shape))
@@ -309,7 +321,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
 
         candidates = weight_layers(self.original_model, self._inj_layer_types)
         for i, layer in enumerate(layers):
-            if not isinstance(layer, int) or not 0 <= layer < len(candidates):
+            if not _is_index(layer) or not 0 <= layer < len(candidates):
                 raise PytorchfiArgumentError(
                     f"declare_weight_fi() layer_num[{i}] = {layer!r} is not a weight layer: valid "
                     f"0..{len(candidates) - 1} ({len(candidates)} layers of types "
@@ -324,7 +336,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
                         f"declare_weight_fi() layer_num[{inj}] = {number} ({name}: "
                         f"{type(module).__name__}) has no weight."
                     )
-                idx = (k[inj], dims[0][inj], dims[1][inj], dims[2][inj])
+                idx: tuple[Any, ...] = (k[inj], dims[0][inj], dims[1][inj], dims[2][inj])
                 if dim4[inj] is not None:
                     idx = (*idx, dim4[inj])
                 index = _weight_index(weight, idx, f"fault {inj} on layer {number} ({name})")
@@ -344,7 +356,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
                         "weight",
                         index,
                         model="value",
-                        params={"value": _stored_value(weight, idx, new)},
+                        params=(("value", _stored_value(weight, idx, new)),),
                     )
                 )
                 log.info("Weight injection: layer %d (%s) %s -> %s", number, name, idx, new)
@@ -423,7 +435,13 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
                 if mode == "flip_bits":
                     bits = _bits(flips[i], f"flip_bits[{i}]")
                     faults.append(
-                        Fault(name, index=index, bits=bits, sample=self.corrupt_batch[i], call=call)
+                        Fault(
+                            name,
+                            index=index,
+                            bits=bits,
+                            sample=operator.index(self.corrupt_batch[i]),
+                            call=call,
+                        )
                     )
                 else:
                     value = _number(self.corrupt_value[i], f"value[{i}]")
@@ -432,8 +450,8 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
                             name,
                             index=index,
                             model="value",
-                            params={"value": value},
-                            sample=self.corrupt_batch[i],
+                            params=(("value", value),),
+                            sample=operator.index(self.corrupt_batch[i]),
                             call=call,
                         )
                     )
@@ -449,7 +467,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
     def _neuron_index(self, i: int) -> tuple[int, ...]:
         dim = self.layers_dim[self.corrupt_layer[i]]
         coords = (self.corrupt_dim1[i], self.corrupt_dim2[i], self.corrupt_dim3[i])
-        return tuple((*coords, self.corrupt_dim4[i])[: dim - 1])
+        return tuple(operator.index(c) for c in (*coords, self.corrupt_dim4[i])[: dim - 1])
 
     def check_bounds(
         self,
@@ -480,11 +498,11 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
         if index < 0:
             raise AssertionError(f"Invalid injection index: {index}")
         batch, layer = self.corrupt_batch[index], self.corrupt_layer[index]
-        if not isinstance(batch, int) or not 0 <= batch < self.get_total_batches():
+        if not _is_index(batch) or not 0 <= batch < self.get_total_batches():
             raise PytorchfiArgumentError(
                 f"batch[{index}] = {batch!r}: Invalid batch element! valid: 0..{self.get_total_batches() - 1}."
             )
-        if not isinstance(layer, int) or not 0 <= layer < self.get_total_layers():
+        if not _is_index(layer) or not 0 <= layer < self.get_total_layers():
             raise PytorchfiArgumentError(
                 f"layer_num[{index}] = {layer!r}: Invalid layer! valid: 0..{self.get_total_layers() - 1}."
             )
@@ -499,7 +517,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
             )
         for d in range(1, layer_dim):
             value = dims[d - 1][index] if index < len(dims[d - 1]) else None
-            if not isinstance(value, int) or not -layer_shape[d] <= value < layer_shape[d]:
+            if not _is_index(value) or not -layer_shape[d] <= value < layer_shape[d]:
                 hint = " (5-d outputs take dim4: torchfault's addition)" if value is None else ""
                 raise PytorchfiArgumentError(
                     f"dim{d}[{index}] = {value!r}: Out of bounds error in Dimension {d}! layer "
@@ -624,6 +642,17 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
 FaultInjection = fault_injection
 
 
+def _is_index(value: Any) -> bool:
+    """An integer (``int``, a NumPy integer, an integer 0-d tensor), not a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _number(value: Any, where: str) -> float:
     try:
         return float(value)
@@ -652,10 +681,10 @@ def _weight_index(weight: torch.Tensor, idx: tuple[Any, ...], where: str) -> tup
             f"of shape {tuple(weight.shape)}; give one integer per dimension (None for the "
             f"dimensions it lacks){hint}."
         )
-    flat, out = picked.storage_offset(), []
+    flat, out = int(picked.storage_offset()), []
     for n in reversed(weight.shape):
-        out.append(flat % n)
-        flat //= n
+        out.append(flat % int(n))
+        flat //= int(n)
     return tuple(reversed(out))
 
 
