@@ -906,3 +906,15 @@ def test_a_layer_type_without_one_output_tensor_is_named():
     model = nn.Sequential(nn.Conv2d(1, 1, 1), Pair())
     with pytest.raises(AssertionError, match=r"layer 1 \(1: Pair\) returns tuple, not a tensor"):
         core.fault_injection(model, 1, [1, 2, 2], ["all"])
+
+
+def test_pytorchfi_07_names_are_the_same_methods():
+    pfi = core.FaultInjection(nn.Sequential(nn.Linear(2, 2)), 1, [2], [nn.Linear])
+    assert type(pfi) is core.fault_injection
+    for new, old in [
+        ("declare_neuron_fault_injection", "declare_neuron_fi"),
+        ("declare_weight_fault_injection", "declare_weight_fi"),
+        ("reset_fault_injection", "fi_reset"),
+        ("update_layer", "updateLayer"),
+    ]:
+        assert getattr(core.fault_injection, new) is getattr(core.fault_injection, old)

@@ -254,6 +254,8 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
         self.corrupted_model = None
         log.info("Reset fault injector")
 
+    reset_fault_injection = fi_reset
+
     def _fi_state_reset(self) -> None:
         (
             self.current_layer,
@@ -460,7 +462,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
         self.corrupted_model = corrupted
         return corrupted
 
-    # pytorchfi 0.7's names for the same methods
+    # pytorchfi 0.7's names for the same methods (update_layer and reset_fault_injection below)
     declare_weight_fault_injection = declare_weight_fi
     declare_neuron_fault_injection = declare_neuron_fi
 
@@ -569,6 +571,8 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
 
     def updateLayer(self, value: int = 1) -> None:  # noqa: N802 - pytorchfi's name
         self.current_layer += value
+
+    update_layer = updateLayer
 
     def reset_current_layer(self) -> None:
         self.current_layer = 0
