@@ -126,7 +126,9 @@ def test_export_summaries_files_and_numbers(store_path, tmp_path, source):
                 str(store_path), tmp_path / "out", ("csv", "parquet"), "wilson", confidence=0.9
             )
         elif source == "store":
-            files = export_summaries(store, tmp_path / "out", ["csv", "parquet"], confidence=0.9)
+            files = export_summaries(
+                store, tmp_path / "out", ["csv", "parquet"], "wilson", confidence=0.9
+            )
         else:
             files = export_summaries(want, tmp_path / "out", "csv,parquet")
     names = [f"summary_{g}.{fmt}" for fmt in ("csv", "parquet") for g in GROUP_FILES]

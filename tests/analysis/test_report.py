@@ -66,18 +66,36 @@ def test_report_files_and_numbers(store_path, tmp_path):
         data = p.read_bytes()
         assert data[:8] == PNG and len(data) > 2000
     summary = json.loads(files[3].read_text())
-    # 100 runs: sdc 18, due 4, masked 73, benign 5
+    # 100 runs: sdc 18, due 4, masked 73, benign 5; but 4 faults, the sampling units
     assert summary["overall"]["counts"] == {"masked": 73, "benign": 5, "sdc": 18, "due": 4}
-    low, high = wilson_interval(18, 100)
-    assert summary["overall"]["rates"]["sdc"]["low"] == pytest.approx(low)
+    # SDC fractions of the 4 faults (40, 35, 10 and 15 runs): the rate is their mean; the
+    # interval is Clopper-Pearson over the two-stage variance (population: 46 x 32 faults of
+    # the uniform sampler; 100 inputs), computed here by hand
+    y, m = [12 / 40, 0.0, 6 / 10, 0.0], [40, 35, 10, 15]
+    p = sum(y) / 4
+    f = 4 / (46 * 32)
+    s2 = sum((v - p) ** 2 for v in y) / 3
+    within = sum((1 - mi / 100) * v * (1 - v) / (mi - 1) for v, mi in zip(y, m))
+    n_eff = p * (1 - p) / ((1 - f) * s2 / 4 + f * within / 16) * 100 / 99
+    beta = pytest.importorskip("scipy.stats").beta
+    low = float(beta.ppf(0.025, p * n_eff, n_eff - p * n_eff + 1))
+    high = float(beta.ppf(0.975, p * n_eff + 1, n_eff - p * n_eff))
+    sdc = summary["overall"]["rates"]["sdc"]
+    assert (sdc["rate"], sdc["faults"]) == (pytest.approx(0.225), 4)
+    assert (sdc["low"], sdc["high"]) == (
+        pytest.approx(low, abs=1e-9),
+        pytest.approx(high, abs=1e-9),
+    )
+    assert high - low > 2 * (wilson_interval(18, 100)[1] - wilson_interval(18, 100)[0])
     layers = {r["key"]: r for r in summary["by_layer"]}
     assert layers["conv1"]["counts"]["sdc"] == 18 and layers["conv1"]["n"] == 50
     assert layers["fc"]["counts"] == {"masked": 45, "benign": 5, "sdc": 0, "due": 0}
     bits = {r["key"]: r["n"] for r in summary["by_bit"]}
     assert bits == {3: 50, 30: 50}
     md = files[4].read_text()
-    assert f"**SDC rate 18.00% [{_pct(low)}, {_pct(high)}]**" in md
-    assert "| sdc | 18 | 18.00% |" in md and "| conv1 | 50 | 36.00%" in md
+    assert f"**SDC rate 22.50% [{_pct(low)}, {_pct(high)}]**" in md
+    # conv1: faults 0 and 2, fractions 0.3 and 0.6 -> 45 %
+    assert "| sdc | 18 | 22.50% |" in md and "| conv1 | 2 | 50 | 45.00%" in md
     for name in names[:3]:
         assert f"]({name})" in md
     assert "f00d" in md and '"seed": 5' in md

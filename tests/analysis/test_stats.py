@@ -100,12 +100,12 @@ def test_interval_dispatch_and_errors():
 
 def test_should_stop():
     # half width of Wilson at p = 0.5, n = 9604 is about 1 %
-    assert should_stop(4802, 9700, 0.01)
-    assert not should_stop(4802, 9000, 0.01)
+    assert should_stop(4802, 9700, 0.01, method="wilson")
+    assert not should_stop(4802, 9000, 0.01, method="wilson")
     assert not should_stop(0, 0, 0.5)
     # monotone: once the interval is narrow enough, more runs keep it so at the same rate
-    n = next(n for n in range(10, 5000, 10) if should_stop(n // 10, n, 0.02))
-    assert all(should_stop(m // 10, m, 0.02) for m in range(n, n + 500, 10))
+    n = next(n for n in range(10, 5000, 10) if should_stop(n // 10, n, 0.02, method="wilson"))
+    assert all(should_stop(m // 10, m, 0.02, method="wilson") for m in range(n, n + 500, 10))
     low, high = wilson_interval(n // 10, n)
     assert (high - low) / 2 <= 0.02
     with pytest.raises(TorchFaultError, match="margin"):

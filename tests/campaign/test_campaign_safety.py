@@ -391,14 +391,17 @@ def test_interval_method_reaches_summary_and_report(tmp_path, capsys):
     from torchfault.analysis import clopper_pearson_interval
 
     sdc = summary.overall.rates["sdc"]
-    assert (sdc.low, sdc.high) == pytest.approx(clopper_pearson_interval(sdc.k, summary.runs, 0.95))
+    # the fault is the sampling unit: no SDC in 10 faults (20 runs) is the interval of 0 in 10
+    assert (sdc.k, sdc.faults, summary.runs) == (0, 10, 20)
+    assert (sdc.low, sdc.high) == pytest.approx(clopper_pearson_interval(0, 10, 0.95), abs=1e-6)
     cfg_path = write_config(tmp_path, **{"sampler.n": 10, "report": True})
     assert main(["campaign", "--config", str(cfg_path), "--interval", "clopper-pearson"]) == 0
     out = capsys.readouterr().out
     assert "Clopper-Pearson" in out and "Wilson" not in out
     assert "Clopper-Pearson" in (tmp_path / "run/report.md").read_text()
     # for a campaign of a fixed size the method only changes the report: resuming with another works
-    assert main(["campaign", "--config", str(cfg_path), "--report", "false"]) == 0
+    args = ["campaign", "--config", str(cfg_path), "--report", "false", "--interval", "wilson"]
+    assert main(args) == 0
     assert "Wilson" in capsys.readouterr().out
 
 
@@ -433,7 +436,8 @@ def test_log_file_holds_summary_and_errors(tmp_path, capsys):
     cfg_path = write_config(tmp_path, **{"sampler.n": 5})
     assert main(["campaign", "--config", str(cfg_path)]) == 0
     log = (tmp_path / "run/campaign.log").read_text()
-    assert "Outcomes of 10 runs (95% Wilson intervals)" in log and "| sdc |" in log
+    assert "Outcomes of 10 runs (95% Clopper-Pearson intervals over 5 faults" in log
+    assert "| sdc |" in log
     assert "written:" in log
     assert main(["campaign", "--config", str(cfg_path), "--sampler.fault_model", "bitflip"]) == 2
     log = (tmp_path / "run/campaign.log").read_text()

@@ -90,7 +90,7 @@ def test_sample_size_errors(args, word):
 
 
 def test_registry_helpers():
-    assert list_samplers() == ["ber", "exhaustive", "per_bit", "per_layer", "uniform"]
+    assert list_samplers() == ["ber", "exhaustive", "per_bit", "per_layer", "stratified", "uniform"]
     assert is_sampler("per_bit") and not is_sampler("nope")
     with pytest.raises(TorchFaultError, match="Did you mean 'per_layer'"):
         create_sampler("per_layr", sites=SITES, n=3)
@@ -271,8 +271,9 @@ def test_per_layer_strata():
 
 def test_per_bit_strata():
     s = create_sampler("per_bit", sites=SITES, n=30, seed=2)
-    assert s.strata == list(range(32))
+    assert s.bit_strata == list(range(32))
     # bits 0..15 have 188 elements, bits 16..31 only the float32 sites' 184
+    assert s.strata() == {b: 188 if b < 16 else 184 for b in range(32)}
     assert len(s) == 32 * 30
     for k in range(len(s)):
         (f,) = s.draw(k)

@@ -9,13 +9,24 @@ Example:
 
 from typing import Any
 
+from torchfault.analysis._design import (
+    Estimate,
+    SamplingDesign,
+    estimate,
+    estimate_groups,
+    stratum_sd,
+)
 from torchfault.analysis._export import EXPORT_FORMATS, export_summaries
 from torchfault.analysis._html import StoreState, make_html_report, store_state
 from torchfault.analysis._stats import (
+    DEFAULT_INTERVAL,
     INTERVAL_METHODS,
     beta_ppf,
+    check_method,
     clopper_pearson_interval,
     interval,
+    interval_from_rate,
+    modified_wilson_interval,
     should_stop,
     wilson_interval,
 )
@@ -28,6 +39,7 @@ from torchfault.analysis._summary import (
     Row,
     Summary,
     summarize,
+    summarize_store,
 )
 
 
@@ -51,6 +63,7 @@ __all__ = [
     "OutcomeAccumulator",
     "Rate",
     "Row",
+    "SamplingDesign",
     "StoreState",
     "Summary",
     "beta_ppf",
@@ -60,10 +73,14 @@ __all__ = [
     "estimate_groups",
     "export_summaries",
     "interval",
+    "interval_from_rate",
     "make_html_report",
     "make_report",
+    "modified_wilson_interval",
     "should_stop",
     "store_state",
+    "stratum_sd",
     "summarize",
+    "summarize_store",
     "wilson_interval",
 ]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torchfault.analysis._stats import DEFAULT_INTERVAL
 from torchfault.analysis._summary import Summary, _pyarrow
 from torchfault.errors import TorchFaultError, suggest
 
@@ -29,7 +30,7 @@ def export_summaries(
     store_or_path: Any,
     out_dir: str | os.PathLike[str],
     formats: Sequence[str] = ("csv",),
-    method: str = "wilson",
+    method: str = DEFAULT_INTERVAL,
     *,
     confidence: float = 0.95,
     per_element: bool = False,
@@ -42,7 +43,7 @@ def export_summaries(
             (``method``, ``confidence`` and ``per_element`` are then its own).
         out_dir: the folder to write into (created if needed).
         formats: ``"csv"`` and/or ``"parquet"`` (Parquet needs the ``parquet`` extra).
-        method: interval method, ``"wilson"`` or ``"clopper_pearson"``.
+        method: interval method, one of :data:`~torchfault.analysis.INTERVAL_METHODS`.
         confidence: confidence level of the intervals.
         per_element: also write ``summary_element``.
 

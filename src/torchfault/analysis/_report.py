@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torchfault.analysis._summary import MULTIPLE, NONE, OUTCOMES, Row, Summary
+from torchfault.analysis._stats import DEFAULT_INTERVAL
+from torchfault.analysis._summary import METHOD_LABELS, MULTIPLE, NONE, OUTCOMES, Row, Summary
 from torchfault.errors import TorchFaultError
 
 __all__ = ["make_report", "plot_rate_per_layer", "plot_rate_per_bit", "plot_outcome_mix"]
@@ -42,8 +43,8 @@ def _yerr(rows: Sequence[Row], outcome: str) -> list[list[float]]:
 
 
 def _label(summary: Summary) -> str:
-    method = "Wilson" if summary.method == "wilson" else "Clopper-Pearson"
-    return f"{summary.confidence:.0%} {method} interval"
+    method = METHOD_LABELS.get(summary.method, summary.method)
+    return f"{summary.confidence:.0%} {method} interval over {summary.faults:,} faults"
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -230,9 +231,10 @@ def make_report(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     confidence: float = 0.95,
-    method: str = "wilson",
+    method: str = DEFAULT_INTERVAL,
     per_element: bool = False,
     html: bool = False,
+    summary: Summary | None = None,
 ) -> list[Path]:
     """Write the plots, ``summary.json`` and ``report.md`` of a stored campaign.
 
@@ -244,10 +246,13 @@ def make_report(
         store_path: the campaign's SQLite store.
         out_dir: where to write (default: the store's folder).
         confidence: confidence level of the intervals.
-        method: ``"wilson"`` or ``"clopper_pearson"``.
+        method: interval method (default Clopper-Pearson), one of
+            :data:`~torchfault.analysis.INTERVAL_METHODS`.
         per_element: also break down per element (in the JSON and Markdown).
         html: also write ``report.html``, one self-contained page with sortable tables
             (:func:`~torchfault.analysis.make_html_report`).
+        summary: the store's summary when the caller has computed it already (with these
+            ``confidence``, ``method`` and ``per_element``): it is not computed again.
 
     Returns:
         The files written: ``rate_per_layer.png``, ``rate_per_bit.png``, ``outcome_mix.png``,
@@ -272,7 +277,8 @@ def make_report(
     from torchfault.analysis._html import make_html_report, store_state
 
     with open_store(store_path) as store:
-        summary = store.summary(confidence, method, per_element=per_element)
+        if summary is None:
+            summary = store.summary(confidence, method, per_element=per_element)
         meta = store.meta()
         state = store_state(meta, store.count_runs())
     out = Path(out_dir) if out_dir is not None else store_path.parent

@@ -7,7 +7,12 @@ adds runs, :meth:`~Accumulator.merge` folds in another worker's accumulator, and
 :meth:`~Accumulator.compute` gives a :class:`Summary`. Under it sit two pure functions,
 :func:`_summary_update` (runs to counts) and :func:`_summary_compute` (counts to a summary).
 
-Groups. Every run counts once overall and once in each breakdown:
+The fault is the sampling unit: the state is the outcome count of every fault, rates are means of
+the per-fault fractions, and intervals account for the correlation of a fault's runs, the strata
+and the finite population (:mod:`torchfault.analysis._design`). Counts (``Row.counts``,
+``Rate.k``, ``Rate.n``) stay counts of runs.
+
+Groups. Every fault (with all its runs) counts once overall and once in each breakdown:
 
 - ``layer``: the module of its faults; ``"(multiple)"`` when one run's faults lie in several
   modules (BER runs), ``"(none)"`` for a run without faults.
@@ -35,13 +40,17 @@ from __future__ import annotations
 import abc
 import copy
 import csv
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchfault.analysis._stats import INTERVAL_METHODS, interval
+import numpy as np
+
+from torchfault.analysis._design import SamplingDesign, estimate_groups, stratum_sd
+from torchfault.analysis._stats import DEFAULT_INTERVAL, check_method
 from torchfault.errors import TorchFaultError, suggest
 from torchfault.faults._fault import Fault, FaultSite
 from torchfault.store._records import OUTCOMES
@@ -55,6 +64,7 @@ __all__ = [
     "Row",
     "Summary",
     "summarize",
+    "summarize_store",
 ]
 
 #: Breakdowns a summary holds (``element`` only when asked).
@@ -75,7 +85,15 @@ ROW_COLUMNS = (
     "high",
     "confidence",
     "method",
+    "faults",
+    "n_eff",
 )
+#: Display names of the interval methods.
+METHOD_LABELS = {
+    "clopper_pearson": "Clopper-Pearson",
+    "wilson": "Wilson",
+    "wilson_modified": "modified Wilson",
+}
 
 
 def _pyarrow(what: str) -> tuple[Any, Any]:
@@ -181,20 +199,49 @@ class Accumulator(abc.ABC):
 
 @dataclass(frozen=True)
 class Rate:
-    """A proportion ``k / n`` with its confidence interval ``[low, high]``."""
+    """An outcome's rate with its confidence interval ``[low, high]``.
+
+    Attributes:
+        k: runs with the outcome.
+        n: runs.
+        rate: the estimate: the mean of the per-fault fractions, strata weighted by their
+            populations (``k / n`` with one input per fault and one stratum).
+        low, high: the confidence interval.
+        faults: faults (sampling units) behind the estimate.
+        n_eff: effective sample size of the interval (``inf``: exact).
+        exact: every fault of the population ran on every input: the rate is exact.
+    """
 
     k: int
     n: int
     rate: float
     low: float
     high: float
+    faults: int = 0
+    n_eff: float = 0.0
+    exact: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "n": self.n, "rate": self.rate, "low": self.low, "high": self.high}
+        return {
+            "k": self.k,
+            "n": self.n,
+            "rate": self.rate,
+            "low": self.low,
+            "high": self.high,
+            "faults": self.faults,
+            "n_eff": self.n_eff if math.isfinite(self.n_eff) else None,
+            "exact": self.exact,
+        }
 
     def format(self) -> str:
-        """``"12.34% [10.10%, 14.80%]"``."""
+        """``"12.34% [10.10%, 14.80%]"`` (``"12.34% (exact)"`` for an exact rate)."""
+        if self.exact:
+            return f"{_pct(self.rate)} (exact)"
         return f"{_pct(self.rate)} [{_pct(self.low)}, {_pct(self.high)}]"
+
+
+def _interval_text(r: Rate) -> str:
+    return "exact" if r.exact else f"[{_pct(r.low)}, {_pct(r.high)}]"
 
 
 def _pct(x: float) -> str:
@@ -207,12 +254,16 @@ def _pct(x: float) -> str:
 
 @dataclass(frozen=True)
 class Row:
-    """Outcome counts and rates of one group (``key``) of runs."""
+    """Outcome counts and rates of one group (``key``) of runs.
+
+    ``n`` and ``counts`` count runs; ``faults`` the faults behind them (the sampling units).
+    """
 
     key: Any
     n: int
     counts: dict[str, int]
     rates: dict[str, Rate]
+    faults: int = 0
 
     @property
     def sdc(self) -> Rate:
@@ -226,6 +277,7 @@ class Row:
         return {
             "key": self.key,
             "n": self.n,
+            "faults": self.faults,
             "counts": dict(self.counts),
             "rates": {o: r.to_dict() for o, r in self.rates.items()},
         }
@@ -237,10 +289,12 @@ class Summary:
 
     Attributes:
         confidence: confidence level of the intervals.
-        method: ``"wilson"`` or ``"clopper_pearson"``.
+        method: interval method, one of :data:`~torchfault.analysis.INTERVAL_METHODS`.
         overall: every run.
         groups: ``{"layer": (Row, ...), "target": ..., "kind": ..., "bit": ..., ["element": ...]}``.
         seconds: total run time recorded.
+        design: how the faults were drawn (``"unstratified"``, or the sampler and its number of
+            strata); intervals are over faults (see docs/statistics.md).
     """
 
     confidence: float
@@ -248,10 +302,21 @@ class Summary:
     overall: Row
     groups: dict[str, tuple[Row, ...]] = field(default_factory=dict)
     seconds: float = 0.0
+    design: str = "unstratified"
 
     @property
     def runs(self) -> int:
         return self.overall.n
+
+    @property
+    def faults(self) -> int:
+        """Faults (sampling units) with runs."""
+        return self.overall.faults
+
+    @property
+    def interval_label(self) -> str:
+        """``"95% Clopper-Pearson intervals over 1,000 faults"``: what the intervals are."""
+        return f"{self.confidence:.0%} {METHOD_LABELS.get(self.method, self.method)} intervals"
 
     @property
     def by_layer(self) -> tuple[Row, ...]:
@@ -282,7 +347,9 @@ class Summary:
         return {
             "confidence": self.confidence,
             "method": self.method,
+            "design": self.design,
             "runs": self.runs,
+            "faults": self.faults,
             "seconds": self.seconds,
             "overall": self.overall.to_dict(),
             **{f"by_{g}": [r.to_dict() for r in rows] for g, rows in self.groups.items()},
@@ -315,6 +382,8 @@ class Summary:
                             "high": r.high,
                             "confidence": self.confidence,
                             "method": self.method,
+                            "faults": r.faults,
+                            "n_eff": r.n_eff if math.isfinite(r.n_eff) else None,
                         }
                     )
         return out
@@ -363,6 +432,8 @@ class Summary:
             "high": pa.float64(),
             "confidence": pa.float64(),
             "method": pa.string(),
+            "faults": pa.int64(),
+            "n_eff": pa.float64(),
         }
         rows = self.to_rows(groups)
         for row in rows:
@@ -390,8 +461,7 @@ class Summary:
         return names.get(group, group)
 
     def _header(self) -> str:
-        label = "Wilson" if self.method == "wilson" else "Clopper-Pearson"
-        return f"{self.confidence:.0%} {label} intervals"
+        return f"{self.interval_label} over {self.faults:,} faults, {self.design}"
 
     def tables(self) -> list[Any]:
         """The summary as ``rich.table.Table`` objects: overall, then one per group."""
@@ -402,16 +472,17 @@ class Summary:
             overall.add_column(col, justify="left" if col == "outcome" else "right")
         for o in OUTCOMES:
             r = self.overall.rates[o]
-            overall.add_row(o, f"{r.k:,}", _pct(r.rate), f"[{_pct(r.low)}, {_pct(r.high)}]")
+            overall.add_row(o, f"{r.k:,}", _pct(r.rate), _interval_text(r))
         tables = [overall]
         for group, rows in self.groups.items():
             t = Table(title=self._title(group))
             t.add_column(group)
-            for col in ("runs", "SDC", "DUE", "masked", "benign"):
+            for col in ("faults", "runs", "SDC", "DUE", "masked", "benign"):
                 t.add_column(col, justify="right")
             for row in rows:
                 t.add_row(
                     str(row.key),
+                    f"{row.faults:,}",
                     f"{row.n:,}",
                     row.sdc.format(),
                     row.due.format(),
@@ -440,19 +511,19 @@ class Summary:
         ]
         for o in OUTCOMES:
             r = self.overall.rates[o]
-            lines.append(f"| {o} | {r.k} | {_pct(r.rate)} | [{_pct(r.low)}, {_pct(r.high)}] |")
+            lines.append(f"| {o} | {r.k} | {_pct(r.rate)} | {_interval_text(r)} |")
         for group, rows in self.groups.items():
             lines += [
                 "",
                 f"### {self._title(group)}",
                 "",
-                f"| {group} | runs | SDC | DUE | masked | benign |",
-                "|---|---:|---:|---:|---:|---:|",
+                f"| {group} | faults | runs | SDC | DUE | masked | benign |",
+                "|---|---:|---:|---:|---:|---:|---:|",
             ]
             for row in rows:
                 key = str(row.key).replace("|", "\\|")
                 lines.append(
-                    f"| {key} | {row.n} | {row.sdc.format()} | {row.due.format()} | "
+                    f"| {key} | {row.faults} | {row.n} | {row.sdc.format()} | {row.due.format()} | "
                     f"{row.counts['masked']} | {row.counts['benign']} |"
                 )
         return "\n".join(lines) + "\n"
@@ -508,14 +579,12 @@ def _group_keys(
 def _summary_update(
     runs: Iterable[Any],
     faults: Mapping[int, Sequence[Fault]],
-    kinds: Mapping[tuple[str, str], str] | None = None,
-    per_element: bool = False,
-) -> tuple[Counter, float]:
-    """Count runs: ``Counter{(group, key, outcome): n}`` (group ``"overall"`` too) and seconds."""
+) -> tuple[Counter, Counter, float]:
+    """Count runs per fault: ``Counter{(fault_id, outcome): runs}``, ``Counter{input_id: runs}``
+    (empty when the runs carry no input id) and the seconds recorded."""
     counts: Counter = Counter()
+    inputs: Counter = Counter()
     seconds = 0.0
-    kinds = kinds or {}
-    cache: dict[int, list[tuple[str, Any]]] = {}
     for run in runs:
         outcome = _get(run, "outcome")
         if outcome not in OUTCOMES:
@@ -524,33 +593,24 @@ def _summary_update(
                 f"{suggest(str(outcome), OUTCOMES)}"
             )
         fid = int(_get(run, "fault_id"))
-        keys = cache.get(fid)
-        if keys is None:
-            if fid not in faults:
-                raise TorchFaultError(
-                    f"run of fault {fid}: no such fault among the {len(faults)} given."
-                )
-            keys = cache[fid] = _group_keys(tuple(faults[fid]), kinds, per_element)
-        counts[("overall", "", outcome)] += 1
-        for group, key in keys:
-            counts[(group, key, outcome)] += 1
+        if fid not in faults:
+            raise TorchFaultError(
+                f"run of fault {fid}: no such fault among the {len(faults)} given."
+            )
+        counts[(fid, outcome)] += 1
+        try:
+            iid = _get(run, "input_id")
+        except (KeyError, AttributeError):
+            iid = None
+        if iid is not None:
+            inputs[int(iid)] += 1
         try:
             sec = _get(run, "seconds")
         except (KeyError, AttributeError):
             sec = None
         if sec is not None:
             seconds += float(sec)
-    return counts, seconds
-
-
-def _row(key: Any, counts: Mapping[str, int], confidence: float, method: str) -> Row:
-    n = sum(counts.get(o, 0) for o in OUTCOMES)
-    full = {o: int(counts.get(o, 0)) for o in OUTCOMES}
-    rates = {}
-    for o in OUTCOMES:
-        low, high = interval(full[o], n, confidence, method)
-        rates[o] = Rate(full[o], n, full[o] / n if n else 0.0, low, high)
-    return Row(key, n, full, rates)
+    return counts, inputs, seconds
 
 
 def _sort_key(order: Mapping[Any, int]) -> Callable[[Any], tuple]:
@@ -564,50 +624,170 @@ def _sort_key(order: Mapping[Any, int]) -> Callable[[Any], tuple]:
     return key
 
 
+@dataclass
+class _Units:
+    """Per-fault arrays of the faults with runs (the sampling units)."""
+
+    ids: list[int]
+    m: np.ndarray
+    k: dict[str, np.ndarray]
+    stratum: np.ndarray
+    populations: list[float] | None
+    inputs: float | None
+
+
+def _units(
+    counts: Mapping[tuple[int, str], int],
+    faults: Mapping[int, Sequence[Fault]],
+    design: SamplingDesign | None,
+    inputs: int | None,
+    below: int | None = None,
+) -> _Units:
+    per: dict[int, dict[str, int]] = {}
+    for (fid, outcome), c in counts.items():
+        if c and (below is None or fid < below):
+            per.setdefault(fid, {})[outcome] = c
+    ids = sorted(per)
+    m = np.array([sum(per[f].values()) for f in ids], dtype=np.float64)
+    k = {o: np.array([per[f].get(o, 0) for f in ids], dtype=np.float64) for o in OUTCOMES}
+    pops: list[float] | None = None
+    stratum = np.zeros(len(ids), dtype=np.int64)
+    if design is not None and design.populations is not None:
+        keys = list(design.populations)
+        pops = [float(design.populations[key]) for key in keys]
+        if len(keys) > 1:
+            index = {key: j for j, key in enumerate(keys)}
+            assert design.stratum_of is not None
+            for j, fid in enumerate(ids):
+                key = design.stratum_of(tuple(faults[fid]))
+                if key not in index:
+                    raise TorchFaultError(
+                        f"design: fault {fid} is in stratum {key!r}, which is not among the "
+                        f"design's {len(keys)} strata."
+                    )
+                stratum[j] = index[key]
+    if design is not None and design.inputs is not None:
+        inputs = design.inputs
+    if inputs is not None and len(m) and m.max() > inputs:
+        inputs = None  # more runs per fault than inputs (replicated runs): treat as unbounded
+    return _Units(ids, m, k, stratum, pops, None if inputs is None else float(inputs))
+
+
+def _rows(
+    units: _Units,
+    key: np.ndarray,
+    labels: Sequence[Any],
+    confidence: float,
+    method: str,
+) -> tuple[Row, ...]:
+    n_keys = len(labels)
+    ests = {
+        o: estimate_groups(
+            units.k[o] / np.maximum(units.m, 1),
+            units.m,
+            key,
+            n_keys,
+            units.stratum,
+            units.populations,
+            units.inputs,
+            confidence,
+            method,
+        )
+        for o in OUTCOMES
+    }
+    runs = np.bincount(key, units.m, minlength=n_keys) if n_keys else np.zeros(0)
+    counts = {o: np.bincount(key, units.k[o], minlength=n_keys) for o in OUTCOMES}
+    rows = []
+    for g, label in enumerate(labels):
+        full = {o: int(round(counts[o][g])) for o in OUTCOMES}
+        n = int(round(runs[g]))
+        rates = {
+            o: Rate(
+                full[o],
+                n,
+                ests[o][g].rate,
+                ests[o][g].low,
+                ests[o][g].high,
+                ests[o][g].faults,
+                ests[o][g].n_eff,
+                ests[o][g].exact,
+            )
+            for o in OUTCOMES
+        }
+        rows.append(Row(label, n, full, rates, ests["sdc"][g].faults))
+    return tuple(rows)
+
+
+def _design_name(design: SamplingDesign | None) -> str:
+    if design is None or design.populations is None:
+        return "unstratified" + (f" ({design.name} sampler)" if design and design.name else "")
+    n = len(design.populations)
+    what = f"{design.name} sampler, " if design.name else ""
+    if n == 1:
+        return f"{what}one stratum of {next(iter(design.populations.values())):,} faults"
+    return f"{what}{n} strata of {sum(design.populations.values()):,} faults"
+
+
 def _summary_compute(
-    counts: Mapping[tuple[str, Any, str], int],
+    counts: Mapping[tuple[int, str], int],
+    faults: Mapping[int, Sequence[Fault]],
     seconds: float,
     confidence: float,
     method: str,
+    *,
+    kinds: Mapping[tuple[str, str], str] | None = None,
     orders: Mapping[str, Mapping[Any, int]] | None = None,
+    per_element: bool = False,
+    design: SamplingDesign | None = None,
+    inputs: int | None = None,
 ) -> Summary:
-    """Counts (from :func:`_summary_update`) to a :class:`Summary`."""
+    """Per-fault counts (from :func:`_summary_update`) to a :class:`Summary`."""
     orders = orders or {}
-    per: dict[str, dict[Any, dict[str, int]]] = {}
-    for (group, key, outcome), c in counts.items():
-        per.setdefault(group, {}).setdefault(key, {})[outcome] = c
-    overall = _row("all", per.get("overall", {}).get("", {}), confidence, method)
+    units = _units(counts, faults, design, inputs)
+    n = len(units.ids)
+    overall = _rows(units, np.zeros(n, dtype=np.int64), ["all"], confidence, method)[0]
+    group_keys = [_group_keys(tuple(faults[f]), kinds or {}, per_element) for f in units.ids]
     groups = {}
-    for group in GROUPS:
-        if group not in per:
+    for gi, group in enumerate(GROUPS):
+        if group == "element" and not per_element:
             continue
-        keys = sorted(per[group], key=_sort_key(orders.get(group, {})))
-        groups[group] = tuple(_row(k, per[group][k], confidence, method) for k in keys)
-    return Summary(confidence, method, overall, groups, seconds)
+        if not n:
+            continue
+        values = [keys[gi][1] for keys in group_keys]
+        labels = sorted(set(values), key=_sort_key(orders.get(group, {})))
+        index = {v: j for j, v in enumerate(labels)}
+        key = np.array([index[v] for v in values], dtype=np.int64)
+        groups[group] = _rows(units, key, labels, confidence, method)
+    return Summary(confidence, method, overall, groups, seconds, _design_name(design))
 
 
 # ---------------------------------------------------------------- accumulator
 
 
 class OutcomeAccumulator(Accumulator):
-    """Counts run outcomes overall and per group; merge workers' partial counts.
+    """Counts run outcomes per fault; merges workers' partial counts; computes the summary.
+
+    The state is per fault (``Counter{(fault_id, outcome): runs}``): rates and intervals are
+    computed with the fault as the sampling unit (:mod:`torchfault.analysis._design`).
 
     Args:
         faults: ``{fault_id: (Fault, ...)}`` of the runs to come (more can be added with
             :meth:`add_faults`).
         sites: the campaign's fault sites (exact target kinds, and the layer order of the tables).
         confidence: confidence level of the intervals.
-        method: ``"wilson"`` or ``"clopper_pearson"``.
+        method: interval method, one of :data:`~torchfault.analysis.INTERVAL_METHODS`.
         per_element: also break down per element.
+        design: how the faults were drawn (strata, populations); default: one stratum of
+            unbounded population.
 
     Example:
         >>> from torchfault.faults._fault import Fault
-        >>> faults = {0: (Fault("fc", "weight", (0, 0), (30,)),)}
+        >>> faults = {0: (Fault("fc", "weight", (0, 0), (30,)),), 1: (Fault("fc", "bias", (1,), (2,)),)}
         >>> a, b = OutcomeAccumulator(faults), OutcomeAccumulator(faults)
         >>> a.update([{"fault_id": 0, "outcome": "sdc"}])
-        >>> b.update([{"fault_id": 0, "outcome": "masked"}] * 3)
+        >>> b.update([{"fault_id": 1, "outcome": "masked"}] * 3)
         >>> a.merge(b).compute().overall.rates["sdc"].rate
-        0.25
+        0.5
     """
 
     def __init__(
@@ -616,24 +796,25 @@ class OutcomeAccumulator(Accumulator):
         sites: Sequence[FaultSite] | None = None,
         *,
         confidence: float = 0.95,
-        method: str = "wilson",
+        method: str = DEFAULT_INTERVAL,
         per_element: bool = False,
+        design: SamplingDesign | None = None,
     ) -> None:
         super().__init__()
-        if method not in INTERVAL_METHODS:
-            raise TorchFaultError(
-                f"method must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}."
-                f"{suggest(str(method), INTERVAL_METHODS)}"
-            )
+        self.method = check_method(method, "method")
         if (
             isinstance(confidence, bool)
             or not isinstance(confidence, (int, float))
             or not 0 < confidence < 1
         ):
             raise TorchFaultError(f"confidence must be in (0, 1), got {confidence!r}.")
+        if design is not None and not isinstance(design, SamplingDesign):
+            raise TorchFaultError(
+                f"design must be a SamplingDesign or None, got {type(design).__name__}."
+            )
         self.confidence = float(confidence)
-        self.method = method
         self.per_element = per_element
+        self.design = design
         self.faults: dict[int, tuple[Fault, ...]] = {}
         self.add_faults(faults or {})
         sites = list(sites or [])
@@ -649,6 +830,7 @@ class OutcomeAccumulator(Accumulator):
             "kind": {"activation": 0, "parameter": 1, "buffer": 2},
         }
         self.add_state("counts", Counter(), reduce="sum")
+        self.add_state("inputs", Counter(), reduce="sum")
         self.add_state("seconds", 0.0, reduce="sum")
 
     def add_faults(self, faults: Mapping[int, Sequence[Fault]]) -> None:
@@ -657,54 +839,162 @@ class OutcomeAccumulator(Accumulator):
             self.faults[int(fid)] = tuple(fs)
 
     def update(self, runs: Iterable[Any]) -> None:
-        """Count runs (``RunRecord`` objects or mappings with ``fault_id``, ``outcome``, ``seconds``)."""
-        counts, seconds = _summary_update(runs, self.faults, self.kinds, self.per_element)
+        """Count runs (``RunRecord`` objects or mappings with ``fault_id``, ``outcome``, and
+        optionally ``input_id`` and ``seconds``)."""
+        counts, inputs, seconds = _summary_update(runs, self.faults)
         self.counts.update(counts)
+        self.inputs.update(inputs)
         self.seconds += seconds
+
+    def _n_inputs(self) -> int | None:
+        return len(self.inputs) or None
 
     def compute(self) -> Summary:
         return _summary_compute(
-            self.counts, self.seconds, self.confidence, self.method, self.orders
+            self.counts,
+            self.faults,
+            self.seconds,
+            self.confidence,
+            self.method,
+            kinds=self.kinds,
+            orders=self.orders,
+            per_element=self.per_element,
+            design=self.design,
+            inputs=self._n_inputs(),
         )
 
+    def estimate(self, outcome: str = "sdc", *, below: int | None = None) -> Rate:
+        """The overall rate of ``outcome`` with its interval, over the faults ``< below`` (all
+        by default): what adaptive stopping watches.
+
+        Example:
+            >>> from torchfault.faults._fault import Fault
+            >>> acc = OutcomeAccumulator({i: (Fault("fc", "bias", (0,), (i,)),) for i in range(4)})
+            >>> acc.update([{"fault_id": i, "outcome": "sdc" if i == 3 else "masked"} for i in range(4)])
+            >>> acc.estimate(below=3).k, acc.estimate().k
+            (0, 1)
+        """
+        if outcome not in OUTCOMES:
+            raise TorchFaultError(
+                f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}."
+                f"{suggest(str(outcome), OUTCOMES)}"
+            )
+        units = _units(self.counts, self.faults, self.design, self._n_inputs(), below)
+        est = estimate_groups(
+            units.k[outcome] / np.maximum(units.m, 1),
+            units.m,
+            np.zeros(len(units.ids), dtype=np.int64),
+            1,
+            units.stratum,
+            units.populations,
+            units.inputs,
+            self.confidence,
+            self.method,
+        )[0]
+        return Rate(
+            int(units.k[outcome].sum()),
+            int(units.m.sum()),
+            est.rate,
+            est.low,
+            est.high,
+            est.faults,
+            est.n_eff,
+            est.exact,
+        )
+
+    def stratum_sd(self, outcome: str = "sdc", *, below: int | None = None) -> dict[Any, float]:
+        """Each stratum's standard deviation of the per-fault ``outcome`` fraction over the
+        faults ``< below``: what Neyman allocation after a pilot round needs
+        (:func:`~torchfault.analysis.stratum_sd`)."""
+        if self.design is None or self.design.populations is None:
+            raise TorchFaultError("stratum_sd needs a design with strata (design=...).")
+        units = _units(self.counts, self.faults, self.design, self._n_inputs(), below)
+        keys = list(self.design.populations)
+        sd = stratum_sd(units.k[outcome] / np.maximum(units.m, 1), units.stratum, len(keys))
+        return {key: float(x) for key, x in zip(keys, sd)}
+
     def sdc_count(self) -> tuple[int, int]:
-        """``(SDC runs, runs)`` so far: what adaptive stopping watches."""
-        n = sum(self.counts.get(("overall", "", o), 0) for o in OUTCOMES)
-        return self.counts.get(("overall", "", "sdc"), 0), n
+        """``(SDC runs, runs)`` so far."""
+        n = sum(self.counts.values())
+        return sum(c for (_, o), c in self.counts.items() if o == "sdc"), n
 
 
 def summarize(
     runs: Iterable[Any],
     faults: Mapping[int, Sequence[Fault]],
     confidence: float = 0.95,
-    method: str = "wilson",
+    method: str = DEFAULT_INTERVAL,
     *,
     sites: Sequence[FaultSite] | None = None,
     per_element: bool = False,
+    design: SamplingDesign | None = None,
 ) -> Summary:
     """Summarise runs: overall and per-group outcome counts and rates with intervals.
 
+    The fault is the sampling unit: rates are means of the per-fault fractions and intervals
+    account for the correlation of a fault's runs, the strata and the finite population of the
+    ``design`` (see docs/statistics.md).
+
     Args:
         runs: ``RunRecord`` objects (or mappings) with ``fault_id``, ``outcome`` and optionally
-            ``seconds``.
+            ``input_id`` and ``seconds``.
         faults: ``{fault_id: (Fault, ...)}``.
         confidence: confidence level of the intervals.
-        method: ``"wilson"`` or ``"clopper_pearson"``.
+        method: interval method, one of :data:`~torchfault.analysis.INTERVAL_METHODS`.
         sites: the fault sites, for exact target kinds and the layer order.
         per_element: also break down per element.
+        design: the sampling design (:class:`~torchfault.analysis.SamplingDesign`); default one
+            stratum of unbounded population.
 
     Example:
         >>> from torchfault.faults._fault import Fault
         >>> faults = {0: (Fault("fc", "weight", (0, 0), (30,)),)}
         >>> s = summarize([{"fault_id": 0, "outcome": "due"}] * 4, faults)
-        >>> s.overall.due.k, s.overall.due.n, s.by_kind[0].key
-        (4, 4, 'parameter')
+        >>> s.overall.due.k, s.overall.due.n, s.overall.due.faults, s.by_kind[0].key
+        (4, 4, 1, 'parameter')
         >>> import json
         >>> json.dumps(s.to_dict())[:30]
         '{"confidence": 0.95, "method":'
     """
     acc = OutcomeAccumulator(
-        faults, sites, confidence=confidence, method=method, per_element=per_element
+        faults,
+        sites,
+        confidence=confidence,
+        method=method,
+        per_element=per_element,
+        design=design,
     )
     acc.update(runs)
     return acc.compute()
+
+
+def summarize_store(
+    store: Any,
+    confidence: float = 0.95,
+    method: str = DEFAULT_INTERVAL,
+    *,
+    per_element: bool = False,
+) -> Summary:
+    """:func:`summarize` of a stored campaign, with the design of its sampler (strata,
+    populations) rebuilt from the stored config and sites.
+
+    Args:
+        store: an open :class:`~torchfault.store.ResultStore`.
+        confidence: confidence level of the intervals.
+        method: interval method.
+        per_element: also break down per element.
+    """
+    sites = store.sites()
+    meta = store.meta()
+    config = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    sampler = config.get("sampler") if isinstance(config, Mapping) else None
+    design = SamplingDesign.from_config(sampler, sites) if isinstance(sampler, Mapping) else None
+    return summarize(
+        store.iter_runs(),
+        store.faults(),
+        confidence,
+        method,
+        sites=sites,
+        per_element=per_element,
+        design=design,
+    )

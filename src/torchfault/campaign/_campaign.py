@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -315,6 +316,7 @@ class Campaign:
         except ValueError as exc:
             raise ConfigError(f"sampler.fault_model: {exc}") from None
         self.sampler = self._make_sampler()
+        self._check_margin_reachable()
         _check_fault_model(
             s.fault_model,
             dict(s.params),
@@ -331,6 +333,30 @@ class Campaign:
             raise ConfigError(f"executor.name: {exc}") from None
         self.fingerprint = fingerprint(self.model, self.inputs, self.labels)
 
+    def _check_margin_reachable(self) -> None:
+        """An adaptive campaign whose margin cannot be reached within ``sampler.max_faults``
+        faults even if no fault ever gave an SDC is refused: it would run them all in vain."""
+        from torchfault.analysis import interval_from_rate
+
+        s = self.config.sampler
+        if not s.adaptive or s.margin is None:
+            return
+        strata = self.sampler.strata()
+        population = math.inf if strata is None else sum(strata.values())
+        budget = min(s.max_faults, population)
+        if budget >= population:
+            return  # the whole population: the rate becomes exact
+        n_eff = budget / (1.0 - budget / population) if math.isfinite(population) else budget
+        low, high = interval_from_rate(0.0, n_eff, s.confidence, self.config.interval)
+        if (high - low) / 2.0 > s.margin:
+            raise ConfigError(
+                f"sampler.margin: {s.margin} cannot be reached within sampler.max_faults = "
+                f"{s.max_faults:,} faults (population {population:,}): even with no SDC at all "
+                f"the {self.config.interval} interval's half-width stays {(high - low) / 2.0:.2g}. "
+                "Raise sampler.max_faults or sampler.margin.",
+                field="sampler.margin",
+            )
+
     def _make_sampler(self) -> Any:
         from torchfault.samplers import create_sampler
 
@@ -343,6 +369,9 @@ class Campaign:
             "persistence": s.persistence,
             "params": dict(s.params),
         }
+        if s.name == "stratified":
+            kw.update(allocation=s.allocation, strata=s.strata, bit_groups=s.bit_groups)
+            kw["pilot"] = s.pilot
         if s.name == "ber":
             kw["rate"] = s.rate
             kw["n"] = s.max_faults if s.adaptive else s.n  # the config requires one of them
@@ -418,6 +447,8 @@ class Campaign:
             done = store.done_runs()
             if done:
                 log.info("resuming: %d runs already stored in %s", len(done), cfg.store_path)
+            # Neyman allocation: the pilot faults run first, the rest are drawn after it
+            pilot = 0 if getattr(self.sampler, "allocated", True) else self.sampler.pilot_faults
             n_faults = len(self.sampler)
             adaptive = cfg.sampler.adaptive
             crit = Criterion(cfg.outcome.criterion, cfg.outcome.topk, cfg.outcome.tolerance)
@@ -440,7 +471,7 @@ class Campaign:
             chunk = cfg.executor.chunk_faults
             known = store.fault_ids()
             self._check_stored_faults(store, known, done)
-            total = None if adaptive else n_faults * self.runs_per_fault
+            total = None if adaptive or pilot else n_faults * self.runs_per_fault
             # what a report of this store tells: being written (by this live process), or done
             state = {"pid": os.getpid(), "host": socket.gethostname(), "planned_runs": total}
             store.set_meta("state", {"status": "running", **state})
@@ -448,31 +479,51 @@ class Campaign:
             # adaptive: rounds of adaptive_step faults, the stopping rule checked at each round's
             # end over exactly the faults below it; otherwise one round of every fault
             step = cfg.sampler.adaptive_step if adaptive else max(n_faults, 1)
-            with executor, progress:
-                for first in range(0, n_faults, step):
-                    end = min(first + step, n_faults)
-                    chunks = []
-                    new_faults = []
-                    for start in range(first, end, chunk):
-                        tasks = []
-                        for fid in range(start, min(start + chunk, end)):
-                            ids = tuple(i for i in self._inputs_for(fid) if (fid, i) not in done)
-                            if not ids:
-                                continue
-                            faults = self.sampler.draw(fid)
-                            if fid not in known:
-                                new_faults.append(FaultRecord(fid, faults))
-                            tasks.append(RunTask(fid, faults, ids))
-                        if tasks:
-                            chunks.append(tasks)
-                    if new_faults:
-                        store.add_faults(new_faults)
-                        store.flush()
-                    for records in executor.map(setup, chunks):
-                        store.add_runs(records)
-                        progress.advance(len(records))
+            # per-fault outcome counts for the stopping rule and the allocation (design-based)
+            acc = self._accumulator(store) if adaptive or pilot else None
+
+            def run_round(first: int, end: int) -> None:
+                chunks = []
+                new_faults = []
+                for start in range(first, end, chunk):
+                    tasks = []
+                    for fid in range(start, min(start + chunk, end)):
+                        ids = tuple(i for i in self._inputs_for(fid) if (fid, i) not in done)
+                        if not ids:
+                            continue
+                        faults = self.sampler.draw(fid)
+                        if acc is not None:
+                            acc.add_faults({fid: faults})
+                        if fid not in known:
+                            new_faults.append(FaultRecord(fid, faults))
+                        tasks.append(RunTask(fid, faults, ids))
+                    if tasks:
+                        chunks.append(tasks)
+                if new_faults:
+                    store.add_faults(new_faults)
                     store.flush()
-                    if adaptive and end < n_faults and self._adaptive_done(store, end):
+                for records in executor.map(setup, chunks):
+                    store.add_runs(records)
+                    if acc is not None:
+                        acc.update(records)
+                    progress.advance(len(records))
+                store.flush()
+
+            with executor, progress:
+                begin = 0
+                if pilot:
+                    run_round(0, pilot)
+                    assert acc is not None
+                    self.sampler.allocate(acc.stratum_sd(below=pilot))
+                    log.info("Neyman allocation after %d pilot faults: %s", pilot, self.sampler)
+                    n_faults, begin = len(self.sampler), pilot
+                    self._check_stored_faults(store, known, done)
+                    if not adaptive:
+                        step = max(n_faults - pilot, 1)
+                for first in range(begin, n_faults, step):
+                    end = min(first + step, n_faults)
+                    run_round(first, end)
+                    if adaptive and end < n_faults and self._adaptive_done(acc, end):
                         break
             store.flush()
             store.set_meta("state", {"status": "complete", **state})
@@ -481,24 +532,37 @@ class Campaign:
             store.close()
         return result
 
-    def _adaptive_done(self, store: Any, below: int) -> bool:
-        """The stopping rule at a round boundary: over the runs of faults ``< below`` only."""
-        from torchfault.analysis import interval
+    def _accumulator(self, store: Any) -> Any:
+        """Per-fault outcome counts of the stored runs, with the sampler's design."""
+        from torchfault.analysis import OutcomeAccumulator, SamplingDesign
 
-        counts = store.outcome_counts(below=below)
-        total = sum(counts.values())
-        if not total:
-            return False
+        cfg = self.config
+        acc = OutcomeAccumulator(
+            store.faults(),
+            confidence=cfg.sampler.confidence,
+            method=cfg.interval,
+            design=SamplingDesign.from_sampler(self.sampler, inputs=len(self.input_ids)),
+        )
+        acc.update(store.iter_runs())
+        return acc
+
+    def _adaptive_done(self, acc: Any, below: int) -> bool:
+        """The stopping rule at a round boundary, over the runs of faults ``< below`` only: the
+        design-based SDC interval (faults as the sampling unit, strata weighted) is within the
+        margin."""
         s = self.config.sampler
-        low, high = interval(counts["sdc"], total, s.confidence, self.config.interval)
-        if (high - low) / 2.0 <= float(s.margin):  # type: ignore[arg-type]
+        est = acc.estimate("sdc", below=below)
+        if not est.n:
+            return False
+        half = (est.high - est.low) / 2.0
+        if half <= float(s.margin):  # type: ignore[arg-type]
             log.info(
                 "adaptive stop after %d faults (%d runs): SDC rate %.4f, %s interval half-width %.4f <= margin %s",
                 below,
-                total,
-                counts["sdc"] / total,
+                est.n,
+                est.rate,
                 self.config.interval,
-                (high - low) / 2.0,
+                half,
                 s.margin,
             )
             return True

@@ -156,6 +156,14 @@ class SamplerConfig:
         params: fault-model parameters.
         persistence: ``permanent`` or ``transient``.
         rate: bit-error rate for the ``ber`` sampler (needed by it).
+        allocation: ``stratified`` sampler: ``neyman`` (from a pilot round), ``proportional``
+            or ``equal``; ``n`` is then the whole budget (docs/statistics.md).
+        strata: ``stratified`` sampler: ``layer_bit_group``, ``layer``, ``bit_group``,
+            ``layer_bit`` or ``bit``.
+        bit_groups: ``stratified`` sampler: ``{group: [bits or field names]}`` instead of the
+            default groups (sign, exponent_msb, exponent, mantissa_high, mantissa_low).
+        pilot: ``stratified`` sampler with Neyman allocation: faults of the pilot round
+            (default 10 per stratum).
     """
 
     name: str = "uniform"
@@ -170,8 +178,30 @@ class SamplerConfig:
     params: dict[str, Any] = field(default_factory=dict)
     persistence: str = "permanent"
     rate: float | None = None
+    allocation: str = "neyman"
+    strata: str = "layer_bit_group"
+    bit_groups: dict[str, Any] | None = None
+    pilot: int | None = None
 
     def __post_init__(self) -> None:
+        from torchfault.samplers import ALLOCATIONS, STRATA
+
+        for name, value, valid in (
+            ("allocation", self.allocation, ALLOCATIONS),
+            ("strata", self.strata, STRATA),
+        ):
+            if value not in valid:
+                raise ConfigError(
+                    f"sampler.{name}: {value!r} is not valid; choose one of {', '.join(valid)}."
+                    f"{suggest(str(value), valid)}",
+                    field=f"sampler.{name}",
+                )
+        if self.pilot is not None and (self.pilot < 1 or self.name != "stratified"):
+            raise ConfigError(
+                f"sampler.pilot: a pilot round (>= 1 faults) is for the stratified sampler with "
+                f"Neyman allocation; got pilot={self.pilot} with sampler.name {self.name!r}.",
+                field="sampler.pilot",
+            )
         if self.margin is not None and not 0.0 < self.margin < 1.0:
             raise ConfigError(
                 f"sampler.margin: must be in (0, 1), got {self.margin}.", field="sampler.margin"
@@ -316,9 +346,7 @@ class ExecutorConfig:
     """Where runs execute.
 
     Attributes:
-        name: ``serial``, ``threads`` (threads of this process), ``process`` (worker processes
-            on this machine), ``auto`` (serial unless worker processes pay back their start) or
-            ``ray``.
+        name: ``serial``, ``process`` (worker processes on this machine) or ``ray``.
         workers: worker processes, or Ray tasks in flight.
         address: Ray cluster address (``auto``, ``ray://host:10001``); null or ``local`` starts a
             local one.
@@ -395,7 +423,9 @@ class CampaignConfig:
         report: write plots and a Markdown report after the campaign.
         progress: show a progress bar.
         interval: confidence-interval method of the printed summary, the report and the
-            adaptive stopping rule: ``wilson`` or ``clopper_pearson`` (exact, wider).
+            adaptive stopping rule: ``clopper_pearson`` (the default: keeps its coverage near 0
+            and 1), ``wilson`` or ``wilson_modified`` (Brown-Cai-DasGupta). Intervals are over
+            faults, not runs (docs/statistics.md).
     """
 
     name: str = "campaign"
@@ -412,7 +442,7 @@ class CampaignConfig:
     out_dir: str | None = None
     report: bool = True
     progress: bool = True
-    interval: str = "wilson"
+    interval: str = "clopper_pearson"
 
     def __post_init__(self) -> None:
         method = str(self.interval).lower().replace("-", "_")
@@ -461,4 +491,7 @@ class CampaignConfig:
         if not self.sampler.adaptive:
             d.pop("interval", None)
             d["sampler"].pop("adaptive_step", None)
+        if self.sampler.name != "stratified":
+            for key in ("allocation", "strata", "bit_groups", "pilot"):
+                d["sampler"].pop(key, None)
         return d

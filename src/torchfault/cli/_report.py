@@ -37,7 +37,7 @@ class ReportConfig:
     store: str = ""
     out_dir: str | None = None
     confidence: float = 0.95
-    method: Literal["wilson", "clopper_pearson"] = "wilson"
+    method: Literal["clopper_pearson", "wilson", "wilson_modified"] = "clopper_pearson"
     per_element: bool = False
     export: list[str] | None = None
     html: bool = False
@@ -87,12 +87,10 @@ def report_job(cfg: ReportConfig) -> int:
         print(f"torchfault report: warning: {state.message()}", file=sys.stderr)
     show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     with _Stages(err, show) as stage:
-        stage(
-            f"summarising {n_runs:,} runs"
-            + (" per element" if cfg.per_element else "")
-            + ", drawing the plots, writing the report"
-            + (" and report.html" if cfg.html else "")
-        )
+        stage(f"summarising {n_runs:,} runs" + (" per element" if cfg.per_element else ""))
+        with open_store(cfg.store) as store:
+            full = store.summary(cfg.confidence, cfg.method, per_element=cfg.per_element)
+        stage("drawing the plots, writing the report" + (" and report.html" if cfg.html else ""))
         files = make_report(
             cfg.store,
             cfg.out_dir,
@@ -100,11 +98,12 @@ def report_job(cfg: ReportConfig) -> int:
             method=cfg.method,
             per_element=cfg.per_element,
             html=cfg.html,
+            summary=full,
         )
         out = files[0].parent
         stage("printing the summary")
         with open_store(cfg.store) as store:
-            summary = store.summary(cfg.confidence, cfg.method, per_element=cfg.per_element)
+            summary = full
             if cfg.per_element:  # thousands of rows belong in the files, not on the screen
                 summary = dataclasses.replace(
                     summary, groups={g: r for g, r in summary.groups.items() if g != "element"}

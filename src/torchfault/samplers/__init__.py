@@ -24,17 +24,27 @@ from torchfault.samplers._samplers import (
     resolve_bits,
 )
 from torchfault.samplers._size import normal_quantile, sample_size
+from torchfault.samplers._stratified import (
+    ALLOCATIONS,
+    STRATA,
+    StratifiedSampler,
+    default_bit_groups,
+)
 
 __all__ = [
+    "ALLOCATIONS",
     "EXHAUSTIVE_LIMIT",
     "SAMPLERS",
+    "STRATA",
     "BerSampler",
     "ExhaustiveSampler",
     "PerBitSampler",
     "PerLayerSampler",
     "Sampler",
+    "StratifiedSampler",
     "UniformSampler",
     "create_sampler",
+    "default_bit_groups",
     "get_sampler",
     "is_sampler",
     "list_samplers",

@@ -121,7 +121,8 @@ def resolve_bits(spec: Sequence[int | str] | None, fmt: str, bit_width: int) -> 
             if name not in _FIELD_NAMES:
                 raise TorchFaultError(
                     f"bits: unknown field {item!r}; give bit positions or one of "
-                    f"{', '.join(_FIELD_NAMES)}.{suggest(item, _FIELD_NAMES)}"
+                    f"{', '.join(_FIELD_NAMES)}.{suggest(item, _FIELD_NAMES)}",
+                    field="bits",
                 )
             key = _FORMAT_ALIASES.get(str(fmt).lower(), str(fmt).lower())
             if name == "sign":
@@ -131,7 +132,8 @@ def resolve_bits(spec: Sequence[int | str] | None, fmt: str, bit_width: int) -> 
                 raise TorchFaultError(
                     f"bits: field {item!r} needs a floating-point format, but a site has format "
                     f"{fmt!r}; known floating-point formats: {', '.join(_FLOAT_FIELDS)}. "
-                    "Give bit positions instead."
+                    "Give bit positions instead.",
+                    field="bits",
                 )
             exp, man = _FLOAT_FIELDS[key]
             if name == "mantissa":
@@ -140,10 +142,11 @@ def resolve_bits(spec: Sequence[int | str] | None, fmt: str, bit_width: int) -> 
                 out.update(range(man, man + exp))
         elif isinstance(item, bool) or not isinstance(item, (int, np.integer)):
             raise TorchFaultError(
-                f"bits: expected bit positions (integers >= 0) or field names, got {item!r}."
+                f"bits: expected bit positions (integers >= 0) or field names, got {item!r}.",
+                field="bits",
             )
         elif item < 0:
-            raise TorchFaultError(f"bits: bit positions must be >= 0, got {item}.")
+            raise TorchFaultError(f"bits: bit positions must be >= 0, got {item}.", field="bits")
         elif item < bit_width:
             out.add(int(item))
     return tuple(sorted(out))
@@ -256,9 +259,11 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise TorchFaultError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+            raise TorchFaultError(
+                f"{name} must be an integer >= {minimum}, got {value!r}.", field=name
+            )
     if value < minimum:
-        raise TorchFaultError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        raise TorchFaultError(f"{name} must be an integer >= {minimum}, got {value!r}.", field=name)
     return int(value)
 
 
@@ -300,11 +305,14 @@ class Sampler(abc.ABC):
     ) -> None:
         self.seed = _check_int(seed, "seed", 0)
         if not isinstance(fault_model, str) or not fault_model:
-            raise TorchFaultError(f"fault_model must be a fault model name, got {fault_model!r}.")
+            raise TorchFaultError(
+                f"fault_model must be a fault model name, got {fault_model!r}.", field="fault_model"
+            )
         if persistence not in PERSISTENCES:
             raise TorchFaultError(
                 f"persistence must be one of {', '.join(PERSISTENCES)}, got {persistence!r}."
-                f"{suggest(str(persistence), PERSISTENCES)}"
+                f"{suggest(str(persistence), PERSISTENCES)}",
+                field="persistence",
             )
         self.fault_model = fault_model
         self.persistence = persistence
@@ -318,7 +326,8 @@ class Sampler(abc.ABC):
         if not kept:
             raise TorchFaultError(
                 f"bits: the setting {self.bits_spec} leaves no bit of any site to fault "
-                f"(bit widths: {sorted({s.bit_width for s in all_sites})})."
+                f"(bit widths: {sorted({s.bit_width for s in all_sites})}).",
+                field="bits",
             )
         self.sites: list[FaultSite] = [s for s, _ in kept]
         self.site_bits: list[tuple[int, ...]] = [b for _, b in kept]
@@ -342,14 +351,16 @@ class Sampler(abc.ABC):
         if n is not None and margin is not None:
             raise TorchFaultError(
                 f"{self.name} sampler: give either n ({n}) or margin ({margin}) and confidence, "
-                "not both."
+                "not both.",
+                field="n",
             )
         if n is not None:
             return _check_int(n, "n", 1)
         if margin is None:
             raise TorchFaultError(
                 f"{self.name} sampler: give the number of faults n, or margin and confidence "
-                "to size the sample statistically."
+                "to size the sample statistically.",
+                field="n",
             )
         # validated by sample_size
         sample_size(1, margin, 0.95 if confidence is None else confidence)
@@ -415,6 +426,36 @@ class Sampler(abc.ABC):
         return [
             (self._fault(int(s), int(e), (int(b),)),) for s, e, b in zip(site_idx, element, bit)
         ]
+
+    # -- sampling design (what the analysis needs to weight and combine strata) ------------------
+
+    def strata(self) -> dict[Any, int] | None:
+        """The fault population of each stratum this sampler draws from, in faults (``None``:
+        an unbounded population, as for ``ber``). One stratum ``"all"`` for unstratified
+        samplers.
+
+        Example:
+            >>> from torchfault.faults._fault import FaultSite
+            >>> sites = [FaultSite("fc", "bias", "parameter", (2,), "float32", 32)]
+            >>> create_sampler("uniform", sites=sites, n=4).strata()
+            {'all': 64}
+        """
+        return {"all": self.population}
+
+    def stratum_of(self, faults: Sequence[Fault]) -> Any:
+        """The stratum (a key of :meth:`strata`) that the faults of one run were drawn from."""
+        return "all"
+
+    def _site_of(self, fault: Fault) -> int:
+        index = getattr(self, "_site_index", None)
+        if index is None:
+            index = self._site_index = {(s.module, s.target): i for i, s in enumerate(self.sites)}
+        try:
+            return index[(fault.module, fault.target)]
+        except KeyError:
+            raise TorchFaultError(
+                f"{self.name} sampler: fault {fault.module}:{fault.target} is in none of its sites."
+            ) from None
 
     def locate(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Site number, flat element index and bit position of single-fault runs ``start..stop-1``."""
@@ -496,9 +537,9 @@ def list_samplers(filter: str | None = None, **capabilities: Any) -> list[str]:
 
     Example:
         >>> list_samplers()
-        ['ber', 'exhaustive', 'per_bit', 'per_layer', 'uniform']
+        ['ber', 'exhaustive', 'per_bit', 'per_layer', 'stratified', 'uniform']
         >>> list_samplers(stratified=True)
-        ['per_bit', 'per_layer']
+        ['per_bit', 'per_layer', 'stratified']
     """
     return SAMPLERS.list(filter, **capabilities)
 
@@ -520,7 +561,7 @@ def get_sampler(name: str) -> type[Sampler]:
     except TorchFaultError:
         raise
     except ValueError as exc:
-        raise TorchFaultError(str(exc)) from None
+        raise TorchFaultError(str(exc), field="name") from None
 
 
 def create_sampler(name: str, **kwargs: Any) -> Sampler:
@@ -535,7 +576,7 @@ def create_sampler(name: str, **kwargs: Any) -> Sampler:
         >>> create_sampler("unifrom", sites=sites, n=1)
         Traceback (most recent call last):
         ...
-        torchfault.errors.TorchFaultError: Unknown sampler 'unifrom'. Valid samplers: ber, exhaustive, per_bit, per_layer, uniform. Did you mean 'uniform'?
+        torchfault.errors.TorchFaultError: Unknown sampler 'unifrom'. Valid samplers: ber, exhaustive, per_bit, per_layer, stratified, uniform. Did you mean 'uniform'?
     """
     cls = get_sampler(name)
     try:
@@ -592,6 +633,14 @@ class PerLayerSampler(Sampler):
         self._len = int(self._offsets[-1])
         self._keys = [_round_keys(self.seed, i + 1) for i in range(len(self.sites))]
 
+    def strata(self) -> dict[Any, int] | None:
+        """One stratum per site, ``"module:target"``."""
+        return {f"{s.module}:{s.target}": int(p) for s, p in zip(self.sites, self.site_population)}
+
+    def stratum_of(self, faults: Sequence[Fault]) -> Any:
+        s = self.sites[self._site_of(faults[0])]
+        return f"{s.module}:{s.target}"
+
     def _locate(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stratum = np.searchsorted(self._offsets, ks, side="right") - 1
         pair = np.empty_like(ks)
@@ -616,17 +665,17 @@ class PerBitSampler(Sampler):
     The strata are the allowed bit positions, ascending; the elements of stratum ``b`` are those
     of every site with bit ``b`` (so, with mixed formats, a site of 16-bit numbers is absent from
     the strata of bits 16..31). When no stratum is smaller than ``n``, run ``k`` flips bit
-    ``strata[k // n]`` (bit ``k // n`` when all bits are allowed).
+    ``bit_strata[k // n]`` (bit ``k // n`` when all bits are allowed).
     """
 
     name = "per_bit"
 
     def _setup(self) -> None:
-        self.strata: list[int] = sorted({b for bits in self.site_bits for b in bits})
+        self.bit_strata: list[int] = sorted({b for bits in self.site_bits for b in bits})
         self._members: list[np.ndarray] = []
         self._member_offsets: list[np.ndarray] = []
         sizes = []
-        for b in self.strata:
+        for b in self.bit_strata:
             members = np.array(
                 [i for i, bits in enumerate(self.site_bits) if b in bits], dtype=np.int64
             )
@@ -636,7 +685,17 @@ class PerBitSampler(Sampler):
         self.strata_sizes = np.array(sizes, dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(self.strata_sizes)])
         self._len = int(self._offsets[-1])
-        self._keys = [_round_keys(self.seed, 1_000_000 + b) for b in self.strata]
+        self._keys = [_round_keys(self.seed, 1_000_000 + b) for b in self.bit_strata]
+        self._strata_population = {
+            b: int(offsets[-1]) for b, offsets in zip(self.bit_strata, self._member_offsets)
+        }
+
+    def strata(self) -> dict[Any, int] | None:
+        """One stratum per bit position (its population: the elements having that bit)."""
+        return dict(self._strata_population)
+
+    def stratum_of(self, faults: Sequence[Fault]) -> Any:
+        return int(faults[0].bits[0])
 
     def _locate(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stratum = np.searchsorted(self._offsets, ks, side="right") - 1
@@ -650,7 +709,7 @@ class PerBitSampler(Sampler):
             m = np.searchsorted(offsets, g, side="right") - 1
             site[sel] = self._members[j][m]
             element[sel] = g - offsets[m]
-            bit[sel] = self.strata[j]
+            bit[sel] = self.bit_strata[j]
         return site, element, bit
 
 
@@ -687,7 +746,8 @@ class ExhaustiveSampler(Sampler):
         if n is not None or margin is not None:
             raise TorchFaultError(
                 "exhaustive sampler: it injects every (element, bit) pair, so n and margin do not "
-                f"apply (got n={n!r}, margin={margin!r}); leave them unset or use another sampler."
+                f"apply (got n={n!r}, margin={margin!r}); leave them unset or use another sampler.",
+                field="n",
             )
         return None
 
@@ -730,7 +790,7 @@ class BerSampler(Sampler):
     ) -> None:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate <= 1.0:
             raise TorchFaultError(
-                f"ber sampler: rate must be a bit-error rate in (0, 1], got {rate!r}."
+                f"ber sampler: rate must be a bit-error rate in (0, 1], got {rate!r}.", field="rate"
             )
         self.rate = float(rate)
         super().__init__(sites, **kwargs)
@@ -741,14 +801,19 @@ class BerSampler(Sampler):
         if margin is not None:
             raise TorchFaultError(
                 "ber sampler: margin does not apply (a run holds a random number of faults); "
-                "give the number of runs n."
+                "give the number of runs n.",
+                field="margin",
             )
         if n is None:
-            raise TorchFaultError("ber sampler: give the number of runs n.")
+            raise TorchFaultError("ber sampler: give the number of runs n.", field="n")
         return _check_int(n, "n", 1)
 
     def _setup(self) -> None:
         self._len = int(self.n_requested)  # type: ignore[arg-type]
+
+    def strata(self) -> dict[Any, int] | None:
+        """``None``: every run draws afresh from an unbounded population of bit patterns."""
+        return None
 
     def expected_faults(self) -> float:
         """Mean number of flipped bits per run."""

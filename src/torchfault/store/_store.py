@@ -793,18 +793,15 @@ class ResultStore:
             return {r[0] for r in cur}
 
     def summary(
-        self, confidence: float = 0.95, method: str = "wilson", *, per_element: bool = False
+        self, confidence: float = 0.95, method: str | None = None, *, per_element: bool = False
     ) -> Any:
-        """:func:`torchfault.analysis.summarize` of the stored runs (a ``Summary``)."""
-        from torchfault.analysis import summarize
+        """:func:`torchfault.analysis.summarize_store` of the stored runs (a ``Summary``: the
+        fault as the sampling unit, with the design of the stored sampler); ``method`` defaults
+        to ``torchfault.analysis.DEFAULT_INTERVAL``."""
+        from torchfault.analysis import DEFAULT_INTERVAL, summarize_store
 
-        return summarize(
-            self.iter_runs(),
-            self.faults(),
-            confidence,
-            method,
-            sites=self.sites(),
-            per_element=per_element,
+        return summarize_store(
+            self, confidence, method or DEFAULT_INTERVAL, per_element=per_element
         )
 
     # ------------------------------------------------------------------ export

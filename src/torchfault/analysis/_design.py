@@ -1,0 +1,315 @@
+# SPDX-License-Identifier: MIT
+"""Design-based estimates: the fault is the sampling unit, strata are weighted, populations are finite.
+
+A campaign draws *faults* (single faults, or fault sets for ``ber``) and runs each on ``m``
+inputs. Runs of one fault are strongly correlated (a fault that flips an exponent's top bit is
+an SDC on most inputs; a low mantissa bit on none), so counting every run as an independent trial
+understates the error by the design effect (5.6x in the spread on LeNet-5 with 40 inputs per
+fault). Here every estimate is made from the per-fault fractions ``y_i = k_i / m_i`` (``k_i`` runs
+of fault ``i`` with the outcome, of its ``m_i`` runs):
+
+- **Rate**: in each cell ``c`` (a stratum ``h`` within the group asked for: a layer, a bit, ...)
+  the mean ``ybar_c`` of the fractions; cells are combined with their estimated population
+  weights ``W_c ∝ N_h n_c / n_h`` (``N_h`` the stratum's population of faults, ``n_h`` its
+  sampled faults, ``n_c`` those in the group), never by pooling run counts. With one stratum and
+  the same ``m`` for every fault this is ``k / n`` of the runs: one input per fault gives the
+  same rates as counting runs.
+- **Variance** (two-stage, Cochran 1977, eq. 10.21 with strata): ``V = sum_c W_c^2 [(1 - f_h)
+  s_c^2 / n_c + f_h w_c / n_c^2]`` with ``s_c^2`` the sample variance of the fractions,
+  ``f_h = n_h / N_h`` the sampling fraction of the stratum (the finite-population correction) and
+  ``w_c = sum_i (1 - m_i / M) s_i^2 / m_i`` the within-fault term (``M`` inputs in the campaign;
+  ``s_i^2 = y_i (1 - y_i) m_i / (m_i - 1)``, and ``ybar_c (1 - ybar_c)`` for faults run once).
+  A cell whose faults all gave the same fraction (a stratum of mantissa bits with no SDC) gets the
+  variance of ``(n_c ybar_c + 1/2) / (n_c + 1)`` instead of 0, so a few lucky zeros never make a
+  stratum look certain.
+- **Interval**: the chosen method (:data:`~torchfault.analysis.INTERVAL_METHODS`) on the
+  effective sample size ``n_eff = p (1 - p) / V * R / (R - 1)`` (``R`` runs; Korn and Graubard
+  1998), with ``k_eff = p n_eff``. With one stratum, one input per fault and no finite-population
+  correction, ``n_eff = n`` exactly: the interval is the method's on the run counts. At ``p = 0``
+  or 1, ``n_eff`` is the number of faults (divided by ``1 - f`` when every fault ran on every
+  input). When every fault of the population ran on every input the rate is **exact**:
+  ``n_eff = inf`` and the interval is ``[p, p]``.
+
+Coverage of these intervals was measured against exhaustive truth (``tests/analysis/
+test_coverage.py``, ``benchmarks/bench_stats.py``, docs/statistics.md).
+
+Example:
+    >>> import numpy as np
+    >>> est = estimate(np.array([0.0, 0.5, 1.0, 0.0]), np.array([2, 2, 2, 2]))
+    >>> round(est.rate, 3), est.faults, est.runs
+    (0.375, 4, 8)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from torchfault.analysis._stats import DEFAULT_INTERVAL, check_method, interval_from_rate
+from torchfault.errors import TorchFaultError
+
+__all__ = ["SamplingDesign", "Estimate", "estimate", "estimate_groups", "stratum_sd"]
+
+
+@dataclass(frozen=True)
+class SamplingDesign:
+    """How the faults of a campaign were drawn: strata, their populations, a fault's stratum.
+
+    Attributes:
+        populations: ``{stratum: population in faults}``; ``None``: one stratum of unbounded
+            population (no finite-population correction), as for ``ber`` or faults given by hand.
+        stratum_of: the stratum of one run's faults (needed with several strata).
+        inputs: how many inputs the campaign's runs are drawn from (``M``); ``None``: the
+            number of distinct inputs among the runs.
+        name: the sampler's name (for the summary's header).
+
+    Example:
+        >>> from torchfault.faults._fault import FaultSite
+        >>> from torchfault.samplers import create_sampler
+        >>> sites = [FaultSite("fc", "bias", "parameter", (4,), "float32", 32)]
+        >>> d = SamplingDesign.from_sampler(create_sampler("per_bit", sites=sites, n=2))
+        >>> len(d.populations), d.populations[30]
+        (32, 4)
+    """
+
+    populations: Mapping[Any, int] | None = None
+    stratum_of: Callable[[Sequence[Any]], Any] | None = None
+    inputs: int | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.populations is not None:
+            if not self.populations:
+                raise TorchFaultError("design: populations must name at least one stratum.")
+            for key, n in self.populations.items():
+                if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                    raise TorchFaultError(
+                        f"design: stratum {key!r} has population {n!r}; a stratum needs a "
+                        "population of at least 1 fault."
+                    )
+            if len(self.populations) > 1 and self.stratum_of is None:
+                raise TorchFaultError("design: several strata need stratum_of.")
+        if self.inputs is not None and (
+            isinstance(self.inputs, bool) or not isinstance(self.inputs, int) or self.inputs < 1
+        ):
+            raise TorchFaultError(f"design: inputs must be an integer >= 1, got {self.inputs!r}.")
+
+    @property
+    def stratified(self) -> bool:
+        return self.populations is not None and len(self.populations) > 1
+
+    @classmethod
+    def from_sampler(cls, sampler: Any, inputs: int | None = None) -> SamplingDesign:
+        """The design of a :class:`~torchfault.samplers.Sampler` (its strata and populations)."""
+        pops = sampler.strata()
+        return cls(pops, sampler.stratum_of if pops is not None else None, inputs, sampler.name)
+
+    @classmethod
+    def from_config(
+        cls, sampler_config: Mapping[str, Any], sites: Sequence[Any], inputs: int | None = None
+    ) -> SamplingDesign | None:
+        """The design of a stored campaign, from its ``sampler`` config and fault sites (``None``
+        when the sampler cannot be rebuilt, e.g. a plugin that is not installed)."""
+        from torchfault.samplers import create_sampler, is_sampler
+
+        name = sampler_config.get("name", "uniform")
+        if not sites or not is_sampler(name):
+            return None
+        kw: dict[str, Any] = {"sites": list(sites)}
+        for key in ("seed", "bits", "fault_model", "persistence", "params"):
+            if sampler_config.get(key) is not None:
+                kw[key] = sampler_config[key]
+        if name == "ber":
+            kw["rate"], kw["n"] = sampler_config.get("rate") or 1e-6, 1
+        elif name == "stratified":
+            for key in ("strata", "bit_groups"):
+                if sampler_config.get(key) is not None:
+                    kw[key] = sampler_config[key]
+            kw["allocation"], kw["n"] = "proportional", 1  # populations do not depend on it
+        elif name != "exhaustive":
+            kw["n"] = 1
+        try:
+            sampler = create_sampler(name, **kw)
+        except (TorchFaultError, ValueError, TypeError):
+            return None
+        return cls.from_sampler(sampler, inputs)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A design-based rate with its interval (see the module docstring)."""
+
+    rate: float
+    low: float
+    high: float
+    n_eff: float
+    faults: int
+    runs: int
+    exact: bool = False
+
+
+def _cells(
+    y: np.ndarray,
+    m: np.ndarray,
+    key: np.ndarray,
+    stratum: np.ndarray,
+    n_keys: int,
+    pops: np.ndarray,
+    inputs: float,
+) -> dict[str, np.ndarray]:
+    """Per-cell sums (cell = key * H + stratum)."""
+    n_strata = len(pops)
+    cell = key * n_strata + stratum
+    size = n_keys * n_strata
+    n_c = np.bincount(cell, minlength=size).astype(np.float64)
+    s1 = np.bincount(cell, y, minlength=size)
+    s2 = np.bincount(cell, y * y, minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ybar = np.where(n_c > 0, s1 / np.maximum(n_c, 1), 0.0)
+        var = np.where(n_c > 1, (s2 - n_c * ybar * ybar) / np.maximum(n_c - 1, 1), 0.0)
+        var = np.maximum(var, 0.0)
+        fpc2 = 1.0 - m / inputs
+        several = m >= 2
+        within_i = np.where(
+            several, fpc2 * y * (1 - y) / np.maximum(m - 1, 1), 0.0
+        )  # (1 - m/M) s_i^2 / m_i with s_i^2 = y(1-y) m/(m-1)
+    once = np.bincount(cell, (~several).astype(np.float64), minlength=size)
+    once_fpc = np.bincount(cell, np.where(several, 0.0, 1.0 - 1.0 / inputs), minlength=size)
+    within = np.bincount(cell, within_i, minlength=size) + once_fpc * ybar * (1 - ybar)
+    partial = np.bincount(cell, (m < inputs).astype(np.float64), minlength=size)
+    return {
+        "n": n_c,
+        "ybar": ybar,
+        "var": var,
+        "within": within,
+        "once": once,
+        "partial": partial,
+        "runs": np.bincount(cell, m, minlength=size),
+    }
+
+
+def estimate_groups(
+    y: np.ndarray,
+    m: np.ndarray,
+    key: np.ndarray,
+    n_keys: int,
+    stratum: np.ndarray | None = None,
+    populations: Sequence[float] | None = None,
+    inputs: float | None = None,
+    confidence: float = 0.95,
+    method: str = DEFAULT_INTERVAL,
+) -> list[Estimate]:
+    """Estimates of the mean fraction in each of ``n_keys`` groups (domains) of faults.
+
+    Args:
+        y: per-fault fraction of runs with the outcome.
+        m: per-fault number of runs.
+        key: per-fault group index in ``[0, n_keys)``.
+        n_keys: number of groups.
+        stratum: per-fault stratum index (default: one stratum).
+        populations: population of each stratum in faults (``inf``: unbounded). The sampled
+            faults of stratum ``h``, ``n_h``, are counted over *all* the faults given.
+        inputs: the campaign's number of inputs ``M`` (``None``/``inf``: unbounded).
+        confidence: confidence level.
+        method: interval method.
+    """
+    method = check_method(method)
+    y = np.asarray(y, dtype=np.float64)
+    m = np.asarray(m, dtype=np.float64)
+    key = np.asarray(key, dtype=np.int64)
+    stratum = np.zeros(len(y), dtype=np.int64) if stratum is None else np.asarray(stratum)
+    pops = np.array([math.inf] if populations is None else list(populations), dtype=np.float64)
+    big_m = math.inf if inputs is None else float(inputs)
+    n_strata = len(pops)
+    n_h = np.bincount(stratum, minlength=n_strata).astype(np.float64)
+    f_h = np.where(np.isinf(pops), 0.0, n_h / np.where(np.isinf(pops), 1.0, pops))
+    f_h = np.minimum(f_h, 1.0)
+    c = _cells(y, m, key, stratum, n_keys, pops, big_m)
+    out = []
+    for g in range(n_keys):
+        sl = slice(g * n_strata, (g + 1) * n_strata)
+        n_c, ybar, var = c["n"][sl], c["ybar"][sl], c["var"][sl].copy()
+        present = n_c > 0
+        units = int(n_c.sum())
+        runs = int(round(c["runs"][sl].sum()))
+        if units == 0:
+            out.append(Estimate(0.0, 0.0, 1.0, 0.0, 0, 0))
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pop_c = np.where(
+                np.isinf(pops), n_c, pops * n_c / np.maximum(n_h, 1)
+            )  # estimated population of each cell
+        w = np.where(present, pop_c, 0.0)
+        w = w / w.sum()
+        p = float(np.clip((w * ybar).sum(), 0.0, 1.0))
+        full = present & (f_h >= 1.0) & (c["partial"][sl] == 0)
+        if full[present].all():
+            out.append(Estimate(p, p, p, math.inf, units, runs, exact=True))
+            continue
+        if p <= 0.0 or p >= 1.0:
+            domain_pop = pop_c[present].sum()
+            f = units / domain_pop if math.isfinite(domain_pop) and domain_pop > 0 else 0.0
+            n_eff = units / (1.0 - f) if c["partial"][sl].sum() == 0 and f < 1.0 else units
+            low, high = interval_from_rate(p, n_eff, confidence, method)
+            out.append(Estimate(p, low, high, float(n_eff), units, runs))
+            continue
+        flat = present & ((var <= 1e-15) | (n_c < 2))
+        if flat.any():
+            pt = (n_c * ybar + 0.5) / (n_c + 1.0)
+            var = np.where(flat, pt * (1.0 - pt), var)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            term = (1.0 - f_h) * var / np.maximum(n_c, 1) + f_h * c["within"][sl] / np.maximum(
+                n_c * n_c, 1
+            )
+        v = float((w * w * np.where(present, term, 0.0)).sum())
+        if v <= 0.0:
+            n_eff = float(units)
+        else:
+            n_eff = p * (1.0 - p) / v * (runs / (runs - 1.0) if runs > 1 else 1.0)
+        low, high = interval_from_rate(p, n_eff, confidence, method)
+        out.append(Estimate(p, low, high, float(n_eff), units, runs))
+    return out
+
+
+def estimate(
+    y: np.ndarray,
+    m: np.ndarray,
+    stratum: np.ndarray | None = None,
+    populations: Sequence[float] | None = None,
+    inputs: float | None = None,
+    confidence: float = 0.95,
+    method: str = DEFAULT_INTERVAL,
+) -> Estimate:
+    """The estimate over all the faults given (:func:`estimate_groups` with one group)."""
+    key = np.zeros(len(np.asarray(y)), dtype=np.int64)
+    return estimate_groups(y, m, key, 1, stratum, populations, inputs, confidence, method)[0]
+
+
+def stratum_sd(y: np.ndarray, stratum: np.ndarray, n_strata: int) -> np.ndarray:
+    """Each stratum's standard deviation of the per-fault fraction, for Neyman allocation.
+
+    A stratum whose sampled faults all gave the same fraction gets the spread of
+    ``(n ybar + 1/2) / (n + 1)`` (as in the variance, so the allocation and the interval agree);
+    a stratum without faults gets 1/2, the largest a fraction can have.
+
+    Example:
+        >>> import numpy as np
+        >>> [round(float(x), 3) for x in stratum_sd(np.array([0, 0, 1, 0.0]), np.array([0, 0, 1, 1]), 3)]
+        [0.373, 0.707, 0.5]
+    """
+    y = np.asarray(y, dtype=np.float64)
+    stratum = np.asarray(stratum, dtype=np.int64)
+    n = np.bincount(stratum, minlength=n_strata).astype(np.float64)
+    s1 = np.bincount(stratum, y, minlength=n_strata)
+    s2 = np.bincount(stratum, y * y, minlength=n_strata)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ybar = np.where(n > 0, s1 / np.maximum(n, 1), 0.5)
+        var = np.where(n > 1, (s2 - n * ybar * ybar) / np.maximum(n - 1, 1), 0.0)
+    pt = (n * ybar + 0.5) / (n + 1.0)
+    var = np.where((var <= 1e-15) | (n < 2), pt * (1 - pt), var)
+    var = np.where(n == 0, 0.25, var)
+    return np.sqrt(np.maximum(var, 0.0))
