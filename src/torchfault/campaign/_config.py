@@ -346,7 +346,9 @@ class ExecutorConfig:
     """Where runs execute.
 
     Attributes:
-        name: ``serial``, ``process`` (worker processes on this machine) or ``ray``.
+        name: ``serial``, ``threads`` (threads of this process), ``process`` (worker processes
+            on this machine), ``auto`` (serial unless worker processes pay back their start) or
+            ``ray``.
         workers: worker processes, or Ray tasks in flight.
         address: Ray cluster address (``auto``, ``ray://host:10001``); null or ``local`` starts a
             local one.
