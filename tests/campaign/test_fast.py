@@ -616,11 +616,50 @@ class FuzzSeq(nn.Module):
         return self.fc2(h).mean(1)
 
 
+class FuzzConvNeXt(nn.Module):
+    """A ConvNeXt block run in channels-last memory format: 7x7 depthwise convolution, layer norm
+    over channels after a permute, GELU MLP, residual."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 2, stride=2)
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.ln = nn.LayerNorm(c)
+        self.fc1 = nn.Linear(c, 2 * c)
+        self.fc2 = nn.Linear(2 * c, c)
+        self.head = nn.Linear(c, 6)
+
+    def forward(self, x):
+        y = self.stem(x)
+        z = self.dw(y).permute(0, 2, 3, 1)
+        z = self.fc2(nn.functional.gelu(self.fc1(self.ln(z)))).permute(0, 3, 1, 2)
+        return self.head((y + z).mean((2, 3)))
+
+
+class FuzzAttention(nn.Module):
+    """Self-attention ``attn(x, x, x)`` (one tensor as query, key and value), layer norm, MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.ln = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.attn(x, x, x, need_weights=False)[0]
+        return self.fc(self.ln(h + x).mean(1))
+
+
 FUZZ_FAMILIES = {
     "net": (FuzzNet, lambda n: torch.randn(n, 3, 12, 12)),
     "net-float64": (lambda: FuzzNet().double(), lambda n: torch.randn(n, 3, 12, 12).double()),
     "seq": (FuzzSeq, lambda n: torch.randn(n, 4, 10)),
     "inplace": (ReadAfterInplace, lambda n: torch.randn(n, 3, 6, 6)),
+    "convnext-channels-last": (
+        lambda: FuzzConvNeXt().to(memory_format=torch.channels_last),
+        lambda n: torch.randn(n, 3, 16, 16).contiguous(memory_format=torch.channels_last),
+    ),
+    "attention": (FuzzAttention, lambda n: torch.randn(n, 6, 16)),
 }
 
 
@@ -759,3 +798,64 @@ def test_transcendental_functions_on_aligned_rows_stay_fast():
         torch.set_num_threads(threads)
     assert same_records(got, want)
     assert fast.stats["fast"] == len(got) and fast.stats["reference"] == 0
+
+
+# ---------------------------------------------------------------------------- an injection
+# changes the faulted words and nothing else (layout, aliasing, dtype, quantizer)
+def eager_quantized_linear():
+    """QuantStub -> Linear -> DeQuantStub, x86 qconfig, prepared, calibrated, converted."""
+    import warnings
+
+    from torch.ao.quantization import DeQuantStub, QuantStub, convert, get_default_qconfig, prepare
+
+    torch.manual_seed(0)
+    model = nn.Sequential(QuantStub(), nn.Linear(8, 10), DeQuantStub()).eval()
+    model.qconfig = get_default_qconfig("x86")
+    x = torch.randn(N_INPUTS, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(model, inplace=True)
+        model(x)
+        convert(model, inplace=True)
+    return model, x
+
+
+def test_quantstub_scale_and_zero_point_faults_equal_the_reference():
+    """A fault on a QuantStub's scale or zero point gives its rows another quantizer: the fast
+    engine wrote them into a copy of the golden quantized output, which kept the golden scale
+    (reference: masked 7 / benign 1 on bit 31 of the scale; fast: sdc 8)."""
+    model, x = eager_quantized_linear()
+    faults = [Fault("0", "scale", index=(0,), bits=(b,)) for b in (31, 30, 23, 20, 3)]
+    faults += [Fault("0", "zero_point", index=(0,), bits=(b,)) for b in (0, 2, 6)]
+    got, want, fast = compare(model, x, faults)
+    assert same_records(got, want)
+    assert {r.outcome for r in want} - {"masked"}  # the faults do something
+
+
+@pytest.mark.parametrize("family", sorted(FUZZ_FAMILIES))
+def test_cancelling_pair_is_masked(family):
+    """An outside oracle for every fuzz family: a bit flipped twice (the pair [f, f]) leaves every
+    output the golden bits, on every engine, for activations (outputs and inputs), parameters
+    and buffers; a changed memory layout, a broken alias or a changed dtype would show."""
+    rng = random.Random(f"pair-{family}")
+    build, make = FUZZ_FAMILIES[family]
+    torch.manual_seed(rng.randrange(1000))
+    model = randomize_buffers(build()).eval()
+    x = make(17)
+    golden = golden_run(model, x, 256)
+    kinds = ("outputs", "inputs", "parameters", "buffers")
+    sites = [s for s in fault_space(model, x[:2], kinds=kinds) if s.shape]
+    faults = []
+    for _ in range(16):
+        s = rng.choice(sites)
+        index = tuple(rng.randrange(d) for d in s.shape)
+        call = 0 if s.kind == "activation" and s.calls > 1 else None  # shape: of call 0
+        bits = (rng.randrange(s.bit_width),)
+        faults.append(Fault(s.module, s.target, index, bits, call=call))
+    ids = tuple(range(x.shape[0]))
+    tasks = [RunTask(k, (f, f), ids) for k, f in enumerate(faults)]
+    for engine in (ReferenceEngine(model, x, golden), FastEngine(model, x, golden)):
+        records = engine.run(tasks)
+        bad = [(faults[r.fault_id], r.outcome) for r in records if r.outcome != "masked"]
+        assert not bad, (family, type(engine).__name__, bad[:3])
+        assert all(r.max_abs_diff == 0 for r in records)

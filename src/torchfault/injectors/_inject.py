@@ -10,6 +10,13 @@ written back on exit. Activation faults are forward hooks (outputs) and forward 
 (inputs). On exit, whatever happened inside, every hook is removed and every parameter and buffer
 is bit-for-bit what it was.
 
+An injection changes the faulted words and nothing else: a faulty tensor keeps the memory
+layout of the one it replaces (channels-last stays channels-last: kernels round by layout), every
+place of a module's inputs or outputs that holds the very same tensor gets the same faulty one
+(``attn(x, x, x)`` keeps query, key and value one object), and a fault on the input of a module
+that writes its input in place (``inplace=True``) goes into that tensor, whose other readers see
+it after the module, as in the fault-free model.
+
 Faults with a bitwise fault model (``bit_flip``, ``stuck_at_0``, ``stuck_at_1``) that hit the
 same tensor are merged into one vectorised operation, so a hundred thousand faults cost one
 scatter per tensor per forward pass.
@@ -29,7 +36,7 @@ import torch.nn as nn
 
 from torchfault import numerics
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults import FAULT_MODELS, Fault, get_element, replace_element
+from torchfault.faults import FAULT_MODELS, Fault, get_element, iter_tensors, replace_element
 from torchfault.faults._access import (
     get_stored,
     is_packed,
@@ -93,6 +100,20 @@ def _element(obj: Any, key: tuple[str, str, Any]) -> torch.Tensor:
         el = f"[{key[2]}]" if key[2] is not None else ""
         hint = " (keyword arguments of forward are not seen)" if key[1] == "input" else ""
         raise TorchFaultError(f"fault on {key[0] or '<model>'}:{key[1]}{el}: {exc}{hint}") from None
+
+
+def _replace_everywhere(obj: Any, element: int | str | None, new: torch.Tensor) -> Any:
+    """``obj`` with the tensor at ``element`` replaced by ``new``, and so every other place that
+    holds the very same tensor object: one tensor in memory, one fault. ``attn(x, x, x)`` keeps
+    its query, key and value the same object, as PyTorch's kernels test (``query is key``)."""
+    old = get_element(obj, element)
+    out = replace_element(obj, element, new)
+    if isinstance(obj, torch.Tensor):
+        return out
+    for other, t in iter_tensors(obj):
+        if t is old:
+            out = replace_element(out, other, new)
+    return out
 
 
 @dataclass
@@ -397,8 +418,15 @@ class Injection:
         return plan
 
     def _fault_tensor(
-        self, key: tuple[str, str, Any], obj: Any, module: nn.Module, inputs: Any
+        self,
+        key: tuple[str, str, Any],
+        obj: Any,
+        module: nn.Module | None,
+        inputs: Any,
+        into: bool = False,
     ) -> Any:
+        """``obj`` with the faults of ``key`` applied (``None``: none fires now). ``into``: write
+        the faulty words into the tensor itself and hand on ``obj`` unchanged."""
         count = self._calls.get(key, 0)
         self._calls[key] = count + 1
         segs = [
@@ -406,7 +434,7 @@ class Injection:
         ]
         if not segs:
             return None
-        t = _element(obj, key)
+        t = original = _element(obj, key)
         # a fresh module output may be written in place; a tensor made here always may
         own = module is not None and may_write(t, module, inputs, self._ptrs)
         for seg in segs:
@@ -422,7 +450,11 @@ class Injection:
                 t = FAULT_MODELS.get(f.model)(t, flat, f.bits, fmt, self.generator, **f.param_dict)
                 own = False
             seg.fired += 1
-        return replace_element(obj, key[2], t)
+        if into and t is not original and not original.is_quantized and t.dtype == original.dtype:
+            with torch.no_grad():
+                numerics.to_words(original).copy_(numerics.to_words(t))
+            return obj
+        return _replace_everywhere(obj, key[2], t)
 
     def _make_out_hook(self, key: tuple[str, str, Any]) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -432,8 +464,12 @@ class Injection:
 
     def _make_in_hook(self, key: tuple[str, str, Any]) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
-            # an input belongs to whoever produced it (a residual branch may read it too): copy
-            return self._fault_tensor(key, args, None, None)
+            # an input belongs to whoever produced it (a residual branch may read it too): copy;
+            # but a module that writes its input in place (ReLU(inplace=True)) makes that very
+            # tensor its output, which the producer's other readers see after it: the faulty
+            # words go into the tensor itself, as the module's own write does
+            into = getattr(module, "inplace", False) is True
+            return self._fault_tensor(key, args, None, None, into=into)
 
         return hook
 

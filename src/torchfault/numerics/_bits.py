@@ -109,10 +109,27 @@ def _flat_own_copy(x: torch.Tensor, own: NumberFormat) -> torch.Tensor:
 
 
 def _rebuild(flat: torch.Tensor, x: torch.Tensor, own: NumberFormat) -> torch.Tensor:
+    """A new tensor like ``x`` holding the row-major words ``flat``, in ``x``'s memory layout.
+
+    The layout is kept (channels-last stays channels-last, any dense strides stay) because
+    kernels choose their algorithms, and so their rounding, by strides: a fault must change the
+    faulted words and nothing else. Strides with gaps or overlaps give a contiguous tensor.
+    """
     words = flat.view(x.shape)
     if own.kind == "quantized":
-        return _make_quantized(words, x)
-    return words.view(x.dtype)
+        out = _make_quantized(words, x)
+        for fmt in (torch.channels_last, torch.channels_last_3d):
+            dims = 4 if fmt is torch.channels_last else 5
+            if x.dim() == dims and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+                return out.contiguous(memory_format=fmt)
+        return out
+    if x.is_contiguous():
+        return words.view(x.dtype)
+    kept = torch.empty_like(x, memory_format=torch.preserve_format)
+    if kept.stride() != x.stride():
+        return words.view(x.dtype)  # not dense: row-major
+    kept.view(words.dtype).copy_(words)  # integer words: a bit-exact copy
+    return kept
 
 
 def _gather_own(x: torch.Tensor, own: NumberFormat, index: torch.Tensor) -> torch.Tensor:

@@ -29,17 +29,54 @@ from torchfault.faults import FAULT_MODELS, Fault
 
 __all__ = [
     "BadIndex",
+    "RowsApart",
     "activation_faults",
     "faulty_tensor",
     "fits",
     "layer_output",
     "parameter_faults",
     "ravel",
+    "same_storage_kind",
 ]
 
 
 class BadIndex(Exception):
     """A fault's index does not fit its tensor; the reference engine reports it (as it does)."""
+
+
+class RowsApart(Exception):
+    """The faulty rows of a batch cannot share one tensor (another dtype or quantizer); the
+    batch's runs go to the reference engine (the site stays on the fast path)."""
+
+
+def same_storage_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether rows of ``a`` can be written into ``b`` word for word: the same dtype and, for
+    quantized tensors, the same quantizer (scheme, scales, zero points, axis).
+
+    Example:
+        >>> import warnings
+        >>> x = torch.ones(2, 3)
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     q1 = torch.quantize_per_tensor(x, 0.1, 0, torch.quint8)
+        ...     q2 = torch.quantize_per_tensor(x, 0.2, 0, torch.quint8)
+        >>> same_storage_kind(q1, q1.clone()), same_storage_kind(q1, q2), same_storage_kind(x, q1)
+        (True, False, False)
+    """
+    if a.dtype != b.dtype or a.is_quantized != b.is_quantized:
+        return False
+    if not a.is_quantized:
+        return True
+    scheme = a.qscheme()
+    if scheme != b.qscheme():
+        return False
+    if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return a.q_scale() == b.q_scale() and a.q_zero_point() == b.q_zero_point()
+    return (
+        a.q_per_channel_axis() == b.q_per_channel_axis()
+        and torch.equal(a.q_per_channel_scales(), b.q_per_channel_scales())
+        and torch.equal(a.q_per_channel_zero_points(), b.q_per_channel_zero_points())
+    )
 
 
 def ravel(index: Sequence[int], shape: Sequence[int]) -> int:
@@ -194,6 +231,11 @@ def parameter_faults(
             full.extend((r0, r0 + len(rows), faulty) for r0, _, faulty in items)
     for r0, r1, faulty in full:
         out = layer_output(site, faulty, values, golden, pad(pos[r0:r1], values.min_rows))
+        if not same_storage_kind(out, base):
+            # e.g. a fault on a QuantStub's scale: the faulty rows carry another quantizer, which
+            # rows of one quantized tensor cannot hold (writing them in would keep the golden
+            # scale and copy the integers); the batch goes to the reference engine
+            raise RowsApart(f"{site.node.name}:{site.target}: the faulty output is stored apart")
         value[r0:r1] = out[: r1 - r0]
         same[r0:r1] = output_words_equal(base[r0:r1], value[r0:r1])
     return value, same
