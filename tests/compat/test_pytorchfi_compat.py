@@ -539,6 +539,12 @@ def test_conv3d_random_models_draw_the_fifth_coordinate():
         assert not torch.equal(bad(x), conv3d_model()(x))
     random.seed(4)
     assert len(weight_error_models.random_weight_location(pfi, 0)) == 6
+    random.seed(4)
+    bad = weight_error_models.random_weight_inj(pfi, 1, 20, 30)
+    (fault,) = bad.faults
+    assert fault.module == "2" and len(fault.index) == 5
+    with torch.no_grad():
+        assert not torch.equal(bad(x), conv3d_model()(x))
 
 
 def quantized_cnn() -> nn.Module:
@@ -918,3 +924,20 @@ def test_pytorchfi_07_names_are_the_same_methods():
         ("update_layer", "updateLayer"),
     ]:
         assert getattr(core.fault_injection, new) is getattr(core.fault_injection, old)
+
+
+def test_single_bit_flip_scalar_location_branch_matches_pytorchfi(pfi_models):
+    """pytorchfi's hook also takes one location set as scalars (``set_corrupt_layer(int)``)."""
+
+    def call(impl, pfi):
+        bad = pfi.declare_neuron_fi(function=pfi.single_bit_flip_signed_across_batch)
+        pfi.set_conv_max([6.0] * pfi.get_total_layers())
+        pfi.set_corrupt_layer(1)
+        pfi.corrupt_batch, pfi.corrupt_dim1, pfi.corrupt_dim2, pfi.corrupt_dim3 = 2, 5, 3, 1
+        return bad
+
+    changed = 0
+    for seed in range(4):
+        o = assert_same(pfi_models["cnn"], call, seed, single_bit=True)
+        changed += not torch.equal(o.out, o.golden)
+    assert changed >= 1
