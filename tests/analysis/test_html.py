@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from torchfault.analysis import make_html_report, make_report, store_state, wilson_interval
+from torchfault.analysis import make_html_report, make_report, store_state
 from torchfault.analysis._summary import _pct
 from torchfault.cli import main
 from torchfault.faults import FaultSite
@@ -43,19 +43,22 @@ BITS = (30, 3, 22)
 
 
 def _fill(path: Path, state: dict | None = None) -> Path:
+    """One run per fault (so rates over runs and over faults agree): group k of COUNTS is
+    ``sum(COUNTS[k].values())`` faults on site k % 3 with bit BITS[k % 3]."""
     with ResultStore(path, campaign={"seed": 5, "sampler": {"n": 6}}, fingerprint="f00d") as s:
         s.set_sites(SITES)
-        faults = []
-        for k in COUNTS:
+        fid = 0
+        faults, runs = [], []
+        for k, counts in COUNTS.items():
             site = SITES[k % 3]
             index = tuple([k % site.shape[0]] + [0] * (len(site.shape) - 1))
-            faults.append(FaultRecord(k, (site.fault(index, (BITS[k % 3],)),)))
-        s.add_faults(faults)
-        i = 0
-        for k, counts in COUNTS.items():
             for outcome, c in counts.items():
-                s.add_runs([RunRecord(k, i + j, outcome, 1, 1, 0.0, 0.01) for j in range(c)])
-                i += c
+                for _ in range(c):
+                    faults.append(FaultRecord(fid, (site.fault(index, (BITS[k % 3],)),)))
+                    runs.append(RunRecord(fid, 0, outcome, 1, 1, 0.0, 0.01))
+                    fid += 1
+        s.add_faults(faults)
+        s.add_runs(runs)
         if state is not None:
             s.set_meta("state", state)
     return path
@@ -120,7 +123,7 @@ class _Page(HTMLParser):
 
 def test_html_numbers_match_the_store_and_nothing_is_fetched(store_path, tmp_path):
     pytest.importorskip("matplotlib")
-    path = make_html_report(store_path, tmp_path / "r.html")
+    path = make_html_report(store_path, tmp_path / "r.html", method="wilson")
     text = path.read_text()
     page = _Page()
     page.feed(text)
@@ -129,12 +132,18 @@ def test_html_numbers_match_the_store_and_nothing_is_fetched(store_path, tmp_pat
     assert "link" not in page.tags and not re.search(r"https?://", text)
     assert sum(u.startswith("data:image/png") for u in page.urls) == 3
     expected = _expected()
+    # the counts against the hand counts; the intervals are the summary's own (their statistics
+    # are tested in tests/analysis/test_stats.py and test_summary.py), laid out right
+    with ResultStore(store_path, mode="r") as store:
+        summary = store.summary(0.95, "wilson")
     for group in ("layer", "bit"):
         rows = {r[0]: r for r in page.tables[f"table-{group}"]}
         assert set(rows) == set(expected[group])
+        stats = {str(r.key): r for r in summary.groups[group]}
         for key, counts in expected[group].items():
             n = sum(counts.values())
-            low, high = wilson_interval(counts["sdc"], n)
+            low, high = stats[key].sdc.low, stats[key].sdc.high
+            assert low <= counts["sdc"] / n <= high
             row = rows[key]
             assert row[1] == f"{n:,}"
             assert row[2] == _pct(counts["sdc"] / n)
@@ -371,3 +380,29 @@ def test_report_json_unchanged_by_html(store_path, tmp_path):
     b = make_report(store_path, tmp_path / "b", html=True)
     assert [p.name for p in b] == [p.name for p in a] + ["report.html"]
     assert json.loads(a[3].read_text()) == json.loads(b[3].read_text())
+
+
+def test_cli_report_per_element_shows_progress_and_summarises_once(
+    store_path, tmp_path, capsys, monkeypatch
+):
+    """--progress prints each stage (lines, as standard error is no terminal here); the store is
+    summarised once; the per-element rows go to the files, not to the screen."""
+    pytest.importorskip("matplotlib")
+    calls = []
+    original = ResultStore.summary
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("per_element"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResultStore, "summary", counting)
+    out = tmp_path / "pe"
+    assert (
+        main(["report", str(store_path), "--per_element", "--progress", "--out_dir", str(out)]) == 0
+    )
+    captured = capsys.readouterr()
+    stages = re.findall(r"\] (summarising|drawing|printing)", captured.err)
+    assert stages == ["summarising", "drawing", "printing"], captured.err
+    assert calls == [True]
+    assert "Per element" not in captured.out and "per-element rates:" in captured.out
+    assert "Per element" in (out / "report.md").read_text()
