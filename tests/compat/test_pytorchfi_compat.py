@@ -941,3 +941,22 @@ def test_single_bit_flip_scalar_location_branch_matches_pytorchfi(pfi_models):
         o = assert_same(pfi_models["cnn"], call, seed, single_bit=True)
         changed += not torch.equal(o.out, o.golden)
     assert changed >= 1
+
+
+def test_bits_outside_the_format_are_refused_when_declared(pfi_models):
+    builder, shape, types = pfi_models["cnn"]
+    torch.manual_seed(0)
+    model = builder().eval()
+    ours = _pfi(OURS, model, shape, types)
+    with pytest.raises(AssertionError, match=r"flip_bits\[0\] = \(32,\) on layer 1: .*bit 32"):
+        ours.declare_neuron_fi(
+            batch=[0], layer_num=[1], dim1=[0], dim2=[0], dim3=[0], flip_bits=[32]
+        )
+    with pytest.raises(AssertionError, match=r"declare_weight_fi\(\): .*bit 40"):
+        ours.declare_weight_fi(layer_num=[1], k=[0], dim1=[0], dim2=[0], dim3=[0], flip_bits=[40])
+    model.double()  # float64: bit 40 exists
+    ours = _pfi(OURS, model, shape, types)
+    bad = ours.declare_weight_fi(layer_num=[1], k=[0], dim1=[0], dim2=[0], dim3=[0], flip_bits=[40])
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        assert not torch.equal(bad(x), model(x))

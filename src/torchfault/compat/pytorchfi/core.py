@@ -54,6 +54,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchfault import numerics
 from torchfault.compat.pytorchfi._corrupted import CorruptedModel
 from torchfault.compat.pytorchfi._layers import (
     PytorchfiArgumentError,
@@ -63,7 +64,9 @@ from torchfault.compat.pytorchfi._layers import (
     weight_layers,
     weight_of,
 )
+from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
+from torchfault.injectors import Injection
 
 __all__ = ["CorruptedModel", "FaultInjection", "PytorchfiArgumentError", "fault_injection"]
 
@@ -196,6 +199,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
         self._leaves = traverse_leaves(model, layer_types)
         self._sites: list[tuple[str, int]] = []
         self._layer_weights: list[torch.Size | None] = []  # each neuron layer's own weight
+        self._layer_outputs: list[torch.Tensor] = []  # an empty tensor of each layer's output kind
         for _, layer in self._leaves:
             w = weight_of(layer)
             self.weights_size.append(None if w is None else w.shape)
@@ -228,6 +232,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
                 self._sites.append((name, calls[module] - 1))
                 w = weight_of(module)
                 self._layer_weights.append(None if w is None else w.shape)
+                self._layer_outputs.append(output.flatten()[:0])  # dtype and quantizer
 
             return hook
 
@@ -362,6 +367,10 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
                     )
                 )
                 log.info("Weight injection: layer %d (%s) %s -> %s", number, name, idx, new)
+        try:  # every fault checked against its tensor now, not at the first call
+            Injection(self.original_model, faults)
+        except TorchFaultError as exc:
+            raise PytorchfiArgumentError(f"declare_weight_fi(): {exc}") from None
         self.corrupted_model = CorruptedModel(self.original_model, faults)
         return self.corrupted_model
 
@@ -436,6 +445,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
                 index = self._neuron_index(i)
                 if mode == "flip_bits":
                     bits = _bits(flips[i], f"flip_bits[{i}]")
+                    self._check_bits(i, bits)
                     faults.append(
                         Fault(
                             name,
@@ -465,6 +475,16 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
     # pytorchfi 0.7's names for the same methods (update_layer and reset_fault_injection below)
     declare_weight_fault_injection = declare_weight_fi
     declare_neuron_fault_injection = declare_neuron_fi
+
+    def _check_bits(self, i: int, bits: tuple[int, ...]) -> None:
+        """Refuse a bit outside the number format of fault ``i``'s layer output."""
+        layer = self.corrupt_layer[i]
+        try:
+            numerics.bit_mask(bits, numerics.get_format(None, self._layer_outputs[layer]))
+        except TorchFaultError as exc:
+            raise PytorchfiArgumentError(
+                f"declare_neuron_fi() flip_bits[{i}] = {bits} on layer {layer}: {exc}"
+            ) from None
 
     def _neuron_index(self, i: int) -> tuple[int, ...]:
         dim = self.layers_dim[self.corrupt_layer[i]]
