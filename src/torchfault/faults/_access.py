@@ -91,7 +91,7 @@ def _invalid(t: torch.Tensor) -> str | None:
             compressed, plain, c["values"], t.shape, t.layout
         )
     except RuntimeError as exc:
-        return str(exc).strip().splitlines()[0]
+        return str(exc).strip().splitlines()[0].rstrip(".")
     return None
 
 

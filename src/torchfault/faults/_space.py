@@ -160,6 +160,12 @@ def fault_space(
             raise TorchFaultError(
                 "fault_space needs example_inputs to find activation sites (kinds include outputs/inputs)."
             )
+        if isinstance(model, torch.jit.ScriptModule):
+            raise TorchFaultError(
+                f"fault_space: activation sites (kinds {list(kinds_)}) are found with forward "
+                f"hooks, which a TorchScript module ({type(model).__name__}) does not run; use "
+                "kinds=('weights', 'biases', 'buffers') for it, or the eager model."
+            )
         handles = []
 
         def make_hooks(name: str) -> tuple[Callable[..., None], Callable[..., None]]:

@@ -46,6 +46,7 @@ from torchfault.faults._access import (
 )
 from torchfault.faults._models import check_fault_model
 from torchfault.faults._space import probe_forward
+from torchfault.injectors._script import check_model, is_script
 from torchfault.injectors._words import fault_words, may_write, merge_masks, plain_words
 
 __all__ = ["inject", "Injection"]
@@ -174,6 +175,7 @@ class Injection:
                 raise TorchFaultError(
                     f"inject() takes Fault objects, got {type(f).__name__}: {f!r}."
                 )
+        check_model(model, faults)  # TorchScript and exported programs: what is supported
         self.model = model
         self.faults: tuple[Fault, ...] = tuple(faults)
         self.generator = generator
@@ -290,9 +292,10 @@ class Injection:
             return self
         self._attached = True
         try:
-            self._handles.append(
-                self.model.register_forward_pre_hook(self._begin_pass, prepend=True)
-            )
+            if not is_script(self.model):  # TorchScript runs no hooks: permanent faults only
+                self._handles.append(
+                    self.model.register_forward_pre_hook(self._begin_pass, prepend=True)
+                )
             acts = [f for f in self.faults if f.is_activation]
             keys: dict[tuple[str, str, Any], list[Fault]] = {}
             for f in acts:
@@ -304,7 +307,8 @@ class Injection:
                     self._handles.append(mod.register_forward_hook(self._make_out_hook(key)))
                 else:
                     self._handles.append(mod.register_forward_pre_hook(self._make_in_hook(key)))
-            self._handles.append(self.model.register_forward_hook(self._end_pass))
+            if not is_script(self.model):
+                self._handles.append(self.model.register_forward_hook(self._end_pass))
             params = [f for f in self.faults if not f.is_activation]
             # permanent groups first, so transient ones restore onto the permanent state
             for transient in (False, True):
