@@ -960,3 +960,26 @@ def test_bits_outside_the_format_are_refused_when_declared(pfi_models):
     x = torch.randn(2, *shape, dtype=torch.float64)
     with torch.no_grad():
         assert not torch.equal(bad(x), model(x))
+
+
+def test_weight_and_neuron_faults_chained_through_a_second_injector(pfi_models):
+    """pytorchfi's way to combine both: a second injector on the weight-corrupted model."""
+    builder, shape, types = pfi_models["resnet"]
+    outs = {}
+    for impl in (REAL, OURS):
+        torch.manual_seed(0)
+        model = builder().eval()
+        pfi = _pfi(impl, model, shape, types)
+        x = torch.randn(BATCH, *shape)
+        weights = pfi.declare_weight_fi(
+            layer_num=[3], k=[4], dim1=[2], dim2=[1], dim3=[0], value=[-6.0]
+        )
+        both = _pfi(impl, weights, shape, types).declare_neuron_fi(
+            batch=[2], layer_num=[4], dim1=[9], dim2=[1], dim3=[3], value=[30.0]
+        )
+        with torch.no_grad():
+            outs[impl.name] = (model(x), weights(x), both(x))
+    golden, only_weights, combined = outs["compat"]
+    assert not torch.equal(only_weights, golden) and not torch.equal(combined, only_weights)
+    for a, b in zip(outs["pytorchfi"], outs["compat"]):
+        assert torch.equal(bits(a), bits(b))
