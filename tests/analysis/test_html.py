@@ -145,10 +145,10 @@ def test_html_numbers_match_the_store_and_nothing_is_fetched(store_path, tmp_pat
             low, high = stats[key].sdc.low, stats[key].sdc.high
             assert low <= counts["sdc"] / n <= high
             row = rows[key]
-            assert row[1] == f"{n:,}"
-            assert row[2] == _pct(counts["sdc"] / n)
-            assert row[3] == f"[{_pct(low)}, {_pct(high)}]"
-            assert row[6] == f"{counts['masked']:,}" and row[7] == f"{counts['benign']:,}"
+            assert row[1] == f"{n:,}" and row[2] == f"{n:,}"  # runs, faults (one run each)
+            assert row[3] == _pct(counts["sdc"] / n)
+            assert row[4] == f"[{_pct(low)}, {_pct(high)}]"
+            assert row[7] == f"{counts['masked']:,}" and row[8] == f"{counts['benign']:,}"
     overall = {r[0]: r for r in page.tables["table-overall"]}
     assert overall["sdc"][1] == "28" and overall["due"][1] == "4"
     assert 'id="state"' not in text  # a complete store has no banner
@@ -311,10 +311,10 @@ def test_report_in_a_real_browser(browser, store_path, tmp_path):
     # sorting: SDC column of the per-layer table, descending then ascending
     expected = _expected()["layer"]
     rate = {k: c["sdc"] / sum(c.values()) for k, c in expected.items()}
-    header = browser.find_element(By.CSS_SELECTOR, "#table-layer thead th:nth-child(3) button")
+    header = browser.find_element(By.CSS_SELECTOR, "#table-layer thead th:nth-child(4) button")
     header.click()
     assert _column(browser, "table-layer", 0) == sorted(rate, key=lambda k: -rate[k])
-    th = browser.find_element(By.CSS_SELECTOR, "#table-layer thead th:nth-child(3)")
+    th = browser.find_element(By.CSS_SELECTOR, "#table-layer thead th:nth-child(4)")
     assert th.get_attribute("aria-sort") == "descending"
     header.click()
     assert _column(browser, "table-layer", 0) == sorted(rate, key=lambda k: rate[k])

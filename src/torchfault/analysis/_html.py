@@ -38,7 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torchfault.analysis._summary import MULTIPLE, NONE, OUTCOMES, Row, Summary, _pct
+from torchfault.analysis._summary import (
+    METHOD_LABELS,
+    MULTIPLE,
+    NONE,
+    OUTCOMES,
+    Row,
+    Summary,
+    _pct,
+)
 from torchfault.errors import TorchFaultError
 
 __all__ = ["EXTRA_SECTIONS", "StoreState", "html_report", "make_html_report", "store_state"]
@@ -219,7 +227,7 @@ def _e(x: Any) -> str:
 
 
 def _interval(summary: Summary) -> str:
-    method = "Wilson" if summary.method == "wilson" else "Clopper-Pearson"
+    method = METHOD_LABELS.get(summary.method, summary.method)
     return f"{summary.confidence:.0%} {method} interval"
 
 
@@ -248,6 +256,7 @@ def _group_table(table_id: str, label: str, rows: Sequence[Row], numeric_key: bo
     head = [
         _th(label, "ascending"),
         _th("runs"),
+        _th("faults"),
         _th("SDC"),
         _th("SDC interval", cls="wide"),
         _th("DUE"),
@@ -265,6 +274,7 @@ def _group_table(table_id: str, label: str, rows: Sequence[Row], numeric_key: bo
             "<tr>"
             + _td(str(r.key), kv)
             + _td(f"{r.n:,}", r.n)
+            + _td(f"{r.faults:,}", r.faults)
             + f'<td data-v="{sdc.rate!r}"><span class="bar" style="width:{width}px"></span>'
             f"{_e(_pct(sdc.rate))}</td>"
             + _td(f"[{_pct(sdc.low)}, {_pct(sdc.high)}]", sdc.low, "wide")
@@ -366,7 +376,8 @@ def html_report(
         )
     cards.append(
         f'<div class="card"><div>runs</div><div class="v">{summary.runs:,}</div>'
-        f'<div class="i">recorded run time {summary.seconds:.1f} s</div></div>'
+        f'<div class="i">of {o.faults:,} faults ({_e(summary.design)}); recorded run time '
+        f"{summary.seconds:.1f} s</div></div>"
     )
     outcome_rows = "".join(
         "<tr>"
