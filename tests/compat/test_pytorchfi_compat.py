@@ -983,3 +983,35 @@ def test_weight_and_neuron_faults_chained_through_a_second_injector(pfi_models):
     assert not torch.equal(only_weights, golden) and not torch.equal(combined, only_weights)
     for a, b in zip(outs["pytorchfi"], outs["compat"]):
         assert torch.equal(bits(a), bits(b))
+
+
+SPECIAL = [float("nan"), -0.0, 1e-45, 2.5e-46, float("-inf"), 3.4028234663852886e38]
+OVERFLOW = [1e39, -3.4028236e38, 3.4028235e38]
+
+
+@pytest.mark.parametrize("value", SPECIAL + OVERFLOW, ids=str)
+def test_special_values_are_stored_bit_identically(pfi_models, value):
+    """NaN, signed zero, subnormals, underflow, the largest float32: the same float32 words in
+    the output (neurons) and in the weights (through state_dict) as pytorchfi writes. A value
+    float32 cannot hold is torch's RuntimeError in both (here when declared)."""
+    builder, shape, types = pfi_models["cnn"]
+    call = lambda i, p: p.declare_neuron_fi(  # noqa: E731
+        batch=[1], layer_num=[3], dim1=[6], dim2=[None], dim3=[None], value=[value]
+    )
+    wkw = dict(layer_num=[1], k=[2], dim1=[3], dim2=[0], dim3=[2], value=[value])
+    if value in OVERFLOW:
+        with pytest.raises(RuntimeError, match="overflow"):
+            run(REAL, pfi_models["cnn"], call)
+        with pytest.raises(RuntimeError, match=r"value\[0\] = .* does not fit layer 3's"):
+            run(OURS, pfi_models["cnn"], call)
+        for impl in (REAL, OURS):
+            with pytest.raises(RuntimeError, match="overflow"):
+                _pfi(impl, builder().eval(), shape, types).declare_weight_fi(**wkw)
+        return
+    assert_same(pfi_models["cnn"], call)
+    sds = {}
+    for impl in (REAL, OURS):
+        torch.manual_seed(0)
+        bad = _pfi(impl, builder().eval(), shape, types).declare_weight_fi(**wkw)
+        sds[impl.name] = bad.state_dict()["2.weight"]
+    assert torch.equal(bits(sds["pytorchfi"]), bits(sds["compat"]))

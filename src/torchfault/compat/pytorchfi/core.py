@@ -456,7 +456,7 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
                         )
                     )
                 else:
-                    value = _number(self.corrupt_value[i], f"value[{i}]")
+                    value = self._checked_value(i)
                     faults.append(
                         Fault(
                             name,
@@ -475,6 +475,21 @@ class fault_injection:  # noqa: N801 - pytorchfi's name
     # pytorchfi 0.7's names for the same methods (update_layer and reset_fault_injection below)
     declare_weight_fault_injection = declare_weight_fi
     declare_neuron_fault_injection = declare_neuron_fi
+
+    def _checked_value(self, i: int) -> float:
+        """Value ``i`` as a float, refused (``RuntimeError``, as torch's assignment in pytorchfi)
+        when the layer's output dtype cannot hold it."""
+        value = _number(self.corrupt_value[i], f"value[{i}]")
+        out = self._layer_outputs[self.corrupt_layer[i]]
+        if not out.is_quantized:  # quantized outputs saturate
+            try:
+                torch.empty(1, dtype=out.dtype)[0] = value
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"declare_neuron_fi() value[{i}] = {value!r} does not fit layer "
+                    f"{self.corrupt_layer[i]}'s {out.dtype} outputs: {exc}"
+                ) from None
+        return value
 
     def _check_bits(self, i: int, bits: tuple[int, ...]) -> None:
         """Refuse a bit outside the number format of fault ``i``'s layer output."""
@@ -725,5 +740,10 @@ def _stored_value(weight: torch.Tensor, idx: tuple[Any, ...], value: Any) -> flo
     if weight.is_quantized:  # torchfault quantizes it with the weight's own quantizer
         return _number(value, "value")
     cell = weight.detach()[idx].clone()
-    cell[...] = value
+    try:
+        cell[...] = value
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"declare_weight_fi(): value {value!r} does not fit a {weight.dtype} weight: {exc}"
+        ) from None
     return float(cell.reshape(-1)[0])
