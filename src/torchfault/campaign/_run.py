@@ -347,6 +347,10 @@ def run_campaign(
     try:
         golden = golden_run(model, inputs, batch_size)
         check_fit(golden, crit)
+        if crit.topk != 1 or crit.name == "topk":
+            from torchfault.campaign._config import check_topk
+
+            check_topk(golden, crit.topk)
         ids = list(range(n_inputs))
         eng = make_engine(engine, model, inputs, golden, crit, batch_size)
         if only_correct:

@@ -59,6 +59,13 @@ from torchfault.dnn._models import (
     pretrained_path,
     wrap_model,
 )
+from torchfault.dnn._spec import (
+    DataSpec,
+    ModelSpec,
+    build_dataset,
+    build_model,
+    load_model_weights,
+)
 from torchfault.dnn._training import (
     CrossValidationResult,
     TestConfig,
@@ -97,7 +104,9 @@ __all__ = [
     "CheckpointInfo",
     "CrossValidationResult",
     "DATASETS",
+    "DataSpec",
     "MODELS",
+    "ModelSpec",
     "TensorClassificationDataset",
     "TestConfig",
     "TrainConfig",
@@ -105,6 +114,8 @@ __all__ = [
     "WrappedDataset",
     "WrappedModel",
     "ZooModel",
+    "build_dataset",
+    "build_model",
     "compress_file",
     "create_dataset",
     "create_model",
@@ -119,6 +130,7 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "load_checkpoint",
+    "load_model_weights",
     "load_weights",
     "pretrained_path",
     "register_dataset",

@@ -181,7 +181,8 @@ def create_dataset(name: str, split: str = "test", **options: Any) -> Dataset:
     if split not in SPLITS:
         raise TorchFaultError(
             f"dataset {name!r}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}."
-            f"{suggest(str(split), SPLITS)}"
+            f"{suggest(str(split), SPLITS)}",
+            field="split",
         )
     if is_factory_spec(name):
         factory = load_factory_spec(name, "dataset")
@@ -189,13 +190,15 @@ def create_dataset(name: str, split: str = "test", **options: Any) -> Dataset:
         try:
             factory = DATASETS.get(name)
         except ValueError as exc:
-            raise TorchFaultError(str(exc)) from None
+            raise TorchFaultError(str(exc), field="dataset") from None
     try:
         ds = factory(split=split, **options)
     except TypeError as exc:
         if "unexpected keyword" in str(exc):
-            raise TorchFaultError(f"dataset {name!r}: bad option: {exc}") from None
+            raise TorchFaultError(f"dataset {name!r}: bad option: {exc}", field="options") from None
         raise
+    except TorchFaultError as exc:  # the factory refused its options
+        raise (exc if exc.field else exc.at("options")) from None
     if is_factory_spec(name) and not isinstance(ds, (TensorClassificationDataset, WrappedDataset)):
         ds = wrap_dataset(ds)
     return ds

@@ -461,7 +461,8 @@ def pretrained_path(name: str, dataset: str) -> Path:
         have = ", ".join(f"{m} on {d}" for m, d in list_pretrained()) or "none"
         raise TorchFaultError(
             f"no pretrained weights for model {name!r} on dataset {dataset!r} "
-            f"(looked for {path}). Shipped weights: {have}."
+            f"(looked for {path}). Shipped weights: {have}.",
+            field="pretrained",
         )
     return path
 
@@ -515,26 +516,33 @@ def create_model(
         4
     """
     factory = cls = None
+    # options that reshape a zoo model (shipped weights that then do not fit: the options' fault)
+    reshaped = bool(options) or input_shape is not None or num_classes is not None
     if is_factory_spec(name):
         if pretrained and weights is None:
             raise TorchFaultError(
                 f"create_model: {name!r} is a model of your own, with no shipped weights: load "
-                "them in the factory, or give weights=FILE."
+                "them in the factory, or give weights=FILE.",
+                field="pretrained",
             )
         factory = load_factory_spec(name, "model")
     else:
         try:
             cls = MODELS.get(name)
         except ValueError as exc:
-            raise TorchFaultError(str(exc)) from None
+            raise TorchFaultError(str(exc), field="name") from None
     if dataset is not None:
         if not (is_factory_spec(dataset) or DATASETS.is_registered(dataset)):
             valid = DATASETS.list()
             raise TorchFaultError(
                 f"create_model: unknown dataset {dataset!r}. Valid datasets: "
-                f"{', '.join(valid)}.{suggest(str(dataset), valid)}"
+                f"{', '.join(valid)}.{suggest(str(dataset), valid)}",
+                field="dataset",
             )
-        info = dataset_info(dataset, **(dataset_options or {}))
+        try:
+            info = dataset_info(dataset, **(dataset_options or {}))
+        except TorchFaultError as exc:
+            raise (exc if exc.field else exc.at("dataset")) from None
         input_shape = tuple(input_shape) if input_shape is not None else info["input_shape"]
         num_classes = num_classes if num_classes is not None else info["num_classes"]
     elif input_shape is None or num_classes is None:
@@ -547,21 +555,33 @@ def create_model(
             kwargs.update(options)
             model = cls(input_shape=input_shape, num_classes=num_classes, **kwargs)
     except TypeError as exc:
-        raise TorchFaultError(f"model {name!r}: bad option: {exc}") from None
+        raise TorchFaultError(f"model {name!r}: bad option: {exc}", field="options") from None
+    except TorchFaultError as exc:  # the options do not fit (sizes, input shape)
+        raise (exc if exc.field else exc.at("options")) from None
     if factory is not None:
         if not isinstance(module, nn.Module):
             raise TorchFaultError(
-                f"model {name!r} returned {type(module).__name__}, not an nn.Module."
+                f"model {name!r} returned {type(module).__name__}, not an nn.Module.",
+                field="name",
             )
         model = wrap_model(module, input_shape, num_classes)
         model.train(module.training)
     model.dataset = dataset
     if pretrained and weights is None:
         if dataset is None:
-            raise TorchFaultError("create_model: pretrained=True needs a dataset.")
-        weights = pretrained_path(name, dataset)
+            raise TorchFaultError(
+                "create_model: pretrained=True needs a dataset.", field="pretrained"
+            )
+        weights, shipped = pretrained_path(name, dataset), True
+    else:
+        shipped = False
     if weights is not None:
-        load_weights(model, weights)
+        try:
+            load_weights(model, weights)
+        except TorchFaultError as exc:
+            # shipped weights that do not fit: the options changed the model (else a bug)
+            where = ("options" if reshaped else "pretrained") if shipped else "weights"
+            raise (exc if exc.field else exc.at(where)) from None
         model.eval()
     return model
 
@@ -586,6 +606,34 @@ def _apply_masks(sd: dict[str, torch.Tensor], expected: set[str]) -> dict[str, t
         orig, mask = f"{key}_orig", f"{key}_mask"
         if key not in out and orig in out and mask in out and orig not in expected:
             out[key] = out.pop(orig) * out.pop(mask)
+    return out
+
+
+def fit_state_dict(sd: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """``sd`` shaped for ``model``: pruning masks saved in place (``X_orig``/``X_mask``) folded
+    into ``X``, and a ``model.`` prefix (a Lightning module's or a wrapper's keys) dropped when
+    ``model`` has none of the prefixed keys.
+
+    Example:
+        >>> import torch
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> sorted(fit_state_dict({"model.weight": torch.ones(1, 2), "model.bias": torch.ones(1)}, lin))
+        ['bias', 'weight']
+    """
+    expected = set(model.state_dict())
+    meta = getattr(sd, "_metadata", None)  # module versions (quantized modules read them)
+    out = _apply_masks(dict(sd), expected)
+    if not set(out) & expected and out and all(k.startswith("model.") for k in out):
+        out = _apply_masks({k[len("model.") :]: v for k, v in out.items()}, expected)
+        if meta is not None:
+            meta = type(meta)(
+                (k[len("model.") :] if k.startswith("model.") else "", v)
+                for k, v in meta.items()
+                if k.startswith("model.") or k == ""
+            )
+    if meta is not None:
+        out = OrderedDict(out)
+        out._metadata = meta  # type: ignore[attr-defined]
     return out
 
 

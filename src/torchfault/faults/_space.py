@@ -146,7 +146,8 @@ def fault_space(
             raise TorchFaultError(
                 f"fault_space: format {fmt_override!r} does not fit the target {where}: {exc} "
                 "Narrow the targets (modules, kinds) to tensors it fits, or leave format unset "
-                "(each tensor in its own dtype)."
+                "(each tensor in its own dtype).",
+                field="format",
             ) from None
         return fmt
 

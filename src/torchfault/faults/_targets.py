@@ -52,7 +52,8 @@ def normalize_kinds(kinds: str | Iterable[str] | None) -> tuple[str, ...]:
         if canon is None:
             valid = sorted(set(_KIND_ALIASES.values()))
             raise TorchFaultError(
-                f"Unknown target kind {k!r}; valid kinds: {', '.join(valid)}.{suggest(str(k), valid)}"
+                f"Unknown target kind {k!r}; valid kinds: {', '.join(valid)}.{suggest(str(k), valid)}",
+                field="kinds",
             )
         if canon not in out:
             out.append(canon)
@@ -72,7 +73,8 @@ def _matches(sel: ModuleSelector, name: str, module: nn.Module) -> bool:
         return bool(sel(module, name))
     raise TorchFaultError(
         f"A module selector must be a name, 're:<regex>', 'type:<ClassName>', an nn.Module type or a "
-        f"function (module, name) -> bool; got {sel!r}."
+        f"function (module, name) -> bool; got {sel!r}.",
+        field="modules",
     )
 
 
@@ -140,9 +142,10 @@ def select_modules(
         if isinstance(sel, str) and not sel.startswith(("re:", "type:")) and sel not in names:
             raise TorchFaultError(
                 f"Unknown module {sel!r}; the model's modules are: {', '.join(repr(n) for n in names[:30])}"
-                f"{' ...' if len(names) > 30 else ''}.{suggest(sel, names)}"
+                f"{' ...' if len(names) > 30 else ''}.{suggest(sel, names)}",
+                field="modules",
             )
     chosen = [(n, m) for n, m in named if any(_matches(s, n, m) for s in sels)]
     if not chosen:
-        raise TorchFaultError(f"No module of the model matches {list(sels)!r}.")
+        raise TorchFaultError(f"No module of the model matches {list(sels)!r}.", field="modules")
     return chosen
