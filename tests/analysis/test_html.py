@@ -406,3 +406,25 @@ def test_cli_report_per_element_shows_progress_and_summarises_once(
     assert calls == [True]
     assert "Per element" not in captured.out and "per-element rates:" in captured.out
     assert "Per element" in (out / "report.md").read_text()
+
+
+def test_extra_sections_appear_only_with_data(store_path, tmp_path, monkeypatch):
+    """The hook through which propagation/protection results join the page: a section whose
+    function returns None (no data in the store) is left out, one with data is in the nav."""
+    from torchfault.analysis import _html
+
+    seen = []
+
+    def with_data(store):
+        seen.append(store.count_runs())
+        return "<p>protected: 3 of 4 SDCs removed</p>"
+
+    monkeypatch.setattr(
+        _html,
+        "EXTRA_SECTIONS",
+        [("protection", "Protection", with_data), ("propagation", "Propagation", lambda s: None)],
+    )
+    text = make_html_report(store_path, tmp_path / "r.html").read_text()
+    assert seen == [118]
+    assert 'id="protection"' in text and 'href="#protection"' in text and "3 of 4 SDCs" in text
+    assert 'id="propagation"' not in text and "Propagation" not in text
