@@ -527,3 +527,193 @@ def test_handed_over_engine_logs_once(caplog, bert):
         run_campaign(model, inputs, faults, output="logits", engine="fast")
     msgs = [r.message for r in caplog.records if "reference engine" in r.message]
     assert len(msgs) == 1 and "fast" in msgs[0]
+
+
+# ----------------------------------------------------------------------------- stored campaigns
+DATA_PY = '''
+import torch
+
+
+def tokens(split="test", n=16, vocab=60, length=8):
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(1, vocab, (n, length), generator=g)
+    items = []
+    for i in range(n):
+        mask = torch.ones(length, dtype=torch.int64)
+        if i % 2 == 0:
+            mask[5:] = 0
+        items.append(({"input_ids": ids[i], "attention_mask": mask}, i % 3))
+    return items
+
+
+def images(split="test", n=16):
+    g = torch.Generator().manual_seed(12)
+    return [(torch.randn(3, 6, 6, generator=g), None) for _ in range(n)]
+
+
+def seg_model():
+    import torch.nn as nn
+
+    torch.manual_seed(4)
+
+    class TinySeg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+            self.conv2 = nn.Conv2d(6, 4, 1)
+
+        def forward(self, x):
+            return self.conv2(torch.relu(self.conv1(x)))
+
+    return TinySeg()
+'''
+
+BERT_KW = {
+    "vocab_size": 60,
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 16,
+    "num_labels": 3,
+}
+
+
+def _config(tmp_path, **over):
+    from torchfault.campaign import CampaignConfig
+    from torchfault.config import from_dict
+
+    d = {
+        "name": "any",
+        "out_dir": str(tmp_path / "run"),
+        "report": False,
+        "progress": False,
+        "sampler": {"n": 12},
+        "inputs_per_fault": 2,
+        "store": {"export": []},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(d.get(k), dict):
+            d[k] = {**d[k], **v}
+        else:
+            d[k] = v
+    return from_dict(CampaignConfig, d)
+
+
+def test_stored_hugging_face_campaign_with_dict_inputs_from_a_dataset(tmp_path):
+    pytest.importorskip("transformers")
+    from torchfault.campaign import Campaign
+
+    data = tmp_path / "data.py"
+    data.write_text(DATA_PY)
+    over = {
+        "model": {"name": "transformers:BertForSequenceClassification", "kwargs": BERT_KW},
+        "data": {"dataset": f"{data}:tokens", "num_inputs": 16},
+        "targets": {"kinds": ["weights"], "modules": ["re:.*(query|classifier)"]},
+        "outcome": {"criterion": "top1", "output": "logits"},
+    }
+    camp = Campaign(_config(tmp_path, **over))
+    res = camp.run()
+    assert len(res) == 24 and camp.accuracy is not None
+    # the fast engine hands the campaign to the reference engine: identical rows
+    fast = Campaign(
+        _config(tmp_path / "f", **over, engine={"name": "fast"})
+    ).run()
+    assert same_records(res, fast)
+    # the runs equal run_campaign's on the same model, inputs and faults
+    direct = run_campaign(
+        camp.model,
+        camp.inputs,
+        [res.faults[k] for k in sorted(res.faults)],
+        output="logits",
+    )
+    d = by_key(direct)
+    for r in res.runs:
+        assert d[(r.fault_id, r.input_id)].outcome == r.outcome
+    # resume: a second run finds every run stored
+    again = Campaign(_config(tmp_path, **over)).run()
+    assert same_records(res, again)
+
+
+def test_stored_segmentation_campaign_stores_metrics(tmp_path):
+    from torchfault.campaign import Campaign
+    from torchfault.store import ResultStore
+
+    data = tmp_path / "data.py"
+    data.write_text(DATA_PY)
+    over = {
+        "model": {"name": f"{data}:seg_model"},
+        "data": {"dataset": f"{data}:images", "num_inputs": 16},
+        "targets": {"kinds": ["weights", "biases"]},
+        "outcome": {"criterion": "segmentation", "fraction": 0.05},
+    }
+    camp = Campaign(_config(tmp_path, **over))
+    res = camp.run()
+    assert camp.accuracy is None and camp.labels is None
+    assert len(res.metrics) == len(res)
+    # the stored metrics equal a fresh run's, and the oracle's pixel fraction
+    model = camp.model
+    with torch.no_grad():
+        golden = model(camp.inputs)
+    x = camp.inputs
+    for r in res.runs[:8]:
+        with torch.no_grad(), inject(model, res.faults[r.fault_id]):
+            out = model(x)
+        frac = float((out[r.input_id].argmax(0) != golden[r.input_id].argmax(0)).float().mean())
+        assert res.metrics[(r.fault_id, r.input_id)]["changed_pixels"] == pytest.approx(frac)
+    with ResultStore(tmp_path / "run" / "campaign.sqlite", mode="r") as store:
+        from torchfault.campaign._campaign import read_metrics
+
+        assert read_metrics(store) == res.metrics
+    assert "miou_drop" in res.metrics_summary()
+
+
+def test_config_errors_name_their_field(tmp_path):
+    from torchfault.campaign import Campaign
+
+    data = tmp_path / "data.py"
+    data.write_text(DATA_PY)
+    seg = {
+        "model": {"name": f"{data}:seg_model"},
+        "data": {"dataset": f"{data}:images", "num_inputs": 16},
+    }
+    with pytest.raises(ConfigError, match="engine.device") as e:
+        Campaign(_config(tmp_path, **seg, engine={"device": "cuda:3"})).setup()
+    assert e.value.field == "engine.device"
+    with pytest.raises(ConfigError, match="outcome.output") as e:
+        Campaign(_config(tmp_path, **seg, outcome={"criterion": "segmentation", "output": "x"})).setup()
+    with pytest.raises(ConfigError, match="segmentation"):
+        Campaign(_config(tmp_path, **seg, outcome={"criterion": "tokens"})).setup()
+    with pytest.raises(ConfigError, match="outcome.criterion.*Did you mean 'detection'"):
+        _config(tmp_path, outcome={"criterion": "detections"})
+    with pytest.raises(ConfigError, match="outcome.fraction"):
+        _config(tmp_path, outcome={"criterion": "segmentation", "fraction": 1.5})
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_cli_campaign_on_a_hugging_face_model_class(tmp_path):
+    pytest.importorskip("transformers")
+    import yaml
+
+    from torchfault.cli import main
+    from torchfault.store import ResultStore
+
+    data = tmp_path / "data.py"
+    data.write_text(DATA_PY)
+    cfg = {
+        "name": "hf",
+        "out_dir": str(tmp_path / "run"),
+        "report": False,
+        "progress": False,
+        "model": {"name": "transformers:BertForSequenceClassification", "kwargs": BERT_KW},
+        "data": {"dataset": f"{data}:tokens", "num_inputs": 16},
+        "targets": {"kinds": ["weights"], "modules": ["classifier"]},
+        "sampler": {"n": 5},
+        "outcome": {"criterion": "topk", "topk": 2, "output": "logits"},
+        "store": {"export": []},
+    }
+    path = tmp_path / "hf.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["campaign", "--config", str(path)]) == 0
+    with ResultStore(tmp_path / "run" / "campaign.sqlite", mode="r") as store:
+        assert store.count_runs() == 5

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -33,11 +34,22 @@ import torch
 import torch.nn as nn
 
 from torchfault.campaign._config import CampaignConfig, check_topk
-from torchfault.campaign._engine import ENGINES, Engine, RunTask
+from torchfault.campaign._device import resolve_device
+from torchfault.campaign._engine import (
+    ENGINES,
+    Engine,
+    HandedOverEngine,
+    MeasuredRun,
+    ReferenceEngine,
+    RunTask,
+    reference_reason,
+    take_golden,
+)
 from torchfault.campaign._executors import EXECUTORS
 from torchfault.campaign._fast import FastEngine, FastOptions
-from torchfault.campaign._outcome import Criterion
+from torchfault.campaign._outcome import Criterion, check_fit, evaluate
 from torchfault.campaign._run import CampaignResult, golden_run
+from torchfault.campaign._structure import Batched, as_batched, leaves, positional_args
 from torchfault.config import load_factory
 from torchfault.errors import ConfigError, StoreMismatchError, TorchFaultError, suggest
 from torchfault.faults import TargetSpec, fault_space
@@ -57,13 +69,159 @@ def _faults_json(faults: Any) -> str:
     return json.dumps([f.to_dict() for f in faults], sort_keys=True)
 
 
-def build_model(cfg: CampaignConfig) -> nn.Module:
-    """The model a campaign config names, in eval mode: dnn's one builder
-    (:func:`torchfault.dnn.build_model`; a model of your own as its factory returns it, so faults
-    name its own modules)."""
-    from torchfault.dnn import build_model as build
+def _model_field(message: str, kwargs: dict[str, Any]) -> str:
+    """The ``model.*`` field a zoo model's error is about (the zoo's messages name no field)."""
+    if "unknown dataset" in message:
+        return "model.dataset"
+    if "no pretrained weights" in message:
+        return "model.pretrained"
+    if "bad option" in message or ("do not fit" in message and kwargs):
+        return "model.kwargs"
+    return "model.name"
 
-    return build(cfg.model, cfg.data, wrap=False)
+
+def build_model(cfg: CampaignConfig) -> nn.Module:
+    """The model a campaign config names, in eval mode."""
+    m = cfg.model
+    hf_dir = False
+    if ":" in m.name:
+        factory = load_factory(m.name, "model.name")
+        try:
+            if _is_hf_model_class(factory):
+                model, hf_dir = _build_hf(factory, m), True
+            else:
+                model = factory(**m.kwargs)
+        except TypeError as exc:
+            # the factory's signature does not take these arguments (or needs others)
+            raise ConfigError(
+                f"model.kwargs: calling {m.name!r} with {dict(m.kwargs)} failed: {exc}"
+            ) from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"model.name: {m.name!r} returned {type(model).__name__}, not an nn.Module."
+            )
+    else:
+        from torchfault import dnn
+
+        # the data's options (synthetic's input_shape, num_classes) shape the model when the
+        # model is configured for the same dataset
+        options = cfg.data.kwargs if m.dataset == cfg.data.dataset else None
+        try:
+            model = dnn.create_model(
+                m.name,
+                dataset=m.dataset,
+                pretrained=m.pretrained and not m.checkpoint,
+                dataset_options=options or None,
+                **m.kwargs,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{_model_field(str(exc), m.kwargs)}: {exc}") from None
+    if m.checkpoint and not (hf_dir and Path(m.checkpoint).is_dir()):
+        from torchfault.dnn import load_checkpoint
+
+        try:
+            state = load_checkpoint(m.checkpoint)
+            if isinstance(state, dict) and "state_dict" in state:
+                state = state["state_dict"]
+            model.load_state_dict(state)
+        except (TorchFaultError, RuntimeError, OSError) as exc:
+            raise ConfigError(f"model.checkpoint: {exc}") from None
+    return model.eval()
+
+
+def _is_hf_model_class(obj: Any) -> bool:
+    """A Hugging Face ``transformers`` model class (built from its config class)."""
+    return (
+        isinstance(obj, type)
+        and getattr(obj, "config_class", None) is not None
+        and hasattr(obj, "from_pretrained")
+    )
+
+
+def _build_hf(cls: Any, m: Any) -> nn.Module:
+    """``transformers:BertForSequenceClassification`` with ``model.kwargs`` as its config
+    (random weights from the campaign seed), or ``model.checkpoint`` a local directory saved with
+    ``save_pretrained`` (nothing is downloaded)."""
+    if m.checkpoint and Path(m.checkpoint).is_dir():
+        return cls.from_pretrained(m.checkpoint, local_files_only=True)
+    try:
+        config = cls.config_class(**m.kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"model.kwargs: {cls.config_class.__name__}({dict(m.kwargs)}) failed: {exc}",
+            field="model.kwargs",
+        ) from None
+    return cls(config)
+
+
+def _structured_inputs(cfg: CampaignConfig) -> tuple[Any, torch.Tensor | None] | None:
+    """Inputs of a dataset of your own whose items are not ``(tensor, class)`` pairs batched on
+    dim 0: dicts or tuples of tensors (or any batch_dim), stacked along ``data.batch_dim``.
+    ``None``: the classic path (``dnn.create_dataset``) applies."""
+    from collections.abc import Mapping
+
+    d = cfg.data
+    if ":" not in d.dataset:
+        return None
+    factory = load_factory(d.dataset, "data.dataset")
+    try:
+        ds = factory(split=d.split, **d.kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"data.kwargs: {d.dataset!r}: {exc}", field="data.kwargs") from None
+    if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
+        return None
+    first = ds[0]
+
+    def split(item: Any) -> tuple[Any, Any]:
+        if isinstance(item, Mapping):
+            return item, None
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            return item[0], item[1]
+        return item, None
+
+    x0, y0 = split(first)
+    label_like = y0 is not None and (
+        isinstance(y0, int) or (isinstance(y0, torch.Tensor) and y0.numel() == 1)
+    )
+    if isinstance(x0, torch.Tensor) and d.batch_dim == 0 and label_like:
+        return None
+    n = len(ds) if d.num_inputs == 0 else min(d.num_inputs, len(ds))
+    items = [split(ds[i]) for i in range(n)]
+
+    def stack(values: list[Any], where: str) -> Any:
+        v0 = values[0]
+        if isinstance(v0, Mapping):
+            return {k: stack([v[k] for v in values], f"{where}.{k}") for k in v0}
+        if isinstance(v0, (tuple, list)):
+            return tuple(stack([v[j] for v in values], f"{where}.{j}") for j in range(len(v0)))
+        if v0 is None or isinstance(v0, (bool, str)):
+            return v0
+        try:
+            return torch.stack([torch.as_tensor(v) for v in values], dim=d.batch_dim)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"data.dataset: the items' {where} do not batch along data.batch_dim "
+                f"{d.batch_dim}: {exc}",
+                field="data.dataset",
+            ) from None
+
+    try:
+        inputs = as_batched(stack([x for x, _ in items], "input"), d.batch_dim, "data")
+    except TorchFaultError as exc:
+        raise ConfigError(str(exc), field="data.batch_dim") from None
+    labels = None
+    if all(y is not None for _, y in items):
+        try:
+            labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError):
+            labels = None  # not classes (regression targets, masks): no accuracy
+    return inputs, labels
+
+
+def _shape_text(inputs: Any) -> str:
+    if isinstance(inputs, torch.Tensor):
+        return str(tuple(inputs.shape[1:]))
+    return ", ".join(f"{p}: {tuple(t.shape)}" for p, t in inputs.tensors())
 
 
 def build_inputs(cfg: CampaignConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -72,11 +230,24 @@ def build_inputs(cfg: CampaignConfig) -> tuple[torch.Tensor, torch.Tensor | None
     from torchfault.dnn._datasets import SPLITS
 
     d = cfg.data
+    structured = _structured_inputs(cfg) if d.split in SPLITS else None
+    if structured is not None:
+        return structured
+    if d.batch_dim != 0:
+        raise ConfigError(
+            f"data.batch_dim: {d.batch_dim} is for datasets of your own (file.py:function) whose "
+            f"items are batched along another dim; {d.dataset!r} gives inputs batched on dim 0.",
+            field="data.batch_dim",
+        )
     if d.split not in SPLITS:
         raise ConfigError(
             f"data.split: unknown split {d.split!r}; valid splits: {', '.join(SPLITS)}.{suggest(d.split, SPLITS)}"
         )
-    ds = dnn.build_dataset(d)  # errors name data.dataset, data.split or data.kwargs
+    try:
+        ds = dnn.create_dataset(d.dataset, split=d.split, **d.kwargs)
+    except ValueError as exc:
+        where = "data.kwargs" if "bad option" in str(exc) else "data.dataset"
+        raise ConfigError(f"{where}: {exc}") from None
     n = len(ds) if d.num_inputs == 0 else min(d.num_inputs, len(ds))
     xs, ys = [], []
     for i in range(n):
@@ -97,7 +268,12 @@ def fingerprint(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | N
             t = t.int_repr()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    h.update(inputs.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    if isinstance(inputs, Batched):
+        for path, t in inputs.tensors():
+            h.update(f"{path}:{t.dtype}:{tuple(t.shape)}:{inputs.dim}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(inputs.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     if labels is not None:
         h.update(labels.cpu().numpy().tobytes())
     return h.hexdigest()
@@ -118,20 +294,32 @@ def build_engine(
         cls = ENGINES.get(engine)
     except ValueError as exc:
         raise ConfigError(f"engine.name: {exc}") from None
+    if cls is not ReferenceEngine and not getattr(cls, "any_structure", False):
+        # structures, metrics and devices the engine was not made for: the reference engine
+        reason = reference_reason(inputs, golden, criterion)
+        if reason is not None:
+            return HandedOverEngine(engine, reason, model, inputs, golden, criterion, batch_size)
     if fast is not None and issubclass(cls, FastEngine):
         return cls(model, inputs, golden, criterion, batch_size, options=fast)
     return cls(model, inputs, golden, criterion, batch_size)
 
 
+_SAMPLER_FIELD = re.compile(r"(?:\w+ sampler: )?(\w+)(?::| must )")
+
+
 def _sampler_error(exc: BaseException) -> ConfigError:
-    """A sampler's error as a ConfigError about the ``sampler.<field>`` it carries (set where
-    the sampler raised it), or about ``sampler`` as a whole."""
+    """A sampler's error as a ConfigError naming the ``sampler.<field>`` it is about."""
     from torchfault.campaign._config import SamplerConfig
 
     msg = str(exc)
-    own = getattr(exc, "field", None)
-    where = f"sampler.{own}" if own in SamplerConfig.__dataclass_fields__ else "sampler"
-    return ConfigError(msg if msg.startswith(where) else f"{where}: {msg}", field=where)
+    fields = SamplerConfig.__dataclass_fields__
+    m = _SAMPLER_FIELD.match(msg)
+    if m and m.group(1) in fields:
+        rest = msg[m.end() :].strip() if msg[m.end(1)] == ":" else msg
+        return ConfigError(f"sampler.{m.group(1)}: {rest}")
+    if msg.startswith("Unknown sampler"):
+        return ConfigError(f"sampler.name: {msg}")
+    return ConfigError(f"sampler: {msg}")
 
 
 def _check_fault_model(
@@ -205,12 +393,15 @@ class Campaign:
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg)
+        device = resolve_device(cfg.engine.device, "engine.device")
+        self.criterion = cfg.outcome.criterion_object()
+        self.model = build_model(cfg).to(device)
         self.inputs, self.labels = build_inputs(cfg)
+        self.inputs = self.inputs.to(device)
         try:
             self.golden = golden_run(self.model, self.inputs, cfg.engine.batch_size)
         except Exception as exc:  # the model cannot run on these inputs: a config problem
-            shape = tuple(self.inputs.shape[1:])
+            shape = _shape_text(self.inputs)
             raise ConfigError(
                 f"model.name / data.dataset: the golden run of {cfg.model.name!r} on "
                 f"{cfg.data.dataset!r} inputs of shape {shape} failed "
@@ -219,9 +410,29 @@ class Campaign:
             ) from exc
         if cfg.outcome.topk != 1 or cfg.outcome.criterion == "topk":
             check_topk(self.golden, cfg.outcome.topk, "outcome.topk")
-        top1 = self.golden.reshape(self.golden.shape[0], -1).argmax(dim=1)
-        ids = list(range(self.inputs.shape[0]))
+        try:
+            check_fit(self.golden, self.criterion)
+        except TorchFaultError as exc:
+            out_err = str(exc).startswith("outcome.output")
+            where = "outcome.output" if out_err else "outcome.criterion"
+            raise ConfigError(str(exc), field=where) from None
+        n_inputs = len(self.inputs)
+        tops = evaluate(
+            take_golden(self.golden, range(n_inputs)),
+            take_golden(self.golden, range(n_inputs)),
+            self.criterion,
+        ).golden_top1
+        self.golden_top1 = tops
+        top1 = torch.tensor([-1 if t is None else t for t in tops], dtype=torch.int64)
+        has_classes = all(t is not None for t in tops)
+        ids = list(range(n_inputs))
         if cfg.data.only_correct and self.labels is not None:
+            if not has_classes:
+                raise ConfigError(
+                    f"data.only_correct: criterion {self.criterion.label!r} gives no class per "
+                    "input to compare with the labels.",
+                    field="data.only_correct",
+                )
             ids = [i for i in ids if int(top1[i]) == int(self.labels[i])]
             if not ids:
                 raise TorchFaultError(
@@ -229,7 +440,9 @@ class Campaign:
                 )
         self.input_ids = ids
         self.accuracy = (
-            float((top1 == self.labels).double().mean()) if self.labels is not None else None
+            float((top1 == self.labels.to(top1.device)).double().mean())
+            if self.labels is not None and has_classes
+            else None
         )
         t = cfg.targets
         if t.format is not None:
@@ -243,11 +456,15 @@ class Campaign:
             targets = TargetSpec(
                 modules=list(t.modules) or None, kinds=tuple(t.kinds), format=t.format
             )
-            self.sites = fault_space(self.model, self.inputs[:2], targets)
+            probe = (
+                positional_args(self.model, self.inputs[:2])
+                if isinstance(self.inputs, Batched)
+                else self.inputs[:2]
+            )
+            self.sites = fault_space(self.model, probe, targets)
         except ValueError as exc:
-            own = getattr(exc, "field", None)
-            where = f"targets.{own}" if own in ("modules", "kinds", "format") else "targets"
-            raise ConfigError(f"{where}: {exc}", field=where) from None
+            where = "targets.modules" if "module" in str(exc).lower() and t.modules else "targets"
+            raise ConfigError(f"{where}: {exc}") from None
         if not self.sites:
             raise ConfigError("targets: the chosen modules and kinds hold no tensor to fault.")
         s = cfg.sampler
@@ -393,7 +610,7 @@ class Campaign:
             pilot = 0 if getattr(self.sampler, "allocated", True) else self.sampler.pilot_faults
             n_faults = len(self.sampler)
             adaptive = cfg.sampler.adaptive
-            crit = Criterion(cfg.outcome.criterion, cfg.outcome.topk, cfg.outcome.tolerance)
+            crit = self.criterion
             setup = functools.partial(
                 build_engine,
                 cfg.engine.name,
@@ -445,6 +662,7 @@ class Campaign:
                     store.add_faults(new_faults)
                     store.flush()
                 for records in executor.map(setup, chunks):
+                    _store_metrics(store, records)  # first: a stored run has its metrics
                     store.add_runs(records)
                     if acc is not None:
                         acc.update(records)
@@ -469,7 +687,7 @@ class Campaign:
                         break
             store.flush()
             store.set_meta("state", {"status": "complete", **state})
-            result = CampaignResult(list(store.runs()), store.faults())
+            result = CampaignResult(_with_metrics(store, list(store.runs())), store.faults())
         finally:
             store.close()
         return result
@@ -541,14 +759,17 @@ class Campaign:
 
     def _golden_rows(self) -> list[tuple[int, int, int | None, str]]:
         assert self.golden is not None
-        flat = self.golden.reshape(self.golden.shape[0], -1)
         rows = []
-        for i in range(flat.shape[0]):
-            digest = hashlib.sha256(
-                flat[i].contiguous().view(torch.uint8).numpy().tobytes()
-            ).hexdigest()[:16]
+        for i in range(len(self.golden)):
+            h = hashlib.sha256()
+            if isinstance(self.golden, torch.Tensor):
+                h.update(self.golden[i].cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            else:
+                for path, t in leaves(self.golden[i]):
+                    h.update(path.encode())
+                    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
             label = int(self.labels[i]) if self.labels is not None else None
-            rows.append((i, int(flat[i].argmax()), label, digest))
+            rows.append((i, self.golden_top1[i], label, h.hexdigest()[:16]))
         return rows
 
     def summary(self, result: CampaignResult | None = None) -> Any:
@@ -587,6 +808,57 @@ class Campaign:
             f"up to {info['faults']:,} faults (up to {info['runs']:,} runs; adaptive: stops once the SDC "
             f"interval half-width is <= {s.margin}, checked every {s.adaptive_step:,} faults)"
         )
+
+
+_METRICS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS run_metrics(fault_id INTEGER NOT NULL, input_id INTEGER NOT NULL, "
+    "name TEXT NOT NULL, value REAL, PRIMARY KEY(fault_id, input_id, name)) WITHOUT ROWID"
+)
+
+
+def _store_metrics(store: Any, records: list[Any]) -> None:
+    """Write the metrics of ``records`` (criteria that return metrics) to the store's
+    ``run_metrics`` table, in one transaction, before their runs are written: a resumed campaign
+    reruns a run without a row, and its metrics are replaced."""
+    rows = [
+        (r.fault_id, r.input_id, name, value)
+        for r in records
+        for name, value in getattr(r, "metrics", ())
+    ]
+    if not rows:
+        return
+    conn = store.conn
+    conn.execute(_METRICS_TABLE)
+    with conn:
+        conn.executemany("INSERT OR REPLACE INTO run_metrics VALUES (?, ?, ?, ?)", rows)
+
+
+def read_metrics(store: Any) -> dict[tuple[int, int], dict[str, float | None]]:
+    """``(fault_id, input_id)`` -> metrics, from a store's ``run_metrics`` table (empty when the
+    campaign's criterion returns none)."""
+    conn = store.conn
+    have = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name='run_metrics'"
+    ).fetchone()
+    out: dict[tuple[int, int], dict[str, float | None]] = {}
+    if have:
+        for fid, iid, name, value in conn.execute(
+            "SELECT fault_id, input_id, name, value FROM run_metrics ORDER BY fault_id, input_id, name"
+        ):
+            out.setdefault((int(fid), int(iid)), {})[str(name)] = value
+    return out
+
+
+def _with_metrics(store: Any, runs: list[Any]) -> list[Any]:
+    metrics = read_metrics(store)
+    if not metrics:
+        return runs
+    return [
+        MeasuredRun(*r.as_tuple(), tuple(sorted(metrics[(r.fault_id, r.input_id)].items())))
+        if (r.fault_id, r.input_id) in metrics
+        else r
+        for r in runs
+    ]
 
 
 class _Progress:

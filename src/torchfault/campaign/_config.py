@@ -10,7 +10,6 @@ from typing import Any
 from torchfault.analysis._stats import INTERVAL_METHODS
 from torchfault.campaign._fast._options import FastOptions
 from torchfault.config import check_seed, check_selectors
-from torchfault.dnn import DataSpec, ModelSpec
 from torchfault.errors import ConfigError, suggest
 from torchfault.faults._targets import normalize_kinds
 
@@ -60,29 +59,35 @@ def check_topk(golden: Any, topk: int, field: str = "topk") -> None:
 
 
 @dataclass
-class ModelConfig(ModelSpec):
-    """The model under test: dnn's :class:`~torchfault.dnn.ModelSpec` (the same fields in every
-    job; a model of your own is faulted as its factory returns it).
+class ModelConfig:
+    """The model under test.
 
     Attributes:
         name: a zoo model (``lenet``, ``mlp``, ``resnet20``...) or a factory of your own:
             ``package.module:function`` or ``path/to/file.py:function`` (called with ``kwargs``).
         dataset: the zoo configuration (input shape, classes) for zoo models.
-        pretrained: load the zoo's shipped weights (ignored when ``checkpoint`` is given).
-        checkpoint: a weights file: a Lightning ``.ckpt``, a torchfault export (``train
-            --export``, ``prune --out``, ``quantize --out``) or a state dict; compressed or not;
-            read with ``weights_only=True``.
+        pretrained: load the zoo's shipped weights.
+        checkpoint: a state-dict file to load (compressed or not), read with ``weights_only=True``.
         kwargs: keyword arguments for the model or factory.
-        hub: a Torch Hub entry point in a local repository, ``path/to/repo:entry``, instead of
-            ``name`` (nothing is downloaded).
-        quantized: ``checkpoint`` is a quantized export (``torchfault quantize``); unset: told
-            from the file.
     """
+
+    name: str = "lenet"
+    dataset: str = "digits"
+    pretrained: bool = True
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError(
+                "model.name: must name a zoo model or a 'module:function' factory.",
+                field="model.name",
+            )
 
 
 @dataclass
-class DataConfig(DataSpec):
-    """The inputs faults run on (dnn's :class:`~torchfault.dnn.DataSpec` and which inputs).
+class DataConfig:
+    """The inputs faults run on.
 
     Attributes:
         dataset: a registered dataset (``digits``, ``synthetic``...).
@@ -90,6 +95,9 @@ class DataConfig(DataSpec):
         num_inputs: how many inputs (the first of the split); 0 takes all.
         only_correct: keep only inputs the golden model classifies correctly.
         kwargs: keyword arguments for the dataset.
+        batch_dim: the batch dimension of every input tensor (items of a dataset of your own
+            may be tensors, tuples of tensors passed positionally, or dicts of tensors passed as
+            keyword arguments such as ``input_ids`` and ``attention_mask``).
     """
 
     dataset: str = "digits"
@@ -97,9 +105,9 @@ class DataConfig(DataSpec):
     num_inputs: int = 100
     only_correct: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_dim: int = 0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.num_inputs < 0:
             raise ConfigError(
                 f"data.num_inputs: must be >= 0 (0 means all), got {self.num_inputs}.",
@@ -271,22 +279,50 @@ class OutcomeConfig:
 
     Attributes:
         criterion: ``top1`` (the top-1 class changed), ``topk`` (the golden top-1 class left the
-            faulty top ``topk``) or ``tolerance`` (a logit moved by more than ``tolerance``).
+            faulty top ``topk``), ``tolerance`` (an element moved by more than ``tolerance +
+            rtol * |golden|``), ``regression``, ``segmentation``, ``detection``, ``tokens``, a
+            criterion a plugin registered, or a callable ``path/to/file.py:function`` /
+            ``package.module:function`` called as ``fn(golden, faulty)`` per input.
         topk: k of the ``topk`` criterion.
         tolerance: largest absolute logit change that is not an SDC (``tolerance`` criterion).
+        rtol: relative tolerance of the ``tolerance`` criterion.
+        threshold: ``regression``: relative error above which a run is an SDC.
+        fraction: ``segmentation``: fraction of pixels whose class may change without an SDC.
+        iou: ``detection``: IoU at or above which two boxes match.
+        score_threshold: ``detection``: detections scoring below it are ignored.
+        matching: ``detection``: ``greedy`` (by score) or ``hungarian``.
+        k: ``tokens``: more than ``k`` changed tokens is an SDC (0: any).
+        output: the part of the model's output the criterion reads (``logits``, ``0``,
+            ``pred.boxes``); unset: the whole output.
+        params: options of a criterion of your own (registered criteria read them).
     """
 
     criterion: str = "top1"
     topk: int = 1
     tolerance: float = 0.0
+    rtol: float = 0.0
+    threshold: float = 0.01
+    fraction: float = 0.0
+    iou: float = 0.5
+    score_threshold: float = 0.0
+    matching: str = "greedy"
+    k: int = 0
+    output: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.criterion not in ("top1", "topk", "tolerance"):
+        from torchfault.campaign._outcome import CRITERIA
+
+        names = CRITERIA.list()
+        if not isinstance(self.criterion, str) or not (
+            ":" in self.criterion or CRITERIA.is_registered(self.criterion)
+        ):
             raise ConfigError(
-                f"outcome.criterion: {self.criterion!r} is not valid; choose top1, topk or tolerance."
-                f"{suggest(self.criterion, ['top1', 'topk', 'tolerance'])}",
+                f"outcome.criterion: {self.criterion!r} is not valid; choose {', '.join(names)} "
+                f"or a callable 'path/to/file.py:function'.{suggest(str(self.criterion), names)}",
                 field="outcome.criterion",
             )
+        self.criterion_object()
         if isinstance(self.topk, bool) or not isinstance(self.topk, int):
             raise ConfigError(
                 f"outcome.topk: must be an integer, got {self.topk!r}.", field="outcome.topk"
@@ -304,6 +340,36 @@ class OutcomeConfig:
                 f"outcome.tolerance: must be >= 0, got {self.tolerance}.", field="outcome.tolerance"
             )
 
+    def criterion_object(self) -> Any:
+        """The :class:`~torchfault.campaign.Criterion` of these settings (errors name the field)."""
+        from torchfault.campaign._outcome import Criterion
+        from torchfault.errors import TorchFaultError
+
+        try:
+            return Criterion(
+                self.criterion,
+                self.topk,
+                self.tolerance,
+                rtol=self.rtol,
+                threshold=self.threshold,
+                fraction=self.fraction,
+                iou=self.iou,
+                score_threshold=self.score_threshold,
+                matching=self.matching,
+                k=self.k,
+                output=None if self.output in (None, "") else str(self.output),
+                params=dict(self.params),
+            )
+        except TorchFaultError as exc:
+            msg = str(exc)
+            import re
+
+            m = re.match(r"criterion\.(\w+)", msg)
+            where = f"outcome.{m.group(1)}" if m else "outcome.criterion"
+            raise ConfigError(
+                f"{where}: {msg.split(' ', 1)[1] if m else msg}", field=where
+            ) from None
+
 
 @dataclass
 class EngineConfig:
@@ -317,12 +383,15 @@ class EngineConfig:
             more time waiting than computing; scale with ``executor.workers`` instead.
         fast: the ``fast`` engine's tuning knobs (:class:`~torchfault.campaign.FastOptions`:
             cache size, spatial windows, row checks); no knob changes a record.
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``: the model, the inputs and
+            the golden outputs live there (checked to exist before anything runs).
     """
 
     name: str = "reference"
     batch_size: int = 256
     threads: int = 1
     fast: FastOptions = field(default_factory=FastOptions)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -486,9 +555,6 @@ class CampaignConfig:
         for key in ("engine", "executor", "progress", "report", "out_dir"):
             d.pop(key, None)
         d["store"] = {}
-        for key in ("hub", "quantized"):  # unset: as before these keys existed (old stores resume)
-            if d["model"].get(key) is None:
-                d["model"].pop(key, None)
         if not self.sampler.adaptive:
             d.pop("interval", None)
             d["sampler"].pop("adaptive_step", None)

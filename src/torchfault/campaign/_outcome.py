@@ -102,14 +102,9 @@ class Verdict:
 
 
 def _resolve_spec(spec: str) -> Callable[..., Any]:
-    from torchfault.campaign._campaign import _load_factory
+    from torchfault.config import load_factory
 
-    try:
-        fn = _load_factory(spec)
-    except TorchFaultError as exc:
-        raise TorchFaultError(
-            f"outcome.criterion: {str(exc).removeprefix('model.name: ')}"
-        ) from None
+    fn = load_factory(spec, "outcome.criterion")
     if not callable(fn):
         raise TorchFaultError(f"outcome.criterion: {spec!r} is not callable.")
     return fn
@@ -826,7 +821,8 @@ def check_fit(golden_rows: Any, crit: Criterion) -> None:
         if (part.dtype.is_floating_point and len(shape) != 2) or len(shape) < 1:
             raise TorchFaultError(
                 f"outcome.criterion 'tokens' reads (N, T, V) scores or (N, T) token ids, got "
-                f"shape {tuple(part.shape)}; for one class per input use 'top1'."
+                f"shape {tuple(part.shape)}; for one class per input use 'top1', for "
+                "(N, C, H, W) class scores 'segmentation'."
             )
     elif name in ("regression", "tolerance") and not part.dtype.is_floating_point:
         raise TorchFaultError(
