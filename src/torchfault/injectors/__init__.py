@@ -2,11 +2,24 @@
 """How faults get into a running model: :func:`inject` (listed faults) and :func:`inject_ber`
 (bit flips at a bit-error rate), both context managers that restore the model exactly.
 
+Every injector (and the campaigns' fast engine) puts faults into tensors through one path:
+:func:`apply_fault` (a list of :class:`~torchfault.Fault` on one tensor), built on
+:func:`apply_masks` (bitwise fault models) and :func:`apply_model` (any fault model), with one
+validation (:func:`flat_index`, :func:`check_format`).
+
 Injectors are a registry too, so campaigns and plugins can pick one by name.
 """
 
 from typing import Any
 
+from torchfault.injectors._apply import (
+    apply_fault,
+    apply_masks,
+    apply_model,
+    bitwise_op,
+    check_format,
+    flat_index,
+)
 from torchfault.injectors._ber import BERInjection, draw_flips, inject_ber
 from torchfault.injectors._inject import Injection, inject
 from torchfault.injectors._memory import (
@@ -21,10 +34,16 @@ __all__ = [
     "INJECTORS",
     "BERInjection",
     "Injection",
+    "apply_fault",
+    "apply_masks",
+    "apply_model",
+    "bitwise_op",
+    "check_format",
     "MemoryCampaignResult",
     "MemoryInjection",
     "create_injector",
     "draw_flips",
+    "flat_index",
     "inject",
     "inject_ber",
     "inject_memory",

@@ -24,15 +24,8 @@ from torchfault.errors import TorchFaultError
 from torchfault.faults import iter_tensors, replace_element
 from torchfault.faults._access import is_packed, set_packed, stored_tensors
 from torchfault.faults._targets import ModuleSelector, normalize_kinds, select_modules, tensor_kind
-from torchfault.injectors._words import fault_words, may_write, plain_words
-
-_NUMPY_WORD = {
-    torch.int8: np.int8,
-    torch.uint8: np.uint8,
-    torch.int16: np.int16,
-    torch.int32: np.int32,
-    torch.int64: np.int64,
-}
+from torchfault.injectors._apply import apply_masks
+from torchfault.injectors._words import may_write
 
 __all__ = ["inject_ber", "BERInjection", "draw_flips"]
 
@@ -186,9 +179,7 @@ class BERInjection:
                     if count == 0:
                         continue
                     self.flips += count
-                    new = numerics.apply_bits(
-                        t.detach(), torch.from_numpy(idx), torch.from_numpy(masks), "xor", fmt
-                    )
+                    new = apply_masks(t.detach(), idx, masks, "xor", fmt, merged=True)
                     if is_packed(mod, pname):
                         self._saved.append(("packed", mod, pname, t))
                         set_packed(mod, pname, new)
@@ -238,14 +229,9 @@ class BERInjection:
                 continue
             self.flips += count
             self.last_flips += count
-            if plain_words(t, fmt):
-                own = module is not None and may_write(t, module, inputs, self._ptrs)
-                words = _NUMPY_WORD[fmt.word_dtype]
-                new = fault_words(t, idx, masks.astype(words), "xor", inplace=own)  # astype wraps
-            else:
-                new = numerics.apply_bits(
-                    t, torch.from_numpy(idx), torch.from_numpy(masks), "xor", fmt
-                )
+            own = module is not None and may_write(t, module, inputs, self._ptrs)
+            # the positions are distinct and sorted: already merged
+            new = apply_masks(t, idx, masks, "xor", fmt, merged=True, inplace=own)
             if new is not t:
                 obj = replace_element(obj, element, new)
                 changed = True

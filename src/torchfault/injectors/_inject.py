@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from torchfault import numerics
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults import FAULT_MODELS, Fault, get_element, iter_tensors, replace_element
+from torchfault.faults import Fault, get_element, iter_tensors, replace_element
 from torchfault.faults._access import (
     get_stored,
     is_packed,
@@ -46,51 +46,19 @@ from torchfault.faults._access import (
 )
 from torchfault.faults._models import check_fault_model
 from torchfault.faults._space import probe_forward
+from torchfault.injectors._apply import (
+    apply_masks,
+    apply_model,
+    bitwise_op,
+    check_bits,
+    check_format,
+    describe,
+    flat_index,
+)
 from torchfault.injectors._script import check_model, is_script
-from torchfault.injectors._words import fault_words, may_write, merge_masks, plain_words
+from torchfault.injectors._words import may_write, merge_masks
 
 __all__ = ["inject", "Injection"]
-
-
-def _ravel(index: Sequence[int], shape: Sequence[int], what: str) -> int:
-    if len(index) != len(shape):
-        raise TorchFaultError(
-            f"{what}: index {tuple(index)} has rank {len(index)} but the tensor has shape "
-            f"{tuple(shape)} (rank {len(shape)})."
-        )
-    flat = 0
-    for i, (v, n) in enumerate(zip(index, shape)):
-        if not -n <= v < n:
-            raise TorchFaultError(
-                f"{what}: index {tuple(index)} is out of range in dimension {i} for shape {tuple(shape)}."
-            )
-        flat = flat * n + (v % n)
-    return flat
-
-
-def _describe(f: Fault) -> str:
-    el = f"[{f.element}]" if f.element is not None else ""
-    return f"fault on {f.module or '<model>'}:{f.target}{el}"
-
-
-def _check_bits(f: Fault, fmt: numerics.NumberFormat) -> int:
-    """The fault's bit mask in ``fmt``; a bit outside the format names the fault and the width."""
-    try:
-        return numerics.bit_mask(f.bits, fmt)
-    except TorchFaultError as exc:
-        raise TorchFaultError(f"{_describe(f)}: {exc}") from None
-
-
-def _check_format(f: Fault, t: torch.Tensor) -> numerics.NumberFormat:
-    """The format the fault sees ``t`` in (checked against the tensor and the fault's bits)."""
-    try:
-        fmt = numerics.get_format(f.format, t)
-        numerics.check_compatible(fmt, t)
-    except TorchFaultError as exc:
-        raise TorchFaultError(f"{_describe(f)}: {exc}") from None
-    if f.bits:
-        _check_bits(f, fmt)
-    return fmt
 
 
 def _element(obj: Any, key: tuple[str, str, Any]) -> torch.Tensor:
@@ -143,11 +111,11 @@ class _Segment:
 def _segments(faults: Iterable[Fault]) -> list[_Segment]:
     segs: list[_Segment] = []
     for f in faults:
-        bit_op = FAULT_MODELS.info(f.model).capabilities.get("bit_op")
-        if segs and segs[-1].mergeable(f, bit_op):
+        op = bitwise_op(f.model)
+        if segs and segs[-1].mergeable(f, op):
             segs[-1].faults.append(f)
         else:
-            segs.append(_Segment([f], f.format, bit_op, f.call, f.persistence == "transient"))
+            segs.append(_Segment([f], f.format, op, f.call, f.persistence == "transient"))
     return segs
 
 
@@ -197,7 +165,7 @@ class Injection:
         if mod is None:
             names = list(self._modules)
             raise TorchFaultError(
-                f"{_describe(f)}: unknown module {f.module!r}.{suggest(f.module, names)} "
+                f"{describe(f)}: unknown module {f.module!r}.{suggest(f.module, names)} "
                 f"Modules: {', '.join(repr(n) for n in names[:40])}{' ...' if len(names) > 40 else ''}."
             )
         return mod
@@ -208,32 +176,32 @@ class Injection:
             try:
                 check_fault_model(f.model, f.bits, f.param_dict)
             except TorchFaultError as exc:
-                raise TorchFaultError(f"{_describe(f)}: {exc}") from None
+                raise TorchFaultError(f"{describe(f)}: {exc}") from None
             if f.is_activation:
                 if f.format is not None:
                     try:
                         fmt = numerics.get_format(f.format)
                     except TorchFaultError as exc:
-                        raise TorchFaultError(f"{_describe(f)}: {exc}") from None
+                        raise TorchFaultError(f"{describe(f)}: {exc}") from None
                     if f.bits:
-                        _check_bits(f, fmt)
+                        check_bits(f, fmt)
                 elif f.bits and max(f.bits) >= 64:
                     # the tensor's dtype is known when the module runs; no format is this wide
                     raise TorchFaultError(
-                        f"{_describe(f)}: bit {max(f.bits)} is out of range for every number "
+                        f"{describe(f)}: bit {max(f.bits)} is out of range for every number "
                         "format (at most 64 bits: 0..63)."
                     )
                 continue
             stored = stored_tensors(mod, sparse_indices=True)
             if f.target not in stored:
                 raise TorchFaultError(
-                    f"{_describe(f)}: module {f.module!r} ({type(mod).__name__}) has no parameter or "
+                    f"{describe(f)}: module {f.module!r} ({type(mod).__name__}) has no parameter or "
                     f"buffer {f.target!r}. Valid targets: 'output', 'input'"
                     f"{''.join(', ' + repr(n) for n in stored)}.{suggest(f.target, ['output', 'input', *stored])}"
                 )
             t = stored[f.target][1]
-            _check_format(f, t)
-            _ravel(f.index, t.shape, _describe(f))
+            check_format(f, t)
+            flat_index(f.index, t.shape, describe(f))
 
     def _probe(self, example_inputs: Any) -> None:
         """Run the model once (no grad, no trace left) to check activation faults before any runs."""
@@ -262,26 +230,26 @@ class Injection:
             runs = seen.get((f.module, f.target, f.element), [])
             if not runs:
                 raise TorchFaultError(
-                    f"{_describe(f)}: module {f.module!r} did not run in the forward pass."
+                    f"{describe(f)}: module {f.module!r} did not run in the forward pass."
                 )
             if f.call is not None and f.call >= len(runs):
                 raise TorchFaultError(
-                    f"{_describe(f)}: call {f.call} is out of range; module {f.module!r} runs "
+                    f"{describe(f)}: call {f.call} is out of range; module {f.module!r} runs "
                     f"{len(runs)} time(s) per forward pass (calls 0..{len(runs) - 1})."
                 )
             for shape, empty in runs if f.call is None else [runs[f.call]]:
                 self._check_act(f, shape)
-                _check_format(f, empty)
+                check_format(f, empty)
 
     def _check_act(self, f: Fault, shape: torch.Size) -> None:
         if len(shape) == 0:
             raise TorchFaultError(
-                f"{_describe(f)}: the tensor is a scalar; activation faults need a batch dimension."
+                f"{describe(f)}: the tensor is a scalar; activation faults need a batch dimension."
             )
-        _ravel(f.index, shape[1:], _describe(f))
+        flat_index(f.index, shape[1:], describe(f))
         if f.sample is not None and f.sample >= shape[0]:
             raise TorchFaultError(
-                f"{_describe(f)}: sample {f.sample} is out of range for a batch of {shape[0]} "
+                f"{describe(f)}: sample {f.sample} is out of range for a batch of {shape[0]} "
                 f"(tensor shape {tuple(shape)})."
             )
 
@@ -372,14 +340,13 @@ class Injection:
         """Apply one segment to a parameter or buffer ``t`` (out of place): ``(new, flat indices)``."""
         fmt = numerics.get_format(seg.fmt_name, t)
         flat = torch.tensor(
-            [_ravel(f.index, t.shape, _describe(f)) for f in seg.faults], dtype=torch.int64
+            [flat_index(f.index, t.shape, describe(f)) for f in seg.faults], dtype=torch.int64
         )
         if seg.bit_op is not None:
-            masks = torch.tensor([_check_bits(f, fmt) for f in seg.faults], dtype=torch.int64)
-            out = numerics.apply_bits(t, flat, masks, seg.bit_op, fmt)
+            masks = torch.tensor([check_bits(f, fmt) for f in seg.faults], dtype=torch.int64)
+            out = apply_masks(t, flat, masks, seg.bit_op, fmt)
         else:
-            f = seg.faults[0]
-            out = FAULT_MODELS.get(f.model)(t, flat, f.bits, fmt, self.generator, **f.param_dict)
+            out = apply_model(t, flat, seg.faults[0], fmt, self.generator)
         seg.fired += 1
         return out, flat
 
@@ -392,11 +359,11 @@ class Injection:
         fmt = None
         for f in seg.faults:
             self._check_act(f, t.shape)
-            fmt = _check_format(f, t)
+            fmt = check_format(f, t)
         assert fmt is not None
         batch, per = t.shape[0], math.prod(t.shape[1:])
         inner = torch.tensor(
-            [_ravel(f.index, t.shape[1:], _describe(f)) for f in seg.faults], dtype=torch.int64
+            [flat_index(f.index, t.shape[1:], describe(f)) for f in seg.faults], dtype=torch.int64
         )
         samples = torch.tensor(
             [-1 if f.sample is None else f.sample for f in seg.faults], dtype=torch.int64
@@ -412,7 +379,7 @@ class Injection:
         masks = None
         fast = False
         if seg.bit_op is not None:
-            masks = torch.tensor([_check_bits(f, fmt) for f in seg.faults], dtype=torch.int64)
+            masks = torch.tensor([check_bits(f, fmt) for f in seg.faults], dtype=torch.int64)
             masks = torch.cat([masks[~every], masks[every].repeat(batch)])
             if fmt.kind in ("float", "int") and fmt.value_dtype == t.dtype and not t.is_quantized:
                 flat, masks = merge_masks(flat, masks, seg.bit_op, fmt)
@@ -442,16 +409,12 @@ class Injection:
         # a fresh module output may be written in place; a tensor made here always may
         own = module is not None and may_write(t, module, inputs, self._ptrs)
         for seg in segs:
-            flat, masks, fmt, fast = self._act_plan(t, seg)
-            if fast and plain_words(t, fmt):
-                t = fault_words(t, flat, masks, seg.bit_op, inplace=own)
-                own = True
-            elif seg.bit_op is not None:
-                t = numerics.apply_bits(t, flat, masks, seg.bit_op, fmt)
+            flat, masks, fmt, merged = self._act_plan(t, seg)
+            if seg.bit_op is not None:
+                t = apply_masks(t, flat, masks, seg.bit_op, fmt, merged=merged, inplace=own)
                 own = True
             else:
-                f = seg.faults[0]
-                t = FAULT_MODELS.get(f.model)(t, flat, f.bits, fmt, self.generator, **f.param_dict)
+                t = apply_model(t, flat, seg.faults[0], fmt, self.generator)
                 own = False
             seg.fired += 1
         if into and t is not original and not original.is_quantized and t.dtype == original.dtype:
@@ -528,7 +491,7 @@ class Injection:
         missed = self.unfired() if self.passes else []
         if missed:
             shown = "; ".join(
-                f"{_describe(f)}" + (f" call={f.call}" if f.call is not None else "")
+                f"{describe(f)}" + (f" call={f.call}" if f.call is not None else "")
                 for f in missed[:3]
             )
             more = f" (and {len(missed) - 3} more)" if len(missed) > 3 else ""

@@ -27,7 +27,6 @@ __all__ = [
     "may_write",
     "plain_words",
     "storage_ptrs",
-    "to_word_dtype",
 ]
 
 #: the op a merged segment of each bitwise model applies, and how its masks merge
@@ -63,21 +62,10 @@ def merge_masks(
     uniq = torch.unique(index)
     if uniq.numel() == index.numel():
         order = torch.argsort(index)
-        return index[order], to_word_dtype(masks.reshape(-1), fmt)[order]
+        return index[order], numerics.wrap_words(masks.reshape(-1), fmt)[order]
     acc = torch.zeros(int(uniq.max()) + 1, dtype=fmt.word_dtype)
     acc = numerics.apply_bits(acc, index, masks, _MERGE_OP[op])
     return uniq, acc[uniq]
-
-
-def to_word_dtype(masks: torch.Tensor, fmt: numerics.NumberFormat) -> torch.Tensor:
-    """Integer masks (signed or unsigned spelling) as words of ``fmt.word_dtype``."""
-    m = masks.to(torch.int64)
-    if fmt.width < 64:
-        m = m & ((1 << fmt.width) - 1)
-        if fmt.word_signed:
-            sign = 1 << (fmt.width - 1)
-            m = (m ^ sign) - sign
-    return m.to(fmt.word_dtype)
 
 
 def storage_ptrs(tensors: Iterable[Any]) -> set[int]:

@@ -24,6 +24,7 @@ from torchfault.numerics._bits import (
     read_elements,
     set_values,
     to_words,
+    wrap_words,
 )
 from torchfault.numerics._formats import (
     KINDS,
@@ -55,4 +56,5 @@ __all__ = [
     "set_values",
     "to_words",
     "wrap_int",
+    "wrap_words",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "set_values",
     "random_words",
     "read_elements",
+    "wrap_words",
 ]
 
 #: Bit operations understood by :func:`apply_bits`.
@@ -58,8 +59,15 @@ def _resolve(x: torch.Tensor, fmt: FormatSpec) -> tuple[NumberFormat, NumberForm
     return own, fmt
 
 
-def _wrap_tensor(t: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
-    """Integer tensor -> words of ``fmt`` (reduced modulo 2**width, sign-extended if signed)."""
+def wrap_words(t: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Integer tensor -> words of ``fmt`` (reduced modulo 2**width, sign-extended if signed).
+
+    Either spelling of a word is accepted: ``2**31`` and ``-2**31`` are the same float32 word.
+
+    Example:
+        >>> wrap_words(torch.tensor([2**31, -1, 3]), get_format("float32"))
+        tensor([-2147483648,          -1,           3], dtype=torch.int32)
+    """
     t = t.to(torch.int64)
     if fmt.width < 64:
         t = t & ((1 << fmt.width) - 1)
@@ -153,7 +161,7 @@ def _decode(words: torch.Tensor, fmt: NumberFormat, dtype: torch.dtype) -> torch
     """Words of a float or fixed format -> values of ``dtype``."""
     if fmt.kind == "float":
         return words.to(fmt.word_dtype).view(fmt.value_dtype).to(dtype)
-    q = _wrap_tensor(words, fmt).to(torch.int64)
+    q = wrap_words(words, fmt).to(torch.int64)
     return (q.to(torch.float64) * (2.0**-fmt.frac_bits)).to(dtype)
 
 
@@ -216,7 +224,7 @@ def _as_mask(mask: torch.Tensor | int, n: int, fmt: NumberFormat) -> torch.Tenso
             raise TorchFaultError(
                 f"mask values must fit the {fmt.width}-bit words of {fmt.name} ({lo}..{hi - 1})."
             )
-        return _wrap_tensor(mask, fmt).to(torch.int64).expand(n)
+        return wrap_words(mask, fmt).to(torch.int64).expand(n)
     if isinstance(mask, bool) or not isinstance(mask, int) and not hasattr(mask, "__index__"):
         raise TorchFaultError(f"mask must be an int or an integer tensor, got {mask!r}.")
     if not lo <= int(mask) < hi:
@@ -330,7 +338,7 @@ def from_words(words: torch.Tensor, like: torch.Tensor, fmt: FormatSpec = None) 
             f"from_words got {words.numel()} words for a tensor of {like.numel()} elements "
             f"(shape {tuple(like.shape)})."
         )
-    words = _wrap_tensor(words.reshape(like.shape), fmt)
+    words = wrap_words(words.reshape(like.shape), fmt)
     if fmt == own:
         if own.kind == "quantized":
             return _make_quantized(words, like)
@@ -446,6 +454,8 @@ def set_values(
     own, fmt = _resolve(x, fmt)
     idx = _as_index(index, x.numel())
     vals = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    if not isinstance(values, torch.Tensor) and vals.is_floating_point():
+        vals = torch.as_tensor(values, dtype=torch.float64)  # Python floats are doubles
     if vals.dtype == torch.bool or vals.is_complex():
         raise TorchFaultError(f"values must be real numbers, got dtype {vals.dtype}.")
     vals = vals.reshape(-1)
@@ -521,7 +531,7 @@ def random_words(
         high = torch.randint(0, 1 << (fmt.width - 32), (n,), generator=generator, dtype=torch.int64)
         low = torch.randint(0, 1 << 32, (n,), generator=generator, dtype=torch.int64)
         raw = (high << 32) | low
-    return _wrap_tensor(raw, fmt)
+    return wrap_words(raw, fmt)
 
 
 def read_elements(

@@ -25,23 +25,19 @@ from torchfault.campaign._fast._golden import GoldenValues
 from torchfault.campaign._fast._planning import Site, Unsupported
 from torchfault.campaign._fast._rows import pad, take
 from torchfault.campaign._outcome import output_words_equal
-from torchfault.faults import FAULT_MODELS, Fault
+from torchfault.errors import TorchFaultError
+from torchfault.faults import Fault
+from torchfault.injectors import apply_fault, apply_masks, apply_model, bitwise_op, flat_index
 
 __all__ = [
-    "BadIndex",
     "RowsApart",
     "activation_faults",
     "faulty_tensor",
     "fits",
     "layer_output",
     "parameter_faults",
-    "ravel",
     "same_storage_kind",
 ]
-
-
-class BadIndex(Exception):
-    """A fault's index does not fit its tensor; the reference engine reports it (as it does)."""
 
 
 class RowsApart(Exception):
@@ -79,35 +75,18 @@ def same_storage_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def ravel(index: Sequence[int], shape: Sequence[int]) -> int:
-    """The flat position of ``index`` (negative entries count from the end) in ``shape``."""
-    if len(index) != len(shape):
-        raise BadIndex("index rank")
-    flat = 0
-    for v, n in zip(index, shape):
-        if not -n <= v < n:
-            raise BadIndex("index range")
-        flat = flat * n + (v % n)
-    return flat
-
-
 def fits(index: Sequence[int], shape: Sequence[int]) -> bool:
-    """Whether ``index`` is a valid index into ``shape``."""
+    """Whether ``index`` is a valid index into ``shape`` (the injectors' one check)."""
     try:
-        ravel(index, shape)
-    except BadIndex:
+        flat_index(index, shape)
+    except TorchFaultError:
         return False
     return True
 
 
 def faulty_tensor(f: Fault, t: torch.Tensor) -> torch.Tensor:
     """``t`` with fault ``f`` applied, as :func:`torchfault.inject` writes it."""
-    fmt = numerics.get_format(f.format, t)
-    flat = torch.tensor([ravel(f.index, t.shape)], dtype=torch.int64)
-    bit_op = FAULT_MODELS.info(f.model).capabilities.get("bit_op")
-    if bit_op is not None:
-        return numerics.apply_bits(t.detach(), flat, numerics.bit_mask(f.bits, fmt), bit_op, fmt)
-    return FAULT_MODELS.get(f.model)(t.detach(), flat, f.bits, fmt, None, **f.param_dict)
+    return apply_fault(t, f)
 
 
 def activation_faults(
@@ -128,25 +107,24 @@ def activation_faults(
     others = []
     every = []
     for k, (f, (r0, r1)) in enumerate(zip(faults, spans)):
-        at = ravel(f.index, shape) if inner is None else inner[k]
+        at = flat_index(f.index, shape) if inner is None else inner[k]
         flat = torch.arange(r0, r1, dtype=torch.int64) * per + at
         every.append(flat)
-        bit_op = FAULT_MODELS.info(f.model).capabilities.get("bit_op")
-        if bit_op is None:
+        op = bitwise_op(f.model)
+        if op is None:
             others.append((f, flat))
             continue
         fmt = numerics.get_format(f.format, value)
         mask = numerics.bit_mask(f.bits, fmt)
-        flats, masks = groups.setdefault((bit_op, f.format), ([], []))
+        flats, masks = groups.setdefault((op, f.format), ([], []))
         flats.append(flat)
         masks.append(torch.full((r1 - r0,), mask, dtype=torch.int64))
     out = value
     for (op, fmt_name), (flats, masks) in groups.items():
         fmt = numerics.get_format(fmt_name, value)
-        out = numerics.apply_bits(out, torch.cat(flats), torch.cat(masks), op, fmt)
+        out = apply_masks(out, torch.cat(flats), torch.cat(masks), op, fmt)
     for f, flat in others:
-        fmt = numerics.get_format(f.format, out)
-        out = FAULT_MODELS.get(f.model)(out, flat, f.bits, fmt, None, **f.param_dict)
+        out = apply_model(out, flat, f, numerics.get_format(f.format, out))
     if out is value:
         out = value.clone()
     try:
