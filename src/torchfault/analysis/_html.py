@@ -113,8 +113,9 @@ def store_state(meta: dict[str, Any], runs: int) -> StoreState:
     """The :class:`StoreState` of a store from its ``meta()`` and its number of runs.
 
     A campaign records ``state`` in the store's meta when it starts (``running``, with its
-    process id and host) and when it ends (``complete``). A ``running`` state whose process is
-    gone (on this host) means the campaign was interrupted or killed.
+    process id and host) and when it ends (``complete``, or ``stopped`` when it was interrupted
+    or failed). A ``running`` state whose process is gone (on this host) means the campaign was
+    killed.
 
     Example:
         >>> store_state({"state": {"status": "complete", "planned_runs": 9}}, 9).status
@@ -128,8 +129,8 @@ def store_state(meta: dict[str, Any], runs: int) -> StoreState:
     planned = state.get("planned_runs")
     planned = int(planned) if isinstance(planned, int) and not isinstance(planned, bool) else None
     status = state.get("status")
-    if status == "complete":
-        return StoreState("complete", runs, planned)
+    if status in ("complete", "stopped"):
+        return StoreState(status, runs, planned)
     if status != "running":
         return StoreState("unknown", runs, planned)
     pid, host = state.get("pid"), state.get("host")

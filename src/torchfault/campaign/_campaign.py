@@ -599,6 +599,7 @@ class Campaign:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         assert self.model is not None and self.inputs is not None and self.golden is not None
         store = self.open_store()
+        state: dict[str, Any] | None = None
         try:
             # a resumed store must hold this very model: same golden outputs, same fault sites
             store.set_golden(self._golden_rows())
@@ -688,6 +689,13 @@ class Campaign:
             store.flush()
             store.set_meta("state", {"status": "complete", **state})
             result = CampaignResult(_with_metrics(store, list(store.runs())), store.faults())
+        except BaseException:
+            if state is not None:  # interrupted or failed: reports say it stopped unfinished
+                try:
+                    store.set_meta("state", {"status": "stopped", **state})
+                except Exception:  # noqa: BLE001 - the original error matters more
+                    pass
+            raise
         finally:
             store.close()
         return result
