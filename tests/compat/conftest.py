@@ -100,6 +100,8 @@ MODELS = {
     "resnet": (tiny_resnet, [3, 8, 8], [nn.Conv2d, nn.Linear]),
     "resnet_all": (tiny_resnet, [3, 8, 8], ["all"]),
     "shared": (SharedConv, [3, 8, 8], [nn.Conv2d, nn.Linear]),
+    "cnn_float64": (lambda: small_cnn().double(), [3, 8, 8], [nn.Conv2d, nn.Linear]),
+    "cnn_bfloat16": (lambda: small_cnn().bfloat16(), [3, 8, 8], [nn.Conv2d, nn.Linear]),
 }
 
 

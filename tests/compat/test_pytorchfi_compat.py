@@ -55,7 +55,7 @@ def run(impl, spec, call, seed: int = 0, single_bit: bool = False) -> Outcome:
     kw = {"use_cuda": False} if types is None else {"layer_types": types, "use_cuda": False}
     cls = impl.nem.single_bit_flip_func if single_bit else impl.core.fault_injection
     pfi = cls(model, BATCH, input_shape=list(shape), **kw)
-    x = torch.randn(BATCH, *shape)
+    x = torch.randn(BATCH, *shape, dtype=next(model.parameters()).dtype)
     corrupted = call(impl, pfi)
     with torch.no_grad():
         golden = model(x)
@@ -69,7 +69,8 @@ def run(impl, spec, call, seed: int = 0, single_bit: bool = False) -> Outcome:
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().contiguous().view(torch.int32)
+    words = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return t.detach().contiguous().view(words)
 
 
 def assert_same(spec, call, seed: int = 0, single_bit: bool = False) -> Outcome:
@@ -114,7 +115,10 @@ NEURON_CALLS = {
 }
 
 
-@pytest.mark.parametrize("model", ["cnn", "cnn_default_types", "resnet", "resnet_all", "shared"])
+@pytest.mark.parametrize(
+    "model",
+    ["cnn", "cnn_default_types", "resnet", "resnet_all", "shared", "cnn_float64", "cnn_bfloat16"],
+)
 @pytest.mark.parametrize("name", list(NEURON_CALLS))
 def test_neuron_error_models_match_pytorchfi(pfi_models, model, name):
     for seed in (0, 1):
@@ -238,7 +242,9 @@ WEIGHT_CALLS = {
 
 # "shared" runs its convolution before the stem: pytorchfi's weight numbering (modules() order)
 # then differs from its neuron numbering and its random weight draws fail; see test_shared_module
-@pytest.mark.parametrize("model", ["cnn", "cnn_default_types", "resnet"])
+@pytest.mark.parametrize(
+    "model", ["cnn", "cnn_default_types", "resnet", "cnn_float64", "cnn_bfloat16"]
+)
 @pytest.mark.parametrize("name", list(WEIGHT_CALLS))
 def test_weight_error_models_match_pytorchfi(pfi_models, model, name):
     changed = 0
