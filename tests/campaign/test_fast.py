@@ -859,3 +859,46 @@ def test_cancelling_pair_is_masked(family):
         bad = [(faults[r.fault_id], r.outcome) for r in records if r.outcome != "masked"]
         assert not bad, (family, type(engine).__name__, bad[:3])
         assert all(r.max_abs_diff == 0 for r in records)
+
+
+def test_runs_handed_to_the_reference_engine_are_counted_by_reason():
+    """``FastEngine.handed_over`` says how many runs went to the reference engine and why; the
+    counts add up to ``stats["reference"]``."""
+    from torchfault.campaign._fast._notices import REASONS
+
+    def handed(model, x, faults, **kw):
+        golden = golden_run(model, x, 256)
+        tasks = [
+            RunTask(k, f if isinstance(f, tuple) else (f,), tuple(range(x.shape[0])))
+            for k, f in enumerate(faults)
+        ]
+        engine = FastEngine(model, x, golden, **kw)
+        engine.run(tasks)
+        assert sum(engine.handed_over.values()) == engine.stats["reference"]
+        return dict(engine.handed_over)
+
+    n = N_INPUTS
+    x = torch.randn(n, 6)
+    assert handed(Branchy().eval(), x, [Fault("a", "output", (1,), (30,))]) == {REASONS["trace"]: n}
+    model = create_model("lenet", dataset="digits").eval()
+    x = model.example_inputs(n)
+    f = Fault("fc1", "output", (3,), (30,))
+    got = handed(
+        model,
+        x,
+        [(f, f), Fault("fc1", "input", (7,), (30,)), f.replace(index=(500,)), f],
+    )
+    assert got == {REASONS["several"]: n, REASONS["kind"]: n, REASONS["index"]: n}
+    res = Residual().eval()
+    got = handed(res, torch.randn(n, 1, 8, 8), [Fault("act", "output", (0, 2, 3), (30,))])
+    assert got == {REASONS["calls"]: n}
+    cl = randomize_buffers(ResBN()).eval()
+    xcl = torch.randn(n, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    assert handed(cl, xcl, [Fault("c1", "output", (0, 1, 1), (30,))]) == {REASONS["layout"]: n}
+    torch.manual_seed(704)
+    narrow = _NarrowSigmoid().eval()
+    got = handed(narrow, torch.randn(n, 4), [Fault("a", "output", (2,), (30,))])
+    assert got == {REASONS["position"]: n}
+    qmodel, qx = eager_quantized_linear()
+    got = handed(qmodel, qx, [Fault("0", "scale", index=(0,), bits=(31,))])
+    assert got == {REASONS["apart"]: n}

@@ -10,7 +10,7 @@ not cover goes to a :class:`~torchfault.campaign.ReferenceEngine` over the same 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,15 +24,16 @@ from torchfault.campaign._engine import (
     Engine,
     ReferenceEngine,
     RunTask,
+    _pad_index,
     _random_faults,
 )
-from torchfault.campaign._fast._exactness import rows_independent, site_reproduces
-from torchfault.campaign._fast._faults import activation_faults, fits, parameter_faults
+from torchfault.campaign._fast._exactness import positions_exact, rows_independent, site_reproduces
+from torchfault.campaign._fast._faults import RowsApart, activation_faults, fits, parameter_faults
 from torchfault.campaign._fast._geometry import Window
 from torchfault.campaign._fast._golden import GoldenCache, GoldenValues
-from torchfault.campaign._fast._notices import first_line, log, warn_once
+from torchfault.campaign._fast._notices import REASONS, log
 from torchfault.campaign._fast._options import FastOptions
-from torchfault.campaign._fast._planning import Program, Site, Unsupported, plan_site
+from torchfault.campaign._fast._planning import Program, Site, Unsupported, plan_site, trace
 from torchfault.campaign._fast._rows import (
     Done,
     Row,
@@ -79,6 +80,8 @@ class FastEngine(Engine):
             ``reference``); for spatial windows ``window_rows`` (rows that started on a window),
             ``window_steps`` (windowed node computations whose canaries passed) and
             ``window_fallback`` (canary failures).
+        handed_over: the runs handed to the reference engine, by reason (the values of
+            :data:`REASONS`); they add up to ``stats["reference"]``.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -122,6 +125,9 @@ class FastEngine(Engine):
         self._sites: dict[tuple[str, str], Site | None] = {}
         self._rows_independent: bool | None = None
         self._measured = False
+        self._model_reason = ""  # why no run of this model can take the fast path
+        #: runs handed to the reference engine, by reason (see :data:`REASONS`)
+        self.handed_over: Counter[str] = Counter()
 
     @property
     def windows(self) -> WindowRunner | None:
@@ -134,60 +140,41 @@ class FastEngine(Engine):
         if self._traced:
             return self._prog
         self._traced = True
-        name = type(self.model).__name__
-        if not self.inputs.is_contiguous():
-            # channels-last (or other strided) inputs: CPU kernels pick layouts and rounding
-            # by strides, and a differential fuzz found rows of such models that the fast
-            # path could not reproduce bit for bit; they run on the reference engine
-            warn_once(
-                f"layout:{name}",
-                f"fast engine: the inputs of {name} are not contiguous (channels-last?); "
-                "running its faults with the reference engine (full forward passes).",
-            )
+        probe = self.inputs[: self.min_rows]
+        if probe.shape[0] < self.min_rows:  # as a block is padded (indexing keeps the layout)
+            probe = probe[_pad_index(probe.shape[0], self.min_rows)]
+        traced = trace(self.model, probe)
+        if isinstance(traced, str):
+            self._model_reason = traced
             return None
-        try:
-            prog = Program(self.model)
-        except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back
-            warn_once(
-                name,
-                f"fast engine: torch.fx cannot trace {name} ({type(exc).__name__}: {first_line(exc)}); "
-                "running its faults with the reference engine (full forward passes with hooks).",
-            )
-            return None
+        prog = traced
         values = GoldenValues(prog, self.inputs, self.golden, self.block, self.min_rows, self.cache)
-        try:
-            prog.probe_mutations(values.block_inputs(0)[0][: self.min_rows])
-        except Exception as exc:  # noqa: BLE001 - the traced graph does not run: fall back
-            warn_once(
-                name,
-                f"fast engine: the traced graph of {name} does not run ({type(exc).__name__}: "
-                f"{first_line(exc)}); running its faults with the reference engine.",
-            )
-            return None
         self._prog, self._values = prog, values
         self._windows = WindowRunner(values, self.options, self.stats)
         return prog
 
-    def _site_for(self, task: RunTask) -> Site | None:
-        """The planned site of a task's fault; ``None``: the reference engine runs the task."""
+    def _site_for(self, task: RunTask) -> Site | str:
+        """The planned site of a task's fault, or why the reference engine runs the task."""
         prog = self._program()
-        if prog is None or len(task.faults) != 1:
-            return None
+        if prog is None:
+            return self._model_reason
+        if len(task.faults) != 1:
+            return REASONS["several"]
         f = task.faults[0]
         if f.sample is not None or f.element is not None or f.target == "input" or not f.module:
-            return None
+            return REASONS["kind"]
         if _random_faults(task):  # one seeded run per (fault, input): the reference engine's way
-            return None
+            return REASONS["random"]
         calls = prog.calls.get(f.module, [])
         if f.is_activation and f.call is not None:
             node = calls[f.call] if f.call < len(calls) else None
         else:
             node = calls[0] if len(calls) == 1 else None
         if node is None:
-            return None
+            return REASONS["calls"]
         key = (node.name, f.target)
         if key in self._sites:
-            return self._sites[key]
+            return self._sites[key] or REASONS["tensor"]
         site = None
         module = prog.modules.get(f.module)
         if module is not None:
@@ -200,7 +187,16 @@ class FastEngine(Engine):
             ):
                 site = plan_site(prog, node, f.target, module, self.options.max_checks)
         self._sites[key] = site
-        return site
+        return site or REASONS["tensor"]
+
+    def _hand_over(
+        self, to_reference: dict[int, list[int]], ti: int, ids: Sequence[int], reason: str
+    ) -> None:
+        """Send runs ``ids`` of task ``ti`` to the reference engine, counted under ``reason``."""
+        to_reference[ti].extend(ids)
+        if reason not in self.handed_over:
+            log.info("fast engine: runs go to the reference engine: %s", reason)
+        self.handed_over[reason] += len(ids)
 
     # ------------------------------------------------------------------ run
     @torch.no_grad()
@@ -212,8 +208,8 @@ class FastEngine(Engine):
         sites: dict[int, Site] = {}
         for ti, task in enumerate(tasks):
             site = self._site_for(task)
-            if site is None:
-                to_reference[ti].extend(task.input_ids)
+            if isinstance(site, str):
+                self._hand_over(to_reference, ti, task.input_ids, site)
                 continue
             # a bad fault raises here, as in the reference engine
             Injection(self.model, task.faults)
@@ -265,10 +261,17 @@ class FastEngine(Engine):
         golden, verified = values.values(block, need)
         if verified and self._rows_independent is None:
             self._rows_independent = rows_independent(values, block, self.options)
+        if self._rows_independent is False:
+            exact = positions_exact(values.prog, values.row_bytes, self.options.row_alignment)
+            rows_reason = REASONS["batch"] if exact else REASONS["position"]
+        else:
+            rows_reason = REASONS["undecided"]
         by_site: dict[int, list[Row]] = defaultdict(list)
         for ti, i in rows:
-            if i in values.bad_inputs or not self._rows_independent:
-                to_reference[ti].append(i)
+            if i in values.bad_inputs:
+                self._hand_over(to_reference, ti, [i], REASONS["golden"])
+            elif not self._rows_independent:
+                self._hand_over(to_reference, ti, [i], rows_reason)
             else:
                 by_site[id(sites[ti])].append((ti, i))
         for group in by_site.values():
@@ -277,14 +280,14 @@ class FastEngine(Engine):
                 site.ok = site_reproduces(site, values, block, golden)
             if not site.ok:
                 for ti, i in group:
-                    to_reference[ti].append(i)
+                    self._hand_over(to_reference, ti, [i], REASONS["site"])
                 continue
             if site.target == "output" and not site.masked_all:
                 shape = golden[site.node].shape[1:]
                 fit = {ti: fits(tasks[ti].faults[0].index, shape) for ti in {ti for ti, _ in group}}
                 for ti, i in group:
                     if not fit[ti]:  # the reference engine reports the bad index (as a DUE)
-                        to_reference[ti].append(i)
+                        self._hand_over(to_reference, ti, [i], REASONS["index"])
                 group = [(ti, i) for ti, i in group if fit[ti]]
             group.sort()
             for batch in batches(group, self.batch_size):
@@ -294,13 +297,18 @@ class FastEngine(Engine):
                 except Exception as exc:  # noqa: BLE001 - each task of the batch gets its own outcome
                     if isinstance(exc, Unsupported):
                         site.ok = False
+                        reason = REASONS["unsupported"]
+                    elif isinstance(exc, RowsApart):
+                        reason = REASONS["apart"]
+                    else:
+                        reason = REASONS["raised"]
                     log.debug(
                         "fast engine: batch at %s raised (%s); rerunning it on the reference engine",
                         site.node.name,
                         exc,
                     )
                     for ti, i in batch:
-                        to_reference[ti].append(i)
+                        self._hand_over(to_reference, ti, [i], reason)
                     continue
                 per = (time.perf_counter() - t0) / max(len(batch), 1)
                 finished.extend((keys, out, per) for keys, out in done if keys)

@@ -20,9 +20,10 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.node import map_arg
 
+from torchfault.campaign._fast._notices import REASONS, first_line, warn_once
 from torchfault.campaign._fast._operations import is_masking, window_kind
 
-__all__ = ["Program", "Site", "Unsupported", "plan_site"]
+__all__ = ["Program", "Site", "Unsupported", "plan_site", "trace"]
 
 
 class Unsupported(Exception):
@@ -233,3 +234,38 @@ def plan_site(
                 break
             site.window_kinds[n] = kind
     return site
+
+
+def trace(model: nn.Module, probe: torch.Tensor) -> Program | str:
+    """The traced model, with its in-place mutations probed on the inputs ``probe``; or why the
+    fast path cannot run it (one warning per model class and reason)."""
+    name = type(model).__name__
+    if not probe.is_contiguous():
+        # channels-last (or other strided) inputs: CPU kernels pick layouts and rounding by
+        # strides, and a differential fuzz found rows of such models that the fast path could
+        # not reproduce bit for bit; they run on the reference engine
+        warn_once(
+            f"layout:{name}",
+            f"fast engine: the inputs of {name} are not contiguous (channels-last?); "
+            "running its faults with the reference engine (full forward passes).",
+        )
+        return REASONS["layout"]
+    try:
+        prog = Program(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back
+        warn_once(
+            name,
+            f"fast engine: torch.fx cannot trace {name} ({type(exc).__name__}: {first_line(exc)}); "
+            "running its faults with the reference engine (full forward passes with hooks).",
+        )
+        return REASONS["trace"]
+    try:
+        prog.probe_mutations(probe)
+    except Exception as exc:  # noqa: BLE001 - the traced graph does not run: fall back
+        warn_once(
+            name,
+            f"fast engine: the traced graph of {name} does not run ({type(exc).__name__}: "
+            f"{first_line(exc)}); running its faults with the reference engine.",
+        )
+        return REASONS["run"]
+    return prog
