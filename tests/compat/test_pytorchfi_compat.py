@@ -1020,3 +1020,47 @@ def test_special_values_are_stored_bit_identically(pfi_models, value):
         bad = _pfi(impl, builder().eval(), shape, types).declare_weight_fi(**wkw)
         sds[impl.name] = bad.state_dict()["2.weight"]
     assert torch.equal(bits(sds["pytorchfi"]), bits(sds["compat"]))
+
+
+def _public(module) -> dict[str, Any]:
+    return {
+        n: getattr(module, n)
+        for n in dir(module)
+        if not n.startswith("_")
+        and callable(getattr(module, n))
+        and getattr(getattr(module, n), "__module__", "").startswith("pytorchfi")
+    }
+
+
+@pytest.mark.parametrize("name", ["core", "neuron_error_models", "weight_error_models", "util"])
+def test_every_public_name_has_pytorchfis_signature(name):
+    """Same functions, classes and methods, with the same parameters and defaults."""
+    import inspect
+
+    real = _public(
+        getattr(REAL, {"neuron_error_models": "nem", "weight_error_models": "wem"}.get(name, name))
+    )
+    ours = getattr(
+        OURS, {"neuron_error_models": "nem", "weight_error_models": "wem"}.get(name, name)
+    )
+    assert real, name
+    for attr, obj in real.items():
+        mine = getattr(ours, attr)
+        targets = [(attr, obj, mine)]
+        if inspect.isclass(obj):
+            targets += [
+                (f"{attr}.{m}", getattr(obj, m), getattr(mine, m))
+                for m in vars(obj)
+                if not m.startswith("_")
+                or m in ("__init__", "_twos_comp", "_twos_comp_shifted", "_flip_bit_signed")
+            ]
+        for label, theirs, mine_obj in targets:
+            if callable(theirs):
+                a, b = inspect.signature(theirs), inspect.signature(mine_obj)
+                extra = [p for p in b.parameters if p not in a.parameters]
+                assert extra in ([], ["dim4"]), (label, a, b)
+                assert [(p.name, p.default, p.kind) for p in a.parameters.values()] == [
+                    (p.name, p.default, p.kind)
+                    for p in b.parameters.values()
+                    if p.name not in extra
+                ], (label, a, b)
