@@ -28,9 +28,18 @@ from torchfault.injectors._memory import (
     inject_memory,
     memory_campaign,
 )
+from torchfault.injectors._systolic import (
+    DATAFLOWS,
+    PEFault,
+    SystolicArray,
+    inject_systolic,
+    pe_faults,
+    systolic_campaign,
+)
 from torchfault.registry import Registry
 
 __all__ = [
+    "DATAFLOWS",
     "INJECTORS",
     "BERInjection",
     "Injection",
@@ -41,16 +50,21 @@ __all__ = [
     "check_format",
     "MemoryCampaignResult",
     "MemoryInjection",
+    "PEFault",
+    "SystolicArray",
     "create_injector",
     "draw_flips",
     "flat_index",
     "inject",
     "inject_ber",
     "inject_memory",
+    "inject_systolic",
     "is_injector",
     "list_injectors",
     "memory_campaign",
+    "pe_faults",
     "register_injector",
+    "systolic_campaign",
 ]
 
 INJECTORS: Registry[Any] = Registry("injector")
