@@ -1064,3 +1064,42 @@ def test_every_public_name_has_pytorchfis_signature(name):
                     for p in b.parameters.values()
                     if p.name not in extra
                 ], (label, a, b)
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet", "shared"])
+def test_fuzzed_declarations_with_repeated_locations_match_pytorchfi(pfi_models, model):
+    """Many faults per declaration, some on the same element (the last one wins in both)."""
+    builder, shape, types = pfi_models[model]
+    torch.manual_seed(0)
+    probe = _pfi(OURS, builder().eval(), shape, types)
+    g = random.Random(1234)
+    for _ in range(4):
+        neurons: dict[str, list] = {
+            k: [] for k in ("batch", "layer_num", "dim1", "dim2", "dim3", "value")
+        }
+        for _ in range(12):
+            layer = g.randrange(probe.get_total_layers())
+            out = probe.get_layer_shape(layer)
+            loc = [g.randrange(n) for n in out[1:]] + [None] * (5 - len(out))
+            for _ in range(g.choice((1, 1, 2))):  # sometimes the same element twice
+                for key, v in zip(("layer_num", "dim1", "dim2", "dim3"), [layer, *loc[:3]]):
+                    neurons[key].append(v)
+                neurons["batch"].append(g.randrange(BATCH))
+                neurons["value"].append(g.uniform(-50, 50))
+        o = assert_same(pfi_models[model], lambda i, p, kw=neurons: p.declare_neuron_fi(**kw))
+        assert not torch.equal(o.out, o.golden)
+        if model == "shared":
+            continue  # pytorchfi's weight numbering differs from its neuron numbering there
+        weights: dict[str, list] = {
+            k: [] for k in ("layer_num", "k", "dim1", "dim2", "dim3", "value")
+        }
+        for _ in range(10):
+            layer = g.randrange(probe.get_total_layers())
+            size = list(probe.get_weights_size(layer)) + [None, None]
+            loc = [g.randrange(n) if n is not None else None for n in size[:4]]
+            for _ in range(g.choice((1, 1, 2))):
+                for key, v in zip(("layer_num", "k", "dim1", "dim2", "dim3"), [layer, *loc]):
+                    weights[key].append(v)
+                weights["value"].append(g.uniform(-5, 5))
+        o = assert_same(pfi_models[model], lambda i, p, kw=weights: p.declare_weight_fi(**kw))
+        assert not torch.equal(o.out, o.golden)
