@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import sqlite3
 import time
@@ -69,64 +68,30 @@ def _faults_json(faults: Any) -> str:
     return json.dumps([f.to_dict() for f in faults], sort_keys=True)
 
 
-def _model_field(message: str, kwargs: dict[str, Any]) -> str:
-    """The ``model.*`` field a zoo model's error is about (the zoo's messages name no field)."""
-    if "unknown dataset" in message:
-        return "model.dataset"
-    if "no pretrained weights" in message:
-        return "model.pretrained"
-    if "bad option" in message or ("do not fit" in message and kwargs):
-        return "model.kwargs"
-    return "model.name"
-
-
 def build_model(cfg: CampaignConfig) -> nn.Module:
-    """The model a campaign config names, in eval mode."""
+    """The model a campaign config names, in eval mode: dnn's one builder
+    (:func:`torchfault.dnn.build_model`; a model of your own as its factory returns it, so faults
+    name its own modules), or a Hugging Face model class."""
+    from torchfault.dnn import build_model as build
+
     m = cfg.model
-    hf_dir = False
-    if ":" in m.name:
+    factory = None
+    if ":" in m.name and m.hub is None:
         factory = load_factory(m.name, "model.name")
-        try:
-            if _is_hf_model_class(factory):
-                model, hf_dir = _build_hf(factory, m), True
-            else:
-                model = factory(**m.kwargs)
-        except TypeError as exc:
-            # the factory's signature does not take these arguments (or needs others)
-            raise ConfigError(
-                f"model.kwargs: calling {m.name!r} with {dict(m.kwargs)} failed: {exc}"
-            ) from None
-        if not isinstance(model, nn.Module):
-            raise ConfigError(
-                f"model.name: {m.name!r} returned {type(model).__name__}, not an nn.Module."
-            )
-    else:
-        from torchfault import dnn
+        if _is_hf_model_class(factory):
+            try:
+                model = _build_hf(factory, m)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"model.kwargs: calling {m.name!r} with {dict(m.kwargs)} failed: {exc}",
+                    field="model.kwargs",
+                ) from None
+            if m.checkpoint and not Path(m.checkpoint).is_dir():
+                from torchfault.dnn import load_model_weights
 
-        # the data's options (synthetic's input_shape, num_classes) shape the model when the
-        # model is configured for the same dataset
-        options = cfg.data.kwargs if m.dataset == cfg.data.dataset else None
-        try:
-            model = dnn.create_model(
-                m.name,
-                dataset=m.dataset,
-                pretrained=m.pretrained and not m.checkpoint,
-                dataset_options=options or None,
-                **m.kwargs,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"{_model_field(str(exc), m.kwargs)}: {exc}") from None
-    if m.checkpoint and not (hf_dir and Path(m.checkpoint).is_dir()):
-        from torchfault.dnn import load_checkpoint
-
-        try:
-            state = load_checkpoint(m.checkpoint)
-            if isinstance(state, dict) and "state_dict" in state:
-                state = state["state_dict"]
-            model.load_state_dict(state)
-        except (TorchFaultError, RuntimeError, OSError) as exc:
-            raise ConfigError(f"model.checkpoint: {exc}") from None
-    return model.eval()
+                model = load_model_weights(model, m.checkpoint, quantized=m.quantized)
+            return model.eval()
+    return build(m, cfg.data, wrap=False, factory=factory)
 
 
 def _is_hf_model_class(obj: Any) -> bool:
@@ -243,11 +208,7 @@ def build_inputs(cfg: CampaignConfig) -> tuple[torch.Tensor, torch.Tensor | None
         raise ConfigError(
             f"data.split: unknown split {d.split!r}; valid splits: {', '.join(SPLITS)}.{suggest(d.split, SPLITS)}"
         )
-    try:
-        ds = dnn.create_dataset(d.dataset, split=d.split, **d.kwargs)
-    except ValueError as exc:
-        where = "data.kwargs" if "bad option" in str(exc) else "data.dataset"
-        raise ConfigError(f"{where}: {exc}") from None
+    ds = dnn.build_dataset(d)  # errors name data.dataset, data.split or data.kwargs
     n = len(ds) if d.num_inputs == 0 else min(d.num_inputs, len(ds))
     xs, ys = [], []
     for i in range(n):
@@ -304,22 +265,15 @@ def build_engine(
     return cls(model, inputs, golden, criterion, batch_size)
 
 
-_SAMPLER_FIELD = re.compile(r"(?:\w+ sampler: )?(\w+)(?::| must )")
-
-
 def _sampler_error(exc: BaseException) -> ConfigError:
-    """A sampler's error as a ConfigError naming the ``sampler.<field>`` it is about."""
+    """A sampler's error as a ConfigError about the ``sampler.<field>`` it carries (set where
+    the sampler raised it), or about ``sampler`` as a whole."""
     from torchfault.campaign._config import SamplerConfig
 
     msg = str(exc)
-    fields = SamplerConfig.__dataclass_fields__
-    m = _SAMPLER_FIELD.match(msg)
-    if m and m.group(1) in fields:
-        rest = msg[m.end() :].strip() if msg[m.end(1)] == ":" else msg
-        return ConfigError(f"sampler.{m.group(1)}: {rest}")
-    if msg.startswith("Unknown sampler"):
-        return ConfigError(f"sampler.name: {msg}")
-    return ConfigError(f"sampler: {msg}")
+    own = getattr(exc, "field", None)
+    where = f"sampler.{own}" if own in SamplerConfig.__dataclass_fields__ else "sampler"
+    return ConfigError(msg if msg.startswith(where) else f"{where}: {msg}", field=where)
 
 
 def _check_fault_model(
@@ -463,8 +417,9 @@ class Campaign:
             )
             self.sites = fault_space(self.model, probe, targets)
         except ValueError as exc:
-            where = "targets.modules" if "module" in str(exc).lower() and t.modules else "targets"
-            raise ConfigError(f"{where}: {exc}") from None
+            own = getattr(exc, "field", None)
+            where = f"targets.{own}" if own in ("modules", "kinds", "format") else "targets"
+            raise ConfigError(f"{where}: {exc}", field=where) from None
         if not self.sites:
             raise ConfigError("targets: the chosen modules and kinds hold no tensor to fault.")
         s = cfg.sampler

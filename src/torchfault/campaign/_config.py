@@ -10,6 +10,7 @@ from typing import Any
 from torchfault.analysis._stats import INTERVAL_METHODS
 from torchfault.campaign._fast._options import FastOptions
 from torchfault.config import check_seed, check_selectors
+from torchfault.dnn import DataSpec, ModelSpec
 from torchfault.errors import ConfigError, suggest
 from torchfault.faults._targets import normalize_kinds
 
@@ -59,35 +60,29 @@ def check_topk(golden: Any, topk: int, field: str = "topk") -> None:
 
 
 @dataclass
-class ModelConfig:
-    """The model under test.
+class ModelConfig(ModelSpec):
+    """The model under test: dnn's :class:`~torchfault.dnn.ModelSpec` (the same fields in every
+    job; a model of your own is faulted as its factory returns it).
 
     Attributes:
         name: a zoo model (``lenet``, ``mlp``, ``resnet20``...) or a factory of your own:
             ``package.module:function`` or ``path/to/file.py:function`` (called with ``kwargs``).
         dataset: the zoo configuration (input shape, classes) for zoo models.
-        pretrained: load the zoo's shipped weights.
-        checkpoint: a state-dict file to load (compressed or not), read with ``weights_only=True``.
+        pretrained: load the zoo's shipped weights (ignored when ``checkpoint`` is given).
+        checkpoint: a weights file: a Lightning ``.ckpt``, a torchfault export (``train
+            --export``, ``prune --out``, ``quantize --out``) or a state dict; compressed or not;
+            read with ``weights_only=True``.
         kwargs: keyword arguments for the model or factory.
+        hub: a Torch Hub entry point in a local repository, ``path/to/repo:entry``, instead of
+            ``name`` (nothing is downloaded).
+        quantized: ``checkpoint`` is a quantized export (``torchfault quantize``); unset: told
+            from the file.
     """
-
-    name: str = "lenet"
-    dataset: str = "digits"
-    pretrained: bool = True
-    checkpoint: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ConfigError(
-                "model.name: must name a zoo model or a 'module:function' factory.",
-                field="model.name",
-            )
 
 
 @dataclass
-class DataConfig:
-    """The inputs faults run on.
+class DataConfig(DataSpec):
+    """The inputs faults run on (dnn's :class:`~torchfault.dnn.DataSpec` and which inputs).
 
     Attributes:
         dataset: a registered dataset (``digits``, ``synthetic``...).
@@ -108,6 +103,7 @@ class DataConfig:
     batch_dim: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_inputs < 0:
             raise ConfigError(
                 f"data.num_inputs: must be >= 0 (0 means all), got {self.num_inputs}.",
@@ -555,6 +551,9 @@ class CampaignConfig:
         for key in ("engine", "executor", "progress", "report", "out_dir"):
             d.pop(key, None)
         d["store"] = {}
+        for key in ("hub", "quantized"):  # unset: as before these keys existed (old stores resume)
+            if d["model"].get(key) is None:
+                d["model"].pop(key, None)
         if not self.sampler.adaptive:
             d.pop("interval", None)
             d["sampler"].pop("adaptive_step", None)
