@@ -269,15 +269,18 @@ def _group_table(table_id: str, label: str, rows: Sequence[Row], numeric_key: bo
     body = []
     for r in rows:
         sdc, due = r.sdc, r.due
-        width = f"{100 * sdc.rate / top:.1f}"
+        bar = (
+            f'<span class="bar" style="width:{100 * sdc.rate / top:.1f}px"></span>'
+            if sdc.rate > 0
+            else ""
+        )
         kv = _key_value(r.key) if numeric_key else None
         body.append(
             "<tr>"
             + _td(str(r.key), kv)
             + _td(f"{r.n:,}", r.n)
             + _td(f"{r.faults:,}", r.faults)
-            + f'<td data-v="{sdc.rate!r}"><span class="bar" style="width:{width}px"></span>'
-            f"{_e(_pct(sdc.rate))}</td>"
+            + f'<td data-v="{sdc.rate!r}">{bar}{_e(_pct(sdc.rate))}</td>'
             + _td(f"[{_pct(sdc.low)}, {_pct(sdc.high)}]", sdc.low, "wide")
             + _td(_pct(due.rate), due.rate)
             + _td(f"[{_pct(due.low)}, {_pct(due.high)}]", due.low, "wide")
@@ -425,7 +428,8 @@ def html_report(
                 f'<p class="note">{len(rows):,} rows: the {MAX_HTML_ROWS:,} with the most SDC '
                 f"runs are shown;{where}.</p>"
             )
-        body = f'<p class="note">{len(rows):,} rows. Click a column header to sort.</p>' + note
+        body = note or f'<p class="note">{len(rows):,} rows.</p>'
+        body = body.replace("</p>", " Click a column header to sort.</p>", 1)
         if group == "element":
             body += (
                 '<input type="search" placeholder="filter elements" '
