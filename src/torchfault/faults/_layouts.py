@@ -198,7 +198,7 @@ class MemoryLayout:
     @property
     def columns(self) -> int:
         """Cells per physical row."""
-        return int(self.row_words) * self.width  # type: ignore[operator]
+        return int(self.row_words or 1) * self.width
 
     def _per_word(self, fmt: numerics.NumberFormat) -> int:
         d, e = self.data_bits, fmt.width

@@ -192,10 +192,12 @@ class MemoryMap:
         kinds: Sequence[str] | str = ("weights", "biases"),
     ) -> None:
         if isinstance(layout, Mapping):
-            layout = MemoryLayout.from_dict(layout)
+            layout = MemoryLayout.from_dict(dict(layout))
         if not isinstance(layout, MemoryLayout):
             raise TorchFaultError(f"layout must be a MemoryLayout or a dict, got {layout!r}.")
-        spec = TargetSpec(modules=modules, kinds=kinds)
+        spec = TargetSpec(
+            modules=modules, kinds=(kinds,) if isinstance(kinds, str) else tuple(kinds)
+        )
         acts = [k for k in spec.kinds if k in ("outputs", "inputs")]
         if acts:
             raise TorchFaultError(

@@ -98,7 +98,9 @@ class NonzeroFaults:
             raise TorchFaultError(
                 f"NonzeroFaults persistence must be one of {PERSISTENCES}, got {persistence!r}."
             )
-        spec = TargetSpec(modules=modules, kinds=kinds)
+        spec = TargetSpec(
+            modules=modules, kinds=(kinds,) if isinstance(kinds, str) else tuple(kinds)
+        )
         if any(k in ("outputs", "inputs") for k in spec.kinds):
             raise TorchFaultError(
                 f"NonzeroFaults kinds {spec.kinds}: only stored tensors (weights, biases, "

@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -143,17 +143,16 @@ def _gemm(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     """``(A (P, K), W (O, K))`` of a layer's input."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]), module.weight.detach()
-    # a Conv2d (checked before)
+    conv = cast(nn.Conv2d, module)  # a Conv2d (checked before)
     cols = F.unfold(
         x,
-        module.kernel_size,
-        dilation=module.dilation,
-        padding=module.padding,  # type: ignore[arg-type]
-        stride=module.stride,
+        cast(tuple[int, int], conv.kernel_size),
+        dilation=cast(tuple[int, int], conv.dilation),
+        padding=cast(tuple[int, int], conv.padding),
+        stride=cast(tuple[int, int], conv.stride),
     )  # (B, K, L)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1]), module.weight.detach().reshape(
-        module.out_channels, -1
-    )
+    a = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return a, conv.weight.detach().reshape(conv.out_channels, -1)
 
 
 def _out_view(module: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, Any]:
