@@ -152,3 +152,27 @@ def test_per_channel_qint8_weights_in_memory_match_their_integers():
     expected[9] = flipped - 256 if flipped > 127 else flipped
     assert after == expected and mi.resolution.raw[0].format == "qint8"
     assert qlin.weight().int_repr().reshape(-1).tolist() == before
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_resolved_fault_sets_run_in_the_campaign_engines_with_the_same_outcomes(engine):
+    from collections import Counter
+
+    from torchfault import run_campaign
+
+    model = _net()
+    x = torch.randn(16, 12)
+    mm = MemoryMap(model, MemoryLayout(72, ecc="secded"))
+    mix = {"single": 0.6, "adjacent_bits:2": 0.2, "adjacent_bits:3": 0.2}
+    mine = memory_campaign(model, x, mm, n=60, seed=2, patterns=mix)
+    for ecc in (False, True):
+        resolved = [mm.resolve(mm.draw(k, 2, mix)) for k in range(60)]
+        sets = [r.faults(ecc) for r in resolved if not r.detected(ecc)]
+        runs = run_campaign(model, x, sets, engine=engine).runs
+        counts = Counter(r.outcome for r in runs)
+        detected = sum(r.detected(ecc) for r in resolved) * len(x)
+        assert {
+            **dict.fromkeys(("masked", "benign", "sdc", "due"), 0),
+            **counts,
+            "detected": detected,
+        } == mine.counts(ecc)
