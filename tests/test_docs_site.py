@@ -44,7 +44,9 @@ def test_nav_holds_the_tutorial_path_and_every_page():
     assert [p for p in pages if p.startswith("tutorial/")] == TUTORIAL
     docs = REPO / cfg["docs_dir"]
     on_disk = {str(p.relative_to(docs)) for p in docs.rglob("*.md")} - {"README.md"}
-    assert set(pages) == on_disk, "every page in the nav, every nav entry a page"
+    missing, dangling = sorted(on_disk - set(pages)), sorted(set(pages) - on_disk)
+    assert not missing, f"docs pages not in mkdocs.yml's nav (add them there): {missing}"
+    assert not dangling, f"mkdocs.yml's nav names pages that do not exist: {dangling}"
     for page in TUTORIAL:
         assert (docs / page).read_text().startswith("# "), page
 
