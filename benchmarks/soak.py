@@ -131,10 +131,12 @@ def stage(name: str, runs: int, executor: str, out: Path, args: argparse.Namespa
     span = run_t1 - t0
     for frac in (0.25, 0.5, 0.75):
         i, (t, done, _, _) = next((i, u) for i, u in enumerate(updates) if u[1] >= frac * runs)
-        # rich's ETA column: the speed over the last 30 s of updates (speed_estimate_period)
+        # rich's ETA column (Task.speed): the runs of the updates of the last 30 s
+        # (speed_estimate_period) after the first of them, over the time since that first one
         window = [u for u in updates[: i + 1] if u[0] >= t - 30.0]
-        w0 = updates[updates.index(window[0]) - 1] if updates.index(window[0]) else (t0, 0, 0, 0)
-        rate = (done - w0[1]) / max(t - w0[0], 1e-9)
+        rate = (done - window[0][1]) / max(t - window[0][0], 1e-9) if len(window) > 1 else 0.0
+        if not rate:
+            continue
         eta = (runs - done) / rate
         real = run_t1 - t
         eta_err.append((frac, eta, real))
@@ -142,11 +144,13 @@ def stage(name: str, runs: int, executor: str, out: Path, args: argparse.Namespa
             problems.append(f"ETA at {frac:.0%}: {eta:.0f} s shown, {real:.0f} s left")
     ok = not problems
     peak = max(mem) if mem else 0.0
+    after = max((m for t, m in samples if t > run_t1), default=0.0)
     print(
         f"soak {name}: {faults * per:,} runs ({executor}, fast engine, LeNet) in {seconds:,.0f} s "
         f"({faults * per / seconds:,.0f} runs/s); RSS (this process + workers) {m20[0]:.0f} MiB "
         f"at 20 %, {last[0]:.0f} MiB at the end of the runs, peak {peak:.0f} MiB "
-        f"(growth {growth:+.0f} MiB); store {report.counts.get('runs', 0):,} runs, "
+        f"(growth {growth:+.0f} MiB), {after:.0f} MiB after them (the returned result holds "
+        f"every run); store {report.counts.get('runs', 0):,} runs, "
         f"{'sound' if report.ok else 'DAMAGED'}; ETA shown vs real: "
         + ", ".join(f"{f:.0%}: {e:.0f}/{r:.0f} s" for f, e, r in eta_err)
         + ("" if ok else "\n  FAILED: " + "; ".join(problems)),
