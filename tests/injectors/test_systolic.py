@@ -185,3 +185,20 @@ def test_campaign_over_pes_and_bad_input():
     grouped = nn.Conv2d(2, 2, 3, groups=2)
     with pytest.raises(TorchFaultError, match="groups=1"):
         inject_systolic(grouped, PEFault("", 0, 0), array).__enter__()
+
+
+def test_no_hook_left_when_the_model_raises():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+
+    class Boom(Exception):
+        pass
+
+    def explode(m, a, o):
+        raise Boom
+
+    h = net[2].register_forward_hook(explode)
+    with pytest.raises(Boom), inject_systolic(net, PEFault("0", 0, 0), SystolicArray(2, 2)):
+        assert len(net[0]._forward_hooks) == 1
+        net(torch.randn(3, 4))
+    h.remove()
+    assert not net[0]._forward_hooks and not net[2]._forward_hooks
