@@ -222,3 +222,36 @@ def test_train_prune_quantize_files_all_run_in_a_campaign(tmp_path, capsys):
     camp = _campaign(tmp_path / "q", name="mlp", checkpoint=str(tmp_path / "q.pt.xz"))
     assert len(camp.run()) == 3
     assert torch.equal(camp.golden, dnn.load_quantized(tmp_path / "q.pt.xz")(camp.inputs))
+
+
+def test_jobs_build_with_the_same_builder_and_name_their_own_fields(tmp_path):
+    """Every DNN job builds its model with build_job_model (the campaign's builder): the same
+    files load, and errors name the job's settings (``checkpoint``, ``model_options``)."""
+    from torchfault.cli._dnn import PruneConfig, SummaryConfig
+    from torchfault.dnn import TestConfig, TrainConfig, build_job_model
+
+    ref = dnn.create_model("mlp", pretrained=True)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {
+            "pytorch-lightning_version": "2.5",
+            "state_dict": {f"model.{k}": v for k, v in ref.state_dict().items()},
+        },
+        ckpt,
+    )
+    for cfg in (
+        TestConfig(model="mlp", checkpoint=str(ckpt)),
+        PruneConfig(model="mlp", checkpoint=str(ckpt), out=""),
+        SummaryConfig(model="mlp", checkpoint=str(ckpt)),
+    ):
+        _same_weights(build_job_model(cfg), ref.state_dict())
+    _same_weights(
+        build_job_model(TrainConfig(model="mlp", weights=str(ckpt)), checkpoint="weights"),
+        ref.state_dict(),
+    )
+    with pytest.raises(ConfigError) as err:
+        build_job_model(TestConfig(model="mlp", checkpoint=str(tmp_path / "none.pt")))
+    assert err.value.field == "checkpoint" and str(err.value).startswith("checkpoint: ")
+    with pytest.raises(ConfigError) as err:
+        build_job_model(TestConfig(model="mlp", model_options={"nonsense": 1}))
+    assert err.value.field == "model_options"

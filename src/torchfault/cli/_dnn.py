@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from torchfault.cli import command
 from torchfault.config import check_seed, check_selectors
-from torchfault.dnn._training import TestConfig, TrainConfig
+from torchfault.dnn import TestConfig, TrainConfig
 from torchfault.errors import ConfigError
 
 __all__ = ["PruneConfig", "ProfileConfig", "QuantizeConfig", "SummaryConfig"]
@@ -101,8 +101,8 @@ def train_job(cfg: TrainConfig) -> int:
     positional=("model",),
 )
 def test_job(cfg: TestConfig) -> int:
+    from torchfault.config import is_factory_spec
     from torchfault.dnn import test
-    from torchfault.dnn._datasets import is_factory_spec
 
     metrics = test(cfg)
     src = cfg.checkpoint or ("factory weights" if is_factory_spec(cfg.model) else "shipped weights")
@@ -112,21 +112,12 @@ def test_job(cfg: TestConfig) -> int:
 
 def _load_model(cfg: Any, pretrained: bool | None = None):
     """The model a job config names (``model``, ``dataset``, ``checkpoint``, ``model_options``,
-    ``dataset_options``); ``pretrained`` defaults to the config's own."""
-    from torchfault.dnn import create_model
-    from torchfault.dnn._datasets import is_factory_spec
+    ``dataset_options``), built as a campaign builds its own (:func:`torchfault.dnn.build_model`:
+    Lightning checkpoints, exports, pruned and quantized files); ``pretrained`` defaults to the
+    config's own (a factory of your own brings its own weights)."""
+    from torchfault.dnn import build_job_model
 
-    if pretrained is None:
-        pretrained = cfg.pretrained
-    # a factory of your own brings its own weights: ``pretrained`` is for zoo models
-    return create_model(
-        cfg.model,
-        dataset=cfg.dataset,
-        pretrained=pretrained and cfg.checkpoint is None and not is_factory_spec(cfg.model),
-        weights=cfg.checkpoint,
-        dataset_options=cfg.dataset_options,
-        **cfg.model_options,
-    )
+    return build_job_model(cfg, pretrained)
 
 
 def _check_names(model: str, dataset: str) -> None:

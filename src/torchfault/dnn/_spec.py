@@ -56,7 +56,14 @@ from torchfault.dnn._models import (
 )
 from torchfault.errors import ConfigError, TorchFaultError, suggest
 
-__all__ = ["ModelSpec", "DataSpec", "build_model", "build_dataset", "load_model_weights"]
+__all__ = [
+    "ModelSpec",
+    "DataSpec",
+    "build_model",
+    "build_dataset",
+    "build_job_model",
+    "load_model_weights",
+]
 
 #: where create_model's and create_dataset's errors point, in this vocabulary
 _MODEL_FIELDS = {
@@ -392,3 +399,56 @@ def load_model_weights(
             field="model.checkpoint",
         ) from None
     return model
+
+
+#: where a DNN job's flat settings sit in the ModelSpec/DataSpec vocabulary (and back, for its
+#: error messages)
+_JOB_FIELDS = {
+    "model.name": "model",
+    "model.dataset": "dataset",
+    "model.pretrained": "pretrained",
+    "model.kwargs": "model_options",
+    "model.hub": "hub",
+    "model.quantized": "quantized",
+    "data.dataset": "dataset",
+    "data.split": "split",
+    "data.kwargs": "dataset_options",
+}
+
+
+def build_job_model(
+    cfg: Any, pretrained: bool | None = None, *, checkpoint: str = "checkpoint"
+) -> nn.Module:
+    """The model of a DNN job's config (``model``, ``dataset``, ``pretrained``, ``checkpoint``
+    (``weights`` for train), ``model_options``, ``dataset_options``), built by
+    :func:`build_model`, so that every job reads the same files as a campaign; errors name the
+    job's own settings.
+
+    Example:
+        >>> from torchfault.dnn import TestConfig
+        >>> type(build_job_model(TestConfig(model="mlp"))).__name__
+        'MLP'
+    """
+    ckpt = getattr(cfg, checkpoint, None)
+    if pretrained is None:
+        pretrained = bool(getattr(cfg, "pretrained", True))
+    spec = ModelSpec(
+        name=cfg.model,
+        dataset=cfg.dataset,
+        pretrained=pretrained and ckpt is None,
+        checkpoint=ckpt,
+        kwargs=dict(cfg.model_options),
+        hub=getattr(cfg, "hub", None),
+        quantized=getattr(cfg, "quantized", None),
+    )
+    data = DataSpec(cfg.dataset, kwargs=dict(cfg.dataset_options))
+    try:
+        return build_model(spec, data)
+    except ConfigError as exc:
+        where = _JOB_FIELDS.get(exc.field or "", exc.field or "model")
+        if exc.field == "model.checkpoint":
+            where = checkpoint
+        msg = str(exc)
+        if exc.field and msg.startswith(exc.field):
+            msg = where + msg[len(exc.field) :]
+        raise ConfigError(msg, field=where) from None

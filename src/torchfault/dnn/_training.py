@@ -35,7 +35,7 @@ from torchfault.dnn._checkpoint import (
     permanent_state_dict,
     save_checkpoint,
 )
-from torchfault.dnn._models import WEIGHTS_FORMAT, create_model, extract_state_dict
+from torchfault.dnn._models import WEIGHTS_FORMAT, extract_state_dict
 from torchfault.errors import TorchFaultError
 
 __all__ = [
@@ -436,14 +436,10 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def _build_model(cfg: TrainConfig) -> nn.Module:
-    return create_model(
-        cfg.model,
-        dataset=cfg.dataset,
-        pretrained=cfg.pretrained,
-        weights=cfg.weights,
-        dataset_options=cfg.dataset_options,
-        **cfg.model_options,
-    )
+    """The starting model: dnn's one builder (the files a campaign reads, ``weights`` too)."""
+    from torchfault.dnn._spec import build_job_model
+
+    return build_job_model(cfg, checkpoint="weights")
 
 
 def _loggers(save_dir: str, name: str, version: str | int | None = None) -> list[Any]:
@@ -751,17 +747,11 @@ def test(cfg: TestConfig) -> dict[str, float]:
         True
     """
     pl = _require_lightning()
-    from torchfault.dnn._datasets import create_dataset, is_factory_spec
+    from torchfault.dnn._datasets import create_dataset
     from torchfault.dnn._lightning import ClassificationDataModule
+    from torchfault.dnn._spec import build_job_model
 
-    model = create_model(
-        cfg.model,
-        dataset=cfg.dataset,
-        pretrained=cfg.checkpoint is None and not is_factory_spec(cfg.model),
-        weights=cfg.checkpoint,
-        dataset_options=cfg.dataset_options,
-        **cfg.model_options,
-    )
+    model = build_job_model(cfg)  # shipped weights unless a checkpoint is given
     data = create_dataset(cfg.dataset, split=cfg.split, **cfg.dataset_options)
     dm = ClassificationDataModule(None, batch_size=cfg.batch_size, test_set=data)
     module = _classifier(cfg, model)
