@@ -417,3 +417,26 @@ def test_bad_input_is_a_clear_error():
         MemoryMap(nn.Linear(2, 2), MemoryLayout(64), kinds=("outputs", "weights"))
     with pytest.raises(TorchFaultError, match="frequency of 'single' must be a number >= 0"):
         PatternMix({"single": -1})
+
+
+@pytest.mark.parametrize("order", ["row_major", "channels_last", "tiled"])
+@pytest.mark.parametrize("interleave,row_words", [(1, 1), (2, 2), (4, 8)])
+def test_every_element_bit_has_exactly_one_cell(order, interleave, row_words):
+    """Exhaustive: the map from data cells to (element, bit) pairs is a bijection onto every
+    bit of every element, and every physical (row, column) names one stored cell."""
+    t = torch.randn(3, 5, 2, 2).to(torch.bfloat16)
+    layout = MemoryLayout(72, None, order, "secded", interleave, row_words, (2, 3))
+    mem = layout.bind(t)
+    seen = {}
+    for w in range(mem.n_words):
+        for b in range(72):
+            eb = mem.element_bits(w, b)
+            if eb is not None:
+                assert eb not in seen, (eb, seen.get(eb), (w, b))
+                seen[eb] = (w, b)
+            r, c = mem.cell_position(w, b)
+            assert tuple(x.tolist() for x in mem.cell_word(r, c)) == (w, b)
+    assert set(seen) == {(e, b) for e in range(t.numel()) for b in range(16)}
+    cells = {(r, c) for r in range(mem.n_rows) for c in range(mem.columns)}
+    words = [tuple(int(v) for v in mem.cell_word(r, c)) for r, c in cells]
+    assert len({wb for wb in words if wb[0] >= 0}) == mem.n_words * 72
