@@ -406,6 +406,11 @@ def test_cli_report_per_element_shows_progress_and_summarises_once(
     assert calls == [True]
     assert "Per element" not in captured.out and "per-element rates:" in captured.out
     assert "Per element" in (out / "report.md").read_text()
+    # by default: lines for --per_element (the slow case) when piped, nothing otherwise
+    assert main(["report", str(store_path), "--per_element", "--out_dir", str(out)]) == 0
+    assert "] summarising" in capsys.readouterr().err
+    assert main(["report", str(store_path), "--out_dir", str(out)]) == 0
+    assert "] summarising" not in capsys.readouterr().err
 
 
 def test_extra_sections_appear_only_with_data(store_path, tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ class ReportConfig:
         html: also write ``report.html``: one self-contained page (sortable tables, the plots,
             every breakdown) that opens in any browser, offline, on a phone too.
         progress: show what is being done (a spinner on a terminal; lines when piped);
-            null: on a terminal only.
+            null: on a terminal, and as lines with ``per_element`` (the slow case) when piped.
     """
 
     store: str = ""
@@ -85,7 +85,7 @@ def report_job(cfg: ReportConfig) -> int:
         n_runs = state.runs
     if state.message():
         print(f"torchfault report: warning: {state.message()}", file=sys.stderr)
-    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    show = (sys.stderr.isatty() or cfg.per_element) if cfg.progress is None else cfg.progress
     with _Stages(err, show) as stage:
         stage(f"summarising {n_runs:,} runs" + (" per element" if cfg.per_element else ""))
         with open_store(cfg.store) as store:
