@@ -265,3 +265,26 @@ def test_auto_stays_serial_for_a_small_campaign(tmp_path, reference_table, monke
         got = [r for rs in ex.map(setup, chunks) for r in rs]
     assert ex.chosen == "serial" and isinstance(ex, AutoExecutor)
     assert len(got) == 6 * 16
+
+
+class _NoDeepcopy(_Setup):
+    def __deepcopy__(self, memo):
+        raise TypeError("cannot deep-copy this model")
+
+
+class _Neither(_NoDeepcopy):
+    def __reduce__(self):
+        raise TypeError("cannot pickle this model")
+
+
+def test_threads_copy_a_setup_that_cannot_be_deep_copied():
+    torch.manual_seed(0)
+    model = create_model("mlp", dataset="digits").eval()
+    x = model.example_inputs(16)
+    golden = golden_run(model, x)
+    chunks = [[RunTask(k, (), tuple(range(16)))] for k in range(4)]
+    with create_executor("threads", workers=2) as ex:
+        got = [r.outcome for rs in ex.map(_NoDeepcopy(model, x, golden), chunks) for r in rs]
+        assert got == ["masked"] * 64  # copied by a pickle round trip instead
+        with pytest.raises(TorchFaultError, match="neither deep-copied.*nor pickled"):
+            list(ex.map(_Neither(model, x, golden), chunks))

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import abc
 import copy
+import pickle
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from torchfault.campaign._engine import Engine, RunTask
+from torchfault.errors import TorchFaultError
 from torchfault.registry import Registry
 from torchfault.store import RunRecord
 
@@ -88,6 +90,21 @@ class SerialExecutor(Executor):
             yield engine.run(chunk)
 
 
+def _private_copy(setup: Callable[[], Engine]) -> Callable[[], Engine]:
+    """A copy of ``setup`` sharing no tensor with it: a deep copy, else a pickle round trip."""
+    try:
+        return copy.deepcopy(setup)
+    except Exception as first:  # noqa: BLE001 - some modules cannot be deep-copied
+        try:
+            return pickle.loads(pickle.dumps(setup))
+        except Exception:  # noqa: BLE001 - name both failures
+            raise TorchFaultError(
+                f"executor 'threads': the engine setup can be neither deep-copied "
+                f"({type(first).__name__}: {first}) nor pickled, so threads cannot get their own "
+                "model; use executor.workers: 1 or executor 'serial'."
+            ) from None
+
+
 @EXECUTORS.register(
     "threads",
     description="Threads in this process (no spawn or pickling); one engine and model copy per thread.",
@@ -111,8 +128,8 @@ class ThreadsExecutor(Executor):
         if not todo:
             return
         n = min(self.workers, len(todo))
-        # deep copies made here, in the caller's thread, before any thread runs a fault
-        setups = [setup] + [copy.deepcopy(setup) for _ in range(n - 1)]
+        # copies made here, in the caller's thread, before any thread runs a fault
+        setups = [setup] + [_private_copy(setup) for _ in range(n - 1)]
         lock = threading.Lock()
         pending = iter(todo)
         results: queue.Queue[tuple[str, Any]] = queue.Queue()
