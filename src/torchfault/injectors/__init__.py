@@ -7,6 +7,11 @@ Every injector (and the campaigns' fast engine) puts faults into tensors through
 :func:`apply_masks` (bitwise fault models) and :func:`apply_model` (any fault model), with one
 validation (:func:`flat_index`, :func:`check_format`).
 
+Golden range profiles (:func:`profile_ranges`, :func:`load_profile`) record what each layer's
+output looks like on fault-free inputs; protections (:func:`protect`, :func:`protect_`, the
+:data:`PROTECTIONS` registry: ``ranger``, ``clip``, ``detect``) bound or check outputs against
+them.
+
 Injectors are a registry too, so campaigns and plugins can pick one by name.
 """
 
@@ -28,6 +33,25 @@ from torchfault.injectors._memory import (
     inject_memory,
     memory_campaign,
 )
+from torchfault.injectors._protect import (
+    PROTECTIONS,
+    Protection,
+    ProtectionHandle,
+    create_protection,
+    is_protection,
+    list_protections,
+    protect,
+    protect_,
+    register_protection,
+)
+from torchfault.injectors._ranges import (
+    LayerRange,
+    RangeProfile,
+    load_profile,
+    model_digests,
+    profile_ranges,
+    select_layers,
+)
 from torchfault.injectors._systolic import (
     DATAFLOWS,
     PEFault,
@@ -41,6 +65,21 @@ from torchfault.registry import Registry
 __all__ = [
     "DATAFLOWS",
     "INJECTORS",
+    "PROTECTIONS",
+    "LayerRange",
+    "Protection",
+    "ProtectionHandle",
+    "RangeProfile",
+    "create_protection",
+    "is_protection",
+    "list_protections",
+    "load_profile",
+    "model_digests",
+    "profile_ranges",
+    "protect",
+    "protect_",
+    "register_protection",
+    "select_layers",
     "BERInjection",
     "Injection",
     "apply_fault",
