@@ -37,6 +37,7 @@ _JOB_MODULES = (
     "torchfault.cli._campaign",
     "torchfault.cli._report",
     "torchfault.cli._store",
+    "torchfault.cli._ranges",
 )
 
 
