@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from torchfault.errors import TorchFaultError
-from torchfault.faults._fault import Fault
+from torchfault.faults import Fault
 
 __all__ = [
     "StoreDamagedError",
