@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,6 +92,9 @@ class ModelSummary:
     def _table(self, compact: bool) -> Any:
         from rich.table import Table
 
+        cols: tuple[str, ...]
+        count: Callable[[int], str]
+        shape: Callable[[Sequence[int]], str]
         if compact:
             cols = ("layer", "type", "output", "params", "MACs", "act mem")
             count, shape = _short_count, _short_shape
@@ -106,7 +109,7 @@ class ModelSummary:
                 "param mem",
                 "act mem",
             )
-            count, shape = (lambda n: f"{n:,}"), (lambda s: str(tuple(s)))
+            count, shape = _full_count, _full_shape
         t = Table(title=f"{self.model}, input {self.input_shape}", title_justify="left")
         # layer names whole when they fit in 40 characters (longer ones fold); the type column
         # gives way first
@@ -184,6 +187,14 @@ def _short_count(n: int) -> str:
 
 def _short_shape(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape) or "()"
+
+
+def _full_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _full_shape(shape: Sequence[int]) -> str:
+    return str(tuple(shape))
 
 
 def _human(n: int) -> str:
