@@ -74,9 +74,9 @@ def test_report_files_and_numbers(store_path, tmp_path):
     y, m = [12 / 40, 0.0, 6 / 10, 0.0], [40, 35, 10, 15]
     p = sum(y) / 4
     f = 4 / (46 * 32)
-    s2 = sum((v - p) ** 2 for v in y) / 3
+    s2 = max(sum((v - p) ** 2 for v in y) / 3, p * (1 - p) * 4 / 3)  # >= one trial per fault
     within = sum((1 - mi / 100) * v * (1 - v) / (mi - 1) for v, mi in zip(y, m))
-    n_eff = p * (1 - p) / ((1 - f) * s2 / 4 + f * within / 16) * 100 / 99
+    n_eff = p * (1 - p) / ((1 - f) * s2 / 4 + f * within / 16) * 4 / 3
     beta = pytest.importorskip("scipy.stats").beta
     low = float(beta.ppf(0.025, p * n_eff, n_eff - p * n_eff + 1))
     high = float(beta.ppf(0.975, p * n_eff + 1, n_eff - p * n_eff))

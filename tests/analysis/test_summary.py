@@ -199,13 +199,15 @@ def _cp(k: float, n: float, conf: float = 0.95) -> tuple[float, float]:
 
 def test_clustered_runs_use_per_fault_fractions():
     """PLAN has 100, 50, 20 and 10 runs per fault: the rate is the mean of the four per-fault
-    fractions and the interval is over 4 faults (design effect), not over 180 runs."""
+    fractions and the interval is over the 4 faults (each one trial), not over 180 runs."""
     s = summarize(_runs(), FAULTS, sites=SITES)
     sdc = s.overall.sdc
     y = [30 / 100, 1 / 50, 0 / 20, 6 / 10]
     p = sum(y) / 4
-    var = sum((v - p) ** 2 for v in y) / 3 / 4  # s^2 / n, no finite population
-    n_eff = p * (1 - p) / var * 180 / 179
+    # the spread of the fractions, but at least the Bernoulli spread of one trial per fault
+    s2 = max(sum((v - p) ** 2 for v in y) / 3, p * (1 - p) * 4 / 3)
+    n_eff = p * (1 - p) / (s2 / 4) * 4 / 3
+    assert n_eff == pytest.approx(4)
     assert (sdc.k, sdc.n, sdc.faults) == (37, 180, 4)
     assert sdc.rate == pytest.approx(p, abs=1e-12)
     assert sdc.n_eff == pytest.approx(n_eff, rel=1e-9)

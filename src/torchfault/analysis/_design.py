@@ -257,19 +257,29 @@ def estimate_groups(
             low, high = interval_from_rate(p, n_eff, confidence, method)
             out.append(Estimate(p, low, high, float(n_eff), units, runs))
             continue
+        # a fault counts as one trial: the variance of a cell is at least the Bernoulli variance
+        # of its mean (averaging a fault's inputs is given no credit in the interval)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bern = np.where(n_c > 1, ybar * (1.0 - ybar) * n_c / np.maximum(n_c - 1, 1), 0.0)
+        var = np.maximum(var, bern)
         flat = present & ((var <= 1e-15) | (n_c < 2))
-        if flat.any():
-            pt = (n_c * ybar + 0.5) / (n_c + 1.0)
-            var = np.where(flat, pt * (1.0 - pt), var)
         with np.errstate(invalid="ignore", divide="ignore"):
             term = (1.0 - f_h) * var / np.maximum(n_c, 1) + f_h * c["within"][sl] / np.maximum(
                 n_c * n_c, 1
             )
-        v = float((w * w * np.where(present, term, 0.0)).sum())
+        v = float((w * w * np.where(present & ~flat, term, 0.0)).sum())
+        if flat.any():
+            # cells whose faults all agree (no SDC in a stratum of mantissa bits) are pooled and
+            # given the variance of (n y + 1/2) / (n + 1) over the pool, never 0
+            wf, nf = float(w[flat].sum()), float(n_c[flat].sum())
+            yf = float((w[flat] * ybar[flat]).sum() / wf) if wf > 0 else 0.0
+            ff = float((w[flat] * f_h[flat]).sum() / wf) if wf > 0 else 0.0
+            pt = (nf * yf + 0.5) / (nf + 1.0)
+            v += wf * wf * (1.0 - ff) * pt * (1.0 - pt) / nf
         if v <= 0.0:
             n_eff = float(units)
         else:
-            n_eff = p * (1.0 - p) / v * (runs / (runs - 1.0) if runs > 1 else 1.0)
+            n_eff = p * (1.0 - p) / v * (units / (units - 1.0) if units > 1 else 1.0)
         low, high = interval_from_rate(p, n_eff, confidence, method)
         out.append(Estimate(p, low, high, float(n_eff), units, runs))
     return out
@@ -292,14 +302,16 @@ def estimate(
 def stratum_sd(y: np.ndarray, stratum: np.ndarray, n_strata: int) -> np.ndarray:
     """Each stratum's standard deviation of the per-fault fraction, for Neyman allocation.
 
-    A stratum whose sampled faults all gave the same fraction gets the spread of
-    ``(n ybar + 1/2) / (n + 1)`` (as in the variance, so the allocation and the interval agree);
-    a stratum without faults gets 1/2, the largest a fraction can have.
+    As in the variance of the estimate, a fault counts as one trial: the spread is at least the
+    Bernoulli spread of the stratum's mean. A stratum whose faults all gave the same fraction
+    (no SDC at all) gets 0: the sampler pools such strata (``StratifiedSampler.allocate``), as
+    the estimator does; a stratum without faults gets 1/2, the largest a fraction can have.
 
     Example:
         >>> import numpy as np
-        >>> [round(float(x), 3) for x in stratum_sd(np.array([0, 0, 1, 0.0]), np.array([0, 0, 1, 1]), 3)]
-        [0.373, 0.707, 0.5]
+        >>> y, h = np.array([0, 0, 1, 0.0]), np.array([0, 0, 1, 1])
+        >>> [round(float(x), 3) for x in stratum_sd(y, h, 3)]
+        [0.0, 0.707, 0.5]
     """
     y = np.asarray(y, dtype=np.float64)
     stratum = np.asarray(stratum, dtype=np.int64)
@@ -309,7 +321,8 @@ def stratum_sd(y: np.ndarray, stratum: np.ndarray, n_strata: int) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         ybar = np.where(n > 0, s1 / np.maximum(n, 1), 0.5)
         var = np.where(n > 1, (s2 - n * ybar * ybar) / np.maximum(n - 1, 1), 0.0)
-    pt = (n * ybar + 0.5) / (n + 1.0)
-    var = np.where((var <= 1e-15) | (n < 2), pt * (1 - pt), var)
+        bern = np.where(n > 1, ybar * (1 - ybar) * n / np.maximum(n - 1, 1), 0.0)
+    var = np.maximum(np.maximum(var, bern), 0.0)
+    var = np.where(var <= 1e-15, 0.0, var)
     var = np.where(n == 0, 0.25, var)
-    return np.sqrt(np.maximum(var, 0.0))
+    return np.sqrt(var)

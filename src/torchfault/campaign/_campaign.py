@@ -630,7 +630,10 @@ class Campaign:
                 if pilot:
                     run_round(0, pilot)
                     assert acc is not None
-                    self.sampler.allocate(acc.stratum_sd(below=pilot))
+                    self.sampler.allocate(
+                        acc.stratum_sd(below=pilot),
+                        target_margin=cfg.sampler.margin if adaptive else None,
+                    )
                     log.info("Neyman allocation after %d pilot faults: %s", pilot, self.sampler)
                     n_faults, begin = len(self.sampler), pilot
                     self._check_stored_faults(store, known, done)

@@ -446,6 +446,12 @@ class Sampler(abc.ABC):
         """The stratum (a key of :meth:`strata`) that the faults of one run were drawn from."""
         return "all"
 
+    def strata_index(self, start: int, stop: int) -> np.ndarray:
+        """Position in :meth:`strata` of the stratum of runs ``start..stop-1`` (vectorised
+        :meth:`stratum_of`)."""
+        self._check_range(start, stop)
+        return np.zeros(stop - start, dtype=np.int64)
+
     def _site_of(self, fault: Fault) -> int:
         index = getattr(self, "_site_index", None)
         if index is None:
@@ -641,6 +647,9 @@ class PerLayerSampler(Sampler):
         s = self.sites[self._site_of(faults[0])]
         return f"{s.module}:{s.target}"
 
+    def strata_index(self, start: int, stop: int) -> np.ndarray:
+        return self.locate(start, stop)[0]
+
     def _locate(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stratum = np.searchsorted(self._offsets, ks, side="right") - 1
         pair = np.empty_like(ks)
@@ -696,6 +705,10 @@ class PerBitSampler(Sampler):
 
     def stratum_of(self, faults: Sequence[Fault]) -> Any:
         return int(faults[0].bits[0])
+
+    def strata_index(self, start: int, stop: int) -> np.ndarray:
+        self._check_range(start, stop)
+        return np.searchsorted(self._offsets, np.arange(start, stop), side="right") - 1
 
     def _locate(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stratum = np.searchsorted(self._offsets, ks, side="right") - 1

@@ -42,7 +42,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -103,31 +102,43 @@ def default_bit_groups(fmt: str, bit_width: int) -> dict[str, tuple[int, ...]]:
 
 
 def _apportion(total: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
-    """Integers ``<= caps`` summing to ``min(total, caps.sum())``, proportional to ``weights``
-    (largest remainders; strata of weight 0 get faults only when the others are full)."""
-    caps = caps.astype(np.int64)
+    """Integers ``<= caps`` summing to ``min(total, caps.sum())``, proportional to ``weights``:
+    real shares with the capped strata fixed at their caps (water filling), then floors and the
+    largest remainders. Strata of weight 0 get faults only when all the others are full."""
+    caps = np.maximum(np.asarray(caps, dtype=np.int64), 0)
     total = int(min(total, int(caps.sum())))
+    w = np.maximum(np.asarray(weights, dtype=np.float64), 0.0)
     out = np.zeros(len(caps), dtype=np.int64)
-    w = np.asarray(weights, dtype=np.float64).copy()
-    while total - int(out.sum()) > 0:
+    if total <= 0:
+        return out
+    if w[caps > 0].sum() <= 0 or total >= int(caps[w > 0].sum()):
+        # the weighted strata are filled; the rest goes to the others, evenly
+        first = np.where(w > 0, caps, 0)
+        out = np.minimum(first, caps)
         left = total - int(out.sum())
-        room = caps - out
-        active = room > 0
-        ww = np.where(active, w, 0.0)
-        if ww.sum() <= 0:
-            ww = active.astype(np.float64)
-        share = left * ww / ww.sum()
-        add = np.minimum(np.floor(share).astype(np.int64), room)
-        if add.sum() == 0:  # hand out the remainders one by one, largest first
-            order = np.argsort(-(share - np.floor(share)) - 1e-12 * np.arange(len(share)))
-            for h in order:
-                if left == 0:
-                    break
-                if room[h] > 0 and ww[h] > 0:
-                    out[h] += 1
-                    left -= 1
-            continue
-        out += add
+        if left < 0:
+            return _apportion(total, np.where(w > 0, 1.0, 0.0) * caps, caps)
+        if left:
+            out += _apportion(left, np.where(w > 0, 0.0, 1.0), caps - out)
+        return out
+    share = np.zeros(len(caps))
+    fixed = np.zeros(len(caps), dtype=bool)
+    while True:
+        left = total - share[fixed].sum()
+        free = ~fixed & (w > 0)
+        share[free] = left * w[free] / w[free].sum()
+        over = free & (share > caps)
+        if not over.any():
+            break
+        share[over] = caps[over]
+        fixed |= over
+    out = np.minimum(np.floor(share + 1e-9).astype(np.int64), caps)
+    rest = total - int(out.sum())
+    if rest > 0:
+        frac = np.where(out < caps, share - out, -1.0)
+        order = np.argsort(-frac, kind="stable")
+        for h in order[:rest]:
+            out[h] += 1
     return out
 
 
@@ -307,7 +318,7 @@ class StratifiedSampler(Sampler):
         self.allocated = False
         self.stratum_sd: dict[Any, float] | None = None
         if self.allocation == "neyman":
-            self._layout(self.pilot_sizes, np.zeros(n_strata, dtype=np.int64))
+            self._layout([self.pilot_sizes])
         else:
             weights = (
                 self.strata_population.astype(np.float64)
@@ -317,30 +328,41 @@ class StratifiedSampler(Sampler):
             total = (
                 self.n_requested if self.n_requested is not None else self._size(self.population)
             )
-            self._layout(_apportion(total, weights, self.strata_population), self.pilot_sizes)
+            self._layout([_apportion(total, weights, self.strata_population)])
             self.allocated = True
 
-    def _layout(self, main: np.ndarray, pilot: np.ndarray) -> None:
-        """Fault numbers: the pilot faults first (if any), then the main ones, interleaved."""
-        ph, pi = _interleave(self.pilot_sizes, np.zeros_like(self.pilot_sizes))
-        if main is self.pilot_sizes:  # before allocation: the pilot alone
-            mh, mi = ph[:0], pi[:0]
-        else:
-            mh, mi = _interleave(main, pilot)
-        self._layout_h = np.concatenate([ph, mh])
-        self._layout_i = np.concatenate([pi, mi])
+    def _layout(self, blocks: Sequence[np.ndarray]) -> None:
+        """Fault numbers: block after block (the pilot first), each interleaved by its counts;
+        positions within a stratum continue from block to block."""
+        first = np.zeros(len(self.strata_keys), dtype=np.int64)
+        hs, idx = [], []
+        for counts in blocks:
+            counts = np.asarray(counts, dtype=np.int64)
+            h, i = _interleave(counts, first)
+            hs.append(h)
+            idx.append(i)
+            first = first + counts
+        self._layout_h = np.concatenate(hs) if hs else np.zeros(0, dtype=np.int64)
+        self._layout_i = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
         self.strata_sizes = np.bincount(self._layout_h, minlength=len(self.strata_keys))
         self._len = len(self._layout_h)
 
-    def allocate(self, sd: Mapping[Any, float]) -> None:
-        """Neyman allocation of the budget after the pilot round: ``n_h ∝ N_h S_h``.
+    def allocate(self, sd: Mapping[Any, float], target_margin: float | None = None) -> None:
+        """Neyman allocation of the budget after the pilot round.
 
         Args:
-            sd: each stratum's standard deviation ``S_h`` of the per-fault outcome (SDC
-                fraction), estimated from the pilot faults (``torchfault.analysis.stratum_sd``).
+            sd: each stratum's standard deviation ``S_h`` of the per-fault outcome, from the
+                pilot faults (:func:`torchfault.analysis.stratum_sd`); 0 for a stratum whose pilot
+                faults all agreed (no SDC among the mantissa bits, say).
+            target_margin: plan for this half-width (an adaptive campaign's margin); default the
+                sampler's ``margin`` when it was sized by margin.
 
-        With ``margin`` instead of ``n``, the budget is the Neyman sample size for that margin:
-        ``n = (sum W_h S_h)^2 / ((margin / z)^2 + sum W_h S_h^2 / N)``, ``W_h = N_h / N``.
+        Strata with spread get ``n_h ∝ N_h S_h`` (Neyman). Strata without spread are one pool,
+        spread over ∝ ``N_h``, whose size minimises the variance the estimator uses for them,
+        ``W^2 q (1 - q) / n`` with ``q = 1/2 / (n + 1)`` (:mod:`torchfault.analysis._design`): a
+        pool with no SDC still needs enough faults to bound its rate, but not a Neyman share
+        each. With a target margin the plan is the smallest one whose variance meets
+        ``(margin / z)^2``, and the rest of a larger budget follows the same shares.
         """
         if self.allocation != "neyman":
             raise TorchFaultError(
@@ -352,20 +374,87 @@ class StratifiedSampler(Sampler):
                 f"stratified sampler: allocate(): no standard deviation for strata {missing[:5]}."
             )
         s = np.array([max(0.0, float(sd[k])) for k in self.strata_keys])
-        n_pop = self.strata_population.astype(np.float64)
-        if self.n_requested is not None:
-            total = self.n_requested
-        else:
-            w = n_pop / n_pop.sum()
+        cap = self.strata_population.astype(np.int64)
+        pilot = self.pilot_sizes
+        w = cap / cap.sum()
+        flat = s <= 0.0
+        a = float((w[~flat] * s[~flat]).sum())
+        w_f = float(w[flat].sum())
+        pilot_f, pilot_p = int(pilot[flat].sum()), int(pilot[~flat].sum())
+        cap_f, cap_p = int(cap[flat].sum()), int(cap[~flat].sum())
+        budget = self.n_requested
+        margin = target_margin
+        if margin is None and budget is None:
+            margin = float(self.margin)  # type: ignore[arg-type]
+
+        def pool_var(n_f: np.ndarray) -> np.ndarray:
+            q = 0.5 / (n_f + 1.0)
+            return np.where(n_f > 0, w_f * w_f * q * (1 - q) / np.maximum(n_f, 1), 0.0)
+
+        n_f = np.arange(max(pilot_f, 1), cap_f + 1) if w_f > 0 else np.array([0])
+        if margin is not None:
             z = normal_quantile(0.95 if self.confidence is None else self.confidence)
-            v = (float(self.margin) / z) ** 2  # type: ignore[arg-type]
-            need = (w * s).sum() ** 2 / (v + (w * s * s).sum() / n_pop.sum())
-            total = max(self.pilot_faults, math.ceil(need))
-        rest = _apportion(
-            total - self.pilot_faults, n_pop * s, self.strata_population - self.pilot_sizes
-        )
+            target = (margin / z) ** 2
+            rem = target - pool_var(n_f)
+            with np.errstate(divide="ignore"):
+                n_p = np.where(rem > 0, a * a / np.where(rem > 0, rem, 1.0), np.inf)
+            n_p = np.minimum(np.maximum(np.ceil(n_p), pilot_p), np.inf)
+            total = n_f + n_p
+            j = int(np.argmin(total))
+            plan_f, plan_p = int(n_f[j]), (int(n_p[j]) if np.isfinite(n_p[j]) else cap_p)
+        else:
+            assert budget is not None
+            room = budget - pilot_f - pilot_p
+            cand = n_f[(n_f >= pilot_f) & (n_f - pilot_f <= max(room, 0))]
+            if not len(cand):
+                cand = np.array([pilot_f])
+            with np.errstate(divide="ignore"):
+                n_p = budget - cand
+                v = np.where(n_p > 0, a * a / np.maximum(n_p, 1), np.inf) + pool_var(cand)
+            plan_f = int(cand[int(np.argmin(v))])
+            plan_p = budget - plan_f
+        plan_f = min(max(plan_f, pilot_f), cap_f)
+        plan_p = min(max(plan_p, pilot_p), cap_p)
+
+        def shares(plan_f: int, plan_p: int) -> np.ndarray:
+            main = np.zeros(len(cap), dtype=np.int64)
+            if plan_f > pilot_f:
+                main += _apportion(
+                    plan_f - pilot_f, np.where(flat, cap, 0.0), np.where(flat, cap - pilot, 0)
+                )
+            if plan_p > pilot_p:
+                main += _apportion(
+                    plan_p - pilot_p, np.where(flat, 0.0, cap * s), np.where(flat, 0, cap - pilot)
+                )
+            return main
+
+        main = shares(plan_f, plan_p)
+        if margin is not None:
+            # the plan ignored the caps and the pilot's shares: grow it until the variance the
+            # estimator will use (with the finite-population correction) meets the target
+            while True:
+                n_h = (pilot + main).astype(np.float64)
+                fpc = 1.0 - n_h / cap
+                v = float(
+                    (w[~flat] ** 2 * s[~flat] ** 2 * fpc[~flat] / np.maximum(n_h[~flat], 1)).sum()
+                ) + float(pool_var(np.array([n_h[flat].sum()]))[0])
+                if v <= target or (plan_p >= cap_p and plan_f >= cap_f):
+                    break
+                plan_p = min(cap_p, plan_p + max(1, plan_p // 20))
+                plan_f = min(cap_f, plan_f + max(1, plan_f // 20))
+                main = shares(plan_f, plan_p)
+        blocks = [pilot, main]
+        if budget is not None and budget > int(pilot.sum() + main.sum()):
+            rest = _apportion(
+                budget - int(pilot.sum() + main.sum()),
+                (pilot + main).astype(np.float64),
+                cap - pilot - main,
+            )
+            blocks.append(rest)
+        elif budget is not None and budget < int(pilot.sum() + main.sum()):
+            blocks[1] = _apportion(budget - int(pilot.sum()), main.astype(np.float64), main)
         self.stratum_sd = {k: float(x) for k, x in zip(self.strata_keys, s)}
-        self._layout(rest, self.pilot_sizes)
+        self._layout(blocks)
         self.allocated = True
 
     # -- design ----------------------------------------------------------------------------------
@@ -377,6 +466,10 @@ class StratifiedSampler(Sampler):
     def stratum_of(self, faults: Sequence[Fault]) -> Any:
         f = faults[0]
         return self._key_of[(self._site_of(f), int(f.bits[0]))]
+
+    def strata_index(self, start: int, stop: int) -> np.ndarray:
+        self._check_range(start, stop)
+        return self._layout_h[start:stop].copy()
 
     def to_dict(self) -> dict[str, Any]:
         return {
