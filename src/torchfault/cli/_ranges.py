@@ -54,12 +54,6 @@ class ProfileRangesConfig:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if not self.out:
-            raise ConfigError(
-                "out: give the profile file to write, e.g. torchfault profile-ranges "
-                "runs/lenet-ranges.json.",
-                field="out",
-            )
         for p in self.percentiles:
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 <= p <= 100):
                 raise ConfigError(
@@ -85,6 +79,12 @@ def profile_ranges_job(cfg: ProfileRangesConfig) -> int:
     from torchfault.dnn import build_dataset, build_model
     from torchfault.injectors import profile_ranges
 
+    if not cfg.out:
+        raise ConfigError(
+            "out: give the profile file to write, e.g. torchfault profile-ranges "
+            "runs/lenet-ranges.json.",
+            field="out",
+        )
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"out: {str(out)!r} exists; pass --overwrite to replace it.", field="out")
