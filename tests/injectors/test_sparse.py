@@ -23,7 +23,7 @@ from torchfault.errors import TorchFaultError
 from torchfault.faults import InvalidSparseTensorError, MemoryFault, MemoryLayout
 from torchfault.injectors import inject_memory
 
-LAYOUTS = ["coo", "csr", "csc", "bsr"]
+LAYOUTS = ["coo", "csr", "csc", "bsr", "bsc"]
 
 
 def _sparse(w: torch.Tensor, layout: str) -> torch.Tensor:
@@ -34,6 +34,7 @@ def _sparse(w: torch.Tensor, layout: str) -> torch.Tensor:
             "csr": lambda: w.to_sparse_csr(),
             "csc": lambda: w.to_sparse_csc(),
             "bsr": lambda: w.to_sparse_bsr((2, 2)),
+            "bsc": lambda: w.to_sparse_bsc((2, 2)),
         }[layout]()
 
 
@@ -47,7 +48,10 @@ class SparseLinear(nn.Module):
         self.bias = nn.Parameter(torch.randn(out_f, generator=g), requires_grad=False)
 
     def forward(self, x):
-        return (self.weight @ x.T).T + self.bias
+        w = self.weight
+        if w.layout == torch.sparse_bsc:  # no BSC product on the CPU in torch 2.13
+            w = w.to_dense()
+        return (w @ x.T).T + self.bias
 
 
 def _flip_float(v: float, bits: tuple[int, ...]) -> float:
@@ -78,7 +82,7 @@ def oracle(model: SparseLinear, layout: str, comp: str, pos: tuple[int, ...], bi
         else:
             comp_idx, plain = s.ccol_indices().tolist(), s.row_indices().tolist()
     if comp == "values":
-        if layout == "bsr":
+        if layout in ("bsr", "bsc"):
             vals[pos[0]][pos[1]][pos[2]] = _flip_float(vals[pos[0]][pos[1]][pos[2]], bits)
         else:
             vals[pos[0]] = _flip_float(vals[pos[0]], bits)
@@ -95,9 +99,9 @@ def oracle(model: SparseLinear, layout: str, comp: str, pos: tuple[int, ...], bi
                 return None
             dense[r][c] += v
         return torch.tensor(dense)
-    bh, bw = (2, 2) if layout == "bsr" else (1, 1)
-    n_comp = (rows // bh) if layout in ("csr", "bsr") else cols
-    n_plain = (cols // bw) if layout in ("csr", "bsr") else rows
+    bh, bw = (2, 2) if layout in ("bsr", "bsc") else (1, 1)
+    n_comp = (rows // bh) if layout in ("csr", "bsr") else cols // bw
+    n_plain = (cols // bw) if layout in ("csr", "bsr") else rows // bh
     nnz = len(plain)
     if comp_idx[0] != 0 or comp_idx[-1] != nnz or len(comp_idx) != n_comp + 1:
         return None
@@ -113,10 +117,14 @@ def oracle(model: SparseLinear, layout: str, comp: str, pos: tuple[int, ...], bi
                 dense[i][plain[k]] += vals[k]
             elif layout == "csc":
                 dense[plain[k]][i] += vals[k]
-            else:
+            elif layout == "bsr":  # block row i, block column plain[k]
                 for u in range(bh):
                     for v in range(bw):
                         dense[i * bh + u][plain[k] * bw + v] += vals[k][u][v]
+            else:  # bsc: block column i, block row plain[k]
+                for u in range(bh):
+                    for v in range(bw):
+                        dense[plain[k] * bh + u][i * bw + v] += vals[k][u][v]
     return torch.tensor(dense)
 
 
@@ -126,6 +134,7 @@ def _components(layout: str) -> list[str]:
         "csr": ["values", "crow_indices", "col_indices"],
         "csc": ["values", "ccol_indices", "row_indices"],
         "bsr": ["values", "crow_indices", "col_indices"],
+        "bsc": ["values", "ccol_indices", "row_indices"],
     }[layout]
 
 
