@@ -198,7 +198,8 @@ def _apply(values: torch.Tensor, f: PEFault) -> torch.Tensor:
     fmt = numerics.format_of(values)
     mask = numerics.bit_mask(f.bits, fmt)
     flat = values.reshape(-1)
-    out = numerics.apply_bits(flat, torch.arange(flat.numel()), mask, _OPS[f.model], fmt)
+    index = torch.arange(flat.numel(), device=flat.device)
+    out = numerics.apply_bits(flat, index, mask, _OPS[f.model], fmt)
     return out.reshape(values.shape)
 
 
@@ -210,14 +211,15 @@ def pe_delta(
     P, K = A.shape
     n_out = W.shape[0]
     R, C = array.rows, array.cols
-    os = torch.arange(f.col, n_out, C)
+    dev = A.device
+    os = torch.arange(f.col, n_out, C, device=dev)
     if array.dataflow == "weight_stationary":
-        ps = torch.arange(P)
+        ps = torch.arange(P, device=dev)
         Kp = -(-K // R) * R
         Ap = F.pad(A, (0, Kp - K))
         Wp = F.pad(W[os], (0, Kp - K))
         if f.unit == "multiplier":
-            ks = torch.arange(f.row, Kp, R)
+            ks = torch.arange(f.row, Kp, R, device=dev)
             prods = Ap[:, None, ks] * Wp[None, :, ks]  # (P, |os|, T)
             delta = (_apply(prods, f) - prods).sum(-1)
         else:
@@ -225,11 +227,11 @@ def pe_delta(
             psum = _seq(prods, f.row)  # (P, |os|, tiles)
             delta = (_apply(psum, f) - psum).sum(-1)
         return ps, os, delta
-    ps = torch.arange(f.row, P, R)
+    ps = torch.arange(f.row, P, R, device=dev)
     prods = A[ps][:, None, :] * W[os][None, :, :]  # (|ps|, |os|, K)
     if f.unit == "multiplier":
         return ps, os, (_apply(prods, f) - prods).sum(-1)
-    clean = torch.zeros(prods.shape[:2], dtype=prods.dtype)
+    clean = torch.zeros(prods.shape[:2], dtype=prods.dtype, device=prods.device)
     faulty = clean.clone()
     for k in range(K):
         clean = clean + prods[..., k]
