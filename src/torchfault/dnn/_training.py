@@ -132,6 +132,13 @@ def _trainer_errors(prefix: str, **settings: Any) -> Iterator[None]:
 
     try:
         yield
+    except ImportError as exc:  # an accelerator whose package is missing (tpu without torch_xla)
+        where = ".".join(p for p in (prefix, "accelerator") if p)
+        shown = settings.get("accelerator", "?")
+        raise TorchFaultError(
+            f"{where}: {shown!r} cannot run here: {str(exc).splitlines()[0]}; choose cpu, auto, "
+            "or gpu/cuda on a machine with a CUDA GPU."
+        ) from None
     except (ValueError, MisconfigurationException) as exc:
         msg = str(exc)
         name = next((f for f in ("accelerator", "precision", "devices") if f in msg.lower()), None)
@@ -702,6 +709,34 @@ def cross_validate(cfg: TrainConfig, folds: int | None = None) -> CrossValidatio
     return CrossValidationResult(results, mean, std)
 
 
+def parse_rates(value: Any, field_name: str = "ber") -> list[float]:
+    """Bit-error rates from ``"1e-6,1e-5"`` or a list; a ConfigError naming the field.
+
+    Example:
+        >>> parse_rates("1e-6, 1e-5")
+        [1e-06, 1e-05]
+    """
+    from torchfault.errors import ConfigError
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    rates = []
+    for item in items:
+        try:
+            r = float(item)
+        except (TypeError, ValueError):
+            r = float("nan")
+        if not 0.0 < r <= 1.0:
+            raise ConfigError(
+                f"{field_name}: {str(item).strip()!r} is not a bit-error rate in (0, 1]; give "
+                "rates separated by commas, e.g. 1e-6,1e-5.",
+                field=field_name,
+            )
+        rates.append(r)
+    if not rates:
+        raise ConfigError(f"{field_name}: no rate given; e.g. 1e-6,1e-5.", field=field_name)
+    return rates
+
+
 @dataclass
 class TestConfig:
     """Settings of ``torchfault test``: which weights, which data.
@@ -717,6 +752,11 @@ class TestConfig:
         model_options: constructor options of the model.
         dataset_options: options of ``create_dataset``.
         out_dir: where the CSV log of the test goes.
+        ber: bit-error rates (``1e-6,1e-5`` or a list): the test also runs every batch under
+            bit flips in the weights and biases at each rate (a ``FaultInjectionCallback``), logs
+            ``test_acc@ber=...`` and ``test_sdc@ber=...`` beside the clean metrics and plots
+            accuracy against the rate (``<out_dir>/accuracy_vs_ber.png``, with matplotlib).
+        ber_seed: seed of the bit errors (fault ``k`` of each rate for the ``k``-th batch).
     """
 
     __test__ = False  # not a pytest class
@@ -730,11 +770,15 @@ class TestConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
     out_dir: str = "runs/test"
+    ber: list[float] | str | None = None
+    ber_seed: int = 0
 
     def __post_init__(self) -> None:
         check_names(self.model, self.dataset)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.ber is not None:
+            self.ber = parse_rates(self.ber, "ber")
 
 
 def test(cfg: TestConfig) -> dict[str, float]:
@@ -755,6 +799,11 @@ def test(cfg: TestConfig) -> dict[str, float]:
     data = create_dataset(cfg.dataset, split=cfg.split, **cfg.dataset_options)
     dm = ClassificationDataModule(None, batch_size=cfg.batch_size, test_set=data)
     module = _classifier(cfg, model)
+    callbacks = []
+    if cfg.ber:
+        from torchfault.dnn._callback import FaultInjectionCallback
+
+        callbacks.append(FaultInjectionCallback(ber=list(cfg.ber), seed=cfg.ber_seed))  # type: ignore[arg-type]
     with _quiet_lightning():
         with _trainer_errors("", accelerator=cfg.accelerator):
             trainer = pl.Trainer(
@@ -763,9 +812,29 @@ def test(cfg: TestConfig) -> dict[str, float]:
                 logger=_loggers(cfg.out_dir, _run_name(cfg.model, cfg.dataset)),
                 enable_progress_bar=sys.stderr.isatty(),
                 enable_model_summary=False,
+                callbacks=callbacks,
             )
         out = trainer.test(module, datamodule=dm, verbose=False)
-    return {k: float(v) for k, v in (out[0] if out else {}).items()}
+    metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
+    if callbacks:
+        _plot_ber(callbacks[0].results, metrics, cfg.out_dir)
+    return metrics
+
+
+def _plot_ber(results: Any, metrics: dict[str, float], out_dir: str) -> None:
+    """``<out_dir>/accuracy_vs_ber.png`` (skipped with a warning without matplotlib)."""
+    import warnings
+
+    from torchfault.dnn._callback import plot_accuracy_vs_ber
+
+    try:
+        path = plot_accuracy_vs_ber(
+            results, Path(out_dir) / "accuracy_vs_ber.png", clean_acc=metrics.get("test_acc")
+        )
+    except TorchFaultError as exc:
+        warnings.warn(f"no accuracy-vs-BER plot: {exc}", UserWarning, stacklevel=2)
+        return
+    metrics["plot"] = str(path)  # type: ignore[assignment]
 
 
 test.__test__ = False  # type: ignore[attr-defined]  # a library function, not a pytest test
