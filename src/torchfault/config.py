@@ -494,8 +494,6 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
     A ``ValueError`` or ``TypeError`` raised by the dataclass's ``__post_init__`` is re-raised
     as a ConfigError that keeps its message (which names the field) and carries the field: the
     error's own ``field`` (under ``prefix``) where it has one, else ``prefix``.
-    A class may list renamed keys in ``_renamed_fields = {"old": "new"}``: an old key is
-    refused with an error naming the new one.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(
@@ -503,16 +501,10 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
         )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    renamed: dict[str, str] = getattr(cls, "_renamed_fields", {})
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            if key in renamed:
-                new = f"{prefix}.{renamed[key]}" if prefix else renamed[key]
-                raise ConfigError(
-                    f"{where}: this key was renamed; write {new} instead.", field=where
-                )
             raise ConfigError(
                 f"{where}: unknown field. Valid fields of {prefix or 'the config'}: "
                 f"{', '.join(fields)}.{suggest(str(key), fields)}",

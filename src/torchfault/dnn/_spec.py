@@ -309,8 +309,9 @@ def _wrapped(module: nn.Module, dataset: str | None, options: dict[str, Any]) ->
 
 def _example_inputs(model: nn.Module, data: DataSpec | None) -> torch.Tensor:
     """A few inputs to trace and calibrate a model with (rebuilding a quantized export)."""
-    if hasattr(model, "example_inputs"):
-        return model.example_inputs(4)
+    example = getattr(model, "example_inputs", None)
+    if callable(example):
+        return example(4)  # type: ignore[no-any-return]
     if data is not None:
         ds = build_dataset(data)
         return torch.stack([torch.as_tensor(ds[i][0]) for i in range(min(4, len(ds)))])
