@@ -176,3 +176,26 @@ def test_resolved_fault_sets_run_in_the_campaign_engines_with_the_same_outcomes(
             **counts,
             "detected": detected,
         } == mine.counts(ecc)
+
+
+def test_interval_covers_the_true_rate_and_bounds_the_zero_case():
+    import random
+
+    from torchfault.injectors import MemoryCampaignResult
+
+    rng = random.Random(0)
+    true, hits, reps = 0.3, 0, 400
+    for _ in range(reps):  # each fault: 4 inputs, each an SDC with probability 0.3
+        r = MemoryCampaignResult(None, inputs=4)  # type: ignore[arg-type]
+        for _ in range(80):
+            k = sum(rng.random() < true for _ in range(4))
+            r.runs.append({"no_ecc": {"sdc": k, "masked": 4 - k}})
+        lo, hi = r.interval("sdc", False)
+        assert lo <= r.rate("sdc", False) <= hi
+        hits += lo <= true <= hi
+    assert 0.92 <= hits / reps <= 0.98  # 95% nominal
+    zero = MemoryCampaignResult(None, inputs=4)  # type: ignore[arg-type]
+    zero.runs = [{"ecc": {"masked": 4}}] * 100
+    assert zero.interval("sdc", True) == (0.0, pytest.approx(1 - 0.025 ** (1 / 100)))
+    with pytest.raises(TorchFaultError, match="confidence must be in"):
+        zero.interval("sdc", True, confidence=1.5)

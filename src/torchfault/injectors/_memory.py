@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,6 +167,35 @@ class MemoryCampaignResult:
         c = self.counts(ecc)
         total = sum(c.values())
         return c[outcome] / total if total else math.nan
+
+    def interval(self, outcome: str, ecc: bool, confidence: float = 0.95) -> tuple[float, float]:
+        """A confidence interval of :meth:`rate`.
+
+        The runs of one fault share that fault, so they are not independent draws: the sample
+        is the faults, each contributing its fraction of inputs with ``outcome``; the interval is
+        the normal approximation of their mean, clipped to [0, 1]. When no fault gave the
+        outcome, the upper end is the exact (Clopper-Pearson) bound on the share of faults that
+        could give it, ``1 - ((1 - confidence) / 2) ** (1 / n)``.
+
+        Example:
+            >>> r = MemoryCampaignResult(None, inputs=2)  # type: ignore[arg-type]
+            >>> r.runs = [{"ecc": {"sdc": 1, "masked": 1}}, {"ecc": {"masked": 2}}] * 50
+            >>> r.rate("sdc", True), [round(v, 3) for v in r.interval("sdc", True)]
+            (0.25, [0.201, 0.299])
+        """
+        if not 0 < confidence < 1:
+            raise TorchFaultError(f"confidence must be in (0, 1), got {confidence!r}.")
+        key = "ecc" if ecc else "no_ecc"
+        n = len(self.runs)
+        if n == 0 or not self.inputs:
+            return (math.nan, math.nan)
+        frac = [r[key].get(outcome, 0) / self.inputs for r in self.runs]
+        mean = sum(frac) / n
+        if mean == 0:
+            return (0.0, 1.0 - ((1.0 - confidence) / 2) ** (1.0 / n))
+        sd = statistics.stdev(frac) if n > 1 else 0.0
+        half = statistics.NormalDist().inv_cdf(0.5 + confidence / 2) * sd / math.sqrt(n)
+        return (max(0.0, mean - half), min(1.0, mean + half))
 
     def fit(self, outcome: str, ecc: bool, fit_per_mbit: float) -> float:
         """The model's FIT for ``outcome`` at a raw upset rate of ``fit_per_mbit``."""
