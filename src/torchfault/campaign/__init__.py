@@ -59,6 +59,13 @@ from torchfault.campaign._outcome import (
     output_words_equal,
     register_criterion,
 )
+from torchfault.campaign._protection import (
+    PROTECTED_OUTCOMES,
+    ProtectedRun,
+    ProtectionResult,
+    protected_runs,
+    resolve_protection,
+)
 from torchfault.campaign._run import (
     CampaignResult,
     as_fault_sets,
@@ -70,6 +77,11 @@ from torchfault.campaign._run import (
 from torchfault.campaign._structure import Batched, as_batched
 
 __all__ = [
+    "PROTECTED_OUTCOMES",
+    "ProtectedRun",
+    "ProtectionResult",
+    "protected_runs",
+    "resolve_protection",
     "Batched",
     "CRITERIA",
     "CriterionError",

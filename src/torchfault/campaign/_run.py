@@ -53,6 +53,9 @@ class CampaignResult:
 
     runs: list[RunRecord]
     faults: dict[int, tuple[Fault, ...]] = field(default_factory=dict)
+    #: with ``run_campaign(..., protection=...)``: the same runs under the protection
+    #: (a :class:`~torchfault.campaign.ProtectionResult`), else ``None``
+    protection: Any = None
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -283,6 +286,7 @@ def run_campaign(
     output: str | int | None = None,
     batch_dim: int = 0,
     device: str | torch.device | None = None,
+    protection: Any = None,
 ) -> CampaignResult:
     """Run every fault (or fault set) on every input and classify each run.
 
@@ -305,6 +309,11 @@ def run_campaign(
         only_correct: run only inputs the golden model classifies correctly.
         engine: ``"reference"`` (full re-execution) or another registered engine (``"fast"``).
         batch_size: rows per forward pass.
+        protection: a protection (:mod:`torchfault.injectors`: ``ranger``, ``clip``,
+            ``detect``; an object, a name or ``{"name": ..., **options}``): the same runs are
+            repeated under it with full re-execution and compared with the unprotected golden
+            outputs; ``result.protection`` holds them and their summary
+            (:class:`~torchfault.campaign.ProtectionResult`).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -337,6 +346,12 @@ def run_campaign(
                 f"{n_inputs} inputs."
             )
     sets = as_fault_sets(faults)
+    prot = None
+    if protection is not None:
+        from torchfault.campaign._protection import resolve_protection
+
+        prot = resolve_protection(protection)
+        prot.bind(model)  # a missing layer or another model's profile: before anything runs
     dev = resolve_device(device, "device") if device is not None else None
     was_training = model.training
     home = next((t.device for t in [*model.parameters(), *model.buffers()]), None)
@@ -365,9 +380,16 @@ def run_campaign(
             ids = [i for i, t in zip(ids, top1) if int(t) == int(labels.reshape(-1)[i])]  # type: ignore[arg-type]
         tasks = [RunTask(k, fs, tuple(ids)) for k, fs in enumerate(sets)]
         runs = eng.run(tasks)
+        protected = None
+        if prot is not None:
+            from torchfault.campaign._protection import protected_runs
+
+            protected = protected_runs(
+                model, inputs, golden, crit, tasks, runs, prot, batch_size, labels  # type: ignore[arg-type]
+            )
     finally:
         model.train(was_training)
         if dev is not None and home is not None:
             model.to(home)
     runs.sort(key=lambda r: (r.fault_id, r.input_id))
-    return CampaignResult(runs, {k: fs for k, fs in enumerate(sets)})
+    return CampaignResult(runs, {k: fs for k, fs in enumerate(sets)}, protected)
