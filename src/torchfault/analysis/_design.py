@@ -14,21 +14,27 @@ of fault ``i`` with the outcome, of its ``m_i`` runs):
   sampled faults, ``n_c`` those in the group), never by pooling run counts. With one stratum and
   the same ``m`` for every fault this is ``k / n`` of the runs: one input per fault gives the
   same rates as counting runs.
-- **Variance** (two-stage, Cochran 1977, eq. 10.21 with strata): ``V = sum_c W_c^2 [(1 - f_h)
-  s_c^2 / n_c + f_h w_c / n_c^2]`` with ``s_c^2`` the sample variance of the fractions,
-  ``f_h = n_h / N_h`` the sampling fraction of the stratum (the finite-population correction) and
-  ``w_c = sum_i (1 - m_i / M) s_i^2 / m_i`` the within-fault term (``M`` inputs in the campaign;
-  ``s_i^2 = y_i (1 - y_i) m_i / (m_i - 1)``, and ``ybar_c (1 - ybar_c)`` for faults run once).
-  A cell whose faults all gave the same fraction (a stratum of mantissa bits with no SDC) gets the
-  variance of ``(n_c ybar_c + 1/2) / (n_c + 1)`` instead of 0, so a few lucky zeros never make a
-  stratum look certain.
+- **Variance** (two-stage, Cochran 1977, chapters 5 and 10, with strata): ``V = sum_c W_c^2
+  [(1 - f_h) s_c^2 / n_c + f_h w_c / n_c^2]`` with ``s_c^2`` the sample variance of the
+  fractions, ``f_h = n_h / N_h`` the sampling fraction of the stratum (the finite-population
+  correction) and ``w_c = sum_i (1 - m_i / M) s_i^2 / m_i`` the within-fault term (``M`` inputs in
+  the campaign; ``s_i^2 = y_i (1 - y_i) m_i / (m_i - 1)``, and ``ybar_c (1 - ybar_c)`` for faults
+  run once).
+- **A fault counts as one trial**: ``s_c^2`` is at least the Bernoulli variance
+  ``ybar_c (1 - ybar_c) n_c / (n_c - 1)`` of the cell's mean. Averaging a fault's inputs sharpens
+  the estimate but gets no credit in the interval: a design effect from the spread of the
+  fractions covered 84 % under adaptive stopping with 8 inputs per fault on LeNet-5 (one fault
+  with one SDC in 8 runs made the spread look small); one trial per fault covered 99.5 %.
+- **Cells without spread** (every fault of the cell gave the same fraction: a stratum of mantissa
+  bits with no SDC) are pooled, and the pool gets the variance of ``(n ybar + 1/2) / (n + 1)``
+  over its ``n`` faults instead of 0, so a few lucky zeros never make strata look certain.
 - **Interval**: the chosen method (:data:`~torchfault.analysis.INTERVAL_METHODS`) on the
-  effective sample size ``n_eff = p (1 - p) / V * R / (R - 1)`` (``R`` runs; Korn and Graubard
-  1998), with ``k_eff = p n_eff``. With one stratum, one input per fault and no finite-population
-  correction, ``n_eff = n`` exactly: the interval is the method's on the run counts. At ``p = 0``
-  or 1, ``n_eff`` is the number of faults (divided by ``1 - f`` when every fault ran on every
-  input). When every fault of the population ran on every input the rate is **exact**:
-  ``n_eff = inf`` and the interval is ``[p, p]``.
+  effective sample size ``n_eff = p (1 - p) / V * n / (n - 1)`` (``n`` faults; Korn and Graubard
+  1998), with ``k_eff = p n_eff``. With one stratum and no finite-population correction,
+  ``n_eff = n`` exactly: the interval is the method's over the faults (over the runs when each
+  fault has one). At ``p = 0`` or 1, ``n_eff`` is the number of faults (divided by ``1 - f`` when
+  every fault ran on every input). When every fault of the population ran on every input the rate
+  is **exact**: ``n_eff = inf`` and the interval is ``[p, p]``.
 
 Coverage of these intervals was measured against exhaustive truth (``tests/analysis/
 test_coverage.py``, ``benchmarks/bench_stats.py``, docs/statistics.md).

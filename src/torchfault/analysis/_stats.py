@@ -297,7 +297,8 @@ def check_method(method: Any, field: str = "method") -> str:
     if name not in _METHODS:
         raise TorchFaultError(
             f"{field}: unknown interval method {method!r}; choose one of "
-            f"{', '.join(INTERVAL_METHODS)}.{suggest(str(method), INTERVAL_METHODS)}"
+            f"{', '.join(INTERVAL_METHODS)}.{suggest(str(method), INTERVAL_METHODS)}",
+            field=field,
         )
     return str(name)
 

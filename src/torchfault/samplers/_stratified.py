@@ -189,17 +189,20 @@ class StratifiedSampler(Sampler):
         if allocation not in ALLOCATIONS:
             raise TorchFaultError(
                 f"stratified sampler: allocation: unknown allocation {allocation!r}; choose one of "
-                f"{', '.join(ALLOCATIONS)}.{suggest(str(allocation), ALLOCATIONS)}"
+                f"{', '.join(ALLOCATIONS)}.{suggest(str(allocation), ALLOCATIONS)}",
+                field="allocation",
             )
         if strata not in STRATA:
             raise TorchFaultError(
                 f"stratified sampler: strata: unknown strata {strata!r}; choose one of "
-                f"{', '.join(STRATA)}.{suggest(str(strata), STRATA)}"
+                f"{', '.join(STRATA)}.{suggest(str(strata), STRATA)}",
+                field="strata",
             )
         if bit_groups is not None and not isinstance(bit_groups, Mapping):
             raise TorchFaultError(
                 "stratified sampler: bit_groups: give a mapping {group name: [bits or field "
-                f"names]}}, got {bit_groups!r}."
+                f"names]}}, got {bit_groups!r}.",
+                field="bit_groups",
             )
         self.allocation = allocation
         self.strata_spec = strata
@@ -231,7 +234,8 @@ class StratifiedSampler(Sampler):
                 if b in out and self.bit_groups_spec is not None:
                     raise TorchFaultError(
                         f"stratified sampler: bit_groups: bit {b} is in groups {out[b]!r} and "
-                        f"{g!r}; a bit belongs to one group."
+                        f"{g!r}; a bit belongs to one group.",
+                        field="bit_groups",
                     )
                 if b in allowed:
                     out[b] = g
@@ -271,7 +275,8 @@ class StratifiedSampler(Sampler):
                 raise TorchFaultError(
                     f"stratified sampler: bit_groups: group(s) {', '.join(map(repr, empty))} hold "
                     "no allowed bit of any site: a stratum with no population. Remove them, or "
-                    f"check the bits setting ({self.bits_spec})."
+                    f"check the bits setting ({self.bits_spec}).",
+                    field="bit_groups",
                 )
         self.strata_keys: list[Any] = list(members)
         self._members = [
@@ -298,20 +303,23 @@ class StratifiedSampler(Sampler):
                 raise TorchFaultError(
                     f"stratified sampler: pilot: {pilot} faults cannot give each of the "
                     f"{n_strata} strata one; give pilot >= {n_strata} (2 or more per stratum "
-                    "estimate its spread)."
+                    "estimate its spread).",
+                    field="pilot",
                 )
             pilot = min(pilot, self.population)
             if self.n_requested is not None and pilot > self.n_requested:
                 raise TorchFaultError(
                     f"stratified sampler: pilot: the pilot round ({pilot} faults) is larger than "
-                    f"the budget n = {self.n_requested}; lower pilot or raise n."
+                    f"the budget n = {self.n_requested}; lower pilot or raise n.",
+                    field="pilot",
                 )
             self.pilot_sizes = _apportion(pilot, np.ones(n_strata), self.strata_population)
         else:
             if self.pilot_requested is not None:
                 raise TorchFaultError(
                     f"stratified sampler: pilot: only Neyman allocation has a pilot round (got "
-                    f"pilot={self.pilot_requested} with allocation {self.allocation!r})."
+                    f"pilot={self.pilot_requested} with allocation {self.allocation!r}).",
+                    field="pilot",
                 )
             self.pilot_sizes = np.zeros(n_strata, dtype=np.int64)
         self.pilot_faults = int(self.pilot_sizes.sum())
