@@ -767,6 +767,21 @@ class Campaign:
     def plan_text(self) -> str:
         """One line: how many faults and runs (``up to`` for an adaptive campaign)."""
         info = self.describe()
+        if not getattr(self.sampler, "allocated", True):
+            budget = self.sampler.n_requested
+            size = (
+                f"up to {budget:,} faults" if budget else f"as many as margin {self.sampler.margin}"
+            )
+            return (
+                f"a pilot round of {self.sampler.pilot_faults:,} faults, then Neyman allocation of "
+                f"{size} ({self.runs_per_fault} run(s) per fault"
+                + (
+                    f"; adaptive: stops once the SDC interval half-width is <= "
+                    f"{self.config.sampler.margin})"
+                    if info["adaptive"]
+                    else ")"
+                )
+            )
         if not info["adaptive"]:
             return f"{info['faults']:,} faults, {info['runs']:,} runs"
         s = self.config.sampler
