@@ -28,6 +28,7 @@ engine build) is excluded by a warm-up chunk.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 import random
@@ -233,6 +234,267 @@ def scaling(model, x, golden, faults) -> list[tuple[str, float]]:
     return out
 
 
+# ---------------------------------------------------------------------------- real models
+# torchvision is not a dependency: equivalent architectures, small (32x32 inputs), seeded weights
+def _conv_bn(cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+
+
+class _Basic(nn.Module):
+    """ResNet-18's basic block."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True), *_conv_bn(cout, cout)
+        )
+        self.short = (
+            nn.Sequential(*_conv_bn(cin, cout, 1, stride))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.short(x))
+
+
+def _resnet18_like() -> nn.Module:
+    layers: list[nn.Module] = [*_conv_bn(3, 32), nn.ReLU(inplace=True)]
+    for cin, cout, s in [(32, 32, 1), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2)]:
+        layers.append(_Basic(cin, cout, s))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+
+
+class _Inverted(nn.Module):
+    """MobileNetV2's inverted residual (ReLU6) or, with ``silu``, EfficientNet's MBConv with
+    squeeze-and-excitation (SiLU, sigmoid)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, silu: bool) -> None:
+        super().__init__()
+        mid = cin * 4
+        act = nn.SiLU if silu else nn.ReLU6
+        self.expand = nn.Sequential(*_conv_bn(cin, mid, 1), act())
+        self.dw = nn.Sequential(*_conv_bn(mid, mid, 3, stride, groups=mid), act())
+        self.se = (
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(mid, mid // 4, 1),
+                nn.SiLU(),
+                nn.Conv2d(mid // 4, mid, 1),
+                nn.Sigmoid(),
+            )
+            if silu
+            else None
+        )
+        self.project = nn.Sequential(*_conv_bn(mid, cout, 1))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dw(self.expand(x))
+        if self.se is not None:
+            h = h * self.se(h)
+        h = self.project(h)
+        return x + h if self.residual else h
+
+
+def _mobile_like(silu: bool) -> nn.Module:
+    act = nn.SiLU() if silu else nn.ReLU6()
+    blocks = [
+        _Inverted(c, d, s, silu) for c, d, s in [(16, 16, 1), (16, 24, 2), (24, 24, 1), (24, 32, 2)]
+    ]
+    return nn.Sequential(
+        *_conv_bn(3, 16, 3, 2),
+        act,
+        *blocks,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
+class _ViT(nn.Module):
+    """A small vision transformer: 4x4 patches, two encoder layers (GELU), class token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 64, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 64) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, 65, 64) * 0.02)
+        layer = nn.TransformerEncoderLayer(64, 4, 128, 0.0, "gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        return self.head(self.encoder(t)[:, 0])
+
+
+class _ConvNeXt(nn.Module):
+    """Two ConvNeXt blocks (7x7 depthwise conv, layer norm, GELU MLP), run channels-last."""
+
+    def __init__(self, c: int = 48) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 4, 4)
+        self.dw = nn.ModuleList(nn.Conv2d(c, c, 7, padding=3, groups=c) for _ in range(2))
+        self.ln = nn.ModuleList(nn.LayerNorm(c) for _ in range(2))
+        self.fc1 = nn.ModuleList(nn.Linear(c, 4 * c) for _ in range(2))
+        self.fc2 = nn.ModuleList(nn.Linear(4 * c, c) for _ in range(2))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        for dw, ln, fc1, fc2 in zip(self.dw, self.ln, self.fc1, self.fc2):
+            z = ln(dw(y).permute(0, 2, 3, 1))
+            y = y + fc2(nn.functional.gelu(fc1(z))).permute(0, 3, 1, 2)
+        return self.head(y.mean((2, 3)))
+
+
+class _LSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(16, 32, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+def _int8_eager() -> tuple[nn.Module, torch.Tensor]:
+    import warnings
+
+    from torch.ao.quantization import DeQuantStub, QuantStub, convert, get_default_qconfig, prepare
+
+    model = nn.Sequential(
+        QuantStub(),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 32 * 32, 10),
+        DeQuantStub(),
+    ).eval()
+    model.qconfig = get_default_qconfig("x86")
+    x = torch.randn(REAL_INPUTS, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(model, inplace=True)
+        model(x)
+        convert(model, inplace=True)
+    return model, x
+
+
+def real_models() -> dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]:
+    """The real-model families of the table: (model in eval mode, seeded inputs)."""
+    image = lambda: torch.randn(REAL_INPUTS, 3, 32, 32)  # noqa: E731
+    cl = lambda: image().contiguous(memory_format=torch.channels_last)  # noqa: E731
+    return {
+        "resnet18-like": lambda: (_resnet18_like(), image()),
+        "mobilenet_v2-like": lambda: (_mobile_like(silu=False), image()),
+        "efficientnet-like (SiLU, SE)": lambda: (_mobile_like(silu=True), image()),
+        "small ViT (TransformerEncoder)": lambda: (_ViT(), image()),
+        "convnext-like (channels-last)": lambda: (
+            _ConvNeXt().to(memory_format=torch.channels_last),
+            cl(),
+        ),
+        "LSTM": lambda: (_LSTM(), torch.randn(REAL_INPUTS, 12, 16)),
+        "eager int8 (QuantStub)": _int8_eager,
+    }
+
+
+#: inputs per fault and faults per model of the real-model table
+REAL_INPUTS = 16
+REAL_FAULTS = 48
+
+
+def real_model_table(threads: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
+    """Fast vs reference engine on each real model: runs/s, the share of runs the fast path ran,
+    whether every record is identical. Faults: single-bit flips (bit uniform over 0..31) on a
+    uniformly drawn element of the outputs, weights and biases (``fault_space``)."""
+    from torchfault.campaign import golden_run
+    from torchfault.faults import fault_space
+
+    rows = []
+    before = torch.get_num_threads()
+    try:
+        for name, make in real_models().items():
+            torch.manual_seed(SEED)
+            model, x = make()
+            model.eval()
+            rng = random.Random(SEED)
+            sites = [
+                s
+                for s in fault_space(model, x[:2], kinds=("outputs", "weights", "biases"))
+                if s.shape
+            ]
+            weights = [math.prod(s.shape) for s in sites]
+            faults = []
+            for s in rng.choices(sites, weights=weights, k=max(4, int(REAL_FAULTS * SCALE))):
+                index = tuple(rng.randrange(d) for d in s.shape)
+                faults.append(
+                    Fault(s.module, s.target, index, (rng.randrange(min(32, s.bit_width)),))
+                )
+            tasks = [RunTask(k, (f,), tuple(range(REAL_INPUTS))) for k, f in enumerate(faults)]
+            for n_threads in threads:
+                torch.set_num_threads(n_threads)
+                golden = golden_run(model, x, 256)
+                best: dict[str, float] = {}
+                records: dict[str, list[Any]] = {}
+                share = 0.0
+                for _ in range(REPEAT):
+                    for engine in ("fast", "reference"):
+                        t0 = time.perf_counter()
+                        if engine == "fast":
+                            eng: Any = FastEngine(model, x, golden, Criterion(), 256)
+                        else:
+                            eng = ReferenceEngine(model, x, golden, Criterion(), 256)
+                        got = eng.run(tasks)
+                        sec = time.perf_counter() - t0
+                        best[engine] = min(sec, best.get(engine, sec))
+                        records[engine] = [
+                            (r.fault_id, r.input_id, r.outcome, r.faulty_top1) for r in got
+                        ]
+                        if engine == "fast":
+                            share = eng.stats["fast"] / max(len(got), 1)
+                            why = eng.handed_over.most_common(1)
+                runs = len(tasks) * REAL_INPUTS
+                rows.append(
+                    {
+                        "model": name,
+                        "threads": n_threads,
+                        "fast": runs / best["fast"],
+                        "reference": runs / best["reference"],
+                        "share": share,
+                        "identical": records["fast"] == records["reference"],
+                        "why": why[0][0] if why else "",
+                    }
+                )
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def print_real_model_table() -> None:
+    rows = real_model_table()
+    print("\n### Real models: fast vs reference engine\n")
+    print(
+        "| model | threads | fast runs/s | reference runs/s | fast / reference | runs on the fast path | identical records | main reason for the reference |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['threads']} | {r['fast']:,.0f} | {r['reference']:,.0f} | "
+            f"{r['fast'] / r['reference']:.2f}x | {r['share']:.0%} | "
+            f"{'yes' if r['identical'] else 'NO'} | {r['why']} |"
+        )
+    for t in sorted({r["threads"] for r in rows}):
+        ratios = [r["fast"] / r["reference"] for r in rows if r["threads"] == t]
+        gm = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+        print(
+            f"\n- {t} thread(s): geometric mean fast / reference {gm:.2f}x over {len(ratios)} models"
+        )
+
+
 # ---------------------------------------------------------------------------- main
 def main() -> None:
     """Print the campaign benchmark as Markdown tables."""
@@ -308,7 +570,13 @@ def _main() -> None:
     print("|---|---:|")
     for label, rate in scaling(model, x, golden, faults):
         print(f"| {label} | {rate:,.0f} |")
+    print_real_model_table()
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:] == ["--real"]:  # the real-model table alone
+        print_real_model_table()
+    else:
+        main()

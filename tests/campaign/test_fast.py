@@ -899,6 +899,9 @@ def test_runs_handed_to_the_reference_engine_are_counted_by_reason():
     narrow = _NarrowSigmoid().eval()
     got = handed(narrow, torch.randn(n, 4), [Fault("a", "output", (2,), (30,))])
     assert got == {REASONS["position"]: n}
+    att = FuzzAttention().eval()  # MultiheadAttention is one traced node: out_proj is inside
+    got = handed(att, torch.randn(n, 6, 16), [Fault("attn.out_proj", "weight", (0, 0), (30,))])
+    assert got == {REASONS["hidden"]: n}
     qmodel, qx = eager_quantized_linear()
     got = handed(qmodel, qx, [Fault("0", "scale", index=(0,), bits=(31,))])
     assert got == {REASONS["apart"]: n}

@@ -166,6 +166,8 @@ class FastEngine(Engine):
         if _random_faults(task):  # one seeded run per (fault, input): the reference engine's way
             return REASONS["random"]
         calls = prog.calls.get(f.module, [])
+        if not calls:
+            return REASONS["hidden"]
         if f.is_activation and f.call is not None:
             node = calls[f.call] if f.call < len(calls) else None
         else:

@@ -20,6 +20,7 @@ REASONS = {
     "kind": "fault on an input, or with sample or element set",
     "random": "random fault model (one seeded run per input)",
     "calls": "module called more than once (no call given, or a call that never happens)",
+    "hidden": "module not in the traced graph (inside a module traced whole, or not called)",
     "tensor": "parameter shared, read by the graph, packed, or module not found",
     "position": "transcendental element-wise function on rows not vector-aligned or under "
     "several threads",
