@@ -185,11 +185,12 @@ class BERInjection:
                         set_packed(mod, pname, new)
                     else:
                         own = numerics.format_of(t)
+                        at = torch.from_numpy(idx)
                         self._saved.append(
-                            ("words", t, idx, numerics.read_elements(t.data, idx, own), own)
+                            ("words", t, at, numerics.read_elements(t.data, at, own), own)
                         )
                         numerics.apply_bits_(
-                            t.data, idx, numerics.read_elements(new, idx, own), "set", own
+                            t.data, at, numerics.read_elements(new, at, own), "set", own
                         )
                 if "outputs" in self.kinds:
                     self._handles.append(

@@ -119,7 +119,12 @@ def may_write(
 
 
 def fault_words(
-    t: torch.Tensor, index: torch.Tensor, masks: torch.Tensor, op: str, *, inplace: bool = False
+    t: torch.Tensor,
+    index: torch.Tensor | np.ndarray,
+    masks: torch.Tensor | np.ndarray,
+    op: str,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Apply merged masks (from :func:`merge_masks`) to the words of ``t`` at flat ``index``.
 
