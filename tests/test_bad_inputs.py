@@ -272,3 +272,36 @@ def test_run_campaign_refuses_nan_tolerance():
             criterion="tolerance",
             tolerance=math.nan,
         )
+
+
+def _job_configs():
+    from torchfault.cli._dnn import PruneConfig, QuantizeConfig, SummaryConfig
+    from torchfault.dnn import TestConfig, TrainConfig
+    from torchfault.dnn._training import TrainerConfig
+
+    return [
+        (PruneConfig, {"amount": 1.5}, "amount"),
+        (PruneConfig, {"seed": 2**40}, "seed"),
+        (QuantizeConfig, {"calibration_batches": 0}, "calibration_batches"),
+        (SummaryConfig, {"batch": 0}, "batch"),
+        (TestConfig, {"model": "lenett"}, "model"),
+        (TrainConfig, {"batch_size": 0}, "batch_size"),
+        (TrainerConfig, {"max_epochs": 0}, "trainer.max_epochs"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_job_configs_raise_config_errors_carrying_their_field(index):
+    """DNN job configs built in Python raise ConfigError with ``field`` (as from YAML)."""
+    from torchfault.config import from_dict
+    from torchfault.dnn import TrainConfig
+
+    cls, data, field = _job_configs()[index]
+    with pytest.raises(ConfigError) as err:
+        cls(**data)
+    assert err.value.field == field and field in str(err.value)
+    if field.startswith("trainer."):
+        cls, data = TrainConfig, {"trainer": data}
+    with pytest.raises(ConfigError) as err:
+        from_dict(cls, data)
+    assert err.value.field == field

@@ -190,13 +190,18 @@ class PruneConfig:
         check_seed(self.seed, "seed", 2**32 - 1 - self.steps)  # fine-tuning seeds seed + step
         check_selectors(self.modules, "modules")
         if not 0.0 <= self.amount < 1.0:
-            raise ValueError(f"amount must lie in [0, 1), got {self.amount}.")
+            raise ConfigError(f"amount must lie in [0, 1), got {self.amount}.", field="amount")
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}.")
+            raise ConfigError(f"steps must be >= 1, got {self.steps}.", field="steps")
         if self.finetune_epochs < 0:
-            raise ValueError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}.")
+            raise ConfigError(
+                f"finetune_epochs must be >= 0, got {self.finetune_epochs}.",
+                field="finetune_epochs",
+            )
         if self.scope == "global" and self.method.endswith("_structured"):
-            raise ValueError(f"scope: 'global' needs an unstructured method, not {self.method!r}.")
+            raise ConfigError(
+                f"scope: 'global' needs an unstructured method, not {self.method!r}.", field="scope"
+            )
         self.out_path()  # an unknown {placeholder} is an error now, not after pruning
 
     def out_path(self) -> str:
@@ -229,10 +234,11 @@ class PruneConfig:
         try:
             return self.out.format(**fields)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
+            raise ConfigError(
                 f"out: {self.out!r} has an unknown placeholder ({exc}); use "
                 + ", ".join("{" + k + "}" for k in fields)
-                + " (write {{ and }} for literal braces)."
+                + " (write {{ and }} for literal braces).",
+                field="out",
             ) from None
 
 
@@ -379,9 +385,14 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         _check_names(self.model, self.dataset)
         if self.calibration_batches < 1:
-            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}.")
+            raise ConfigError(
+                f"calibration_batches must be >= 1, got {self.calibration_batches}.",
+                field="calibration_batches",
+            )
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+            raise ConfigError(
+                f"batch_size must be >= 1, got {self.batch_size}.", field="batch_size"
+            )
 
 
 @command(
@@ -455,7 +466,7 @@ class SummaryConfig:
     def __post_init__(self) -> None:
         _check_names(self.model, self.dataset)
         if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}.")
+            raise ConfigError(f"batch must be >= 1, got {self.batch}.", field="batch")
 
 
 @command(
@@ -525,9 +536,10 @@ class ProfileConfig:
     def __post_init__(self) -> None:
         _check_names(self.model, self.dataset)
         if self.batch < 1 or self.steps < 1 or self.warmup < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"batch and steps must be >= 1 and warmup >= 0, got batch={self.batch}, "
-                f"steps={self.steps}, warmup={self.warmup}."
+                f"steps={self.steps}, warmup={self.warmup}.",
+                field="batch",
             )
 
 

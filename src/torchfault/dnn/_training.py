@@ -36,7 +36,7 @@ from torchfault.dnn._checkpoint import (
     save_checkpoint,
 )
 from torchfault.dnn._models import WEIGHTS_FORMAT, extract_state_dict
-from torchfault.errors import TorchFaultError
+from torchfault.errors import ConfigError, TorchFaultError
 
 __all__ = [
     "CheckpointConfig",
@@ -90,15 +90,17 @@ def check_names(model: str, dataset: str) -> None:
 
     if not is_factory_spec(model) and model not in MODELS:
         valid = MODELS.list()
-        raise ValueError(
+        raise ConfigError(
             f"model: unknown model {model!r}; valid: {', '.join(valid)}, or a factory of your "
-            f"own as 'path/to/file.py:function'.{suggest(model, valid)}"
+            f"own as 'path/to/file.py:function'.{suggest(model, valid)}",
+            field="model",
         )
     if not is_factory_spec(dataset) and dataset not in DATASETS:
         valid = DATASETS.list()
-        raise ValueError(
+        raise ConfigError(
             f"dataset: unknown dataset {dataset!r}; valid: {', '.join(valid)}, or a factory of "
-            f"your own as 'path/to/file.py:function'.{suggest(dataset, valid)}"
+            f"your own as 'path/to/file.py:function'.{suggest(dataset, valid)}",
+            field="dataset",
         )
 
 
@@ -118,9 +120,10 @@ def _check_monitor(where: str, metric: str) -> None:
     from torchfault.errors import suggest
 
     if metric not in MONITORABLE:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: {metric!r} is not a logged metric; choose one of "
-            f"{', '.join(MONITORABLE)}.{suggest(str(metric), MONITORABLE)}"
+            f"{', '.join(MONITORABLE)}.{suggest(str(metric), MONITORABLE)}",
+            field=where,
         )
 
 
@@ -183,29 +186,38 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1:
-            raise ValueError(f"trainer.max_epochs must be >= 1, got {self.max_epochs}.")
+            raise ConfigError(
+                f"trainer.max_epochs must be >= 1, got {self.max_epochs}.",
+                field="trainer.max_epochs",
+            )
         if not 0 <= self.min_epochs <= self.max_epochs:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.min_epochs must lie in [0, max_epochs={self.max_epochs}], "
-                f"got {self.min_epochs}."
+                f"got {self.min_epochs}.",
+                field="trainer.min_epochs",
             )
         if self.devices < 1:
-            raise ValueError(f"trainer.devices must be >= 1, got {self.devices}.")
+            raise ConfigError(
+                f"trainer.devices must be >= 1, got {self.devices}.", field="trainer.devices"
+            )
         if self.log_every_n_steps < 1:
-            raise ValueError(
-                f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}."
+            raise ConfigError(
+                f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}.",
+                field="trainer.log_every_n_steps",
             )
         if self.gradient_clip_val is not None and not self.gradient_clip_val >= 0:
             # a negative norm would flip every gradient (clip_grad_norm_ scales by max_norm/norm)
-            raise ValueError(
+            raise ConfigError(
                 "trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), "
-                f"got {self.gradient_clip_val}."
+                f"got {self.gradient_clip_val}.",
+                field="trainer.gradient_clip_val",
             )
         for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
             v = getattr(self, name)
             if v <= 0 or (v > 1 and not float(v).is_integer()):
-                raise ValueError(
-                    f"trainer.{name} must be a fraction in (0, 1] or a whole batch count, got {v}."
+                raise ConfigError(
+                    f"trainer.{name} must be a fraction in (0, 1] or a whole batch count, got {v}.",
+                    field=f"trainer.{name}",
                 )
 
     def kwargs(self) -> dict[str, Any]:
@@ -256,15 +268,27 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise ValueError(f"optimizer.lr must be positive, got {self.lr}.")
+            raise ConfigError(
+                f"optimizer.lr must be positive, got {self.lr}.", field="optimizer.lr"
+            )
         if self.weight_decay < 0:
-            raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}.")
+            raise ConfigError(
+                f"optimizer.weight_decay must be >= 0, got {self.weight_decay}.",
+                field="optimizer.weight_decay",
+            )
         if self.step_size < 1:
-            raise ValueError(f"optimizer.step_size must be >= 1, got {self.step_size}.")
+            raise ConfigError(
+                f"optimizer.step_size must be >= 1, got {self.step_size}.",
+                field="optimizer.step_size",
+            )
         if not self.gamma > 0:
-            raise ValueError(f"optimizer.gamma must be positive, got {self.gamma}.")
+            raise ConfigError(
+                f"optimizer.gamma must be positive, got {self.gamma}.", field="optimizer.gamma"
+            )
         if self.momentum < 0:
-            raise ValueError(f"optimizer.momentum must be >= 0, got {self.momentum}.")
+            raise ConfigError(
+                f"optimizer.momentum must be >= 0, got {self.momentum}.", field="optimizer.momentum"
+            )
 
 
 @dataclass
@@ -287,7 +311,10 @@ class EarlyStoppingConfig:
 
     def __post_init__(self) -> None:
         if self.patience < 1:
-            raise ValueError(f"early_stopping.patience must be >= 1, got {self.patience}.")
+            raise ConfigError(
+                f"early_stopping.patience must be >= 1, got {self.patience}.",
+                field="early_stopping.patience",
+            )
         _check_monitor("early_stopping.monitor", self.monitor)
 
 
@@ -312,11 +339,15 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         _check_monitor("checkpoint.monitor", self.monitor)
         if self.save_top_k < -1:
-            raise ValueError(f"checkpoint.save_top_k must be >= -1, got {self.save_top_k}.")
+            raise ConfigError(
+                f"checkpoint.save_top_k must be >= -1, got {self.save_top_k}.",
+                field="checkpoint.save_top_k",
+            )
         if self.compression not in COMPRESSIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint.compression: {self.compression!r} is not one of "
-                f"{', '.join(COMPRESSIONS)}."
+                f"{', '.join(COMPRESSIONS)}.",
+                field="checkpoint.compression",
             )
 
 
@@ -370,13 +401,21 @@ class TrainConfig:
 
         check_seed(self.seed, "seed", 2**32 - 1)  # Lightning's seed_everything takes 32 bits
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+            raise ConfigError(
+                f"batch_size must be >= 1, got {self.batch_size}.", field="batch_size"
+            )
         if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}.")
+            raise ConfigError(
+                f"num_workers must be >= 0, got {self.num_workers}.", field="num_workers"
+            )
         if self.cv == 1 or self.cv < 0:
-            raise ValueError(f"cv must be 0 (no cross-validation) or >= 2 folds, got {self.cv}.")
+            raise ConfigError(
+                f"cv must be 0 (no cross-validation) or >= 2 folds, got {self.cv}.", field="cv"
+            )
         if self.pretrained and self.weights:
-            raise ValueError("pretrained and weights: give one starting point, not both.")
+            raise ConfigError(
+                "pretrained and weights: give one starting point, not both.", field="pretrained"
+            )
 
     @property
     def run_name(self) -> str:
@@ -776,7 +815,9 @@ class TestConfig:
     def __post_init__(self) -> None:
         check_names(self.model, self.dataset)
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+            raise ConfigError(
+                f"batch_size must be >= 1, got {self.batch_size}.", field="batch_size"
+            )
         if self.ber is not None:
             self.ber = parse_rates(self.ber, "ber")
 
