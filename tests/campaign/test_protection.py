@@ -153,3 +153,63 @@ def test_bad_protection_refused_before_anything_runs(setup):
         h.remove()
     assert calls == []
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
+
+
+def _config(tmp_path, **protection):
+    return {
+        "name": "prot",
+        "out_dir": str(tmp_path / "run"),
+        "sampler": {"name": "uniform", "n": 12, "bits": [30, 29, 23]},
+        "data": {"num_inputs": 16},
+        "inputs_per_fault": 0,
+        "report": False,
+        "progress": False,
+        "protection": protection,
+    }
+
+
+def test_config_protection_equals_run_campaign_on_the_stored_faults(tmp_path):
+    import json
+
+    from torchfault import Campaign
+    from torchfault.dnn import create_model
+
+    model = create_model("lenet", dataset="digits", pretrained=True).eval()
+    camp = Campaign(_config(tmp_path))
+    camp.setup()
+    prof_path = profile_ranges(model, camp.inputs[:8]).save(tmp_path / "r.json")
+    # a store made without protection resumes with it: the protection is not in the identity
+    Campaign(_config(tmp_path)).run()
+    camp = Campaign(_config(tmp_path, name="detect", profile=str(prof_path)))
+    result = camp.run()
+    doc = json.loads((tmp_path / "run" / "protection.json").read_text())
+    faults = [result.faults[k] for k in sorted(result.faults)]
+    want = run_campaign(
+        model, camp.inputs, faults, camp.labels, protection={"name": "detect", "profile": prof_path}
+    ).protection
+    assert doc["runs"] == [
+        [r.fault_id, r.input_id, r.outcome, r.flagged, r.correct] for r in want.runs
+    ]
+    s = want.summary()
+    for key in ("sdc_without", "sdc_with", "detection_rate", "false_positive_rate"):
+        assert doc["summary"][key] == s[key]
+    assert doc["summary"]["false_positive_rate"] > 0  # profiled on 8 of the 16 inputs
+    assert result.protection.runs == want.runs
+
+
+def test_config_protection_errors_name_the_field_and_store_nothing(tmp_path):
+    from torchfault import Campaign
+    from torchfault.errors import ConfigError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ConfigError, match=r"bad\.json") as e:
+        Campaign(_config(tmp_path, name="ranger", profile=str(bad))).run()
+    assert e.value.field == "protection.profile"
+    with pytest.raises(ConfigError, match="conv9") as e:
+        Campaign(_config(tmp_path, name="clip", layers={"conv9": {"bound": 1}})).run()
+    assert e.value.field == "protection.layers"
+    with pytest.raises(ConfigError, match="rangr") as e:
+        Campaign(_config(tmp_path, name="rangr")).run()
+    assert e.value.field == "protection.name"
+    assert not (tmp_path / "run" / "campaign.sqlite").exists()

@@ -16,6 +16,7 @@ from torchfault.campaign._config import (
     ExecutorConfig,
     ModelConfig,
     OutcomeConfig,
+    ProtectionConfig,
     SamplerConfig,
     StoreConfig,
     TargetsConfig,
@@ -78,6 +79,7 @@ from torchfault.campaign._structure import Batched, as_batched
 
 __all__ = [
     "PROTECTED_OUTCOMES",
+    "ProtectionConfig",
     "ProtectedRun",
     "ProtectionResult",
     "protected_runs",

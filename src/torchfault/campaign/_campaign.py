@@ -446,6 +446,79 @@ class Campaign:
         except ValueError as exc:
             raise ConfigError(f"executor.name: {exc}") from None
         self.fingerprint = fingerprint(self.model, self.inputs, self.labels)
+        self._setup_protection()
+
+    def _setup_protection(self) -> None:
+        """Build and check ``protection`` on the model (before the store is opened)."""
+        self.protection = None
+        spec = self.config.protection.spec()
+        if spec is None:
+            return
+        from torchfault.campaign._protection import resolve_protection
+
+        if not isinstance(self.inputs, torch.Tensor) or not isinstance(self.golden, torch.Tensor):
+            raise ConfigError(
+                "protection.name: protected runs need a tensor of inputs and one output tensor.",
+                field="protection.name",
+            )
+        try:
+            self.protection = resolve_protection(spec)
+            self.protection.bind(self.model)
+        except TorchFaultError as exc:
+            own = exc.field if exc.field not in (None, "protection") else "name"
+            where = own if own.startswith("protection") else f"protection.{own}"
+            msg = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+            raise ConfigError(msg, field=where) from None
+
+    def _protect(self, result: CampaignResult) -> Any:
+        """Repeat every run of ``result`` under the protection; write ``protection.json``."""
+        from torchfault.campaign._protection import protected_runs
+
+        cfg = self.config
+        by_fault: dict[int, list[int]] = {}
+        for r in result.runs:
+            by_fault.setdefault(r.fault_id, []).append(r.input_id)
+        tasks = [
+            RunTask(fid, tuple(result.faults[fid]), tuple(sorted(ids)))
+            for fid, ids in sorted(by_fault.items())
+        ]
+        res = protected_runs(
+            self.model,  # type: ignore[arg-type]
+            self.inputs,  # type: ignore[arg-type]
+            self.golden,  # type: ignore[arg-type]
+            self.criterion,
+            tasks,
+            result.runs,
+            self.protection,  # type: ignore[arg-type]
+            cfg.engine.batch_size,
+            self.labels,
+        )
+        summary = res.summary()
+        doc = {
+            "protection": cfg.protection.spec(),
+            "summary": {  # NaN (no runs to divide by) as null: strict JSON
+                k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()
+            },
+            "runs": [[r.fault_id, r.input_id, r.outcome, r.flagged, r.correct] for r in res.runs],
+        }
+        path = Path(cfg.run_dir) / "protection.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+        log.info(
+            "protection %s: SDC %.4f -> %.4f, DUE %.4f -> %.4f, detection %.4f, false positives "
+            "%.4f, overhead %+.0f%% (%s)",
+            summary["protection"],
+            summary["sdc_without"],
+            summary["sdc_with"],
+            summary["due_without"],
+            summary["due_with"],
+            summary["detection_rate"],
+            summary["false_positive_rate"],
+            100 * summary["overhead"],
+            path,
+        )
+        return res
 
     def _check_margin_reachable(self) -> None:
         """An adaptive campaign whose margin cannot be reached within ``sampler.max_faults``
@@ -656,6 +729,8 @@ class Campaign:
             raise
         finally:
             store.close()
+        if getattr(self, "protection", None) is not None:  # the store is complete and closed
+            result.protection = self._protect(result)
         return result
 
     def _accumulator(self, store: Any) -> Any:

@@ -24,6 +24,7 @@ __all__ = [
     "EngineConfig",
     "ExecutorConfig",
     "StoreConfig",
+    "ProtectionConfig",
     "check_topk",
 ]
 
@@ -475,6 +476,39 @@ class StoreConfig:
 
 
 @dataclass
+class ProtectionConfig:
+    """A protection measured on the campaign's faults (docs/protection.md): after the campaign,
+    every stored run is repeated under it (full re-execution) and ``protection.json`` in the run
+    directory gets SDC/DUE with and without it, detection, false-positive rate, accuracy cost
+    and overhead. It changes no stored run, so it is not part of the store's identity.
+
+    Attributes:
+        name: a registered protection (``ranger``, ``clip``, ``detect``); null: none.
+        profile: a range profile file (``torchfault profile-ranges``) made on this model.
+        layers: module names or ``re:`` patterns, or a mapping ``name -> options``; null: every
+            layer of the profile.
+        options: the protection's other options (``bounds``, ``per_channel``, ``margin``,
+            ``bound``, ``low``, ``high``, ``mode``).
+    """
+
+    name: str | None = None
+    profile: str | None = None
+    layers: dict[str, dict[str, Any]] | list[str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def spec(self) -> dict[str, Any] | None:
+        """The protection as ``run_campaign(protection=...)`` takes it (``None``: no protection)."""
+        if self.name is None:
+            return None
+        out: dict[str, Any] = {"name": self.name, **self.options}
+        if self.profile is not None:
+            out["profile"] = self.profile
+        if self.layers is not None:
+            out["layers"] = self.layers
+        return out
+
+
+@dataclass
 class CampaignConfig:
     """A whole campaign. Every field can be overridden on the command line (``--sampler.margin 0.02``).
 
@@ -501,6 +535,7 @@ class CampaignConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    protection: ProtectionConfig = field(default_factory=ProtectionConfig)
     inputs_per_fault: int = 1
     out_dir: str | None = None
     report: bool = True
@@ -548,7 +583,7 @@ class CampaignConfig:
         from torchfault.config import to_dict
 
         d = to_dict(self)
-        for key in ("engine", "executor", "progress", "report", "out_dir"):
+        for key in ("engine", "executor", "progress", "report", "out_dir", "protection"):
             d.pop(key, None)
         d["store"] = {}
         for key in ("hub", "quantized"):  # unset: as before these keys existed (old stores resume)
