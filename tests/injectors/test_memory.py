@@ -199,3 +199,30 @@ def test_interval_covers_the_true_rate_and_bounds_the_zero_case():
     assert zero.interval("sdc", True) == (0.0, pytest.approx(1 - 0.025 ** (1 / 100)))
     with pytest.raises(TorchFaultError, match="confidence must be in"):
         zero.interval("sdc", True, confidence=1.5)
+
+
+def test_outcomes_by_region_pattern_and_status():
+    model = _net()  # Linear(12, 16), ReLU, Linear(16, 5): float32, 2 per 64-bit data word
+    x = torch.randn(8, 12)
+    mix = {"single": 0.7, "adjacent_bits:2": 0.3}
+    r = memory_campaign(model, x, MemoryLayout(72, ecc="secded"), n=80, seed=4, patterns=mix)
+    # rows by hand: 0.weight 96, 0.bias 8, 2.weight 40, 2.bias 3 (5 elements in 3 words)
+    bounds = [
+        (0, 96, "0:weight"),
+        (96, 104, "0:bias"),
+        (104, 144, "2:weight"),
+        (144, 147, "2:bias"),
+    ]
+    assert r.memory.rows == 147
+    for run in r.runs:
+        row = run["fault"]["row"]
+        assert run["region"] == next(n for lo, hi, n in bounds if lo <= row < hi)
+    for key in ("region", "pattern", "status"):
+        for ecc in (False, True):
+            parts = r.by(key, ecc)
+            total = {o: sum(p[o] for p in parts.values()) for o in r.counts(ecc)}
+            assert total == r.counts(ecc)
+    assert set(r.by("pattern", True)) == {"single", "adjacent_bits:2"}
+    assert r.by("status", True)["detected"]["detected"] == 8 * r.statuses()["detected"]
+    with pytest.raises(TorchFaultError, match="key must be 'region'"):
+        r.by("layer", True)

@@ -261,6 +261,23 @@ class MemoryMap:
             f"{suggest(f'{module}:{target}', names)}"
         )
 
+    def region_at(self, row: int) -> MemoryRegion:
+        """The region (tensor) whose rows include ``row``.
+
+        Example:
+            >>> MemoryMap(nn.Linear(4, 2), MemoryLayout(width=64)).region_at(4).name
+            'bias'
+        """
+        if (
+            isinstance(row, bool)
+            or not isinstance(row, (int, np.integer))
+            or not 0 <= row < self.rows
+        ):
+            raise TorchFaultError(
+                f"MemoryMap: row {row!r} is outside the memory (rows 0..{self.rows - 1})."
+            )
+        return self.regions[int(np.searchsorted(self._starts, row, side="right") - 1)]
+
     def anchor(self, fault: MemoryFault) -> tuple[int, int]:
         """Global ``(row, column)`` of a fault's anchor cell (checked)."""
         if fault.row is not None:

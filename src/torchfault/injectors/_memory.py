@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchfault.errors import TorchFaultError
+from torchfault.errors import TorchFaultError, suggest
 from torchfault.faults import MemoryFault, MemoryLayout, MemoryMap, MemoryResolution, PatternMix
 from torchfault.injectors._inject import Injection, inject
 
@@ -201,6 +201,30 @@ class MemoryCampaignResult:
         """The model's FIT for ``outcome`` at a raw upset rate of ``fit_per_mbit``."""
         return self.memory.fit(fit_per_mbit, self.rate(outcome, ecc))
 
+    def by(self, key: str, ecc: bool) -> dict[str, dict[str, int]]:
+        """Outcome counts per stratum: ``key`` is ``"region"`` (the tensor whose rows hold the
+        fault's anchor cell), ``"pattern"`` or ``"status"`` (the decoder's verdict).
+
+        Example:
+            >>> r = MemoryCampaignResult(None, inputs=1)  # type: ignore[arg-type]
+            >>> r.runs = [{"region": "fc:weight", "ecc": {"sdc": 1}}, {"region": "fc:bias", "ecc": {"masked": 1}}]
+            >>> r.by("region", ecc=True)["fc:weight"]["sdc"]
+            1
+        """
+        if key not in ("region", "pattern", "status"):
+            raise TorchFaultError(
+                f"by: key must be 'region', 'pattern' or 'status', got {key!r}."
+                f"{suggest(str(key), ['region', 'pattern', 'status'])}"
+            )
+        col = "ecc" if ecc else "no_ecc"
+        out: dict[str, dict[str, int]] = {}
+        for r in self.runs:
+            name = r["fault"]["pattern"] if key == "pattern" else r[key]
+            acc = out.setdefault(name, dict.fromkeys(MEMORY_OUTCOMES, 0))
+            for k, v in r[col].items():
+                acc[k] += v
+        return out
+
     def statuses(self) -> dict[str, int]:
         """How many physical faults the decoder saw as each status."""
         out: dict[str, int] = {}
@@ -246,6 +270,7 @@ def memory_campaign(
         res = mm.resolve(fault)
         row: dict[str, Any] = {
             "fault": fault.to_dict(),
+            "region": mm.region_at(int(fault.row)).name,  # type: ignore[arg-type]
             "status": res.status,
             "raw": [f.to_dict() for f in res.raw],
             "decoded": [f.to_dict() for f in res.decoded],
