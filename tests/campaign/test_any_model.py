@@ -530,7 +530,7 @@ def test_handed_over_engine_logs_once(caplog, bert):
 
 
 # ----------------------------------------------------------------------------- stored campaigns
-DATA_PY = '''
+DATA_PY = """
 import torch
 
 
@@ -566,7 +566,7 @@ def seg_model():
             return self.conv2(torch.relu(self.conv1(x)))
 
     return TinySeg()
-'''
+"""
 
 BERT_KW = {
     "vocab_size": 60,
@@ -616,9 +616,7 @@ def test_stored_hugging_face_campaign_with_dict_inputs_from_a_dataset(tmp_path):
     res = camp.run()
     assert len(res) == 24 and camp.accuracy is not None
     # the fast engine hands the campaign to the reference engine: identical rows
-    fast = Campaign(
-        _config(tmp_path / "f", **over, engine={"name": "fast"})
-    ).run()
+    fast = Campaign(_config(tmp_path / "f", **over, engine={"name": "fast"})).run()
     assert same_records(res, fast)
     # the runs equal run_campaign's on the same model, inputs and faults
     direct = run_campaign(
@@ -681,7 +679,9 @@ def test_config_errors_name_their_field(tmp_path):
         Campaign(_config(tmp_path, **seg, engine={"device": "cuda:3"})).setup()
     assert e.value.field == "engine.device"
     with pytest.raises(ConfigError, match="outcome.output") as e:
-        Campaign(_config(tmp_path, **seg, outcome={"criterion": "segmentation", "output": "x"})).setup()
+        Campaign(
+            _config(tmp_path, **seg, outcome={"criterion": "segmentation", "output": "x"})
+        ).setup()
     with pytest.raises(ConfigError, match="segmentation"):
         Campaign(_config(tmp_path, **seg, outcome={"criterion": "tokens"})).setup()
     with pytest.raises(ConfigError, match="outcome.criterion.*Did you mean 'detection'"):
@@ -717,3 +717,129 @@ def test_cli_campaign_on_a_hugging_face_model_class(tmp_path):
     assert main(["campaign", "--config", str(path)]) == 0
     with ResultStore(tmp_path / "run" / "campaign.sqlite", mode="r") as store:
         assert store.count_runs() == 5
+
+
+def _rows(path):
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    try:
+        runs = con.execute(
+            "SELECT fault_id, input_id, outcome, golden_top1, faulty_top1, max_abs_diff, error "
+            "FROM runs ORDER BY fault_id, input_id"
+        ).fetchall()
+        metrics = con.execute(
+            "SELECT fault_id, input_id, name, value FROM run_metrics ORDER BY 1, 2, 3"
+        ).fetchall()
+    finally:
+        con.close()
+    return runs, metrics
+
+
+@pytest.mark.slow
+def test_dict_inputs_and_metrics_through_the_process_executor_and_a_resume(tmp_path, monkeypatch):
+    """A keyword-input model with a metrics criterion: process workers and a resume after half
+    the runs were lost store exactly the serial rows and metrics."""
+    import sqlite3
+
+    from torchfault.campaign import Campaign
+
+    # the model module is importable (process workers unpickle it by name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "kwmod.py"
+    data.write_text(
+        DATA_PY
+        + """
+
+def kw_images(split="test", n=16):
+    return [({"image": x, "scale": torch.tensor(2.0)}, None) for x, _ in images(split, n)]
+
+
+class KwSeg(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(6, 4, 1)
+
+    def forward(self, image, scale):
+        x = image * scale[:, None, None, None]
+        return {"masks": self.conv2(torch.relu(self.conv1(x)))}
+
+
+def kw_model():
+    return KwSeg()
+"""
+    )
+    over = {
+        "model": {"name": "kwmod:kw_model"},
+        "data": {"dataset": f"{data}:kw_images", "num_inputs": 16},
+        "targets": {"kinds": ["weights", "outputs"]},
+        "outcome": {"criterion": "segmentation", "output": "masks", "fraction": 0.05},
+        "sampler": {"n": 10},
+        "executor": {"chunk_faults": 3},
+    }
+    serial = Campaign(_config(tmp_path / "s", **over))
+    serial.run()
+    want = _rows(tmp_path / "s" / "run" / "campaign.sqlite")
+    assert len(want[0]) == 20 and len(want[1]) == 40  # 2 metrics per run
+    proc_over = {**over, "executor": {"name": "process", "workers": 2, "chunk_faults": 3}}
+    proc = Campaign(_config(tmp_path / "p", **proc_over))
+
+    proc.run()
+    assert _rows(tmp_path / "p" / "run" / "campaign.sqlite") == want
+    # lose half of the runs (and a metric row of a kept one stays): a resume redoes exactly them
+    db = tmp_path / "s" / "run" / "campaign.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM runs WHERE fault_id >= 5")
+    con.execute("DELETE FROM run_metrics WHERE fault_id >= 7")
+    con.commit()
+    con.close()
+    Campaign(_config(tmp_path / "s", **over)).run()
+    assert _rows(db) == want
+
+
+def test_engine_deterministic_sets_the_flag_during_the_campaign_only(tmp_path):
+    from torchfault.campaign import Campaign
+
+    data = tmp_path / "detprobe.py"
+    data.write_text(
+        DATA_PY
+        + """
+
+SEEN = []
+
+
+class Probe(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        SEEN.append(torch.are_deterministic_algorithms_enabled())
+        return self.fc(x)
+
+
+def probe():
+    return Probe()
+
+
+def vectors(split="test", n=16):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, generator=g), i % 3) for i in range(n)]
+"""
+    )
+    over = {
+        "model": {"name": f"{data}:probe"},
+        "data": {"dataset": f"{data}:vectors", "num_inputs": 16},
+        "engine": {"deterministic": True},
+        "sampler": {"n": 2},
+    }
+    before = torch.are_deterministic_algorithms_enabled()
+    Campaign(_config(tmp_path, **over)).run()
+    import sys
+
+    seen = sys.modules["detprobe"].SEEN
+    # the golden pass and the injection runs (the fault-space probe in between only reads shapes)
+    assert len(seen) == 4 and seen[0] and seen[2] and seen[3]
+    assert torch.are_deterministic_algorithms_enabled() == before

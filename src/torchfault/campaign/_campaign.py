@@ -248,9 +248,13 @@ def build_engine(
     criterion: Criterion,
     batch_size: int,
     fast: FastOptions | None = None,
+    deterministic: bool = False,
 ) -> Engine:
     """Build an engine (a picklable entry point for executor workers); ``fast``: the fast
-    engine's options (``engine.fast``)."""
+    engine's options (``engine.fast``); ``deterministic``: switch on
+    ``torch.use_deterministic_algorithms`` in this process (``engine.deterministic``)."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
     try:
         cls = ENGINES.get(engine)
     except ValueError as exc:
@@ -352,7 +356,10 @@ class Campaign:
         self.model = build_model(cfg).to(device)
         self.inputs, self.labels = build_inputs(cfg)
         self.inputs = self.inputs.to(device)
+        deterministic = torch.are_deterministic_algorithms_enabled()
         try:
+            if cfg.engine.deterministic:
+                torch.use_deterministic_algorithms(True)
             self.golden = golden_run(self.model, self.inputs, cfg.engine.batch_size)
         except Exception as exc:  # the model cannot run on these inputs: a config problem
             shape = _shape_text(self.inputs)
@@ -362,6 +369,8 @@ class Campaign:
                 f"({type(exc).__name__}: {exc}). Check that the model is built for this data "
                 "(model.dataset, model.kwargs, data.kwargs)."
             ) from exc
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
         if cfg.outcome.topk != 1 or cfg.outcome.criterion == "topk":
             check_topk(self.golden, cfg.outcome.topk, "outcome.topk")
         try:
@@ -624,6 +633,7 @@ class Campaign:
 
         self.setup()
         cfg = self.config
+        deterministic = torch.are_deterministic_algorithms_enabled()
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         assert self.model is not None and self.inputs is not None and self.golden is not None
         store = self.open_store()
@@ -649,6 +659,7 @@ class Campaign:
                 crit,
                 cfg.engine.batch_size,
                 cfg.engine.fast,
+                deterministic=cfg.engine.deterministic,
             )
             try:
                 executor = EXECUTORS.create(
@@ -729,6 +740,7 @@ class Campaign:
             raise
         finally:
             store.close()
+            torch.use_deterministic_algorithms(deterministic)
         if getattr(self, "protection", None) is not None:  # the store is complete and closed
             result.protection = self._protect(result)
         return result

@@ -382,6 +382,10 @@ class EngineConfig:
             cache size, spatial windows, row checks); no knob changes a record.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``: the model, the inputs and
             the golden outputs live there (checked to exist before anything runs).
+        deterministic: run the campaign (golden pass and every worker) under
+            ``torch.use_deterministic_algorithms(True)`` (restored after); on CUDA, set
+            ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` too. An operation without a deterministic
+            kernel then raises (in the golden pass: a config error).
     """
 
     name: str = "reference"
@@ -389,6 +393,7 @@ class EngineConfig:
     threads: int = 1
     fast: FastOptions = field(default_factory=FastOptions)
     device: str = "cpu"
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
