@@ -113,8 +113,9 @@ def test_breakdowns():
         MULTIPLE: {"masked": 0, "benign": 4, "sdc": 6, "due": 0},
     }
     bit = {r.key: r.n for r in s.by_bit}
-    assert bit == {2: 50, 30: 120, MULTIPLE: 10}
-    assert [r.key for r in s.by_bit] == [2, 30, MULTIPLE]
+    # fault 3 flips bit 5 of one element and bits 5 and 6 of another: listed under bit 6
+    assert bit == {2: 50, 6: 10, 30: 120}
+    assert [r.key for r in s.by_bit] == [2, 6, 30]
     assert {r.key for r in s.by_target} == {"conv1:weight", "fc:output", "bn:running_var", MULTIPLE}
     assert "element" not in s.groups
     e = summarize(runs, faults, per_element=True)
@@ -273,3 +274,17 @@ def test_design_errors():
         summarize([{"fault_id": 0, "outcome": "sdc"}], FAULTS, design=d)
     with pytest.raises(TorchFaultError, match="interval method 'exact'"):
         summarize([], FAULTS, method="exact")
+
+
+def test_whole_element_faults_have_no_bit_row():
+    from torchfault.analysis._summary import WHOLE
+
+    faults = {
+        0: (Fault("fc", "weight", (0, 0), (), model="zero"),),
+        1: (Fault("fc", "weight", (0, 1), (), model="random_value"),),
+        2: (Fault("fc", "weight", (0, 2), (30,)),),
+    }
+    runs = [{"fault_id": i, "outcome": "sdc" if i else "masked"} for i in range(3)]
+    s = summarize(runs, faults)
+    assert {r.key: r.faults for r in s.by_bit} == {30: 1, WHOLE: 2}
+    assert [r.key for r in s.by_bit] == [30, WHOLE]

@@ -167,3 +167,33 @@ def test_custom_bit_groups_and_other():
     pops = s.strata()
     # the allowed bits in no group form "other"
     assert pops == {"top": 254, "exp": 254 * 7, "other": 254 * 24}
+
+
+@pytest.mark.parametrize("model", ["zero", "value", "random_value"])
+def test_whole_element_models_count_elements_not_bits(model):
+    """zero, value and random_value replace an element: the population is the elements (not
+    elements x bits), a margin sizes a sample of elements, and the faults name no bits."""
+    from torchfault.samplers import sample_size
+
+    params = {"value": {"value": 1.0}}.get(model, {})
+    elements = 54 + 200 + 5
+    u = create_sampler("uniform", sites=SITES, n=elements, fault_model=model, params=params)
+    assert u.population == elements
+    faults = u.draws(0, elements)
+    assert {f.bits for (f,) in faults} == {()}
+    assert len({(f.module, f.index) for (f,) in faults}) == elements  # every element once
+    sized = create_sampler("uniform", sites=SITES, margin=0.05, fault_model=model, params=params)
+    assert len(sized) == sample_size(elements, 0.05, 0.95)
+    st = create_sampler(
+        "stratified", sites=SITES, n=50, allocation="proportional", fault_model=model, params=params
+    )
+    assert st.strata() == {
+        ("conv:weight", "element"): 54,
+        ("fc:weight", "element"): 200,
+        ("half:weight", "element"): 5,
+    }
+    with pytest.raises(TorchFaultError, match="no bit positions"):
+        create_sampler("per_bit", sites=SITES, n=5, fault_model=model, params=params)
+    with pytest.raises(TorchFaultError, match="replaces whole elements") as info:
+        create_sampler("uniform", sites=SITES, n=5, fault_model=model, params=params, bits=[30])
+    assert info.value.field == "bits"

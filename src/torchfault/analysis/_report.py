@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from torchfault.analysis._stats import DEFAULT_INTERVAL
-from torchfault.analysis._summary import METHOD_LABELS, MULTIPLE, NONE, OUTCOMES, Row, Summary
+from torchfault.analysis._summary import (
+    METHOD_LABELS,
+    MULTIPLE,
+    NONE,
+    OUTCOMES,
+    WHOLE,
+    Row,
+    Summary,
+)
 from torchfault.errors import TorchFaultError
 
 __all__ = ["make_report", "plot_rate_per_layer", "plot_rate_per_bit", "plot_outcome_mix"]
@@ -219,8 +227,10 @@ def _markdown(
         json.dumps(meta.get("config", {}), indent=2, sort_keys=True, default=str),
         "```",
         "",
-        f"Groups named `{MULTIPLE}` hold runs whose faults span several layers or bits; `{NONE}`, runs "
-        "without faults.",
+        f"Groups named `{MULTIPLE}` hold runs whose faults span several layers; `{NONE}`, runs "
+        "without faults. A fault flipping several bits is listed under its most significant bit; "
+        f"one replacing whole elements under `{WHOLE}`. Rates and intervals are over faults "
+        "(each fault one trial, strata weighted by their populations).",
         "",
     ]
     return "\n".join(lines)

@@ -20,8 +20,10 @@ Groups. Every fault (with all its runs) counts once overall and once in each bre
 - ``kind``: ``activation``, ``parameter`` or ``buffer`` (from the fault sites when given;
   otherwise activations are recognised by their target, and the buffers of PyTorch's normalisation
   layers by name).
-- ``bit``: the bit position when every fault of the run flips the same single bit, else
-  ``"(multiple)"``.
+- ``bit``: the bit position of a single-bit fault; a fault (or fault set) flipping several bits
+  is listed under its most significant flipped bit (the one that changes the value most), and a
+  fault that replaces the whole element (``zero``, ``value``, ``random_value``) under
+  ``"(whole element)"``.
 - ``element`` (only with ``per_element=True``): ``module:target[index]``.
 
 Example:
@@ -71,6 +73,8 @@ __all__ = [
 GROUPS = ("layer", "target", "kind", "bit", "element")
 MULTIPLE = "(multiple)"
 NONE = "(none)"
+#: The per-bit key of faults that replace whole elements (``zero``, ``value``, ``random_value``).
+WHOLE = "(whole element)"
 _BUFFER_NAMES = {"running_mean", "running_var", "num_batches_tracked"}
 _REDUCTIONS = ("sum", "max", "min", "cat")
 #: Columns of :meth:`Summary.to_rows` and of the summary CSV and Parquet files.
@@ -563,13 +567,13 @@ def _group_keys(
         ("target", _one(f"{f.module}:{f.target}" for f in faults)),
         ("kind", _one(_kind_of(f, kinds) for f in faults)),
     ]
-    bits = {f.bits for f in faults}
+    flipped = [b for f in faults for b in f.bits]
     if not faults:
         bit: Any = NONE
-    elif len(bits) == 1 and len(next(iter(bits))) == 1:
-        bit = next(iter(bits))[0]
+    elif not flipped:
+        bit = WHOLE  # zero, value, random_value: the element, no bit
     else:
-        bit = MULTIPLE
+        bit = max(flipped)  # a multi-bit fault (set) under its most significant bit
     keys.append(("bit", bit))
     if per_element:
         keys.append(("element", _one(f"{f.module}:{f.target}{list(f.index)}" for f in faults)))
@@ -619,7 +623,7 @@ def _sort_key(order: Mapping[Any, int]) -> Callable[[Any], tuple]:
             return (0, order[k], "")
         if isinstance(k, int):
             return (1, k, "")
-        return (2 if k not in (MULTIPLE, NONE) else 3, 0, str(k))
+        return (2 if k not in (MULTIPLE, NONE, WHOLE) else 3, 0, str(k))
 
     return key
 

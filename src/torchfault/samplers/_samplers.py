@@ -234,6 +234,15 @@ def _permute(idx: np.ndarray, size: int, keys: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def _whole_element(fault_model: str) -> bool:
+    """Whether a registered fault model replaces whole elements (needs no bit positions)."""
+    from torchfault.faults import FAULT_MODELS
+
+    if not FAULT_MODELS.is_registered(fault_model):
+        return False
+    return not FAULT_MODELS.info(fault_model).capabilities.get("needs_bits", True)
+
+
 def _as_sites(sites: Any) -> list[FaultSite]:
     if isinstance(sites, (FaultSite, Mapping)) or sites is None:
         sites = [] if sites is None else [sites]
@@ -321,7 +330,19 @@ class Sampler(abc.ABC):
             None if bits is None else list(bits) if not isinstance(bits, (str, int)) else [bits]
         )
         all_sites = _as_sites(sites)
-        site_bits = [resolve_bits(self.bits_spec, s.format, s.bit_width) for s in all_sites]
+        # fault models that replace a whole element (zero, value, random_value) have no bit
+        # positions: the population is the elements, and their faults name no bits
+        self.whole_element = _whole_element(fault_model)
+        if self.whole_element and self.bits_spec is not None:
+            raise TorchFaultError(
+                f"bits: fault model {fault_model!r} replaces whole elements, so a bits setting "
+                f"({self.bits_spec}) does not apply; leave bits unset.",
+                field="bits",
+            )
+        site_bits = [
+            (0,) if self.whole_element else resolve_bits(self.bits_spec, s.format, s.bit_width)
+            for s in all_sites
+        ]
         kept = [(s, b) for s, b in zip(all_sites, site_bits) if b and s.numel > 0]
         if not kept:
             raise TorchFaultError(
@@ -508,7 +529,7 @@ class Sampler(abc.ABC):
         index = tuple(int(i) for i in np.unravel_index(element, s.shape)) if s.shape else ()
         return s.fault(
             index,
-            bits,
+            () if self.whole_element else bits,
             model=self.fault_model,
             persistence=self.persistence,
             params=self.params,
@@ -680,6 +701,12 @@ class PerBitSampler(Sampler):
     name = "per_bit"
 
     def _setup(self) -> None:
+        if self.whole_element:
+            raise TorchFaultError(
+                f"per_bit sampler: fault model {self.fault_model!r} replaces whole elements and "
+                "has no bit positions to stratify by; use uniform, per_layer or stratified.",
+                field="fault_model",
+            )
         self.bit_strata: list[int] = sorted({b for bits in self.site_bits for b in bits})
         self._members: list[np.ndarray] = []
         self._member_offsets: list[np.ndarray] = []

@@ -221,6 +221,8 @@ class StratifiedSampler(Sampler):
 
     def _groups_of(self, site: int) -> dict[int, str]:
         s, allowed = self.sites[site], set(self.site_bits[site])
+        if self.whole_element:
+            return {0: "element"}
         if self.bit_groups_spec is None:
             groups = default_bit_groups(s.format, s.bit_width)
         else:
