@@ -18,6 +18,7 @@ from torchfault.injectors import (
     SystolicArray,
     inject_systolic,
     pe_faults,
+    pe_map,
     systolic_campaign,
 )
 
@@ -168,6 +169,10 @@ def test_campaign_over_pes_and_bad_input():
     runs = systolic_campaign(net, x, array, faults)
     assert len(runs) == 16 and all(sum(r["outcomes"].values()) == 5 for r in runs)
     assert any(r["outcomes"].get("masked", 0) < 5 for r in runs)
+    sdc = pe_map(runs, array, "sdc")
+    for r in runs:  # one fault per PE here: the map is that fault's SDC fraction
+        f = r["fault"]
+        assert sdc[f["row"], f["col"]] == r["outcomes"].get("sdc", 0) / 5
     with pytest.raises(TorchFaultError, match="outside the 4 x 4 array"):
         inject_systolic(net, PEFault("0", 4, 0), array).__enter__()
     with pytest.raises(TorchFaultError, match="runs Linear and Conv2d layers, not ReLU"):

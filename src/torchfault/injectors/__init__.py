@@ -58,6 +58,7 @@ from torchfault.injectors._systolic import (
     SystolicArray,
     inject_systolic,
     pe_faults,
+    pe_map,
     systolic_campaign,
 )
 from torchfault.registry import Registry
@@ -102,6 +103,7 @@ __all__ = [
     "list_injectors",
     "memory_campaign",
     "pe_faults",
+    "pe_map",
     "register_injector",
     "systolic_campaign",
 ]

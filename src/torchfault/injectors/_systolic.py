@@ -58,6 +58,7 @@ __all__ = [
     "SystolicArray",
     "inject_systolic",
     "pe_faults",
+    "pe_map",
     "systolic_campaign",
 ]
 
@@ -341,3 +342,24 @@ def systolic_campaign(
             outs = ["due"] * len(inputs)
         out.append({"fault": f.to_dict(), "outcomes": {o: outs.count(o) for o in set(outs)}})
     return out
+
+
+def pe_map(
+    runs: Sequence[dict[str, Any]], array: SystolicArray, outcome: str = "sdc"
+) -> np.ndarray:
+    """A ``rows x cols`` map of the fraction of runs with ``outcome`` per PE (all units, bits
+    and layers of ``runs`` together; ``nan`` where a PE has no run): where the array is fragile.
+
+    Example:
+        >>> runs = [{"fault": {"row": 0, "col": 1}, "outcomes": {"sdc": 3, "masked": 1}}]
+        >>> pe_map(runs, SystolicArray(1, 2)).tolist()
+        [[nan, 0.75]]
+    """
+    hits = np.zeros((array.rows, array.cols))
+    total = np.zeros((array.rows, array.cols))
+    for r in runs:
+        i, j = r["fault"]["row"], r["fault"]["col"]
+        hits[i, j] += r["outcomes"].get(outcome, 0)
+        total[i, j] += sum(r["outcomes"].values())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, hits / np.maximum(total, 1), np.nan)
