@@ -843,3 +843,38 @@ def vectors(split="test", n=16):
     # the golden pass and the injection runs (the fault-space probe in between only reads shapes)
     assert len(seen) == 4 and seen[0] and seen[2] and seen[3]
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_stored_campaign_criterion_raising_mid_run_is_an_error_not_an_outcome(tmp_path):
+    from torchfault.campaign import Campaign, CriterionError
+    from torchfault.store import ResultStore
+
+    data = tmp_path / "rdata.py"
+    data.write_text(
+        DATA_PY
+        + """
+
+def picky(golden, faulty):
+    if float((faulty - golden).abs().max()) > 1.0:
+        raise ZeroDivisionError("picky")
+    return "benign", {"err": float((faulty - golden).abs().max())}
+"""
+    )
+    over = {
+        "model": {"name": f"{data}:seg_model"},
+        "data": {"dataset": f"{data}:images", "num_inputs": 16},
+        "targets": {"kinds": ["weights"]},
+        "sampler": {"n": 30, "bits": [30]},
+        "outcome": {"criterion": f"{data}:picky"},
+    }
+    camp = Campaign(_config(tmp_path, **over))
+    with pytest.raises(CriterionError, match="picky.*raised.*ZeroDivisionError.*not an outcome"):
+        camp.run()
+    with ResultStore(tmp_path / "run" / "campaign.sqlite", mode="r") as store:
+        outcomes = {r.outcome for r in store.runs()}
+    assert "sdc" not in outcomes and "due" not in outcomes
+    # low mantissa bits: the criterion never raises; its metrics are summarised from the store
+    ok = Campaign(_config(tmp_path / "ok", **{**over, "sampler": {"n": 6, "bits": [3]}}))
+    runs = ok.run().runs
+    summary = ok.metrics_summary()
+    assert summary["err"]["all"]["n"] == sum(1 for r in runs if r.outcome != "masked") > 0

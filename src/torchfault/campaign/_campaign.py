@@ -759,6 +759,15 @@ class Campaign:
         acc.update(store.iter_runs())
         return acc
 
+    def metrics_summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per metric its criterion returned, per outcome (and ``all``): count, mean, min and
+        max over the stored runs (empty for criteria without metrics)."""
+        from torchfault.campaign._run import summarize_metrics
+        from torchfault.store import ResultStore
+
+        with ResultStore(Path(self.config.store_path), mode="r") as store:
+            return summarize_metrics(store.runs(), read_metrics(store))
+
     def _adaptive_done(self, acc: Any, below: int) -> bool:
         """The stopping rule at a round boundary, over the runs of faults ``< below`` only: the
         design-based SDC interval (faults as the sampling unit, strata weighted) is within the
