@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from torchfault.analysis._stats import DEFAULT_INTERVAL, check_method, interval_from_rate
+from torchfault.analysis._stats import DEFAULT_INTERVAL, check_method, intervals_from_rates
 from torchfault.errors import TorchFaultError
 
 __all__ = ["SamplingDesign", "Estimate", "estimate", "estimate_groups", "stratum_sd"]
@@ -158,46 +158,6 @@ class Estimate:
     exact: bool = False
 
 
-def _cells(
-    y: np.ndarray,
-    m: np.ndarray,
-    key: np.ndarray,
-    stratum: np.ndarray,
-    n_keys: int,
-    pops: np.ndarray,
-    inputs: float,
-) -> dict[str, np.ndarray]:
-    """Per-cell sums (cell = key * H + stratum)."""
-    n_strata = len(pops)
-    cell = key * n_strata + stratum
-    size = n_keys * n_strata
-    n_c = np.bincount(cell, minlength=size).astype(np.float64)
-    s1 = np.bincount(cell, y, minlength=size)
-    s2 = np.bincount(cell, y * y, minlength=size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ybar = np.where(n_c > 0, s1 / np.maximum(n_c, 1), 0.0)
-        var = np.where(n_c > 1, (s2 - n_c * ybar * ybar) / np.maximum(n_c - 1, 1), 0.0)
-        var = np.maximum(var, 0.0)
-        fpc2 = 1.0 - m / inputs
-        several = m >= 2
-        within_i = np.where(
-            several, fpc2 * y * (1 - y) / np.maximum(m - 1, 1), 0.0
-        )  # (1 - m/M) s_i^2 / m_i with s_i^2 = y(1-y) m/(m-1)
-    once = np.bincount(cell, (~several).astype(np.float64), minlength=size)
-    once_fpc = np.bincount(cell, np.where(several, 0.0, 1.0 - 1.0 / inputs), minlength=size)
-    within = np.bincount(cell, within_i, minlength=size) + once_fpc * ybar * (1 - ybar)
-    partial = np.bincount(cell, (m < inputs).astype(np.float64), minlength=size)
-    return {
-        "n": n_c,
-        "ybar": ybar,
-        "var": var,
-        "within": within,
-        "once": once,
-        "partial": partial,
-        "runs": np.bincount(cell, m, minlength=size),
-    }
-
-
 def estimate_groups(
     y: np.ndarray,
     m: np.ndarray,
@@ -211,6 +171,9 @@ def estimate_groups(
 ) -> list[Estimate]:
     """Estimates of the mean fraction in each of ``n_keys`` groups (domains) of faults.
 
+    Vectorised over the groups (a per-element summary has one group per element): only the
+    cells (group x stratum) that hold faults are formed.
+
     Args:
         y: per-fault fraction of runs with the outcome.
         m: per-fault number of runs.
@@ -222,72 +185,100 @@ def estimate_groups(
         inputs: the campaign's number of inputs ``M`` (``None``/``inf``: unbounded).
         confidence: confidence level.
         method: interval method.
+
+    Example:
+        >>> import numpy as np
+        >>> a, b = estimate_groups(np.array([0, 1, 0, 0.0]), np.ones(4), np.array([0, 0, 1, 1]), 2)
+        >>> a.rate, a.faults, b.rate, round(b.high, 4)
+        (0.5, 2, 0.0, 0.8419)
     """
     method = check_method(method)
     y = np.asarray(y, dtype=np.float64)
     m = np.asarray(m, dtype=np.float64)
     key = np.asarray(key, dtype=np.int64)
-    stratum = np.zeros(len(y), dtype=np.int64) if stratum is None else np.asarray(stratum)
+    stratum = np.zeros(len(y), dtype=np.int64) if stratum is None else np.asarray(stratum, np.int64)
     pops = np.array([math.inf] if populations is None else list(populations), dtype=np.float64)
     big_m = math.inf if inputs is None else float(inputs)
     n_strata = len(pops)
     n_h = np.bincount(stratum, minlength=n_strata).astype(np.float64)
-    f_h = np.where(np.isinf(pops), 0.0, n_h / np.where(np.isinf(pops), 1.0, pops))
-    f_h = np.minimum(f_h, 1.0)
-    c = _cells(y, m, key, stratum, n_keys, pops, big_m)
+    finite = np.isfinite(pops)
+    f_h = np.minimum(np.where(finite, n_h / np.where(finite, pops, 1.0), 0.0), 1.0)
+    # cells (group x stratum) holding faults
+    cell_ids, cell = np.unique(key * n_strata + stratum, return_inverse=True)
+    ck, ch = cell_ids // n_strata, cell_ids % n_strata
+    size = len(cell_ids)
+    n_c = np.bincount(cell, minlength=size).astype(np.float64)
+    s1 = np.bincount(cell, y, minlength=size)
+    s2 = np.bincount(cell, y * y, minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ybar = s1 / np.maximum(n_c, 1)
+        var = np.where(n_c > 1, (s2 - n_c * ybar * ybar) / np.maximum(n_c - 1, 1), 0.0)
+        several = m >= 2
+        within_i = np.where(several, (1.0 - m / big_m) * y * (1 - y) / np.maximum(m - 1, 1), 0.0)
+    var = np.maximum(var, 0.0)
+    once_fpc = np.bincount(cell, np.where(several, 0.0, 1.0 - 1.0 / big_m), minlength=size)
+    within = np.bincount(cell, within_i, minlength=size) + once_fpc * ybar * (1 - ybar)
+    partial = np.bincount(cell, (m < big_m).astype(np.float64), minlength=size)
+    runs_c = np.bincount(cell, m, minlength=size)
+    # population weights of the cells within their group
+    pop_c = np.where(finite[ch], pops[ch] * n_c / np.maximum(n_h[ch], 1), n_c)
+    wsum = np.bincount(ck, pop_c, minlength=n_keys)
+    w = pop_c / np.maximum(wsum[ck], 1e-300)
+    units = np.bincount(ck, n_c, minlength=n_keys)
+    runs = np.bincount(ck, runs_c, minlength=n_keys)
+    p = np.clip(np.bincount(ck, w * ybar, minlength=n_keys), 0.0, 1.0)
+    fh_c = f_h[ch]
+    full_c = (fh_c >= 1.0) & (partial == 0)
+    exact = (np.bincount(ck, (~full_c).astype(np.float64), minlength=n_keys) == 0) & (units > 0)
+    # a fault counts as one trial: at least the Bernoulli variance of the cell's mean
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bern = np.where(n_c > 1, ybar * (1 - ybar) * n_c / np.maximum(n_c - 1, 1), 0.0)
+    var = np.maximum(var, bern)
+    flat = (var <= 1e-15) | (n_c < 2)
+    term = (1.0 - fh_c) * var / np.maximum(n_c, 1) + fh_c * within / np.maximum(n_c * n_c, 1)
+    v = np.bincount(ck, np.where(flat, 0.0, w * w * term), minlength=n_keys)
+    # cells without spread, pooled per group: the variance of (n y + 1/2) / (n + 1)
+    wf = np.bincount(ck, np.where(flat, w, 0.0), minlength=n_keys)
+    nf = np.bincount(ck, np.where(flat, n_c, 0.0), minlength=n_keys)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        yf = np.bincount(ck, np.where(flat, w * ybar, 0.0), minlength=n_keys) / np.maximum(
+            wf, 1e-300
+        )
+        ff = np.bincount(ck, np.where(flat, w * fh_c, 0.0), minlength=n_keys) / np.maximum(
+            wf, 1e-300
+        )
+    pt = (nf * yf + 0.5) / (nf + 1.0)
+    v = v + np.where(wf > 0, wf * wf * (1.0 - ff) * pt * (1.0 - pt) / np.maximum(nf, 1), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_eff = np.where(
+            v > 0, p * (1 - p) / np.maximum(v, 1e-300) * units / np.maximum(units - 1, 1), units
+        )
+    # at 0 or 1: the faults, over 1 - f when every fault ran on every input
+    dom_pop = np.bincount(ck, pop_c, minlength=n_keys)
+    has_partial = np.bincount(ck, partial, minlength=n_keys) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f_dom = np.where(np.isfinite(dom_pop) & (dom_pop > 0), units / dom_pop, 0.0)
+    n_edge = np.where(~has_partial & (f_dom < 1.0), units / np.maximum(1.0 - f_dom, 1e-300), units)
+    edge = (p <= 0.0) | (p >= 1.0)
+    n_eff = np.where(edge, n_edge, n_eff)
+    n_eff = np.where(exact, np.inf, n_eff)
+    low, high = intervals_from_rates(p, n_eff, confidence, method)
     out = []
     for g in range(n_keys):
-        sl = slice(g * n_strata, (g + 1) * n_strata)
-        n_c, ybar, var = c["n"][sl], c["ybar"][sl], c["var"][sl].copy()
-        present = n_c > 0
-        units = int(n_c.sum())
-        runs = int(round(c["runs"][sl].sum()))
-        if units == 0:
+        if units[g] == 0:
             out.append(Estimate(0.0, 0.0, 1.0, 0.0, 0, 0))
-            continue
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pop_c = np.where(
-                np.isinf(pops), n_c, pops * n_c / np.maximum(n_h, 1)
-            )  # estimated population of each cell
-        w = np.where(present, pop_c, 0.0)
-        w = w / w.sum()
-        p = float(np.clip((w * ybar).sum(), 0.0, 1.0))
-        full = present & (f_h >= 1.0) & (c["partial"][sl] == 0)
-        if full[present].all():
-            out.append(Estimate(p, p, p, math.inf, units, runs, exact=True))
-            continue
-        if p <= 0.0 or p >= 1.0:
-            domain_pop = pop_c[present].sum()
-            f = units / domain_pop if math.isfinite(domain_pop) and domain_pop > 0 else 0.0
-            n_eff = units / (1.0 - f) if c["partial"][sl].sum() == 0 and f < 1.0 else units
-            low, high = interval_from_rate(p, n_eff, confidence, method)
-            out.append(Estimate(p, low, high, float(n_eff), units, runs))
-            continue
-        # a fault counts as one trial: the variance of a cell is at least the Bernoulli variance
-        # of its mean (averaging a fault's inputs is given no credit in the interval)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            bern = np.where(n_c > 1, ybar * (1.0 - ybar) * n_c / np.maximum(n_c - 1, 1), 0.0)
-        var = np.maximum(var, bern)
-        flat = present & ((var <= 1e-15) | (n_c < 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            term = (1.0 - f_h) * var / np.maximum(n_c, 1) + f_h * c["within"][sl] / np.maximum(
-                n_c * n_c, 1
-            )
-        v = float((w * w * np.where(present & ~flat, term, 0.0)).sum())
-        if flat.any():
-            # cells whose faults all agree (no SDC in a stratum of mantissa bits) are pooled and
-            # given the variance of (n y + 1/2) / (n + 1) over the pool, never 0
-            wf, nf = float(w[flat].sum()), float(n_c[flat].sum())
-            yf = float((w[flat] * ybar[flat]).sum() / wf) if wf > 0 else 0.0
-            ff = float((w[flat] * f_h[flat]).sum() / wf) if wf > 0 else 0.0
-            pt = (nf * yf + 0.5) / (nf + 1.0)
-            v += wf * wf * (1.0 - ff) * pt * (1.0 - pt) / nf
-        if v <= 0.0:
-            n_eff = float(units)
         else:
-            n_eff = p * (1.0 - p) / v * (units / (units - 1.0) if units > 1 else 1.0)
-        low, high = interval_from_rate(p, n_eff, confidence, method)
-        out.append(Estimate(p, low, high, float(n_eff), units, runs))
+            out.append(
+                Estimate(
+                    float(p[g]),
+                    float(low[g]),
+                    float(high[g]),
+                    float(n_eff[g]),
+                    int(units[g]),
+                    int(round(runs[g])),
+                    bool(exact[g]),
+                )
+            )
     return out
 
 

@@ -90,7 +90,7 @@ def plot_rate_per_layer(summary: Summary, path: str | os.PathLike[str]) -> Path:
         rotate = len(rows) > 4
         ax.set_xticks(
             xs,
-            [f"{r.key}\n(n={r.n:,})" for r in rows],
+            [f"{r.key}\n({r.faults:,} faults)" for r in rows],
             rotation=45 if rotate else 0,
             ha="right" if rotate else "center",
         )

@@ -46,6 +46,7 @@ __all__ = [
     "clopper_pearson_interval",
     "interval",
     "interval_from_rate",
+    "intervals_from_rates",
     "check_method",
     "should_stop",
     "beta_ppf",
@@ -360,6 +361,64 @@ def interval_from_rate(
         return 0.0, 1.0
     _check(0, 0, confidence)
     return _METHODS[method](rate * n_eff, float(n_eff), confidence)
+
+
+def intervals_from_rates(
+    rates: Any, n_eff: Any, confidence: float = 0.95, method: str = DEFAULT_INTERVAL
+) -> tuple[Any, Any]:
+    """:func:`interval_from_rate` over arrays (numpy), vectorised: ``(low, high)`` arrays.
+
+    Example:
+        >>> import numpy as np
+        >>> low, high = intervals_from_rates(np.array([0.1, 0.25]), np.array([100, np.inf]))
+        >>> (round(float(low[0]), 4), float(low[1])) == (round(interval(10, 100)[0], 4), 0.25)
+        True
+    """
+    import numpy as np
+
+    method = check_method(method)
+    _check(0, 0, confidence)
+    p = np.asarray(rates, dtype=np.float64)
+    n = np.asarray(n_eff, dtype=np.float64)
+    inf = np.isinf(n)
+    empty = ~inf & (n <= 0)
+    ok = ~inf & ~empty
+    nn = np.where(ok, n, 1.0)
+    k = p * nn
+    low = np.zeros_like(p)
+    high = np.ones_like(p)
+    if method == "clopper_pearson":
+        alpha = 1.0 - confidence
+        try:
+            from scipy.stats import beta as _beta
+        except ImportError:
+            _beta = None
+        lo_mask, hi_mask = ok & (k > 0), ok & (k < nn)
+        if _beta is not None:
+            with np.errstate(all="ignore"):
+                lo = _beta.ppf(alpha / 2.0, np.where(lo_mask, k, 1.0), nn - k + 1.0)
+                hi = _beta.ppf(1.0 - alpha / 2.0, k + 1.0, np.where(hi_mask, nn - k, 1.0))
+            low = np.where(lo_mask, lo, 0.0)
+            high = np.where(hi_mask, hi, 1.0)
+        else:
+            for i in np.flatnonzero(ok):
+                low[i], high[i] = _clopper_pearson(float(k[i]), float(nn[i]), confidence)
+    else:
+        z = _z(confidence)
+        z2 = z * z
+        centre = (k + z2 / 2.0) / (nn + z2)
+        half = z / (nn + z2) * np.sqrt(np.maximum(k * (nn - k) / nn, 0.0) + z2 / 4.0)
+        low = np.where(k <= 0, 0.0, np.maximum(0.0, centre - half))
+        high = np.where(k >= nn, 1.0, np.minimum(1.0, centre + half))
+        if method == "wilson_modified":
+            k_star = np.where(nn <= 50, 2, 3)
+            for i in np.flatnonzero(
+                ok & (((k > 0) & (k <= k_star)) | ((nn - k > 0) & (nn - k <= k_star)))
+            ):
+                low[i], high[i] = _wilson_modified(float(k[i]), float(nn[i]), confidence)
+    low = np.where(inf, p, np.where(empty, 0.0, low))
+    high = np.where(inf, p, np.where(empty, 1.0, high))
+    return low, high
 
 
 def should_stop(
