@@ -2,7 +2,7 @@
 """Run every benchmark: each ``benchmarks/bench_*.py`` with a ``main() -> None``, in name order.
 
 Usage: ``python -m benchmarks [NAME ...]`` where a NAME is ``inject`` or ``bench_inject``
-(default: all). A benchmark that raises is reported and the others still run; the exit status
+(``stats``: the statistics against exhaustive truth, docs/statistics.md; default: all). A benchmark that raises is reported and the others still run; the exit status
 is then 1.
 """
 
