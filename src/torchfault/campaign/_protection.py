@@ -210,7 +210,7 @@ def protected_runs(
     protection: Protection | str | dict[str, Any],
     batch_size: int,
     labels: torch.Tensor | None = None,
-    repeats: int = 3,
+    repeats: int = 10,
 ) -> ProtectionResult:
     """Re-run ``tasks`` on ``model`` under ``protection`` (see the module docstring).
 

@@ -306,24 +306,42 @@ class Protection:
                     field="profile",
                 )
             lo, hi = self._range(name, out)
-            outside = ~((out >= lo) & (out <= hi))  # NaN is outside
-            rows = outside.reshape(out.shape[0], -1).any(1) if out.dim() else outside.reshape(1)
-            if bool(rows.any()):
-                self.fired[name] = self.fired.get(name, 0) + 1
+            opts = self._bounds[name][2]
+            outside = None
+            if isinstance(lo, torch.Tensor) or out.dim() < 1 or out.numel() == 0:
+                outside = ~((out >= lo) & (out <= hi))  # NaN is outside
+                rows = outside.reshape(out.shape[0], -1).any(1) if out.dim() else outside.reshape(1)
+            else:
+                # one pass over the output: each row's smallest and largest value (a NaN makes
+                # both NaN, and NaN fails both comparisons: outside)
+                mn, mx = out.reshape(out.shape[0], -1).aminmax(dim=1)
+                rows = ~((mn >= lo) & (mx <= hi))
             self.flags = (
                 rows if self.flags is None or self.flags.shape != rows.shape else self.flags | rows
             )
+            if not bool(rows.any()):
+                return None  # every value inside: nothing to flag or correct
+            self.fired[name] = self.fired.get(name, 0) + 1
             if not self.corrects:
                 return None
-            return self.correct(out, outside, lo, hi, self._bounds[name][2])
+            if outside is None and opts["mode"] == "zero":
+                outside = ~((out >= lo) & (out <= hi))
+            return self.correct(out, outside, lo, hi, opts)
 
         return fn
 
     def correct(
-        self, out: torch.Tensor, outside: torch.Tensor, lo: Any, hi: Any, opts: dict[str, Any]
+        self,
+        out: torch.Tensor,
+        outside: torch.Tensor | None,
+        lo: Any,
+        hi: Any,
+        opts: dict[str, Any],
     ) -> torch.Tensor:
-        """The corrected output (a new tensor; ``out`` is never changed)."""
+        """The corrected output (a new tensor; ``out`` is never changed). ``outside``: where
+        values are out of range (``None`` when only clamping needs no mask)."""
         if opts["mode"] == "zero":
+            assert outside is not None
             return out.masked_fill(outside, 0.0)
         res = (
             torch.clamp(out, min=lo, max=hi) if isinstance(lo, torch.Tensor) else out.clamp(lo, hi)
