@@ -217,3 +217,112 @@ def test_masked_is_exact_whatever_the_batch_composition():
     x = torch.randn(8, 1, 8, 8)
     res = run_campaign(model, x, [Fault("0", "output", index=(0, 2, 2), bits=(0,))])
     assert res.outcome_counts()["masked"] == 8
+
+
+# ------------------------------------------------------------------ the criteria registry
+def test_every_registered_criterion_leaves_golden_masked():
+    """Parametrised over the registry: golden against itself is masked for every criterion."""
+    from torchfault.campaign import evaluate, list_criteria, make_criterion
+
+    scores = torch.randn(3, 4, 5, 5)
+    dets = [
+        {
+            "boxes": torch.tensor([[0.0, 0, 4, 4]]),
+            "labels": torch.tensor([1]),
+            "scores": torch.tensor([0.9]),
+        }
+    ] * 3
+    for name in list_criteria():
+        g = dets if name == "detection" else scores
+        if name == "tokens":
+            g = scores[:, :, 0, :]
+        ev = evaluate(g, g, make_criterion(name))
+        assert ev.outcomes == ["masked"] * 3, name
+
+
+def test_tolerance_absolute_and_relative():
+    from torchfault.campaign import evaluate, make_criterion
+
+    g = torch.tensor([[100.0, 1.0], [100.0, 1.0]])
+    f = torch.tensor([[101.0, 1.0], [100.0, 1.5]])
+    crit = make_criterion("tolerance", tolerance=0.1, rtol=0.02)  # bounds 2.1 and 0.12
+    assert evaluate(g, f, crit).outcomes == ["benign", "sdc"]
+    assert evaluate(g, f, make_criterion("tolerance", tolerance=0.1)).outcomes == ["sdc", "sdc"]
+
+
+def test_regression_relative_error_and_zero_golden():
+    from torchfault.campaign import evaluate, make_criterion
+
+    g = torch.tensor([[3.0, 4.0], [0.0, 0.0], [3.0, 4.0]])
+    f = torch.tensor([[3.0, 4.05], [0.0, 1e-30], [6.0, 8.0]])
+    ev = evaluate(g, f, make_criterion("regression", threshold=0.02))
+    assert ev.outcomes == ["benign", "sdc", "sdc"]
+    assert ev.metrics[0]["rel_error"] == pytest.approx(0.05 / 5.0, rel=1e-5)
+    assert ev.metrics[1]["rel_error"] == math.inf and ev.metrics[2]["rel_error"] == pytest.approx(
+        1.0
+    )
+
+
+def test_segmentation_on_label_maps_and_tokens_on_ids():
+    from torchfault.campaign import evaluate, make_criterion
+
+    g = torch.zeros(2, 4, 4, dtype=torch.int64)
+    f = g.clone()
+    f[0, 0, 0] = 1  # 1 of 16 pixels
+    f[1, :2] = 2  # 8 of 16 pixels
+    ev = evaluate(g, f, make_criterion("segmentation", fraction=0.1))
+    assert ev.outcomes == ["benign", "sdc"]
+    assert ev.metrics[0]["changed_pixels"] == pytest.approx(1 / 16)
+    # mIoU of row 1: class 0 IoU 8/16, class 2 IoU 0/8 -> 0.25; drop 0.75
+    assert ev.metrics[1]["miou_drop"] == pytest.approx(0.75)
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
+    fids = torch.tensor([[1, 2, 3, 5], [9, 9, 3, 4]])
+    ev = evaluate(ids, fids, make_criterion("tokens", k=1))
+    assert ev.outcomes == ["benign", "sdc"] and [m["changed_tokens"] for m in ev.metrics] == [1, 2]
+
+
+def test_detection_greedy_and_hungarian_matching_differ_where_they_should():
+    from torchfault.campaign import make_criterion, match_detections
+
+    # golden A (score .9) overlaps faulty X best and faulty Y a little; golden B overlaps only X.
+    # greedy (by score) gives X to A and leaves B unmatched; hungarian pairs A-Y and B-X.
+    g = {
+        "boxes": torch.tensor([[0.0, 0, 10, 10], [2.0, 0, 12, 10]]),
+        "labels": torch.tensor([1, 1]),
+        "scores": torch.tensor([0.9, 0.8]),
+    }
+    f = {
+        "boxes": torch.tensor([[1.0, 0, 11, 10], [0.0, 3, 10, 13]]),
+        "labels": torch.tensor([1, 1]),
+    }
+    assert match_detections(g, f, make_criterion("detection", iou=0.5)) == (1, 1, 0)
+    assert match_detections(g, f, make_criterion("detection", iou=0.5, matching="hungarian")) == (
+        0,
+        0,
+        0,
+    )
+    # low-scoring detections are ignored
+    low = {**g, "scores": torch.tensor([0.9, 0.1])}
+    assert match_detections(low, low, make_criterion("detection", score_threshold=0.5)) == (0, 0, 0)
+
+
+def test_a_fault_that_changes_the_shape_of_the_part_read_is_an_sdc():
+    from torchfault.campaign import evaluate, make_criterion
+
+    g = [{"seq": torch.zeros(3, 2)}, {"seq": torch.zeros(3, 2)}]
+    f = [{"seq": torch.zeros(3, 2)}, {"seq": torch.zeros(4, 2)}]
+    ev = evaluate(g, f, make_criterion("regression", output="seq"))
+    assert ev.outcomes == ["masked", "sdc"] and ev.metrics[1] is None and ev.max_abs_diff[1] is None
+
+
+def test_callable_criterion_outcomes():
+    from torchfault.campaign import CriterionError, evaluate, make_criterion
+
+    g = torch.zeros(3, 2)
+    f = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, float("nan")]])
+    ev = evaluate(g, f, make_criterion(lambda a, b: bool(b.abs().max() > 1.5)))
+    assert ev.outcomes == ["benign", "sdc", "due"]  # NaN: DUE before the callable is asked
+    with pytest.raises(CriterionError, match="returned 3"):
+        evaluate(g[:2], f[:2], make_criterion(lambda a, b: 3))
+    with pytest.raises(CriterionError, match="metrics that are not numbers"):
+        evaluate(g[:2], f[:2], make_criterion(lambda a, b: ("sdc", {"x": "high"})))

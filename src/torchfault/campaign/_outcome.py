@@ -659,6 +659,7 @@ def evaluate(golden: Any, faulty: Any, criterion: Criterion, where: str = "") ->
     g_top: list[int | None] = [None] * n
     f_top: list[int | None] = [None] * n
     fn = criterion.callable
+    reshaped: set[int] = set()
     try:
         if fn is not None:
             for i in range(n):
@@ -683,15 +684,15 @@ def evaluate(golden: Any, faulty: Any, criterion: Criterion, where: str = "") ->
             else:
                 _check_tensor_parts(g_rows, criterion)
                 _check_tensor_parts(f_rows, criterion)
-                shapes_ok = all(a.shape == b.shape for a, b in zip(g_rows, f_rows))
-                if not shapes_ok:
-                    raise TorchFaultError(
-                        f"criterion {criterion.label!r}: the faulty output part has another "
-                        "shape than golden."
-                    )
-                gt_, ft_ = stack_rows(g_rows), stack_rows(f_rows)
+                # a fault that changed the shape of the part read is an SDC: the criterion
+                # sees golden in its place, and its outcome and metrics are overridden below
+                reshaped = {i for i in range(n) if g_rows[i].shape != f_rows[i].shape}
+                kept = [g_rows[i] if i in reshaped else f_rows[i] for i in range(n)]
+                gt_, ft_ = stack_rows(g_rows), stack_rows(kept)
             v = impl(gt_, ft_, criterion)
             finite = _finite_rows(ft_).tolist()
+            for i in reshaped:
+                finite[i] = _finite_part(f_rows[i])
         else:
             v = impl(list(g_rows), list(f_rows), criterion)
             finite = [_finite_part(x) for x in f_rows]
@@ -703,6 +704,8 @@ def evaluate(golden: Any, faulty: Any, criterion: Criterion, where: str = "") ->
             f"({type(exc).__name__}: {exc}); this is an error of the criterion, not an outcome."
         ) from exc
     sdc = v.sdc.reshape(-1).tolist()
+    for i in reshaped:
+        sdc[i] = True
     g_top = _as_list(v.golden_top1, n)
     f_top = _as_list(v.faulty_top1, n)
     names = list(v.metrics)
@@ -713,7 +716,7 @@ def evaluate(golden: Any, faulty: Any, criterion: Criterion, where: str = "") ->
             outcomes.append("due")
         else:
             outcomes.append("sdc" if sdc[i] else "benign")
-        if names:
+        if names and i not in reshaped:
             metrics[i] = {
                 k: (
                     None
