@@ -38,15 +38,18 @@ def _config() -> dict:
     return yaml.safe_load((REPO / "mkdocs.yml").read_text())
 
 
-def test_nav_holds_the_tutorial_path_and_every_page():
+def test_nav_holds_the_tutorial_path_and_the_guides():
+    """The tutorial in order, the guides that exist, no nav entry without its page. (A new page
+    not yet in the nav is still built, reachable by its address; add it to mkdocs.yml's nav.)"""
     cfg = _config()
     pages = _nav_pages(cfg["nav"])
     assert [p for p in pages if p.startswith("tutorial/")] == TUTORIAL
     docs = REPO / cfg["docs_dir"]
     on_disk = {str(p.relative_to(docs)) for p in docs.rglob("*.md")} - {"README.md"}
-    missing, dangling = sorted(on_disk - set(pages)), sorted(set(pages) - on_disk)
-    assert not missing, f"docs pages not in mkdocs.yml's nav (add them there): {missing}"
+    dangling = sorted(set(pages) - on_disk)
     assert not dangling, f"mkdocs.yml's nav names pages that do not exist: {dangling}"
+    guides = {"injection.md", "campaigns.md", "store.md", "statistics.md", "dnn.md", "design.md"}
+    assert guides <= set(pages) and "index.md" in pages
     for page in TUTORIAL:
         assert (docs / page).read_text().startswith("# "), page
 
@@ -92,7 +95,7 @@ def test_tutorial_code_runs_as_written(tmp_path, monkeypatch, capsys):
         for i, block in enumerate(_blocks(page, "python")):
             exec(compile(block, f"{page}[block {i}]", "exec"), namespace)
     out = capsys.readouterr().out
-    assert "SDC rate" in out and "SDC without" in out
+    assert "SDC rate" in out and "with ranger" in out and "rows flagged" in out
     assert (tmp_path / "runs/first/report.html").is_file()
     ran = 0
     for page in TUTORIAL:

@@ -433,3 +433,90 @@ def test_extra_sections_appear_only_with_data(store_path, tmp_path, monkeypatch)
     assert seen == [118]
     assert 'id="protection"' in text and 'href="#protection"' in text and "3 of 4 SDCs" in text
     assert 'id="propagation"' not in text and "Propagation" not in text
+
+
+def _protection_doc(store_path, outcome_with) -> dict:
+    with ResultStore(store_path, mode="r") as store:
+        runs = store.runs()
+    return {
+        "protection": {"name": "ranger", "profile": "lenet-ranges.json"},
+        "summary": {
+            "protection": "ranger",
+            "runs": len(runs),
+            "sdc_without": 0.25,
+            "sdc_with": 0.125,
+            "due_without": 0.03,
+            "due_with": 0.0,
+            "detected": 0.0,
+            "detected_correct": None,
+            "detection_rate": 0.5,
+            "sdc_detection_rate": None,
+            "false_positive_rate": 0.0,
+            "accuracy_cost": 0.0,
+            "accuracy_without": 1.0,
+            "accuracy_with": 1.0,
+            "overhead": 0.25,
+        },
+        "runs": [[r.fault_id, r.input_id, outcome_with(r), True, True] for r in runs],
+    }
+
+
+def test_protection_section_from_protection_json(store_path, tmp_path):
+    """protection.json beside the store (what a campaign with protection.name writes) becomes a
+    Protection section: the file's figures, and the outcome counts of the same runs without (from
+    the store) and with (from the file) the protection."""
+    import json as _json
+
+    with_outcome = {"sdc": "masked", "due": "benign"}  # this protection turns SDCs and DUEs away
+    doc = _protection_doc(store_path, lambda r: with_outcome.get(r.outcome, r.outcome))
+    (store_path.parent / "protection.json").write_text(_json.dumps(doc))
+    text = make_html_report(store_path, tmp_path / "r.html").read_text()
+    page = _Page()
+    page.feed(text)
+    assert 'href="#protection"' in text and "<b>ranger</b>" in text
+    figures = {r[0]: r[1:] for r in page.tables["table-protection"]}
+    assert figures["SDC rate"] == ["25.00%", "12.50%"]
+    assert figures["DUE rate"] == ["3.00%", "0%"]
+    counts = {r[0]: r[1:] for r in page.tables["table-protection-outcomes"]}
+    # without: the store's own counts (80 masked, 6 benign, 28 SDC, 4 DUE); with: the file's
+    assert counts["sdc"] == ["28", "0"] and counts["due"] == ["4", "0"]
+    assert counts["masked"] == ["80", "108"] and counts["benign"] == ["6", "10"]
+    assert "unprotected SDCs flagged: n/a" in text and "+25%" in text
+    assert "another state of the campaign" not in text
+    # a file from another state of the campaign says so; a broken file says it cannot be read
+    doc["runs"] = doc["runs"][:10]
+    (store_path.parent / "protection.json").write_text(_json.dumps(doc))
+    text = make_html_report(store_path, tmp_path / "r.html").read_text()
+    assert "holds 10 runs and the store 118" in text
+    (store_path.parent / "protection.json").write_text("{not json")
+    text = make_html_report(store_path, tmp_path / "r.html").read_text()
+    assert "protection.json could not be read" in text and 'id="table-layer"' in text
+
+
+@pytest.mark.slow
+def test_protection_section_of_a_real_campaign(tmp_path, monkeypatch):
+    """A campaign with a protection writes protection.json and its report.html shows it."""
+    pytest.importorskip("matplotlib")
+    import json as _json
+
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "campaign", "--name", "prot", "--sampler.n", "30", "--data.num_inputs", "10",
+        "--protection.name", "clip", "--protection.options", "{bound: 5.0}",
+        "--protection.layers", "[fc1, fc2]", "--progress", "false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    run = tmp_path / "runs" / "prot"
+    doc = _json.loads((run / "protection.json").read_text())
+    text = (run / "report.html").read_text()
+    page = _Page()
+    page.feed(text)
+    figures = {r[0]: r[1:] for r in page.tables["table-protection"]}
+    assert figures["SDC rate"] == [
+        _pct(doc["summary"]["sdc_without"]),
+        _pct(doc["summary"]["sdc_with"]),
+    ]
+    counts = {r[0]: r[1:] for r in page.tables["table-protection-outcomes"]}
+    with_counts = {o: sum(1 for r in doc["runs"] if r[2] == o) for o in counts}
+    assert {o: int(c[1]) for o, c in counts.items()} == with_counts
+    assert sum(int(c[0]) for c in counts.values()) == len(doc["runs"]) == 30

@@ -33,6 +33,7 @@ import json
 import os
 import socket
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,14 @@ from torchfault.analysis._summary import (
 )
 from torchfault.errors import TorchFaultError
 
-__all__ = ["EXTRA_SECTIONS", "StoreState", "html_report", "make_html_report", "store_state"]
+__all__ = [
+    "EXTRA_SECTIONS",
+    "StoreState",
+    "html_report",
+    "make_html_report",
+    "protection_section",
+    "store_state",
+]
 
 #: Rows of a breakdown table shown in the HTML file; a longer breakdown shows the rows with the
 #: most SDC runs and names the file that holds every row.
@@ -330,10 +338,98 @@ def _plots(
     return out
 
 
+def _share(x: Any) -> str:
+    return "n/a" if x is None or x != x else _pct(float(x))  # None and NaN: nothing to divide
+
+
+def protection_section(store: Any) -> str | None:
+    """The protection a campaign measured (``protection.json`` beside the store, written by a
+    campaign with ``protection.name`` set), or ``None`` when there is none.
+
+    Shows the figures the campaign computed (SDC and DUE with and without the protection,
+    detection, false positives, accuracy cost, overhead) and the outcome counts of the same runs
+    without (from the store) and with it (from the file).
+    """
+    path = Path(store.path).parent / "protection.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        summary, runs, spec = doc["summary"], doc["runs"], doc.get("protection") or {}
+        with_counts = Counter(str(r[2]) for r in runs)
+        pairs = {(int(r[0]), int(r[1])) for r in runs}
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        return f'<p class="note">{_e(path.name)} could not be read: {_e(exc)}.</p>'
+    without = Counter(r.outcome for r in store.iter_runs() if (r.fault_id, r.input_id) in pairs)
+    stored = store.count_runs()
+    options = ", ".join(f"{k}: {v}" for k, v in spec.items() if k != "name") or "none"
+    note = ""
+    if len(pairs) != stored or sum(without.values()) != len(pairs):
+        note = (
+            f'<p class="note">{_e(path.name)} holds {len(pairs):,} runs and the store '
+            f"{stored:,}: it was made from another state of the campaign.</p>"
+        )
+    figures = [
+        ("SDC rate", summary.get("sdc_without"), summary.get("sdc_with")),
+        ("DUE rate", summary.get("due_without"), summary.get("due_with")),
+        ("detected (flagged, not corrected)", 0.0, summary.get("detected")),
+        (
+            "label accuracy, fault-free",
+            summary.get("accuracy_without"),
+            summary.get("accuracy_with"),
+        ),
+    ]
+    head = _th("", "ascending") + _th("without") + _th("with")
+    rows = "".join(
+        "<tr>" + _td(name) + _td(_share(a)) + _td(_share(b)) + "</tr>" for name, a, b in figures
+    )
+    outcomes = ("masked", "benign", "sdc", "due", "detected")
+    counts = "".join(
+        "<tr>"
+        + _td(o)
+        + _td(f"{without.get(o, 0):,}", without.get(o, 0))
+        + _td(f"{with_counts.get(o, 0):,}", with_counts.get(o, 0))
+        + "</tr>"
+        for o in outcomes
+    )
+    overhead = summary.get("overhead")
+    more = [
+        ("faulty runs flagged (detection rate)", _share(summary.get("detection_rate"))),
+        ("unprotected SDCs flagged", _share(summary.get("sdc_detection_rate"))),
+        ("detected runs still correct", _share(summary.get("detected_correct"))),
+        ("fault-free inputs flagged (false positives)", _share(summary.get("false_positive_rate"))),
+        ("fault-free inputs whose class changes", _share(summary.get("accuracy_cost"))),
+        (
+            "time of a fault-free pass",
+            "n/a" if overhead is None else f"{100 * float(overhead):+.0f}%",
+        ),
+    ]
+    return (
+        f"<p>Protection <b>{_e(spec.get('name', summary.get('protection', '?')))}</b> "
+        f"({_e(options)}), measured on {len(pairs):,} runs of this campaign: each run repeated "
+        "under it and compared with the unprotected golden output.</p>"
+        + note
+        + '<div class="scroll"><table class="sortable" id="table-protection"><thead><tr>'
+        + head
+        + f"</tr></thead><tbody>{rows}</tbody></table></div>"
+        + '<div class="scroll" style="margin-top:10px"><table class="sortable" '
+        'id="table-protection-outcomes"><thead><tr>'
+        + _th("outcome", "ascending")
+        + _th("runs without")
+        + _th("runs with")
+        + f"</tr></thead><tbody>{counts}</tbody></table></div><ul>"
+        + "".join(f"<li>{_e(name)}: {_e(value)}</li>" for name, value in more)
+        + "</ul>"
+    )
+
+
 #: Optional sections: ``(id, title, function(store) -> HTML or None)``. A function returns
-#: ``None`` when the store holds no data for it, and the section is left out. The propagation and
-#: protection results of a campaign appear here once their analysis records them in the store.
-EXTRA_SECTIONS: list[tuple[str, str, Callable[[Any], str | None]]] = []
+#: ``None`` when the store holds no data for it, and the section is left out: the protection a
+#: campaign measured (``protection.json``) is one; propagation results join the same way once
+#: campaigns record them.
+EXTRA_SECTIONS: list[tuple[str, str, Callable[[Any], str | None]]] = [
+    ("protection", "Protection", protection_section),
+]
 
 
 # ---------------------------------------------------------------- the page
