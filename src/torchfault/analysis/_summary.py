@@ -794,6 +794,11 @@ class OutcomeAccumulator(Accumulator):
         0.5
     """
 
+    # states declared with add_state in __init__
+    counts: Counter
+    inputs: Counter
+    seconds: float
+
     def __init__(
         self,
         faults: Mapping[int, Sequence[Fault]] | None = None,

@@ -298,6 +298,7 @@ class Sampler(abc.ABC):
 
     name = "sampler"
     single_fault = True
+    _len: int  # set by _setup
 
     def __init__(
         self,
