@@ -460,6 +460,10 @@ class Campaign:
     def _setup_protection(self) -> None:
         """Build and check ``protection`` on the model (before the store is opened)."""
         self.protection = None
+        if self.config.injected_values and not isinstance(self.inputs, torch.Tensor):
+            raise ConfigError(
+                "injected_values: needs a tensor of inputs (rows first).", field="injected_values"
+            )
         spec = self.config.protection.spec()
         if spec is None:
             return
@@ -701,6 +705,12 @@ class Campaign:
                 if new_faults:
                     store.add_faults(new_faults)
                     store.flush()
+                if cfg.injected_values:  # first: a stored run has its injected values
+                    from torchfault.campaign._injected import injected_rows
+                    from torchfault.store import write_injected
+
+                    for tasks in chunks:
+                        write_injected(store, injected_rows(self.model, self.inputs, tasks))
                 for records in executor.map(setup, chunks):
                     _store_metrics(store, records)  # first: a stored run has its metrics
                     store.add_runs(records)
@@ -731,6 +741,10 @@ class Campaign:
             store.flush()
             store.set_meta("state", {"status": "complete", **state})
             result = CampaignResult(_with_metrics(store, list(store.runs())), store.faults())
+            if cfg.injected_values:
+                from torchfault.store import read_injected
+
+                result.injected = read_injected(store)
         except BaseException:
             if state is not None:  # interrupted or failed: reports say it stopped unfinished
                 try:

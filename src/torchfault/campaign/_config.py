@@ -524,6 +524,9 @@ class CampaignConfig:
         out_dir: run directory (store, log, report); default ``runs/<name>``.
         report: write plots and a Markdown report after the campaign.
         progress: show a progress bar.
+        injected_values: store each faulted element's value before and after the fault
+            (the store's ``injected`` table; docs/protection.md). Costs one forward pass per
+            activation fault; changes no run, so it is not part of the store's identity.
         interval: confidence-interval method of the printed summary, the report and the
             adaptive stopping rule: ``clopper_pearson`` (the default: keeps its coverage near 0
             and 1), ``wilson`` or ``wilson_modified`` (Brown-Cai-DasGupta). Intervals are over
@@ -546,6 +549,7 @@ class CampaignConfig:
     report: bool = True
     progress: bool = True
     interval: str = "clopper_pearson"
+    injected_values: bool = False
 
     def __post_init__(self) -> None:
         method = str(self.interval).lower().replace("-", "_")
@@ -588,7 +592,7 @@ class CampaignConfig:
         from torchfault.config import to_dict
 
         d = to_dict(self)
-        for key in ("engine", "executor", "progress", "report", "out_dir", "protection"):
+        for key in ("engine", "executor", "progress", "report", "out_dir", "protection", "injected_values"):
             d.pop(key, None)
         d["store"] = {}
         for key in ("hub", "quantized"):  # unset: as before these keys existed (old stores resume)

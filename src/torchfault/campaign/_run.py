@@ -17,10 +17,11 @@ import torch.nn as nn
 
 from torchfault.campaign._device import resolve_device
 from torchfault.campaign._engine import RunTask, _forward, make_engine
-from torchfault.campaign._outcome import OUTCOMES, Criterion, check_fit
+from torchfault.campaign._outcome import Criterion, check_fit
 from torchfault.campaign._structure import Batched, as_batched
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
+from torchfault.store import OUTCOMES as RUN_OUTCOMES
 from torchfault.store import RunRecord
 
 __all__ = [
@@ -56,6 +57,9 @@ class CampaignResult:
     #: with ``run_campaign(..., protection=...)``: the same runs under the protection
     #: (a :class:`~torchfault.campaign.ProtectionResult`), else ``None``
     protection: Any = None
+    #: with ``injected_values=True``: ``(fault_id, input_id) -> ((before, after), ...)``, one
+    #: pair per fault of the run (see :func:`torchfault.injectors.injected_values`)
+    injected: dict[tuple[int, int], tuple[tuple[Any, Any], ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -77,7 +81,7 @@ class CampaignResult:
     def outcome_counts(self) -> dict[str, int]:
         """Runs per outcome, every outcome present (zeros included)."""
         counts = Counter(r.outcome for r in self.runs)
-        return {o: counts.get(o, 0) for o in OUTCOMES}
+        return {o: counts.get(o, 0) for o in RUN_OUTCOMES}
 
     def rows(self) -> list[dict[str, Any]]:
         """The table of runs: one dict per run (the :class:`~torchfault.store.RunRecord` fields),
@@ -287,6 +291,7 @@ def run_campaign(
     batch_dim: int = 0,
     device: str | torch.device | None = None,
     protection: Any = None,
+    injected_values: bool = False,
 ) -> CampaignResult:
     """Run every fault (or fault set) on every input and classify each run.
 
@@ -314,6 +319,9 @@ def run_campaign(
             repeated under it with full re-execution and compared with the unprotected golden
             outputs; ``result.protection`` holds them and their summary
             (:class:`~torchfault.campaign.ProtectionResult`).
+        injected_values: record each faulted element's value before and after the fault in
+            ``result.injected`` (read from the injection itself; one forward pass per
+            activation fault).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -385,11 +393,50 @@ def run_campaign(
             from torchfault.campaign._protection import protected_runs
 
             protected = protected_runs(
-                model, inputs, golden, crit, tasks, runs, prot, batch_size, labels  # type: ignore[arg-type]
+                model,
+                inputs,
+                golden,
+                crit,
+                tasks,
+                runs,
+                prot,
+                batch_size,
+                labels,  # type: ignore[arg-type]
             )
     finally:
         model.train(was_training)
         if dev is not None and home is not None:
             model.to(home)
     runs.sort(key=lambda r: (r.fault_id, r.input_id))
-    return CampaignResult(runs, {k: fs for k, fs in enumerate(sets)}, protected)
+    result = CampaignResult(runs, {k: fs for k, fs in enumerate(sets)}, protected)
+    if injected_values:
+        result.injected = _injected(model, inputs, sets, runs)
+    return result
+
+
+def _injected(
+    model: nn.Module, inputs: Any, sets: list[tuple[Fault, ...]], runs: list[RunRecord]
+) -> dict[tuple[int, int], tuple[tuple[Any, Any], ...]]:
+    """Injected values of ``runs`` (as the store's ``injected`` table holds them, per run)."""
+    from torchfault.campaign._injected import injected_rows
+
+    if not isinstance(inputs, torch.Tensor):
+        raise TorchFaultError("injected_values: needs a tensor of inputs (rows first).")
+    ids: dict[int, list[int]] = {}
+    for r in runs:
+        ids.setdefault(r.fault_id, []).append(r.input_id)
+    tasks = [RunTask(k, sets[k], tuple(v)) for k, v in sorted(ids.items())]
+    was = model.training
+    model.eval()
+    try:
+        rows = injected_rows(model, inputs, tasks)
+    finally:
+        model.train(was)
+    by: dict[int, dict[int, dict[int, tuple[Any, Any]]]] = {}
+    for f, i, k, b, a in rows:
+        by.setdefault(f, {}).setdefault(i, {})[k] = (b, a)
+    out = {}
+    for r in runs:
+        m = {**by.get(r.fault_id, {}).get(-1, {}), **by.get(r.fault_id, {}).get(r.input_id, {})}
+        out[(r.fault_id, r.input_id)] = tuple(m[k] for k in sorted(m))
+    return out

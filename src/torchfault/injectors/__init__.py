@@ -61,6 +61,7 @@ from torchfault.injectors._systolic import (
     pe_map,
     systolic_campaign,
 )
+from torchfault.injectors._values import injected_values
 from torchfault.registry import Registry
 
 __all__ = [
@@ -99,6 +100,7 @@ __all__ = [
     "inject_ber",
     "inject_memory",
     "inject_systolic",
+    "injected_values",
     "is_injector",
     "list_injectors",
     "memory_campaign",

@@ -18,11 +18,13 @@ from torchfault.store._check import (
     inspect_file,
     repair_store,
 )
+from torchfault.store._injected import INJECTED_TABLE, read_injected, write_injected
 from torchfault.store._lock import StoreBusyError, StoreLock
 from torchfault.store._records import OUTCOMES, FaultRecord, GoldenRecord, RunRecord
 from torchfault.store._store import SCHEMA_VERSION, ResultStore, open_store
 
 __all__ = [
+    "INJECTED_TABLE",
     "OUTCOMES",
     "SCHEMA_VERSION",
     "CheckReport",
@@ -38,5 +40,7 @@ __all__ = [
     "check_store",
     "inspect_file",
     "open_store",
+    "read_injected",
     "repair_store",
+    "write_injected",
 ]
