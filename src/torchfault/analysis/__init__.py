@@ -18,6 +18,12 @@ from torchfault.analysis._design import (
 )
 from torchfault.analysis._export import EXPORT_FORMATS, export_summaries
 from torchfault.analysis._html import StoreState, make_html_report, store_state
+from torchfault.analysis._propagation import (
+    LayerDeviation,
+    Trace,
+    propagation_by_depth,
+    trace_runs,
+)
 from torchfault.analysis._stats import (
     DEFAULT_INTERVAL,
     INTERVAL_METHODS,
@@ -53,6 +59,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "LayerDeviation",
+    "Trace",
+    "propagation_by_depth",
+    "trace_runs",
     "DEFAULT_INTERVAL",
     "EXPORT_FORMATS",
     "GROUPS",

@@ -60,6 +60,9 @@ class CampaignResult:
     #: with ``injected_values=True``: ``(fault_id, input_id) -> ((before, after), ...)``, one
     #: pair per fault of the run (see :func:`torchfault.injectors.injected_values`)
     injected: dict[tuple[int, int], tuple[tuple[Any, Any], ...]] | None = None
+    #: with ``trace=...``: one :class:`~torchfault.analysis.Trace` per run (layer-by-layer
+    #: deviation from golden), ordered like ``runs``
+    traces: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -292,6 +295,7 @@ def run_campaign(
     device: str | torch.device | None = None,
     protection: Any = None,
     injected_values: bool = False,
+    trace: Any = None,
 ) -> CampaignResult:
     """Run every fault (or fault set) on every input and classify each run.
 
@@ -322,6 +326,11 @@ def run_campaign(
         injected_values: record each faulted element's value before and after the fault in
             ``result.injected`` (read from the injection itself; one forward pass per
             activation fault).
+        trace: record each run's deviation from golden at every layer in ``result.traces``
+            (:func:`torchfault.analysis.trace_runs`, by full re-execution whatever the
+            engine): ``True`` for every leaf layer, a
+            :class:`~torchfault.injectors.RangeProfile` to also find the first layer out of
+            range, or ``{"layers": ..., "profile": ...}``.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -411,7 +420,49 @@ def run_campaign(
     result = CampaignResult(runs, {k: fs for k, fs in enumerate(sets)}, protected)
     if injected_values:
         result.injected = _injected(model, inputs, sets, runs)
+    if trace is not None and trace is not False:
+        result.traces = _traces(model, inputs, sets, runs, trace)
     return result
+
+
+def _traces(
+    model: nn.Module, inputs: Any, sets: list[tuple[Fault, ...]], runs: list[RunRecord], trace: Any
+) -> list[Any]:
+    """Deviation traces of ``runs`` (``trace``: True, a RangeProfile or a dict)."""
+    from torchfault.analysis import trace_runs
+    from torchfault.injectors import RangeProfile, load_profile
+
+    opts: dict[str, Any] = {}
+    if isinstance(trace, RangeProfile):
+        opts = {"profile": trace}
+    elif isinstance(trace, dict):
+        unknown = sorted(set(trace) - {"layers", "profile"})
+        if unknown:
+            raise TorchFaultError(
+                f"trace.{unknown[0]}: unknown option; valid: layers, profile.", field="trace"
+            )
+        opts = dict(trace)
+        if isinstance(opts.get("profile"), (str, os.PathLike)):
+            opts["profile"] = load_profile(opts["profile"], model)
+    elif trace is not True:
+        raise TorchFaultError(
+            f"trace: expected True, a RangeProfile or a dict, got {type(trace).__name__}.",
+            field="trace",
+        )
+    if not isinstance(inputs, torch.Tensor):
+        raise TorchFaultError("trace: needs a tensor of inputs (rows first).", field="trace")
+    ids: dict[int, list[int]] = {}
+    for r in runs:
+        ids.setdefault(r.fault_id, []).append(r.input_id)
+    was = model.training
+    model.eval()
+    try:
+        traces = trace_runs(
+            model, inputs, [(k, sets[k], v) for k, v in sorted(ids.items())], **opts
+        )
+    finally:
+        model.train(was)
+    return sorted(traces, key=lambda t: (t.fault_id, t.input_id))
 
 
 def _injected(

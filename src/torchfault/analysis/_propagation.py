@@ -1,0 +1,212 @@
+# SPDX-License-Identifier: MIT
+"""Layer-by-layer deviation traces: how a fault's deviation from golden grows or dies by depth.
+
+:func:`trace_runs` runs each fault (set) once with :func:`torchfault.inject` over its inputs,
+with forward hooks on every traced layer, and compares each layer's output with the same layer's
+fault-free output (one golden pass per fault's inputs, same batch composition, so an unchanged
+value is the same bits). Per run and layer it records the largest absolute deviation, the
+largest relative deviation (``|faulty - golden| / max(|golden|, tiny)``), and how many elements
+changed (bitwise: NaN against a number counts as changed, its deviation as ``inf``). Per run it
+derives the first layer where the deviation vanished again after having appeared (``masked
+at``) and, with a :class:`~torchfault.injectors.RangeProfile`, the first layer whose output left
+its golden range (``out of range at``).
+
+Layers are taken in the order their forward hooks fire in the golden pass (the execution order);
+a layer called more than once is traced at its last call. Traces are computed by full
+re-execution whatever engine ran the campaign (they are exact and the same for every engine);
+:func:`propagation_by_depth` aggregates them per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchfault.faults import Fault
+from torchfault.injectors import RangeProfile, inject, select_layers
+
+__all__ = ["LayerDeviation", "Trace", "propagation_by_depth", "trace_runs"]
+
+
+@dataclass(frozen=True)
+class LayerDeviation:
+    """The deviation of one layer's output from golden in one run.
+
+    Attributes:
+        layer: the module's name.
+        max_abs: largest absolute deviation (``inf`` when a value became non-finite).
+        max_rel: largest relative deviation.
+        changed: elements whose bits differ from golden.
+        out_of_range: whether the output left its golden range (``None`` without a profile).
+    """
+
+    layer: str
+    max_abs: float
+    max_rel: float
+    changed: int
+    out_of_range: bool | None = None
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One run's deviation at every traced layer (execution order).
+
+    Attributes:
+        fault_id, input_id: the run.
+        layers: one :class:`LayerDeviation` per traced layer.
+        masked_at: the first layer where the deviation was zero again after being non-zero.
+        out_of_range_at: the first layer whose output left its golden range.
+    """
+
+    fault_id: int
+    input_id: int
+    layers: tuple[LayerDeviation, ...]
+    masked_at: str | None
+    out_of_range_at: str | None
+
+
+def _capture(model: nn.Module, names: list[str], store: dict[str, torch.Tensor]) -> list[Any]:
+    mods = dict(model.named_modules())
+    handles = []
+    for n in names:
+
+        def hook(m: nn.Module, a: Any, out: Any, n: str = n) -> None:
+            if isinstance(out, torch.Tensor):
+                store.pop(n, None)
+                store[n] = out.detach().clone()  # keeps execution order (last call)
+
+        handles.append(mods[n].register_forward_hook(hook))
+    return handles
+
+
+def _deviation(g: torch.Tensor, f: torch.Tensor) -> tuple[list[float], list[float], list[int]]:
+    n = g.shape[0]
+    g2, f2 = g.reshape(n, -1).double(), f.reshape(n, -1).double()
+    same = (g2 == f2) | (torch.isnan(g2) & torch.isnan(f2))
+    changed = (~same).sum(1)
+    diff = (f2 - g2).abs()
+    diff = torch.where(same, torch.zeros_like(diff), torch.nan_to_num(diff, nan=math.inf))
+    rel = diff / g2.abs().clamp_min(torch.finfo(torch.float32).tiny)
+    rel = torch.where(same, torch.zeros_like(rel), rel)
+    return diff.amax(1).tolist(), rel.amax(1).tolist(), changed.tolist()
+
+
+@torch.no_grad()
+def trace_runs(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    runs: Sequence[tuple[int, Sequence[Fault] | Fault, Sequence[int]]],
+    layers: str | Sequence[str] | None = None,
+    *,
+    profile: RangeProfile | None = None,
+    min_rows: int = 16,
+) -> list[Trace]:
+    """Deviation traces of runs (see the module docstring).
+
+    Args:
+        model: the model (eval mode is the caller's choice; its state is restored by inject).
+        inputs: all inputs (rows first).
+        runs: ``(fault_id, faults, input_ids)`` per fault.
+        layers: module names or ``re:`` patterns; default: every leaf module.
+        profile: golden ranges, for ``out_of_range`` and ``out_of_range_at``.
+        min_rows: passes are padded to this many rows with copies of the first (as the
+            campaign engines pad theirs, so values are the bits of the campaign's own passes).
+
+    Example:
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+        >>> f = Fault("0", "output", (1,), (31,))  # a sign flip, which the ReLU may swallow
+        >>> (t,) = trace_runs(m, torch.ones(1, 3), [(0, [f], [0])])
+        >>> [d.layer for d in t.layers], t.layers[0].changed
+        (['0', '1', '2'], 1)
+    """
+    names = select_layers(model, layers)
+    out: list[Trace] = []
+    for fault_id, faults, ids in runs:
+        faults = [faults] if isinstance(faults, Fault) else list(faults)
+        ids = [int(i) for i in ids]
+        idx = torch.tensor(ids, dtype=torch.int64)
+        if len(ids) < min_rows:
+            idx = torch.cat([idx, idx[:1].repeat(min_rows - len(ids))])
+        x = inputs[idx]
+        golden: dict[str, torch.Tensor] = {}
+        faulty: dict[str, torch.Tensor] = {}
+        hs = _capture(model, names, golden)
+        try:
+            model(x)
+        finally:
+            for h in hs:
+                h.remove()
+        with inject(model, faults):
+            hs = _capture(model, names, faulty)
+            try:
+                model(x)
+            except Exception:  # noqa: BLE001 - a crash under the fault: trace what ran
+                pass
+            finally:
+                for h in hs:
+                    h.remove()
+        order = [n for n in golden if n in faulty]
+        devs = {n: _deviation(golden[n], faulty[n]) for n in order}
+        ranges: dict[str, list[bool]] = {}
+        if profile is not None:
+            for n in order:
+                if n in profile.layers:
+                    r = profile.layers[n]
+                    f = faulty[n].reshape(faulty[n].shape[0], -1)
+                    inside = (f >= r.min) & (f <= r.max)
+                    ranges[n] = (~inside.all(1)).tolist()
+        for row, iid in enumerate(ids):
+            ld = []
+            masked_at = oor_at = None
+            seen = False
+            for n in order:
+                a, rel, c = devs[n][0][row], devs[n][1][row], devs[n][2][row]
+                o = ranges[n][row] if n in ranges else None
+                ld.append(LayerDeviation(n, float(a), float(rel), int(c), o))
+                if c:
+                    seen = True
+                elif seen and masked_at is None:
+                    masked_at = n
+                if o and oor_at is None:
+                    oor_at = n
+            out.append(Trace(int(fault_id), iid, tuple(ld), masked_at, oor_at))
+    return out
+
+
+def propagation_by_depth(traces: Sequence[Trace]) -> list[dict[str, Any]]:
+    """Per traced layer (execution order): runs, runs deviating there, median and largest
+    absolute deviation of those, runs masked there, runs out of range there.
+
+    Example:
+        >>> t = Trace(0, 0, (LayerDeviation("a", 2.0, 1.0, 1), LayerDeviation("b", 0.0, 0.0, 0)), "b", None)
+        >>> [(r["layer"], r["deviating"], r["masked_here"]) for r in propagation_by_depth([t])]
+        [('a', 1, 0), ('b', 0, 1)]
+    """
+    order: list[str] = []
+    for t in traces:
+        for d in t.layers:
+            if d.layer not in order:
+                order.append(d.layer)
+    rows = []
+    for n in order:
+        ds = [d for t in traces for d in t.layers if d.layer == n]
+        dev = sorted(d.max_abs for d in ds if d.changed)
+        rows.append(
+            {
+                "layer": n,
+                "runs": len(ds),
+                "deviating": len(dev),
+                "median_abs": dev[len(dev) // 2] if dev else 0.0,
+                "max_abs": dev[-1] if dev else 0.0,
+                "masked_here": sum(t.masked_at == n for t in traces),
+                "out_of_range_here": sum(t.out_of_range_at == n for t in traces),
+            }
+        )
+    return rows
