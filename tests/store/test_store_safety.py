@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from torchfault.analysis import summarize_store
 from torchfault.errors import TorchFaultError
 from torchfault.faults._fault import Fault
 from torchfault.store import (
@@ -167,7 +168,7 @@ def test_a_damaged_page_is_a_clear_error_everywhere(tmp_path):
         _store(path)
     assert str(path) in str(err.value) and "torchfault store repair" in str(err.value)
     with open_store(path) as s, pytest.raises(StoreDamagedError, match="store check"):
-        s.summary()
+        summarize_store(s)
     with open_store(path) as s, pytest.raises(StoreDamagedError, match=str(path)):
         s.runs()
     report = check_store(path)
@@ -269,3 +270,18 @@ def test_a_campaign_on_a_damaged_store_names_the_file(tmp_path):
     with pytest.raises(StoreDamagedError, match="fault_id=3") as err:
         Campaign(_campaign_cfg(tmp_path)).run()
     assert str(path) in str(err.value)
+
+
+def test_a_campaign_on_a_store_with_a_damaged_page_names_the_file(tmp_path):
+    from torchfault import Campaign
+
+    cfg = _campaign_cfg(tmp_path)
+    cfg["sampler"]["n"], cfg["data"]["num_inputs"] = 400, 16  # a few pages of runs
+    Campaign(cfg).run()
+    path = tmp_path / "campaign.sqlite"
+    _damage_a_page(path)
+    before = path.read_bytes()
+    with pytest.raises(StoreDamagedError, match="store repair") as err:
+        Campaign(cfg).run()
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == before  # refused before any write
