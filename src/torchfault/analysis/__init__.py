@@ -47,6 +47,13 @@ from torchfault.analysis._summary import (
     summarize,
     summarize_store,
 )
+from torchfault.analysis._vulnerability import (
+    Cell,
+    VulnerabilityMap,
+    export_top,
+    plot_heatmap,
+    vulnerability_maps,
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -59,6 +66,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Cell",
+    "VulnerabilityMap",
+    "export_top",
+    "plot_heatmap",
+    "vulnerability_maps",
     "LayerDeviation",
     "Trace",
     "propagation_by_depth",
