@@ -67,6 +67,7 @@ def test_check_and_repair_a_damaged_store_then_report(tmp_path, capsys):
         (["store", "fix", "x.sqlite"], "action: 'fix' is not valid"),
         (["store", "repair", "x.sqlite"], "out: repair writes a new store"),
         (["store", "check"], "path: give the store file"),
+        (["store"], "action: give check or repair"),
     ],
 )
 def test_bad_store_commands(args, want, capsys):

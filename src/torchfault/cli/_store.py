@@ -35,21 +35,11 @@ class StoreJobConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        if self.action not in _ACTIONS:
+        if self.action and self.action not in _ACTIONS:
             raise ConfigError(
                 f"action: {self.action!r} is not valid; choose check or repair "
                 f"(torchfault store check PATH).{suggest(self.action, _ACTIONS)}",
                 field="action",
-            )
-        if not self.path:
-            raise ConfigError(
-                "path: give the store file, e.g. torchfault store check runs/demo/campaign.sqlite.",
-                field="path",
-            )
-        if self.action == "repair" and not self.out:
-            raise ConfigError(
-                "out: repair writes a new store; give its path with --out NEW.sqlite.",
-                field="out",
             )
 
 
@@ -62,6 +52,20 @@ class StoreJobConfig:
 def store_job(cfg: StoreJobConfig) -> int:
     from torchfault.store import check_store, repair_store
 
+    if not cfg.action:
+        raise ConfigError(
+            "action: give check or repair, e.g. torchfault store check runs/demo/campaign.sqlite.",
+            field="action",
+        )
+    if not cfg.path:
+        raise ConfigError(
+            "path: give the store file, e.g. torchfault store check runs/demo/campaign.sqlite.",
+            field="path",
+        )
+    if cfg.action == "repair" and not cfg.out:
+        raise ConfigError(
+            "out: repair writes a new store; give its path with --out NEW.sqlite.", field="out"
+        )
     if cfg.action == "check":
         report = check_store(cfg.path)
         print(report.text())
