@@ -24,6 +24,7 @@ from torchfault.analysis._propagation import (
     propagation_by_depth,
     trace_runs,
 )
+from torchfault.analysis._sdc_model import LayerFit, SDCModel, fit_sdc_model
 from torchfault.analysis._stats import (
     DEFAULT_INTERVAL,
     INTERVAL_METHODS,
@@ -66,6 +67,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "LayerFit",
+    "SDCModel",
+    "fit_sdc_model",
     "Cell",
     "VulnerabilityMap",
     "export_top",
