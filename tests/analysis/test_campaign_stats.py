@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from torchfault import Campaign, CampaignConfig
-from torchfault.analysis import OutcomeAccumulator, SamplingDesign
+from torchfault.analysis import OutcomeAccumulator, SamplingDesign, summarize_store
 from torchfault.config import from_dict
 from torchfault.errors import ConfigError, TorchFaultError
 from torchfault.store import ResultStore
@@ -71,7 +71,7 @@ def test_stratified_adaptive_campaign_stops_on_the_fault_interval(tmp_path):
     with ResultStore(Path(camp.config.store_path), mode="r") as store:
         acc = OutcomeAccumulator(store.faults(), design=SamplingDesign.from_sampler(sampler, 8))
         acc.update(store.iter_runs())
-        summary = store.summary()
+        summary = summarize_store(store)
     stop = acc.estimate("sdc", below=faults)
     assert (stop.high - stop.low) / 2 <= 0.04
     if faults - 40 > sampler.pilot_faults:

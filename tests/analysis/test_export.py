@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from torchfault.analysis import export_summaries, summarize
+from torchfault.analysis import export_summaries, summarize, summarize_store
 from torchfault.analysis._summary import MULTIPLE, ROW_COLUMNS
 from torchfault.cli import main
 from torchfault.errors import TorchFaultError
@@ -120,7 +120,7 @@ def test_export_summaries_files_and_numbers(store_path, tmp_path, source):
     from torchfault.store import open_store
 
     with open_store(store_path) as store:
-        want = store.summary(0.9, "wilson")
+        want = summarize_store(store, 0.9, "wilson")
         if source == "path":
             files = export_summaries(
                 str(store_path), tmp_path / "out", ("csv", "parquet"), "wilson", confidence=0.9

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from torchfault import Campaign, CampaignConfig
+from torchfault.analysis import summarize_store
 from torchfault.cli import main
 from torchfault.config import from_dict
 from torchfault.errors import ConfigError, StoreMismatchError, TorchFaultError
@@ -222,7 +223,7 @@ def test_sites_table_orders_the_layers(tmp_path):
     camp.run()
     with ResultStore(tmp_path / "run/campaign.sqlite", mode="r") as s:
         assert s.sites() == list(camp.sites)
-        layers = [row.key for row in s.summary().groups["layer"]]
+        layers = [row.key for row in summarize_store(s).groups["layer"]]
     network = list(dict.fromkeys(site.module for site in camp.sites))
     assert layers == [m for m in network if m in layers]
 

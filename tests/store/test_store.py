@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from torchfault.analysis import summarize_store
 from torchfault.errors import StoreMismatchError, TorchFaultError
 from torchfault.faults._fault import Fault, FaultSite
 from torchfault.store import FaultRecord, GoldenRecord, ResultStore, RunRecord, open_store
@@ -255,7 +256,7 @@ def test_summary_from_store(tmp_path):
         s.set_sites(SITES)
         s.add_faults(_faults(6))
         s.add_runs([_run(f, i) for f in range(6) for i in range(4)])
-        summary = s.summary()
+        summary = summarize_store(s)
     assert summary.runs == 24
     assert summary.outcome_counts() == {"masked": 6, "benign": 6, "sdc": 6, "due": 6}
     assert [r.key for r in summary.by_layer] == ["conv1", "relu", "bn"]

@@ -74,7 +74,7 @@ class SamplingDesign:
         name: the sampler's name (for the summary's header).
 
     Example:
-        >>> from torchfault.faults._fault import FaultSite
+        >>> from torchfault import FaultSite
         >>> from torchfault.samplers import create_sampler
         >>> sites = [FaultSite("fc", "bias", "parameter", (4,), "float32", 32)]
         >>> d = SamplingDesign.from_sampler(create_sampler("per_bit", sites=sites, n=2))

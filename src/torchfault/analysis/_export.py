@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from torchfault.analysis._stats import DEFAULT_INTERVAL
-from torchfault.analysis._summary import Summary, _pyarrow
+from torchfault.analysis._summary import Summary, _pyarrow, summarize_store
 from torchfault.errors import TorchFaultError, suggest
+from torchfault.store import ResultStore, open_store
 
 __all__ = ["EXPORT_FORMATS", "export_summaries"]
 
@@ -54,7 +55,7 @@ def export_summaries(
     Example:
         >>> import tempfile
         >>> from torchfault.analysis import summarize
-        >>> from torchfault.faults._fault import Fault
+        >>> from torchfault import Fault
         >>> faults = {0: (Fault("fc", "weight", (0, 0), (3,)),)}
         >>> s = summarize([{"fault_id": 0, "outcome": "sdc"}], faults)
         >>> [p.name for p in export_summaries(s, tempfile.mkdtemp())]
@@ -91,10 +92,8 @@ def export_summaries(
 def _summary_of(source: Any, confidence: float, method: str, per_element: bool) -> Summary:
     if isinstance(source, Summary):
         return source
-    from torchfault.store import ResultStore, open_store
-
     if isinstance(source, ResultStore):
-        return source.summary(confidence, method, per_element=per_element)
+        return summarize_store(source, confidence, method, per_element=per_element)
     if not isinstance(source, (str, os.PathLike)):
         raise TorchFaultError(
             "export_summaries: give a store path, a ResultStore or a Summary, "
@@ -103,4 +102,4 @@ def _summary_of(source: Any, confidence: float, method: str, per_element: bool) 
     if not Path(source).is_file():
         raise TorchFaultError(f"export_summaries: no such store {str(source)!r}.")
     with open_store(source) as store:
-        return store.summary(confidence, method, per_element=per_element)
+        return summarize_store(store, confidence, method, per_element=per_element)

@@ -20,7 +20,7 @@ Sections, each present when its data exist:
 - the campaign config.
 
 Every number comes from the :class:`~torchfault.analysis.Summary` that
-:meth:`ResultStore.summary <torchfault.store.ResultStore.summary>` computes; this module only lays
+:func:`~torchfault.analysis.summarize_store` computes; this module only lays
 it out.
 """
 
@@ -47,8 +47,10 @@ from torchfault.analysis._summary import (
     Row,
     Summary,
     _pct,
+    summarize_store,
 )
 from torchfault.errors import TorchFaultError
+from torchfault.store import open_store
 
 __all__ = [
     "EXTRA_SECTIONS",
@@ -610,12 +612,10 @@ def make_html_report(
         >>> make_html_report(tmp / "c.sqlite").name
         'report.html'
     """
-    from torchfault.store import open_store
-
     store_path = Path(store_path)
     with open_store(store_path) as store:
         if summary is None:
-            summary = store.summary(confidence, method, per_element=per_element)
+            summary = summarize_store(store, confidence, method, per_element=per_element)
         meta = store.meta()
         state = store_state(meta, store.count_runs())
         extra = []

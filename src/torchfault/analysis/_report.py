@@ -23,8 +23,10 @@ from torchfault.analysis._summary import (
     WHOLE,
     Row,
     Summary,
+    summarize_store,
 )
 from torchfault.errors import TorchFaultError
+from torchfault.store import open_store
 
 __all__ = ["make_report", "plot_rate_per_layer", "plot_rate_per_bit", "plot_outcome_mix"]
 
@@ -271,7 +273,7 @@ def make_report(
 
     Example:
         >>> import tempfile, pathlib
-        >>> from torchfault.faults._fault import Fault
+        >>> from torchfault import Fault
         >>> from torchfault.store import ResultStore, FaultRecord, RunRecord
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> with ResultStore(tmp / "c.sqlite", campaign={}, fingerprint="x") as s:
@@ -280,15 +282,13 @@ def make_report(
         >>> [p.name for p in make_report(tmp / "c.sqlite")]
         ['rate_per_layer.png', 'rate_per_bit.png', 'outcome_mix.png', 'summary.json', 'report.md']
     """
-    from torchfault.store import open_store
-
     store_path = Path(store_path)
     _figure(1, 1)  # fail early, naming the extra, when matplotlib is missing
     from torchfault.analysis._html import make_html_report, store_state
 
     with open_store(store_path) as store:
         if summary is None:
-            summary = store.summary(confidence, method, per_element=per_element)
+            summary = summarize_store(store, confidence, method, per_element=per_element)
         meta = store.meta()
         state = store_state(meta, store.count_runs())
     out = Path(out_dir) if out_dir is not None else store_path.parent

@@ -27,7 +27,7 @@ Groups. Every fault (with all its runs) counts once overall and once in each bre
 - ``element`` (only with ``per_element=True``): ``module:target[index]``.
 
 Example:
-    >>> from torchfault.faults._fault import Fault
+    >>> from torchfault import Fault
     >>> faults = {0: (Fault("fc", "weight", (0, 0), (30,)),), 1: (Fault("fc", "bias", (1,), (2,)),)}
     >>> runs = [{"fault_id": 0, "outcome": "sdc"}, {"fault_id": 1, "outcome": "masked"}]
     >>> s = summarize(runs, faults)
@@ -54,8 +54,8 @@ import numpy as np
 from torchfault.analysis._design import SamplingDesign, estimate_groups, stratum_sd
 from torchfault.analysis._stats import DEFAULT_INTERVAL, check_method
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults._fault import Fault, FaultSite
-from torchfault.store._records import OUTCOMES
+from torchfault.faults import Fault, FaultSite
+from torchfault.store import OUTCOMES
 
 __all__ = [
     "OUTCOMES",
@@ -785,7 +785,7 @@ class OutcomeAccumulator(Accumulator):
             unbounded population.
 
     Example:
-        >>> from torchfault.faults._fault import Fault
+        >>> from torchfault import Fault
         >>> faults = {0: (Fault("fc", "weight", (0, 0), (30,)),), 1: (Fault("fc", "bias", (1,), (2,)),)}
         >>> a, b = OutcomeAccumulator(faults), OutcomeAccumulator(faults)
         >>> a.update([{"fault_id": 0, "outcome": "sdc"}])
@@ -877,7 +877,7 @@ class OutcomeAccumulator(Accumulator):
         by default): what adaptive stopping watches.
 
         Example:
-            >>> from torchfault.faults._fault import Fault
+            >>> from torchfault import Fault
             >>> acc = OutcomeAccumulator({i: (Fault("fc", "bias", (0,), (i,)),) for i in range(4)})
             >>> acc.update([{"fault_id": i, "outcome": "sdc" if i == 3 else "masked"} for i in range(4)])
             >>> acc.estimate(below=3).k, acc.estimate().k
@@ -956,7 +956,7 @@ def summarize(
             stratum of unbounded population.
 
     Example:
-        >>> from torchfault.faults._fault import Fault
+        >>> from torchfault import Fault
         >>> faults = {0: (Fault("fc", "weight", (0, 0), (30,)),)}
         >>> s = summarize([{"fault_id": 0, "outcome": "due"}] * 4, faults)
         >>> s.overall.due.k, s.overall.due.n, s.overall.due.faults, s.by_kind[0].key

@@ -192,7 +192,7 @@ def _shape_text(inputs: Any) -> str:
 def build_inputs(cfg: CampaignConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The inputs (stacked) and labels a campaign config names."""
     from torchfault import dnn
-    from torchfault.dnn._datasets import SPLITS
+    from torchfault.dnn import SPLITS
 
     d = cfg.data
     structured = _structured_inputs(cfg) if d.split in SPLITS else None
@@ -851,10 +851,11 @@ class Campaign:
     def summary(self, result: CampaignResult | None = None) -> Any:
         """The summary of the stored runs (layers in network order), with the config's
         confidence level (``sampler.confidence``) and interval method (``interval``)."""
+        from torchfault.analysis import summarize_store
         from torchfault.store import ResultStore
 
         with ResultStore(Path(self.config.store_path), mode="r") as store:
-            return store.summary(self.config.sampler.confidence, self.config.interval)
+            return summarize_store(store, self.config.sampler.confidence, self.config.interval)
 
     def describe(self) -> dict[str, Any]:
         """What the campaign will do: sites, population, faults, runs.

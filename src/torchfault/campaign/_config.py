@@ -7,12 +7,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchfault.analysis._stats import INTERVAL_METHODS
+from torchfault.analysis import INTERVAL_METHODS
 from torchfault.campaign._fast._options import FastOptions
 from torchfault.config import check_seed, check_selectors
 from torchfault.dnn import DataSpec, ModelSpec
 from torchfault.errors import ConfigError, suggest
-from torchfault.faults._targets import normalize_kinds
+from torchfault.faults import normalize_kinds
 
 __all__ = [
     "CampaignConfig",

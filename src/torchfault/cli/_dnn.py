@@ -121,7 +121,7 @@ def _load_model(cfg: Any, pretrained: bool | None = None):
 
 
 def _check_names(model: str, dataset: str) -> None:
-    from torchfault.dnn._training import check_names
+    from torchfault.dnn import check_names
 
     check_names(model, dataset)
 

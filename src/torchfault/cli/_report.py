@@ -69,7 +69,7 @@ def report_job(cfg: ReportConfig) -> int:
 
     from rich.console import Console
 
-    from torchfault.analysis import export_summaries, make_report, store_state
+    from torchfault.analysis import export_summaries, make_report, store_state, summarize_store
     from torchfault.store import open_store
 
     if not cfg.store:
@@ -89,7 +89,7 @@ def report_job(cfg: ReportConfig) -> int:
     with _Stages(err, show) as stage:
         stage(f"summarising {n_runs:,} runs" + (" per element" if cfg.per_element else ""))
         with open_store(cfg.store) as store:
-            full = store.summary(cfg.confidence, cfg.method, per_element=cfg.per_element)
+            full = summarize_store(store, cfg.confidence, cfg.method, per_element=cfg.per_element)
         stage("drawing the plots, writing the report" + (" and report.html" if cfg.html else ""))
         files = make_report(
             cfg.store,

@@ -38,6 +38,7 @@ from torchfault.dnn._checkpoint import (
 )
 from torchfault.dnn._datasets import (
     DATASETS,
+    SPLITS,
     TensorClassificationDataset,
     WrappedDataset,
     create_dataset,
@@ -72,6 +73,7 @@ from torchfault.dnn._training import (
     TestConfig,
     TrainConfig,
     TrainResult,
+    check_names,
     cross_validate,
     evaluate,
     export_weights,
@@ -107,6 +109,7 @@ __all__ = [
     "CheckpointInfo",
     "CrossValidationResult",
     "DATASETS",
+    "SPLITS",
     "DataSpec",
     "MODELS",
     "ModelSpec",
@@ -120,6 +123,7 @@ __all__ = [
     "build_dataset",
     "build_job_model",
     "build_model",
+    "check_names",
     "compress_file",
     "create_dataset",
     "create_model",

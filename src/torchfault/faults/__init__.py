@@ -35,6 +35,7 @@ from torchfault.faults._layouts import (
 from torchfault.faults._memory import MemoryFault, MemoryMap, MemoryRegion, MemoryResolution
 from torchfault.faults._models import (
     FAULT_MODELS,
+    check_fault_model,
     create_fault_model,
     get_fault_model,
     is_fault_model,
@@ -49,9 +50,9 @@ from torchfault.faults._patterns import (
     register_pattern,
 )
 from torchfault.faults._pruned import NonzeroFaults, unpruned_index
-from torchfault.faults._space import FaultSpace, TargetSpec, fault_space
+from torchfault.faults._space import FaultSpace, TargetSpec, fault_space, probe_forward
 from torchfault.faults._structure import get_element, iter_tensors, replace_element
-from torchfault.faults._targets import normalize_kinds, select_modules
+from torchfault.faults._targets import ModuleSelector, normalize_kinds, select_modules, tensor_kind
 
 __all__ = [
     "ACTIVATION_TARGETS",
@@ -83,7 +84,9 @@ __all__ = [
     "Fault",
     "FaultSite",
     "FaultSpace",
+    "ModuleSelector",
     "TargetSpec",
+    "check_fault_model",
     "create_fault_model",
     "fault_space",
     "get_element",
@@ -94,6 +97,7 @@ __all__ = [
     "iter_tensors",
     "list_fault_models",
     "normalize_kinds",
+    "probe_forward",
     "register_fault_model",
     "replace_element",
     "select_modules",
@@ -101,5 +105,6 @@ __all__ = [
     "sparse_components",
     "sparse_guard",
     "stored_tensors",
+    "tensor_kind",
     "unpruned_index",
 ]

@@ -21,9 +21,17 @@ import torch.nn as nn
 
 from torchfault import numerics
 from torchfault.errors import TorchFaultError
-from torchfault.faults import iter_tensors, replace_element
-from torchfault.faults._access import is_packed, set_packed, stored_tensors
-from torchfault.faults._targets import ModuleSelector, normalize_kinds, select_modules, tensor_kind
+from torchfault.faults import (
+    ModuleSelector,
+    is_packed,
+    iter_tensors,
+    normalize_kinds,
+    replace_element,
+    select_modules,
+    set_packed,
+    stored_tensors,
+    tensor_kind,
+)
 from torchfault.injectors._apply import apply_masks
 from torchfault.injectors._words import may_write
 

@@ -36,16 +36,19 @@ import torch.nn as nn
 
 from torchfault import numerics
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults import Fault, get_element, iter_tensors, replace_element
-from torchfault.faults._access import (
+from torchfault.faults import (
+    Fault,
+    check_fault_model,
+    get_element,
     get_stored,
     is_packed,
+    iter_tensors,
+    probe_forward,
+    replace_element,
     set_packed,
     sparse_guard,
     stored_tensors,
 )
-from torchfault.faults._models import check_fault_model
-from torchfault.faults._space import probe_forward
 from torchfault.injectors._apply import (
     apply_masks,
     apply_model,

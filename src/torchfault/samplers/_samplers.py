@@ -20,7 +20,7 @@ places them uniformly without replacement; a run may hold zero, one or many faul
 :class:`~torchfault.Fault` per element, holding all of that element's flipped bits).
 
 Example:
-    >>> from torchfault.faults._fault import FaultSite
+    >>> from torchfault import FaultSite
     >>> sites = [FaultSite("fc", "weight", "parameter", (4, 8), "float32", 32)]
     >>> s = create_sampler("uniform", sites=sites, n=10, seed=0)
     >>> len(s), s.population
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults._fault import PERSISTENCES, Fault, FaultSite
+from torchfault.faults import PERSISTENCES, Fault, FaultSite
 from torchfault.registry import Registry
 from torchfault.samplers._size import sample_size
 
@@ -431,7 +431,7 @@ class Sampler(abc.ABC):
         """The faults of run ``k`` (a pure function of the seed and ``k``).
 
         Example:
-            >>> from torchfault.faults._fault import FaultSite
+            >>> from torchfault import FaultSite
             >>> s = create_sampler("exhaustive", sites=[FaultSite("fc", "bias", "parameter", (2,), "float32", 32)])
             >>> s.draw(33)
             (Fault(module='fc', target='bias', index=(1,), bits=(1,), ...),)
@@ -457,7 +457,7 @@ class Sampler(abc.ABC):
         samplers.
 
         Example:
-            >>> from torchfault.faults._fault import FaultSite
+            >>> from torchfault import FaultSite
             >>> sites = [FaultSite("fc", "bias", "parameter", (2,), "float32", 32)]
             >>> create_sampler("uniform", sites=sites, n=4).strata()
             {'all': 64}
@@ -596,7 +596,7 @@ def create_sampler(name: str, **kwargs: Any) -> Sampler:
     """Build the sampler ``name`` with its settings (see :class:`Sampler` for the common ones).
 
     Example:
-        >>> from torchfault.faults._fault import FaultSite
+        >>> from torchfault import FaultSite
         >>> sites = [FaultSite("conv", "output", "activation", (2, 3, 3), "float32", 32)]
         >>> s = create_sampler("uniform", sites=sites, margin=0.05, confidence=0.95, seed=1)
         >>> len(s), s.population

@@ -30,7 +30,7 @@ Within a stratum, faults are drawn without replacement through the keyed permuta
 :mod:`torchfault.samplers._samplers` (keys from ``(seed, 2_000_000 + h)``).
 
 Example:
-    >>> from torchfault.faults._fault import FaultSite
+    >>> from torchfault import FaultSite
     >>> from torchfault.samplers import create_sampler
     >>> sites = [FaultSite("fc", "weight", "parameter", (4, 8), "float32", 32)]
     >>> s = create_sampler("stratified", sites=sites, n=100, allocation="proportional", seed=0)
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults._fault import Fault, FaultSite
+from torchfault.faults import Fault, FaultSite
 from torchfault.samplers._samplers import (
     _FLOAT_FIELDS,
     _FORMAT_ALIASES,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults._fault import Fault
+from torchfault.faults import Fault
 
 __all__ = ["OUTCOMES", "RunRecord", "FaultRecord", "GoldenRecord"]
 

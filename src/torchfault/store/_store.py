@@ -20,7 +20,7 @@ decode, is a :class:`~torchfault.store.StoreDamagedError` naming the file (and t
 Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.sqlite"
-    >>> from torchfault.faults._fault import Fault
+    >>> from torchfault import Fault
     >>> with ResultStore(path, campaign={"seed": 0}, fingerprint="abc") as store:
     ...     store.add_faults([FaultRecord(0, (Fault("fc", "weight", (0, 0), (30,)),))])
     ...     store.add_runs([RunRecord(0, 0, "sdc", 1, 2, 3.5, 0.01)])
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from torchfault.errors import StoreMismatchError, TorchFaultError
-from torchfault.faults._fault import Fault, FaultSite
+from torchfault.faults import Fault, FaultSite
 from torchfault.store._check import StoreDamagedError, damage_advice, inspect_file, refusal
 from torchfault.store._lock import StoreLock
 from torchfault.store._records import OUTCOMES, FaultRecord, GoldenRecord, RunRecord
@@ -791,18 +791,6 @@ class ResultStore:
                 "SELECT fault_id FROM runs GROUP BY fault_id HAVING count(*) >= ?", (int(n_inputs),)
             )
             return {r[0] for r in cur}
-
-    def summary(
-        self, confidence: float = 0.95, method: str | None = None, *, per_element: bool = False
-    ) -> Any:
-        """:func:`torchfault.analysis.summarize_store` of the stored runs (a ``Summary``: the
-        fault as the sampling unit, with the design of the stored sampler); ``method`` defaults
-        to ``torchfault.analysis.DEFAULT_INTERVAL``."""
-        from torchfault.analysis import DEFAULT_INTERVAL, summarize_store
-
-        return summarize_store(
-            self, confidence, method or DEFAULT_INTERVAL, per_element=per_element
-        )
 
     # ------------------------------------------------------------------ export
 
