@@ -135,3 +135,49 @@ def test_run_campaign_trace_option_same_for_both_engines(setup, tmp_path):
     assert all(d.out_of_range is None for t in plain for d in t.layers)
     with pytest.raises(TorchFaultError, match="trace.layer"):
         run_campaign(model, x[:16], faults[:1], trace={"layer": ["fc1"]})
+
+
+def test_stored_traces_equal_run_campaign_and_old_stores_read_empty(tmp_path):
+    import sqlite3
+
+    from torchfault import Campaign
+    from torchfault.analysis import read_traces
+    from torchfault.store import open_store
+
+    def cfg(out, **trace):
+        return {
+            "name": "tr",
+            "out_dir": str(tmp_path / out),
+            "sampler": {"name": "uniform", "n": 8},
+            "data": {"num_inputs": 16},
+            "inputs_per_fault": 2,
+            "report": False,
+            "progress": False,
+            "trace": trace,
+        }
+
+    Campaign(cfg("old")).run()
+    with open_store(tmp_path / "old" / "campaign.sqlite") as s:
+        assert read_traces(s) == []
+    camp = Campaign(cfg("old"))  # setup only: the profile below is of this campaign's model
+    camp.setup()
+    prof_path = profile_ranges(camp.model, camp.inputs).save(tmp_path / "p.json")
+    camp = Campaign(cfg("new", enabled=True, profile=str(prof_path)))
+    res = camp.run()
+    want = trace_runs(
+        camp.model,
+        camp.inputs,
+        [
+            (k, res.faults[k], sorted(r.input_id for r in res.runs if r.fault_id == k))
+            for k in sorted(res.faults)
+        ],
+        profile=profile_ranges(camp.model, camp.inputs),
+    )
+    got = sorted(res.traces, key=lambda t: (t.fault_id, t.input_id))
+    assert got == sorted(want, key=lambda t: (t.fault_id, t.input_id))
+    with open_store(tmp_path / "new" / "campaign.sqlite") as s:
+        assert sorted(read_traces(s), key=lambda t: (t.fault_id, t.input_id)) == got
+    con = sqlite3.connect(tmp_path / "new" / "campaign.sqlite")
+    n_rows = con.execute("SELECT count(*) FROM traces").fetchone()[0]
+    con.close()
+    assert n_rows == len(got) + sum(1 for t in got for d in t.layers if d.changed or d.out_of_range)

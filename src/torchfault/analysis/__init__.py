@@ -21,7 +21,10 @@ from torchfault.analysis._html import StoreState, make_html_report, store_state
 from torchfault.analysis._propagation import (
     LayerDeviation,
     Trace,
+    layer_order,
     propagation_by_depth,
+    read_traces,
+    trace_rows,
     trace_runs,
 )
 from torchfault.analysis._sdc_model import LayerFit, SDCModel, fit_sdc_model
@@ -77,7 +80,10 @@ __all__ = [
     "vulnerability_maps",
     "LayerDeviation",
     "Trace",
+    "layer_order",
     "propagation_by_depth",
+    "read_traces",
+    "trace_rows",
     "trace_runs",
     "DEFAULT_INTERVAL",
     "EXPORT_FORMATS",

@@ -30,7 +30,15 @@ import torch.nn as nn
 from torchfault.faults import Fault
 from torchfault.injectors import RangeProfile, inject, select_layers
 
-__all__ = ["LayerDeviation", "Trace", "propagation_by_depth", "trace_runs"]
+__all__ = [
+    "LayerDeviation",
+    "Trace",
+    "layer_order",
+    "propagation_by_depth",
+    "read_traces",
+    "trace_rows",
+    "trace_runs",
+]
 
 
 @dataclass(frozen=True)
@@ -210,3 +218,74 @@ def propagation_by_depth(traces: Sequence[Trace]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+@torch.no_grad()
+def layer_order(
+    model: nn.Module, inputs: torch.Tensor, layers: str | Sequence[str] | None = None
+) -> list[str]:
+    """The traced layers in execution order (one fault-free pass over ``inputs``; layers whose
+    output is not a tensor, or that are not called, are left out)."""
+    names = select_layers(model, layers)
+    seen: dict[str, torch.Tensor] = {}
+    hs = _capture(model, names, seen)
+    try:
+        model(inputs)
+    finally:
+        for h in hs:
+            h.remove()
+    return list(seen)
+
+
+def trace_rows(traces: Sequence[Trace], layers: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Rows of the store's ``traces`` table (:mod:`torchfault.store`): a marker per run and one
+    row per layer that deviated or left its range; ``layers`` is the stored layer order."""
+    depth = {n: i for i, n in enumerate(layers)}
+    rows: list[tuple[Any, ...]] = []
+    for t in traces:
+        rows.append((t.fault_id, t.input_id, -1, None, None, 0, None))
+        for d in t.layers:
+            if d.changed or d.out_of_range:
+                o = None if d.out_of_range is None else int(d.out_of_range)
+                rows.append(
+                    (t.fault_id, t.input_id, depth[d.layer], d.max_abs, d.max_rel, d.changed, o)
+                )
+    return rows
+
+
+def read_traces(store: Any) -> list[Trace]:
+    """The traces a campaign stored (``trace.enabled``), rebuilt whole: layers without a row
+    were bit-identical to golden (and in range); ``[]`` for a store without traces."""
+    from torchfault.store import read_trace_rows
+
+    layers, rows = read_trace_rows(store)
+    if not layers:
+        return []
+    runs: dict[tuple[int, int], dict[int, tuple[Any, ...]]] = {}
+    ranged: set[tuple[int, int]] = set()
+    for f, i, depth, a, rel, c, o in rows:
+        runs.setdefault((int(f), int(i)), {})
+        if depth >= 0:
+            runs[(int(f), int(i))][int(depth)] = (a, rel, c, o)
+            if o is not None:
+                ranged.add((int(f), int(i)))
+    has_profile = bool(ranged) or any(r[6] is not None for r in rows if r[2] >= 0)
+    out = []
+    for key, by_depth in runs.items():
+        lds = []
+        masked_at = oor_at = None
+        seen = False
+        for k, n in enumerate(layers):
+            a, rel, c, o = by_depth.get(k, (0.0, 0.0, 0, 0 if has_profile else None))
+            a = math.inf if a is None and c else (0.0 if a is None else float(a))
+            rel = math.inf if rel is None and c else (0.0 if rel is None else float(rel))
+            oo = None if o is None else bool(o)
+            lds.append(LayerDeviation(n, a, rel, int(c), oo))
+            if c:
+                seen = True
+            elif seen and masked_at is None:
+                masked_at = n
+            if oo and oor_at is None:
+                oor_at = n
+        out.append(Trace(key[0], key[1], tuple(lds), masked_at, oor_at))
+    return out

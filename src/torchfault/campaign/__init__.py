@@ -20,6 +20,7 @@ from torchfault.campaign._config import (
     SamplerConfig,
     StoreConfig,
     TargetsConfig,
+    TraceConfig,
 )
 from torchfault.campaign._device import resolve_device
 from torchfault.campaign._engine import (
@@ -80,6 +81,7 @@ from torchfault.campaign._structure import Batched, as_batched
 __all__ = [
     "PROTECTED_OUTCOMES",
     "ProtectionConfig",
+    "TraceConfig",
     "ProtectedRun",
     "ProtectionResult",
     "protected_runs",

@@ -464,6 +464,22 @@ class Campaign:
             raise ConfigError(
                 "injected_values: needs a tensor of inputs (rows first).", field="injected_values"
             )
+        self.trace_setup = None
+        tc = self.config.trace
+        if tc.enabled:
+            from torchfault.analysis import layer_order
+            from torchfault.injectors import load_profile
+
+            if not isinstance(self.inputs, torch.Tensor):
+                raise ConfigError("trace.enabled: needs a tensor of inputs.", field="trace.enabled")
+            try:
+                prof = load_profile(tc.profile, self.model) if tc.profile else None
+                probe = self.inputs[[0] * 16]
+                order = layer_order(self.model, probe, tc.layers)  # type: ignore[arg-type]
+            except TorchFaultError as exc:
+                where = "trace.profile" if exc.field == "profile" else "trace.layers"
+                raise ConfigError(f"{where}: {exc}", field=where) from None
+            self.trace_setup = (order, prof)
         spec = self.config.protection.spec()
         if spec is None:
             return
@@ -711,6 +727,15 @@ class Campaign:
 
                     for tasks in chunks:
                         write_injected(store, injected_rows(self.model, self.inputs, tasks))
+                if self.trace_setup is not None:  # first, too: a stored run has its trace
+                    from torchfault.analysis import trace_rows, trace_runs
+                    from torchfault.store import write_traces
+
+                    order, prof = self.trace_setup
+                    for tasks in chunks:
+                        spec = [(t.fault_id, t.faults, t.input_ids) for t in tasks]
+                        traces = trace_runs(self.model, self.inputs, spec, order, profile=prof)
+                        write_traces(store, order, trace_rows(traces, order))
                 for records in executor.map(setup, chunks):
                     _store_metrics(store, records)  # first: a stored run has its metrics
                     store.add_runs(records)
@@ -745,6 +770,10 @@ class Campaign:
                 from torchfault.store import read_injected
 
                 result.injected = read_injected(store)
+            if self.trace_setup is not None:
+                from torchfault.analysis import read_traces
+
+                result.traces = read_traces(store)
         except BaseException:
             if state is not None:  # interrupted or failed: reports say it stopped unfinished
                 try:

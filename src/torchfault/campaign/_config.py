@@ -25,6 +25,7 @@ __all__ = [
     "ExecutorConfig",
     "StoreConfig",
     "ProtectionConfig",
+    "TraceConfig",
     "check_topk",
 ]
 
@@ -514,6 +515,24 @@ class ProtectionConfig:
 
 
 @dataclass
+class TraceConfig:
+    """Layer-by-layer deviation traces of every run (docs/protection.md), stored in the
+    store's ``traces`` table before the run itself; computed by full re-execution whatever the
+    engine. Not part of the store's identity (it changes no run).
+
+    Attributes:
+        enabled: record traces.
+        layers: module names or ``re:`` patterns (null: every leaf module).
+        profile: a range profile file (``torchfault profile-ranges``): also record the first
+            layer out of its golden range.
+    """
+
+    enabled: bool = False
+    layers: list[str] | None = None
+    profile: str | None = None
+
+
+@dataclass
 class CampaignConfig:
     """A whole campaign. Every field can be overridden on the command line (``--sampler.margin 0.02``).
 
@@ -544,6 +563,7 @@ class CampaignConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     protection: ProtectionConfig = field(default_factory=ProtectionConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
     inputs_per_fault: int = 1
     out_dir: str | None = None
     report: bool = True
@@ -592,7 +612,7 @@ class CampaignConfig:
         from torchfault.config import to_dict
 
         d = to_dict(self)
-        for key in ("engine", "executor", "progress", "report", "out_dir", "protection", "injected_values"):
+        for key in ("engine", "executor", "progress", "report", "out_dir", "protection", "injected_values", "trace"):
             d.pop(key, None)
         d["store"] = {}
         for key in ("hub", "quantized"):  # unset: as before these keys existed (old stores resume)

@@ -22,11 +22,13 @@ from torchfault.store._injected import INJECTED_TABLE, read_injected, write_inje
 from torchfault.store._lock import StoreBusyError, StoreLock
 from torchfault.store._records import OUTCOMES, FaultRecord, GoldenRecord, RunRecord
 from torchfault.store._store import SCHEMA_VERSION, ResultStore, open_store
+from torchfault.store._traces import TRACES_TABLE, read_trace_rows, write_traces
 
 __all__ = [
     "INJECTED_TABLE",
     "OUTCOMES",
     "SCHEMA_VERSION",
+    "TRACES_TABLE",
     "CheckReport",
     "FaultRecord",
     "FileInfo",
@@ -41,6 +43,8 @@ __all__ = [
     "inspect_file",
     "open_store",
     "read_injected",
+    "read_trace_rows",
     "repair_store",
     "write_injected",
+    "write_traces",
 ]
