@@ -1,0 +1,132 @@
+# SPDX-License-Identifier: MIT
+"""The import layers of docs/design.md hold: import-linter's contracts (.importlinter) and a
+scan of every source file (doctests included) for another package's ``_private`` module."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "torchfault"
+
+# `from torchfault.pkg._mod import x` / `import torchfault.pkg._mod`, in code or in a doctest line
+_PRIVATE = re.compile(
+    r"^\s*(?:(?:>>>|\.\.\.)\s+)?(?:from|import)\s+torchfault\.([a-z_]+)\.(_[A-Za-z0-9_]+)"
+)
+
+
+def _lint_imports() -> str | None:
+    found = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    return found or shutil.which("lint-imports")
+
+
+def _owner(path: Path) -> str | None:
+    rel = path.relative_to(SRC)
+    return rel.parts[0] if len(rel.parts) > 1 else None
+
+
+def cross_package_private_imports(root: Path = SRC) -> list[str]:
+    """``file:line: text`` of every import of another package's ``_private`` module."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        own = path.relative_to(root).parts[0] if len(path.relative_to(root).parts) > 1 else None
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = _PRIVATE.match(line)
+            if match and match.group(1) != own:
+                found.append(f"{path.relative_to(root.parent.parent)}:{number}: {line.strip()}")
+    return found
+
+
+def test_import_linter_contracts_are_kept():
+    exe = _lint_imports()
+    if exe is None:
+        pytest.skip("import-linter is not installed (pip install import-linter)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [exe, str(ROOT / ".importlinter"), "--no-cache"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+def test_the_layers_contract_names_every_package():
+    """A new package must be placed in the layers (else import-linter would not check it)."""
+    text = (ROOT / ".importlinter").read_text()
+    layers = text.split("[importlinter:contract:layers]")[1].split("[importlinter:")[0]
+    packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}
+    modules = {p.stem for p in SRC.glob("*.py") if not p.name.startswith("_")}
+    for name in sorted(packages | modules):
+        assert f"torchfault.{name}" in layers, f"{name} is not in the layers contract"
+
+
+def test_no_package_imports_another_packages_private_module():
+    assert cross_package_private_imports() == []
+
+
+def test_the_scan_finds_private_imports(tmp_path):
+    """The scan itself: a private import from another package (code and doctest) is found, one
+    inside the same package is not."""
+    pkg = tmp_path / "src" / "torchfault"
+    (pkg / "store").mkdir(parents=True)
+    (pkg / "store" / "_a.py").write_text(
+        "from torchfault.faults._fault import Fault\n"
+        "from torchfault.store._records import RunRecord\n"
+        '"""\n>>> from torchfault.analysis._summary import Summary\n"""\n'
+        "from torchfault.faults import Fault\n"
+    )
+    found = cross_package_private_imports(pkg)
+    assert [f.split(": ", 1)[1] for f in found] == [
+        "from torchfault.faults._fault import Fault",
+        ">>> from torchfault.analysis._summary import Summary",
+    ]
+
+
+def test_function_level_imports_respect_the_layers():
+    """import-linter sees imports inside functions too; this checks the same over the AST, so a
+    circle cannot hide in a function even where import-linter is not installed."""
+    order = [
+        {"errors"},
+        {"config", "registry"},
+        {"numerics"},
+        {"faults"},
+        {"injectors", "samplers", "store"},
+        {"analysis"},
+        {"dnn"},
+        {"campaign"},
+        {"cli", "compat"},
+    ]
+    level = {name: i for i, names in enumerate(order) for name in names}
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        own = _owner(path) or path.stem
+        if own not in level:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                if parts[0] != "torchfault":
+                    continue
+                targets = [parts[1]] if len(parts) > 1 else [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [
+                    a.name.split(".")[1] for a in node.names if a.name.startswith("torchfault.")
+                ]
+            else:
+                continue
+            for target in targets:
+                if target in level and level[target] > level[own]:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {own} -> {target}")
+    assert bad == []
