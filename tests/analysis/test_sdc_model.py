@@ -32,6 +32,7 @@ def _synthetic(n=400, seed=0):
 
 
 def test_coefficients_equal_sklearn():
+    pytest.importorskip("sklearn")  # the 'train' extra
     from sklearn.linear_model import LogisticRegression
 
     traces, outcomes, faults, dev, sdc = _synthetic()
