@@ -284,7 +284,7 @@ def _job_configs():
         (PruneConfig, {"seed": 2**40}, "seed"),
         (QuantizeConfig, {"calibration_batches": 0}, "calibration_batches"),
         (SummaryConfig, {"batch": 0}, "batch"),
-        (TestConfig, {"model": "lenett"}, "model"),
+        (TestConfig, {"model": "lenett"}, "model.name"),  # old key, translated
         (TrainConfig, {"batch_size": 0}, "batch_size"),
         (TrainerConfig, {"max_epochs": 0}, "trainer.max_epochs"),
     ]

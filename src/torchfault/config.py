@@ -494,11 +494,16 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
     A ``ValueError`` or ``TypeError`` raised by the dataclass's ``__post_init__`` is re-raised
     as a ConfigError that keeps its message (which names the field) and carries the field: the
     error's own ``field`` (under ``prefix``) where it has one, else ``prefix``.
+    A class with a ``_translate_keys(data, prefix)`` static method (the DNN jobs' old flat keys,
+    :func:`torchfault.dnn.legacy_job_keys`) gets ``data`` through it first.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"{prefix or 'config'}: expected a mapping, got {_short(data)}.", field=prefix or None
         )
+    translate = getattr(cls, "_translate_keys", None)
+    if translate is not None:  # a config that still reads its old keys (with a warning)
+        data = translate(data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}

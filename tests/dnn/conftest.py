@@ -19,7 +19,9 @@ def digits_train() -> dnn.TensorClassificationDataset:
 
 
 def _fast_train_config(tmp_path, model: str = "mlp", epochs: int = 3, **kw) -> dnn.TrainConfig:
-    cfg = dnn.TrainConfig(model=model, dataset="digits", out_dir=str(tmp_path), batch_size=32, **kw)
+    cfg = dnn.TrainConfig(
+        model=dnn.TrainModelSpec(model), out_dir=str(tmp_path), batch_size=32, **kw
+    )
     cfg.trainer.max_epochs = epochs
     cfg.trainer.enable_progress_bar = False
     cfg.optimizer.lr = 1e-2

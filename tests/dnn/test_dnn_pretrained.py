@@ -34,22 +34,30 @@ def test_shipped_weights_small_and_accurate(name: str, digits_test) -> None:
 @pytest.mark.parametrize("name", ["lenet", "mlp"])
 def test_shipped_weights_were_trained_by_the_example_config(name: str) -> None:
     """The config stored in each shipped weights file is the one its example YAML gives."""
-    from torchfault.config import from_dict, load_yaml, to_dict
-    from torchfault.dnn._training import _plain
+    from torchfault.config import from_dict, load_yaml
+    from torchfault.dnn._training import _recipe
 
     data = load_yaml(REPO / "examples" / f"train_{name}_digits.yaml")
     shipped = dnn.pretrained_path(name, "digits")
     assert (REPO / data["export"]).resolve() == shipped.resolve()
-    expected = _plain(to_dict(from_dict(dnn.TrainConfig, data)))
+    expected = _recipe(from_dict(dnn.TrainConfig, data))  # what an export embeds, key order too
     stored = dnn.load_checkpoint(shipped)["config"]
+    assert list(stored) == list(expected)
+    # the stored (format 1, flat keys) config still loads, to the example's config
+    with pytest.warns(DeprecationWarning, match="data.dataset"):
+        again = from_dict(dnn.TrainConfig, stored)
+    example = from_dict(dnn.TrainConfig, data)
+    assert (again.model, again.data) == (example.model, example.data)
     for cfg in (expected, stored):
         for key in ("out_dir", "export", "name"):  # where the run went: not stored
             cfg.pop(key, None)
         cfg["trainer"].pop("enable_progress_bar")  # display only
     assert stored == expected
     # and, spelled out, the fields the YAML file sets
-    for key, value in data.items():
-        if key in ("out_dir", "export"):
+    flat = {"model": data["model"]["name"], "pretrained": data["model"]["pretrained"]}
+    flat["dataset"] = data["data"]["dataset"]  # the model/data sections, as format 1 says them
+    for key, value in {**data, **flat}.items():
+        if key in ("out_dir", "export", "data"):
             continue
         if isinstance(value, dict):
             assert {k: stored[key][k] for k in value} == value, key

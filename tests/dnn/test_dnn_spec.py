@@ -226,9 +226,15 @@ def test_train_prune_quantize_files_all_run_in_a_campaign(tmp_path, capsys):
 
 def test_jobs_build_with_the_same_builder_and_name_their_own_fields(tmp_path):
     """Every DNN job builds its model with build_job_model (the campaign's builder): the same
-    files load, and errors name the job's settings (``checkpoint``, ``model_options``)."""
+    files load, and errors name the job's settings (``model.checkpoint``, ``model.kwargs``)."""
     from torchfault.cli._dnn import PruneConfig, SummaryConfig
-    from torchfault.dnn import TestConfig, TrainConfig, build_job_model
+    from torchfault.dnn import (
+        JobModelSpec,
+        TestConfig,
+        TrainConfig,
+        TrainModelSpec,
+        build_job_model,
+    )
 
     ref = dnn.create_model("mlp", pretrained=True)
     ckpt = tmp_path / "last.ckpt"
@@ -239,19 +245,21 @@ def test_jobs_build_with_the_same_builder_and_name_their_own_fields(tmp_path):
         },
         ckpt,
     )
+    spec = JobModelSpec("mlp", checkpoint=str(ckpt))
     for cfg in (
-        TestConfig(model="mlp", checkpoint=str(ckpt)),
-        PruneConfig(model="mlp", checkpoint=str(ckpt), out=""),
-        SummaryConfig(model="mlp", checkpoint=str(ckpt)),
+        TestConfig(model=spec),
+        PruneConfig(model=spec, out=""),
+        SummaryConfig(model=spec),
     ):
         _same_weights(build_job_model(cfg), ref.state_dict())
     _same_weights(
-        build_job_model(TrainConfig(model="mlp", weights=str(ckpt)), checkpoint="weights"),
+        build_job_model(TrainConfig(model=TrainModelSpec("mlp", checkpoint=str(ckpt)))),
         ref.state_dict(),
     )
     with pytest.raises(ConfigError) as err:
-        build_job_model(TestConfig(model="mlp", checkpoint=str(tmp_path / "none.pt")))
-    assert err.value.field == "checkpoint" and str(err.value).startswith("checkpoint: ")
+        build_job_model(TestConfig(model=JobModelSpec("mlp", checkpoint=str(tmp_path / "no.pt"))))
+    assert err.value.field == "model.checkpoint"
+    assert str(err.value).startswith("model.checkpoint: ")
     with pytest.raises(ConfigError) as err:
-        build_job_model(TestConfig(model="mlp", model_options={"nonsense": 1}))
-    assert err.value.field == "model_options"
+        build_job_model(TestConfig(model=JobModelSpec("mlp", kwargs={"nonsense": 1})))
+    assert err.value.field == "model.kwargs"

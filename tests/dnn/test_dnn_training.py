@@ -207,7 +207,7 @@ def test_test_job_shipped_weights(fast_train_config, tmp_path, capsys) -> None:
     assert main(["test", "lenet", "--out_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "test_acc" in out
-    metrics = dnn.test(dnn.TestConfig(model="mlp", out_dir=str(tmp_path)))
+    metrics = dnn.test(dnn.TestConfig(model=dnn.JobModelSpec("mlp"), out_dir=str(tmp_path)))
     assert metrics["test_acc"] >= 0.95
 
 
@@ -288,7 +288,7 @@ def test_early_stopping_with_wrapped_model_and_datasets(tmp_path) -> None:
         sets[split] = dnn.wrap_dataset(TensorDataset(d.inputs, d.targets), num_classes=10)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     model = dnn.wrap_model(net, input_shape=(1, 8, 8), num_classes=10)
-    cfg = dnn.TrainConfig(model="mlp", out_dir=str(tmp_path), batch_size=64)
+    cfg = dnn.TrainConfig(model=dnn.TrainModelSpec("mlp"), out_dir=str(tmp_path), batch_size=64)
     cfg.trainer.max_epochs = 6
     cfg.trainer.enable_progress_bar = False
     cfg.optimizer.lr = 1e-2

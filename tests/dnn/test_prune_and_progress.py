@@ -12,24 +12,31 @@ import pytest
 from torchfault.cli import main
 from torchfault.cli._dnn import PruneConfig
 from torchfault.config import from_dict
+from torchfault.dnn import JobModelSpec
 from torchfault.errors import TorchFaultError
 
 
 def test_out_names_differ_by_model_and_settings():
     names = {
-        PruneConfig("lenet").out_path(),
-        PruneConfig("mlp").out_path(),
-        PruneConfig("lenet", amount=0.75).out_path(),
-        PruneConfig("lenet", steps=3).out_path(),
-        PruneConfig("lenet", method="random_unstructured").out_path(),
-        PruneConfig("lenet", scope="global").out_path(),
+        PruneConfig(model=JobModelSpec("lenet")).out_path(),
+        PruneConfig(model=JobModelSpec("mlp")).out_path(),
+        PruneConfig(model=JobModelSpec("lenet"), amount=0.75).out_path(),
+        PruneConfig(model=JobModelSpec("lenet"), steps=3).out_path(),
+        PruneConfig(model=JobModelSpec("lenet"), method="random_unstructured").out_path(),
+        PruneConfig(model=JobModelSpec("lenet"), scope="global").out_path(),
     }
     assert len(names) == 6  # the old default gave one runs/prune/pruned.pt.xz for all
-    assert PruneConfig("lenet").out_path() == "runs/prune/lenet-digits-l1_unstructured-0.5.pt.xz"
-    own = PruneConfig("examples/my_model.py:build", pretrained=False).out_path()
+    assert (
+        PruneConfig(model=JobModelSpec("lenet")).out_path()
+        == "runs/prune/lenet-digits-l1_unstructured-0.5.pt.xz"
+    )
+    own = PruneConfig(model=JobModelSpec("examples/my_model.py:build", pretrained=False)).out_path()
     assert own == "runs/prune/my_model.build-digits-l1_unstructured-0.5.pt.xz"
-    assert PruneConfig("lenet", out="w/{model}_{amount}.pt").out_path() == "w/lenet_0.5.pt"
-    assert PruneConfig("lenet", out="").out_path() == ""
+    assert (
+        PruneConfig(model=JobModelSpec("lenet"), out="w/{model}_{amount}.pt").out_path()
+        == "w/lenet_0.5.pt"
+    )
+    assert PruneConfig(model=JobModelSpec("lenet"), out="").out_path() == ""
     with pytest.raises(TorchFaultError, match=r"out: .*unknown placeholder.*\{name\}"):
         from_dict(PruneConfig, {"out": "w/{nmae}.pt"})
 

@@ -5,9 +5,14 @@ Each job takes a dataclass config (a YAML file with ``--config`` plus dotted ove
 ``--trainer.max_epochs 3``); ``--print_config`` prints the merged config. Lightning is imported
 only by the jobs that train.
 
-The model is a zoo name or, as in ``torchfault campaign``, a factory of your own
-(``path/to/file.py:function``, called with ``model_options`` and wrapped with ``wrap_model`` for
-the dataset's input shape and class count); the dataset likewise (``function(split=...)``).
+Every job names its model and data with the ``model:`` and ``data:`` sections of ``torchfault
+campaign`` (:class:`~torchfault.dnn.JobModelSpec`, :class:`~torchfault.dnn.DataSpec`), built by
+the same builder: ``model.name`` is a zoo name or a factory of your own
+(``path/to/file.py:function``, called with ``model.kwargs`` and wrapped with ``wrap_model`` for
+the dataset's input shape and class count), ``model.checkpoint`` any weights file the jobs write;
+``data.dataset`` likewise (``function(split=..., **data.kwargs)``). The old flat keys (``model:
+NAME``, ``dataset``, ``model_options``, ``dataset_options``, ``checkpoint``, ``pretrained``,
+``split``) are read for one more release, with a warning naming the new key.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, Literal
 
 from torchfault.cli import command
 from torchfault.config import check_seed, check_selectors
-from torchfault.dnn import TestConfig, TrainConfig
+from torchfault.dnn import DataSpec, JobModelSpec, TestConfig, TrainConfig, legacy_job_keys
 from torchfault.errors import ConfigError
 
 __all__ = ["PruneConfig", "ProfileConfig", "QuantizeConfig", "SummaryConfig"]
@@ -55,7 +60,7 @@ def _metrics_table(title: str, rows: dict[str, Any]) -> Any:
     "train",
     TrainConfig,
     "Train a model with PyTorch Lightning (seeded, deterministic); --cv K for K folds.",
-    positional=("model",),
+    positional=("model.name",),
 )
 def train_job(cfg: TrainConfig) -> int:
     from torchfault.dnn import cross_validate, train
@@ -74,7 +79,9 @@ def train_job(cfg: TrainConfig) -> int:
         from rich.table import Table
 
         keys = sorted(result.mean)
-        table = Table(title=f"{cfg.cv}-fold cross-validation of {cfg.model} on {cfg.dataset}")
+        table = Table(
+            title=f"{cfg.cv}-fold cross-validation of {cfg.model.name} on {cfg.data.dataset}"
+        )
         table.add_column("fold")
         for k in keys:
             table.add_column(k, justify="right")
@@ -85,7 +92,7 @@ def train_job(cfg: TrainConfig) -> int:
         console.print(table)
         return 0
     result = train(cfg)
-    console.print(_metrics_table(f"{cfg.model} on {cfg.dataset}", result.metrics))
+    console.print(_metrics_table(f"{cfg.model.name} on {cfg.data.dataset}", result.metrics))
     console.print(f"run: {result.run_dir}")
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}")
@@ -98,21 +105,22 @@ def train_job(cfg: TrainConfig) -> int:
     "test",
     TestConfig,
     "Test a model (shipped weights or a checkpoint) on a dataset split with Lightning.",
-    positional=("model",),
+    positional=("model.name",),
 )
 def test_job(cfg: TestConfig) -> int:
     from torchfault.config import is_factory_spec
     from torchfault.dnn import test
 
     metrics = test(cfg)
-    src = cfg.checkpoint or ("factory weights" if is_factory_spec(cfg.model) else "shipped weights")
-    _console().print(_metrics_table(f"{cfg.model} ({src}) on {cfg.dataset}/{cfg.split}", metrics))
+    m = cfg.model
+    src = m.checkpoint or ("factory weights" if is_factory_spec(m.name) else "shipped weights")
+    title = f"{m.name} ({src}) on {cfg.data.dataset}/{cfg.data.split}"
+    _console().print(_metrics_table(title, metrics))
     return 0
 
 
 def _load_model(cfg: Any, pretrained: bool | None = None):
-    """The model a job config names (``model``, ``dataset``, ``checkpoint``, ``model_options``,
-    ``dataset_options``), built as a campaign builds its own (:func:`torchfault.dnn.build_model`:
+    """The model a job config's ``model:`` and ``data:`` sections name, built as a campaign builds its own (:func:`torchfault.dnn.build_model`:
     Lightning checkpoints, exports, pruned and quantized files); ``pretrained`` defaults to the
     config's own (a factory of your own brings its own weights)."""
     from torchfault.dnn import build_job_model
@@ -120,22 +128,26 @@ def _load_model(cfg: Any, pretrained: bool | None = None):
     return build_job_model(cfg, pretrained)
 
 
-def _check_names(model: str, dataset: str) -> None:
+def _check_names(cfg: Any) -> None:
     from torchfault.dnn import check_names
 
-    check_names(model, dataset)
+    check_names(cfg.model.name, cfg.data.dataset)
 
 
+@legacy_job_keys("model", "dataset", "model_options", "dataset_options", "pretrained", "checkpoint")
 @dataclass
 class PruneConfig:
     """Settings of ``torchfault prune``.
 
     Attributes:
-        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
-        dataset: dataset (for the model configuration, evaluation and fine-tuning).
-        pretrained: start from the shipped weights (ignored when ``checkpoint`` is given, and
-            for a factory of your own).
-        checkpoint: start from this weights or Lightning checkpoint file.
+        model: the model, as in every job and in ``torchfault campaign``: ``model.name`` (a zoo
+            model or a factory of your own, ``path/to/file.py:function``), ``model.kwargs``,
+            ``model.checkpoint`` (any weights file the DNN jobs write), ``model.pretrained``
+            (the shipped weights, unless ``model.checkpoint``), ``model.dataset`` (default:
+            ``data.dataset``), ``model.hub``, ``model.quantized``.
+        data: ``data.dataset`` and ``data.kwargs`` (``split_seed``; ``input_shape`` and
+            ``num_classes`` of ``synthetic``, which also configure the model): evaluation on the
+            test split and fine-tuning.
         method: l1_unstructured, random_unstructured, ln_structured or random_structured.
         amount: final fraction of weights (or output channels) to prune in each selected layer
             (or over all of them with ``scope: global``).
@@ -157,15 +169,10 @@ class PruneConfig:
         overwrite: replace an existing ``out`` file (else an existing file is an error, raised
             before anything is pruned).
         compression: compression of the saved file.
-        model_options: constructor options of the model.
-        dataset_options: options of ``create_dataset`` (``split_seed``; ``input_shape`` and
-            ``num_classes`` of ``synthetic``, which also configure the model).
     """
 
-    model: str = "lenet"
-    dataset: str = "digits"
-    pretrained: bool = True
-    checkpoint: str | None = None
+    model: JobModelSpec = field(default_factory=lambda: JobModelSpec())
+    data: DataSpec = field(default_factory=DataSpec)
     method: Literal[
         "l1_unstructured", "random_unstructured", "ln_structured", "random_structured"
     ] = "l1_unstructured"
@@ -182,11 +189,9 @@ class PruneConfig:
     out: str = "runs/prune/{name}.pt.xz"
     overwrite: bool = False
     compression: Literal["lzma", "gzip", "bz2", "none"] = "lzma"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_names(self.model, self.dataset)
+        _check_names(self)
         check_seed(self.seed, "seed", 2**32 - 1 - self.steps)  # fine-tuning seeds seed + step
         check_selectors(self.modules, "modules")
         if not 0.0 <= self.amount < 1.0:
@@ -208,15 +213,16 @@ class PruneConfig:
         """``out`` with its placeholders filled in (``""``: do not save).
 
         Example:
-            >>> PruneConfig("lenet", amount=0.75, steps=3).out_path()
+            >>> PruneConfig(amount=0.75, steps=3).out_path()
             'runs/prune/lenet-digits-l1_unstructured-0.75-3steps.pt.xz'
         """
-        model = self.model
+        model = self.model.name
         if ":" in model:  # a factory: path/to/file.py:function or package.module:function
             where, fn = model.rsplit(":", 1)
             model = f"{Path(where).stem if where.endswith('.py') else where}.{fn}"
         model = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
-        name = f"{model}-{self.dataset}-{self.method}-{self.amount:g}"
+        dataset = str(self.model.dataset or self.data.dataset)
+        name = f"{model}-{dataset}-{self.method}-{self.amount:g}"
         if self.steps > 1:
             name += f"-{self.steps}steps"
         if self.finetune_epochs:
@@ -226,7 +232,7 @@ class PruneConfig:
         fields = {
             "name": name,
             "model": model,
-            "dataset": self.dataset,
+            "dataset": dataset,
             "method": self.method,
             "amount": f"{self.amount:g}",
             "steps": self.steps,
@@ -246,14 +252,14 @@ class PruneConfig:
     "prune",
     PruneConfig,
     "Prune a model (unstructured or structured, iterative) and report sparsity.",
-    positional=("model",),
+    positional=("model.name",),
 )
 def prune_job(cfg: PruneConfig) -> int:
     import torch
     from rich.table import Table
 
     from torchfault.dnn import (
-        create_dataset,
+        build_dataset,
         evaluate,
         export_weights,
         iterative_prune,
@@ -268,7 +274,7 @@ def prune_job(cfg: PruneConfig) -> int:
         )
     torch.manual_seed(cfg.seed)
     model = _load_model(cfg)
-    test_set = create_dataset(cfg.dataset, split="test", **cfg.dataset_options)
+    test_set = build_dataset(cfg.data, split="test")
     before = evaluate(model, test_set, batch_size=cfg.batch_size)
 
     def finetune(m, step):
@@ -286,12 +292,12 @@ def prune_job(cfg: PruneConfig) -> int:
 
         return fine_tune(
             m,
-            cfg.dataset,
+            cfg.data.dataset,
             epochs=cfg.finetune_epochs,
             lr=cfg.lr,
             seed=cfg.seed + step,
             batch_size=min(cfg.batch_size, 64),
-            dataset_options=cfg.dataset_options,
+            dataset_options=cfg.data.kwargs,
             progress_prefix=f"  step {step + 1}/{cfg.steps}, fine-tune epoch",
         )
 
@@ -309,7 +315,7 @@ def prune_job(cfg: PruneConfig) -> int:
     after = evaluate(model, test_set, batch_size=cfg.batch_size)
     report = sparsity_report(model)
     table = Table(
-        title=f"{cfg.method} pruning of {cfg.model} ({cfg.amount:.0%}, {cfg.steps} step(s))",
+        title=f"{cfg.method} pruning of {cfg.model.name} ({cfg.amount:.0%}, {cfg.steps} step(s))",
         title_justify="left",
     )
     for col in ("parameter", "elements", "zeros", "sparsity", "zero channels"):
@@ -331,16 +337,16 @@ def prune_job(cfg: PruneConfig) -> int:
         info = export_weights(
             model,
             out,
-            model_name=cfg.model,
-            dataset=cfg.dataset,
+            model_name=cfg.model.name,
+            dataset=cfg.model.dataset or cfg.data.dataset,
             metrics={
                 "test_acc": after["acc"],
                 "test_acc_before": before["acc"],
                 "sparsity": report["total"]["sparsity"],
             },
             extra={
-                "model_options": dict(cfg.model_options),
-                "dataset_options": dict(cfg.dataset_options),
+                "model_options": dict(cfg.model.kwargs),
+                "dataset_options": dict(cfg.data.kwargs),
             },
             compression=cfg.compression,
         )
@@ -348,42 +354,38 @@ def prune_job(cfg: PruneConfig) -> int:
     return 0
 
 
+@legacy_job_keys(
+    "model", "dataset", "model_options", "dataset_options", "pretrained", "checkpoint", "split"
+)
 @dataclass
 class QuantizeConfig:
     """Settings of ``torchfault quantize`` (post-training static int8, torch.ao FX mode).
 
     Attributes:
-        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
-        dataset: dataset for calibration and evaluation.
-        pretrained: start from the shipped weights (ignored when ``checkpoint`` is given, and
-            for a factory of your own).
-        checkpoint: start from this weights or Lightning checkpoint file.
+        model: the model, as in every job and in ``torchfault campaign``: ``model.name`` (a zoo
+            model or a factory of your own, ``path/to/file.py:function``), ``model.kwargs``,
+            ``model.checkpoint`` (any weights file the DNN jobs write), ``model.pretrained``
+            (the shipped weights, unless ``model.checkpoint``), ``model.dataset`` (default:
+            ``data.dataset``), ``model.hub``, ``model.quantized``.
+        data: ``data.dataset`` and ``data.kwargs`` for calibration and evaluation;
+            ``data.split``: the split on which float and int8 accuracy are compared.
         backend: quantized engine: x86 (default) or fbgemm on CPU.
         calibration_split: split whose inputs calibrate the activation ranges.
         calibration_batches: number of calibration batches.
         batch_size: calibration and evaluation batch size.
-        split: split on which float and int8 accuracy are compared.
         out: where to save the quantized model; empty: do not save.
-        model_options: constructor options of the model.
-        dataset_options: options of ``create_dataset`` (``split_seed``; ``input_shape`` and
-            ``num_classes`` of ``synthetic``, which also configure the model).
     """
 
-    model: str = "lenet"
-    dataset: str = "digits"
-    pretrained: bool = True
-    checkpoint: str | None = None
+    model: JobModelSpec = field(default_factory=lambda: JobModelSpec())
+    data: DataSpec = field(default_factory=DataSpec)
     backend: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
     calibration_split: Literal["train", "val", "test", "all"] = "train"
     calibration_batches: int = 8
     batch_size: int = 64
-    split: Literal["train", "val", "test", "all"] = "test"
     out: str = "runs/quantize/quantized.pt.xz"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_names(self.model, self.dataset)
+        _check_names(self)
         if self.calibration_batches < 1:
             raise ConfigError(
                 f"calibration_batches must be >= 1, got {self.calibration_batches}.",
@@ -399,14 +401,14 @@ class QuantizeConfig:
     "quantize",
     QuantizeConfig,
     "Post-training static int8 quantization with calibration; accuracy before and after.",
-    positional=("model",),
+    positional=("model.name",),
 )
 def quantize_job(cfg: QuantizeConfig) -> int:
-    from torchfault.dnn import create_dataset, evaluate, quantize_model, save_quantized
+    from torchfault.dnn import build_dataset, evaluate, quantize_model, save_quantized
 
     model = _load_model(cfg)
-    calib = create_dataset(cfg.dataset, split=cfg.calibration_split, **cfg.dataset_options)
-    data = create_dataset(cfg.dataset, split=cfg.split, **cfg.dataset_options)
+    calib = build_dataset(cfg.data, split=cfg.calibration_split)
+    data = build_dataset(cfg.data)
     qmodel = quantize_model(
         model,
         calib,
@@ -421,7 +423,8 @@ def quantize_job(cfg: QuantizeConfig) -> int:
     console = _console()
     console.print(
         _metrics_table(
-            f"int8 ({cfg.backend}) quantization of {cfg.model} on {cfg.dataset}/{cfg.split}",
+            f"int8 ({cfg.backend}) quantization of {cfg.model.name} on "
+            f"{cfg.data.dataset}/{cfg.data.split}",
             metrics,
         )
     )
@@ -429,42 +432,41 @@ def quantize_job(cfg: QuantizeConfig) -> int:
         info = save_quantized(
             qmodel,
             cfg.out,
-            model_name=cfg.model,
-            dataset=cfg.dataset,
+            model_name=cfg.model.name,
+            dataset=cfg.model.dataset or cfg.data.dataset,
             backend=cfg.backend,
-            model_options=cfg.model_options,
-            dataset_options=cfg.dataset_options,
+            model_options=cfg.model.kwargs,
+            dataset_options=cfg.data.kwargs,
             metrics=metrics,
         )
         console.print(f"saved: {info}")
     return 0
 
 
+@legacy_job_keys("model", "dataset", "model_options", "dataset_options", "checkpoint")
 @dataclass
 class SummaryConfig:
     """Settings of ``torchfault summary``.
 
     Attributes:
-        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
-        dataset: dataset whose input shape and classes configure the model.
+        model: the model, as in every job and in ``torchfault campaign``: ``model.name`` (a zoo
+            model or a factory of your own, ``path/to/file.py:function``), ``model.kwargs``,
+            ``model.checkpoint`` (any weights file the DNN jobs write), ``model.pretrained``
+            (not read: weights do not change the summary), ``model.dataset`` (default:
+            ``data.dataset``), ``model.hub``, ``model.quantized``.
+        data: ``data.dataset`` and ``data.kwargs``, whose input shape and classes configure
+            the model.
         batch: batch size of the probe input (activation memory scales with it).
-        checkpoint: load these weights first (weights do not change the summary).
         json: also write the summary as JSON to this file; empty: do not.
-        model_options: constructor options of the model.
-        dataset_options: options of ``create_dataset`` (``split_seed``; ``input_shape`` and
-            ``num_classes`` of ``synthetic``, which also configure the model).
     """
 
-    model: str = "lenet"
-    dataset: str = "digits"
+    model: JobModelSpec = field(default_factory=lambda: JobModelSpec())
+    data: DataSpec = field(default_factory=DataSpec)
     batch: int = 1
-    checkpoint: str | None = None
     json: str = ""
-    model_options: dict[str, Any] = field(default_factory=dict)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_names(self.model, self.dataset)
+        _check_names(self)
         if self.batch < 1:
             raise ConfigError(f"batch must be >= 1, got {self.batch}.", field="batch")
 
@@ -473,7 +475,7 @@ class SummaryConfig:
     "summary",
     SummaryConfig,
     "Per-layer output shapes, parameters, MACs/FLOPs and memory of a model.",
-    positional=("model",),
+    positional=("model.name",),
 )
 def summary_job(cfg: SummaryConfig) -> int:
     import json
@@ -502,39 +504,37 @@ def summary_job(cfg: SummaryConfig) -> int:
     return 0
 
 
+@legacy_job_keys("model", "dataset", "model_options", "dataset_options", "checkpoint")
 @dataclass
 class ProfileConfig:
     """Settings of ``torchfault profile``.
 
     Attributes:
-        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
-        dataset: dataset whose input shape configures the model.
+        model: the model, as in every job and in ``torchfault campaign``: ``model.name`` (a zoo
+            model or a factory of your own, ``path/to/file.py:function``), ``model.kwargs``,
+            ``model.checkpoint`` (any weights file the DNN jobs write), ``model.pretrained``
+            (not read: the shipped weights are not loaded), ``model.dataset`` (default:
+            ``data.dataset``), ``model.hub``, ``model.quantized``.
+        data: ``data.dataset`` and ``data.kwargs``, whose input shape configures the model.
         batch: batch size of the profiled forward passes.
         warmup: unprofiled passes first.
         steps: profiled passes.
         device: cpu or cuda.
         trace: Chrome trace file to write; empty: none.
         row_limit: operator rows shown.
-        checkpoint: load these weights first.
-        model_options: constructor options of the model.
-        dataset_options: options of ``create_dataset`` (``split_seed``; ``input_shape`` and
-            ``num_classes`` of ``synthetic``, which also configure the model).
     """
 
-    model: str = "lenet"
-    dataset: str = "digits"
+    model: JobModelSpec = field(default_factory=lambda: JobModelSpec())
+    data: DataSpec = field(default_factory=DataSpec)
     batch: int = 64
     warmup: int = 2
     steps: int = 10
     device: str = "cpu"
     trace: str = "runs/profile/trace.json"
     row_limit: int = 15
-    checkpoint: str | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_names(self.model, self.dataset)
+        _check_names(self)
         if self.batch < 1 or self.steps < 1 or self.warmup < 0:
             raise ConfigError(
                 f"batch and steps must be >= 1 and warmup >= 0, got batch={self.batch}, "
@@ -547,7 +547,7 @@ class ProfileConfig:
     "profile",
     ProfileConfig,
     "Per-module and per-operator times (torch.profiler) and a Chrome trace.",
-    positional=("model",),
+    positional=("model.name",),
 )
 def profile_job(cfg: ProfileConfig) -> int:
     import torch

@@ -37,7 +37,9 @@ Example:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,10 @@ __all__ = [
     "build_dataset",
     "build_job_model",
     "load_model_weights",
+    "JobModelSpec",
+    "LEGACY_JOB_KEYS",
+    "translate_job_keys",
+    "legacy_job_keys",
 ]
 
 #: where create_model's and create_dataset's errors point, in this vocabulary
@@ -402,54 +408,144 @@ def load_model_weights(
     return model
 
 
-#: where a DNN job's flat settings sit in the ModelSpec/DataSpec vocabulary (and back, for its
-#: error messages)
-_JOB_FIELDS = {
-    "model.name": "model",
-    "model.dataset": "dataset",
-    "model.pretrained": "pretrained",
-    "model.kwargs": "model_options",
-    "model.hub": "hub",
-    "model.quantized": "quantized",
-    "data.dataset": "dataset",
-    "data.split": "split",
-    "data.kwargs": "dataset_options",
+@dataclass
+class JobModelSpec(ModelSpec):
+    """The ``model:`` section of a DNN job's config: :class:`ModelSpec`, whose ``dataset``
+    follows the job's ``data.dataset`` unless set (``None``).
+
+    Attributes:
+        name: a zoo model (``lenet``, ``mlp``, ``resnet20``...) or a factory of your own:
+            ``path/to/file.py:function`` or ``package.module:function`` (called with ``kwargs``).
+        dataset: the zoo configuration (input shape, classes); unset: ``data.dataset``.
+        pretrained: load the zoo's shipped weights (ignored when ``checkpoint`` is given).
+        checkpoint: a weights file: a Lightning ``.ckpt``, a torchfault export (``train
+            --export``, ``prune --out``, ``quantize --out``) or a state dict; compressed or not;
+            read with ``weights_only=True``.
+        kwargs: keyword arguments for the model or factory.
+        hub: a Torch Hub entry point in a local repository, ``path/to/repo:entry``, instead of
+            ``name`` (nothing is downloaded).
+        quantized: ``checkpoint`` is a quantized export (``torchfault quantize``); unset: told
+            from the file.
+    """
+
+    dataset: str | None = None
+
+
+#: the flat keys DNN jobs took before the ``model:``/``data:`` sections, and their new place
+#: (translated with a DeprecationWarning for one release); each job lists the ones it had
+LEGACY_JOB_KEYS = {
+    "model": "model.name",  # a string: the model's name
+    "dataset": "data.dataset",
+    "model_options": "model.kwargs",
+    "dataset_options": "data.kwargs",
+    "pretrained": "model.pretrained",
+    "checkpoint": "model.checkpoint",
+    "weights": "model.checkpoint",
+    "split": "data.split",
 }
 
 
-def build_job_model(
-    cfg: Any, pretrained: bool | None = None, *, checkpoint: str = "checkpoint"
-) -> nn.Module:
-    """The model of a DNN job's config (``model``, ``dataset``, ``pretrained``, ``checkpoint``
-    (``weights`` for train), ``model_options``, ``dataset_options``), built by
-    :func:`build_model`, so that every job reads the same files as a campaign; errors name the
-    job's own settings.
+def _deprecated(old: str, new: str) -> None:
+    import logging
+    import warnings
+
+    msg = (
+        f"{old}: deprecated key, read as {new} (the model:/data: sections every job and "
+        f"`torchfault campaign` share); write {new}: {old} stops working in the next release."
+    )
+    warnings.warn(msg, DeprecationWarning, stacklevel=5)
+    logging.getLogger("torchfault.config").warning(msg)
+
+
+def translate_job_keys(data: Mapping[str, Any], legacy: Sequence[str]) -> dict[str, Any]:
+    """``data`` (a job config as a mapping) with its old flat keys moved into the ``model:`` and
+    ``data:`` sections (:data:`LEGACY_JOB_KEYS`), each with a DeprecationWarning naming the new
+    key; an old key given beside its new one is a ConfigError naming both.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     translate_job_keys({"model": "mlp", "dataset": "digits"}, ["model", "dataset"])
+        {'model': {'name': 'mlp'}, 'data': {'dataset': 'digits'}}
+    """
+    out = dict(data)
+    for old in legacy:
+        if old not in data or (old == "model" and not isinstance(data[old], str)):
+            continue
+        new = LEGACY_JOB_KEYS[old]
+        section, key = new.split(".")
+        value = out.pop(old)
+        current = {} if old == "model" else out.get(section, {})
+        if not isinstance(current, Mapping):
+            continue  # from_dict names the section's bad value
+        if key in current:
+            raise ConfigError(
+                f"{old} and {new} both given ({old}: {value!r}, {new}: {current[key]!r}): "
+                f"{old} is the old name of {new}; keep {new} only.",
+                field=new,
+            )
+        out[section] = {**current, key: value}
+        _deprecated(old, new)
+    return out
+
+
+def legacy_job_keys(*legacy: str) -> Any:
+    """Class decorator of a DNN job config with ``model:``/``data:`` sections: its old flat keys
+    ``legacy`` (see :data:`LEGACY_JOB_KEYS`) keep working for one release, from YAML
+    (:func:`torchfault.config.from_dict` calls ``_translate_keys``) and as Python keyword
+    arguments (a string ``model`` included), translated with a DeprecationWarning."""
+    import functools
+    import typing
+
+    def deco(cls: Any) -> Any:
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            if args and isinstance(args[0], str):
+                kwargs["model"], args = args[0], args[1:]
+            old = {k: kwargs.pop(k) for k in list(kwargs) if k in legacy and k != "model"}
+            if isinstance(kwargs.get("model"), str):
+                old["model"] = kwargs.pop("model")
+            if old:
+                from torchfault.config import from_dict
+
+                moved = translate_job_keys(old, legacy)
+                hints = typing.get_type_hints(cls)
+                for section, values in moved.items():
+                    given = kwargs.get(section)
+                    if given is not None:
+                        olds = [k for k in old if LEGACY_JOB_KEYS[k].startswith(section + ".")]
+                        news = ", ".join(LEGACY_JOB_KEYS[k] for k in olds)
+                        raise ConfigError(
+                            f"{', '.join(olds)} and {section} both given: {', '.join(olds)} "
+                            f"is the old name of {news}; give {news} in {section} only.",
+                            field=section,
+                        )
+                    kwargs[section] = from_dict(hints[section], values, section)
+            init(self, *args, **kwargs)
+
+        cls.__init__ = __init__
+        cls._translate_keys = staticmethod(
+            lambda data, prefix="": translate_job_keys(data, legacy) if not prefix else data
+        )
+        return cls
+
+    return deco
+
+
+def build_job_model(cfg: Any, pretrained: bool | None = None) -> nn.Module:
+    """The model of a DNN job's config (its ``model:`` and ``data:`` sections), built by
+    :func:`build_model` as a campaign builds its own; ``pretrained`` overrides
+    ``model.pretrained`` (summary and profile need no trained weights).
 
     Example:
         >>> from torchfault.dnn import TestConfig
-        >>> type(build_job_model(TestConfig(model="mlp"))).__name__
+        >>> type(build_job_model(TestConfig(model=JobModelSpec("mlp")))).__name__
         'MLP'
     """
-    ckpt = getattr(cfg, checkpoint, None)
-    if pretrained is None:
-        pretrained = bool(getattr(cfg, "pretrained", True))
-    spec = ModelSpec(
-        name=cfg.model,
-        dataset=cfg.dataset,
-        pretrained=pretrained and ckpt is None,
-        checkpoint=ckpt,
-        kwargs=dict(cfg.model_options),
-        hub=getattr(cfg, "hub", None),
-        quantized=getattr(cfg, "quantized", None),
-    )
-    data = DataSpec(cfg.dataset, kwargs=dict(cfg.dataset_options))
-    try:
-        return build_model(spec, data)
-    except ConfigError as exc:
-        where = _JOB_FIELDS.get(exc.field or "", exc.field or "model")
-        if exc.field == "model.checkpoint":
-            where = checkpoint
-        msg = str(exc)
-        if exc.field and msg.startswith(exc.field):
-            msg = where + msg[len(exc.field) :]
-        raise ConfigError(msg, field=where) from None
+    spec: ModelSpec = cfg.model
+    if pretrained is not None and pretrained != spec.pretrained:
+        spec = dataclasses_replace(spec, pretrained=pretrained)
+    return build_model(spec, cfg.data)

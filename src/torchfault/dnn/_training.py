@@ -36,6 +36,7 @@ from torchfault.dnn._checkpoint import (
     save_checkpoint,
 )
 from torchfault.dnn._models import WEIGHTS_FORMAT, extract_state_dict
+from torchfault.dnn._spec import DataSpec, JobModelSpec, legacy_job_keys
 from torchfault.errors import ConfigError, TorchFaultError
 
 __all__ = [
@@ -81,9 +82,11 @@ def _run_name(model: str, dataset: str) -> str:
     return f"{short(model)}_{short(dataset)}"
 
 
-def check_names(model: str, dataset: str) -> None:
+def check_names(
+    model: str, dataset: str, fields: tuple[str, str] = ("model.name", "data.dataset")
+) -> None:
     """A clear error for a model or dataset that is neither registered nor a factory of your own
-    (``path/to/file.py:function``)."""
+    (``path/to/file.py:function``); ``fields`` name the two settings in the error."""
     from torchfault.dnn._datasets import DATASETS, is_factory_spec
     from torchfault.dnn._models import MODELS
     from torchfault.errors import suggest
@@ -91,16 +94,16 @@ def check_names(model: str, dataset: str) -> None:
     if not is_factory_spec(model) and model not in MODELS:
         valid = MODELS.list()
         raise ConfigError(
-            f"model: unknown model {model!r}; valid: {', '.join(valid)}, or a factory of your "
-            f"own as 'path/to/file.py:function'.{suggest(model, valid)}",
-            field="model",
+            f"{fields[0]}: unknown model {model!r}; valid: {', '.join(valid)}, or a factory of "
+            f"your own as 'path/to/file.py:function'.{suggest(model, valid)}",
+            field=fields[0],
         )
     if not is_factory_spec(dataset) and dataset not in DATASETS:
         valid = DATASETS.list()
         raise ConfigError(
-            f"dataset: unknown dataset {dataset!r}; valid: {', '.join(valid)}, or a factory of "
-            f"your own as 'path/to/file.py:function'.{suggest(dataset, valid)}",
-            field="dataset",
+            f"{fields[1]}: unknown dataset {dataset!r}; valid: {', '.join(valid)}, or a factory "
+            f"of your own as 'path/to/file.py:function'.{suggest(dataset, valid)}",
+            field=fields[1],
         )
 
 
@@ -352,20 +355,44 @@ class CheckpointConfig:
 
 
 @dataclass
+class TrainModelSpec(JobModelSpec):
+    """The ``model:`` section of ``torchfault train``: training starts from scratch unless
+    ``pretrained`` or ``checkpoint`` says otherwise.
+
+    Attributes:
+        name: a zoo model or a factory of your own (``path/to/file.py:function``).
+        dataset: the zoo configuration (input shape, classes); unset: ``data.dataset``.
+        pretrained: start from the zoo's shipped weights.
+        checkpoint: start from this weights file (any file the DNN jobs write).
+        kwargs: keyword arguments for the model or factory.
+        hub: a Torch Hub entry point in a local repository, ``path/to/repo:entry``.
+        quantized: must stay unset (a quantized model is not trained).
+    """
+
+    pretrained: bool = False
+
+
+def _model_dataset(cfg: Any) -> str:
+    """The dataset a job's model is configured for (``model.dataset``, else ``data.dataset``)."""
+    return str(cfg.model.dataset if cfg.model.dataset is not None else cfg.data.dataset)
+
+
+@legacy_job_keys("model", "dataset", "model_options", "dataset_options", "pretrained", "weights")
+@dataclass
 class TrainConfig:
     """Everything :func:`train` needs; the ``torchfault train`` job's settings.
 
     Attributes:
-        model: zoo model name, or a factory of your own: ``path/to/file.py:function`` or
-            ``package.module:function`` returning an ``nn.Module`` (called with
-            ``model_options``).
-        dataset: registered dataset name, or a factory ``path/to/file.py:function`` called as
-            ``function(split=..., **dataset_options)``.
-        model_options: constructor options overriding the dataset's configuration.
-        dataset_options: options of ``create_dataset`` (``split_seed``, ``size``...); the
-            model takes the ``input_shape`` and ``num_classes`` they set (``synthetic``).
-        pretrained: start from the shipped weights.
-        weights: start from this checkpoint file.
+        model: the model, as in every job and in ``torchfault campaign``: ``model.name`` (a zoo
+            model or a factory of your own, ``path/to/file.py:function`` or
+            ``package.module:function``, called with ``model.kwargs``), ``model.kwargs``,
+            ``model.pretrained`` (start from the shipped weights; default here: false),
+            ``model.checkpoint`` (start from this weights file), ``model.dataset`` (default:
+            ``data.dataset``), ``model.hub``.
+        data: the data: ``data.dataset`` (registered, or a factory ``path/to/file.py:function``
+            called as ``function(split=..., **kwargs)``) and ``data.kwargs`` (``split_seed``,
+            ``size``...; the model takes the ``input_shape`` and ``num_classes`` of
+            ``synthetic``); training uses the train/val/test splits, ``data.split`` is not read.
         seed: seed of everything (initial weights, shuffling, dropout).
         batch_size: training and evaluation batch size.
         num_workers: data loader workers.
@@ -376,12 +403,8 @@ class TrainConfig:
         export: write the best weights to this file (compressed torchfault weights format).
     """
 
-    model: str = "lenet"
-    dataset: str = "digits"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = False
-    weights: str | None = None
+    model: TrainModelSpec = field(default_factory=lambda: TrainModelSpec())
+    data: DataSpec = field(default_factory=DataSpec)
     seed: int = 0
     batch_size: int = 64
     num_workers: int = 0
@@ -396,7 +419,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
-        check_names(self.model, self.dataset)
+        check_names(self.model.name, self.data.dataset)
         from torchfault.config import check_seed
 
         check_seed(self.seed, "seed", 2**32 - 1)  # Lightning's seed_everything takes 32 bits
@@ -412,14 +435,15 @@ class TrainConfig:
             raise ConfigError(
                 f"cv must be 0 (no cross-validation) or >= 2 folds, got {self.cv}.", field="cv"
             )
-        if self.pretrained and self.weights:
+        if self.model.pretrained and self.model.checkpoint:
             raise ConfigError(
-                "pretrained and weights: give one starting point, not both.", field="pretrained"
+                "model.pretrained and model.checkpoint: give one starting point, not both.",
+                field="model.pretrained",
             )
 
     @property
     def run_name(self) -> str:
-        return self.name or _run_name(self.model, self.dataset)
+        return self.name or _run_name(self.model.name, _model_dataset(self))
 
 
 @dataclass
@@ -485,7 +509,7 @@ def _build_model(cfg: TrainConfig) -> nn.Module:
     """The starting model: dnn's one builder (the files a campaign reads, ``weights`` too)."""
     from torchfault.dnn._spec import build_job_model
 
-    return build_job_model(cfg, checkpoint="weights")
+    return build_job_model(cfg)
 
 
 def _loggers(save_dir: str, name: str, version: str | int | None = None) -> list[Any]:
@@ -630,21 +654,22 @@ def _classifier(cfg: TrainConfig | TestConfig, model: nn.Module, **training: Any
 
     return ClassifierModule(
         model=model,
-        model_name=cfg.model,
-        dataset=cfg.dataset,
-        model_options=dict(cfg.model_options),
-        dataset_options=dict(cfg.dataset_options),
+        model_name=cfg.model.name,
+        dataset=_model_dataset(cfg),
+        model_options=dict(cfg.model.kwargs),
+        dataset_options=dict(cfg.data.kwargs),
         **training,
     )
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.dataset`` with Lightning; see the module docstring.
+    """Train ``cfg.model`` on ``cfg.data`` with Lightning; see the module docstring.
 
     Example:
         >>> import tempfile
         >>> from torchfault.dnn import TrainConfig, train
-        >>> cfg = TrainConfig(model="mlp", out_dir=tempfile.mkdtemp(), seed=1)
+        >>> from torchfault.dnn import TrainModelSpec
+        >>> cfg = TrainConfig(model=TrainModelSpec("mlp"), out_dir=tempfile.mkdtemp(), seed=1)
         >>> cfg.trainer.max_epochs = 1
         >>> result = train(cfg)
         >>> result.metrics["test_acc"] > 0.7
@@ -658,35 +683,56 @@ def train(cfg: TrainConfig) -> TrainResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = _build_model(cfg)
     dm = ClassificationDataModule(
-        cfg.dataset,
+        cfg.data.dataset,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
-        dataset_options=cfg.dataset_options,
+        dataset_options=cfg.data.kwargs,
         seed=cfg.seed,
     )
     model, metrics, run_dir, best = _fit(cfg, model, dm, cfg.run_name)
     exported = None
     if cfg.export:
-        from torchfault.config import to_dict
-
         exported = export_weights(
             model,
             cfg.export,
-            model_name=cfg.model,
-            dataset=cfg.dataset,
+            model_name=cfg.model.name,
+            dataset=_model_dataset(cfg),
             metrics=metrics,
             extra={
-                "model_options": _plain(cfg.model_options),
+                "model_options": _plain(cfg.model.kwargs),
                 # where the run was written is not part of the recipe: leave it out, so the
                 # file is the same byte for byte wherever it is exported
-                "config": {
-                    k: v
-                    for k, v in _plain(to_dict(cfg)).items()
-                    if k not in ("out_dir", "export", "name")
-                },
+                "config": _recipe(cfg),
             },
         )
     return TrainResult(model, metrics, run_dir, best, exported)
+
+
+def _recipe(cfg: TrainConfig) -> dict[str, Any]:
+    """The config an export embeds (``from_dict(TrainConfig, recipe)`` reads it back).
+
+    Where the run was written (``out_dir``, ``export``, ``name``) is left out. A model and data
+    that the flat keys of format 1 can say (``model``, ``dataset``, ``model_options``,
+    ``dataset_options``, ``pretrained``, ``weights``) are written in them, as in the shipped
+    weights files, so ``torchfault train --config examples/train_lenet_digits.yaml`` still
+    reproduces those files byte for byte; others (``model.hub``, ``model.dataset`` other than
+    ``data.dataset``) are written as ``model:``/``data:`` sections.
+    """
+    from torchfault.config import to_dict
+
+    d = {k: v for k, v in _plain(to_dict(cfg)).items() if k not in ("out_dir", "export", "name")}
+    m, data = cfg.model, cfg.data
+    if m.hub is None and m.quantized is None and m.dataset in (None, data.dataset):
+        flat = {
+            "model": m.name,
+            "dataset": data.dataset,
+            "model_options": _plain(m.kwargs),
+            "dataset_options": _plain(data.kwargs),
+            "pretrained": m.pretrained,
+            "weights": m.checkpoint,
+        }
+        d = {**flat, **{k: v for k, v in d.items() if k not in ("model", "data")}}
+    return d
 
 
 def cross_validate(cfg: TrainConfig, folds: int | None = None) -> CrossValidationResult:
@@ -712,9 +758,9 @@ def cross_validate(cfg: TrainConfig, folds: int | None = None) -> CrossValidatio
     from torchfault.dnn._datasets import create_dataset
     from torchfault.dnn._lightning import ClassificationDataModule
 
-    opts = cfg.dataset_options
-    pool = ConcatDataset([create_dataset(cfg.dataset, split=s, **opts) for s in ("train", "val")])
-    test_set = create_dataset(cfg.dataset, split="test", **opts)
+    opts, name = cfg.data.kwargs, cfg.data.dataset
+    pool = ConcatDataset([create_dataset(name, split=s, **opts) for s in ("train", "val")])
+    test_set = create_dataset(name, split="test", **opts)
     labels = [int(pool[i][1]) for i in range(len(pool))]
     if min(labels.count(c) for c in set(labels)) < k:
         raise TorchFaultError(f"cross_validate: some class has fewer than {k} examples.")
@@ -776,20 +822,20 @@ def parse_rates(value: Any, field_name: str = "ber") -> list[float]:
     return rates
 
 
+@legacy_job_keys("model", "dataset", "model_options", "dataset_options", "checkpoint", "split")
 @dataclass
 class TestConfig:
     """Settings of ``torchfault test``: which weights, which data.
 
     Attributes:
-        model: zoo model name, or a factory of your own (``path/to/file.py:function``).
-        dataset: registered dataset name, or a factory (``path/to/file.py:function``).
-        checkpoint: a weights or Lightning checkpoint file; ``None`` uses the shipped weights
-            (a factory's model comes with the weights its factory gives it).
-        split: which split to evaluate (train, val, test, all).
+        model: the model, as in every job and in ``torchfault campaign``: ``model.name``,
+            ``model.kwargs``, ``model.checkpoint`` (any weights file the DNN jobs write; unset:
+            the shipped weights, or the weights a factory of your own gives its model),
+            ``model.quantized``, ``model.dataset``, ``model.hub``.
+        data: ``data.dataset``, ``data.kwargs`` and ``data.split``, the split to evaluate
+            (train, val, test, all).
         batch_size: evaluation batch size.
         accelerator: Lightning accelerator (cpu, gpu, auto).
-        model_options: constructor options of the model.
-        dataset_options: options of ``create_dataset``.
         out_dir: where the CSV log of the test goes.
         ber: bit-error rates (``1e-6,1e-5`` or a list): the test also runs every batch under
             bit flips in the weights and biases at each rate (a ``FaultInjectionCallback``), logs
@@ -800,20 +846,16 @@ class TestConfig:
 
     __test__ = False  # not a pytest class
 
-    model: str = "lenet"
-    dataset: str = "digits"
-    checkpoint: str | None = None
-    split: Literal["train", "val", "test", "all"] = "test"
+    model: JobModelSpec = field(default_factory=lambda: JobModelSpec())
+    data: DataSpec = field(default_factory=DataSpec)
     batch_size: int = 256
     accelerator: str = "cpu"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
     out_dir: str = "runs/test"
     ber: list[float] | str | None = None
     ber_seed: int = 0
 
     def __post_init__(self) -> None:
-        check_names(self.model, self.dataset)
+        check_names(self.model.name, self.data.dataset)
         if self.batch_size < 1:
             raise ConfigError(
                 f"batch_size must be >= 1, got {self.batch_size}.", field="batch_size"
@@ -828,16 +870,15 @@ def test(cfg: TestConfig) -> dict[str, float]:
     Example:
         >>> import tempfile
         >>> from torchfault.dnn import TestConfig, test
-        >>> test(TestConfig(model="lenet", out_dir=tempfile.mkdtemp()))["test_acc"] > 0.95
+        >>> test(TestConfig(out_dir=tempfile.mkdtemp()))["test_acc"] > 0.95
         True
     """
     pl = _require_lightning()
-    from torchfault.dnn._datasets import create_dataset
     from torchfault.dnn._lightning import ClassificationDataModule
-    from torchfault.dnn._spec import build_job_model
+    from torchfault.dnn._spec import build_dataset, build_job_model
 
     model = build_job_model(cfg)  # shipped weights unless a checkpoint is given
-    data = create_dataset(cfg.dataset, split=cfg.split, **cfg.dataset_options)
+    data = build_dataset(cfg.data)
     dm = ClassificationDataModule(None, batch_size=cfg.batch_size, test_set=data)
     module = _classifier(cfg, model)
     callbacks = []
@@ -850,7 +891,7 @@ def test(cfg: TestConfig) -> dict[str, float]:
             trainer = pl.Trainer(
                 accelerator=cfg.accelerator,
                 devices=1,
-                logger=_loggers(cfg.out_dir, _run_name(cfg.model, cfg.dataset)),
+                logger=_loggers(cfg.out_dir, _run_name(cfg.model.name, _model_dataset(cfg))),
                 enable_progress_bar=sys.stderr.isatty(),
                 enable_model_summary=False,
                 callbacks=callbacks,
