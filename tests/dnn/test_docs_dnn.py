@@ -18,7 +18,7 @@ SKIPPED = {
     "torchfault train --config examples/train_lenet_digits.yaml": "60 epochs",
     "torchfault train --config examples/train_mlp_digits.yaml": "60 epochs",
     "torchfault train mlp --cv 5": "5 folds of 30 epochs",
-    "torchfault test lenet --checkpoint "
+    "torchfault test lenet --model.checkpoint "
     "runs/train/lenet_digits/version_0/checkpoints/epoch=15-val_acc=0.9722.ckpt": (
         "needs the checkpoint of a full training run"
     ),
