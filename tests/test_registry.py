@@ -155,3 +155,64 @@ def test_plugins_found_through_installed_distribution_metadata(tmp_path, monkeyp
         import sys
 
         sys.modules.pop("tf_demo_plugin_mod", None)
+
+
+def test_functions_made_by_the_registry_delegate_to_it(reg):
+    """register_/list_/is_/create_/get_ from Registry.functions() against the registry's own
+    methods: same entries, same results, same errors; named after the family, in this module."""
+    register, list_, is_, create, get = reg.functions()
+    assert [f.__name__ for f in (register, list_, is_, create, get)] == [
+        "register_widget",
+        "list_widgets_test",
+        "is_widget",
+        "create_widget",
+        "get_widget",
+    ]
+    assert {f.__module__ for f in (register, list_, is_, create, get)} == {__name__}
+
+    @register("small", description="A small widget.", size=1)
+    def small(scale=1):
+        return ("small", scale)
+
+    @register(size=2)
+    def large():
+        return "large"
+
+    assert reg.info("small").description == "A small widget."
+    assert list_() == reg.list() == ["large", "small"]
+    assert list_("s*") == reg.list("s*") == ["small"]
+    assert list_(size=2) == reg.list(size=2) == ["large"]
+    assert is_("small") and not is_("medium")
+    assert create("small", scale=3) == reg.create("small", scale=3) == ("small", 3)
+    assert get("large") is large
+    with pytest.raises(ValueError, match=r"Unknown widget 'smal'.*Did you mean 'small'"):
+        create("smal")
+    with pytest.raises(ValueError, match="Bad arguments for widget 'small'"):
+        create("small", colour="red")
+    with pytest.raises(ValueError, match="already registered"):
+        register("small")(large)
+    assert reg.functions("gadget", "gadgets").register.__name__ == "register_gadget"
+
+
+def test_generated_family_functions_list_the_built_in_entries():
+    """The families whose functions come from Registry.functions() list their built-in entries
+    (these were doctests of the hand-written functions)."""
+    from torchfault.campaign import is_engine, list_engines, list_executors
+    from torchfault.faults import list_layouts, list_patterns, register_layout
+    from torchfault.injectors import is_protection, list_injectors, list_protections
+
+    assert list_layouts() == ["channels_last", "row_major", "tiled"]
+    assert list_patterns() == [
+        "adjacent_bits",
+        "adjacent_words",
+        "bit_line",
+        "cluster",
+        "single",
+        "word_line",
+    ]
+    assert list_protections() == ["clip", "detect", "ranger"]
+    assert is_protection("ranger") and not is_protection("no_such")
+    assert {"reference", "fast"} <= set(list_engines()) and is_engine("fast")
+    assert {"serial", "process"} <= set(list_executors())
+    assert {"faults", "ber"} <= set(list_injectors())
+    assert register_layout.__module__ == "torchfault.faults._layouts"

@@ -308,21 +308,5 @@ def make_engine(
     return cls(model, inputs, golden, criterion, batch_size)
 
 
-def register_engine(name: str, **kw: Any) -> Any:
-    """Decorator registering an :class:`Engine` subclass."""
-    return ENGINES.register(name, **kw)
-
-
-def list_engines(filter: str | None = None) -> list[str]:
-    """Registered engine names."""
-    return ENGINES.list(filter)
-
-
-def is_engine(name: str) -> bool:
-    """Whether ``name`` is a registered engine."""
-    return ENGINES.is_registered(name)
-
-
-def create_engine(name: str, **kwargs: Any) -> Engine:
-    """Build the engine ``name``."""
-    return ENGINES.create(name, **kwargs)
+# register_engine (a decorator for Engine subclasses), list_engines, is_engine, create_engine
+register_engine, list_engines, is_engine, create_engine, _ = ENGINES.functions()

@@ -75,19 +75,9 @@ OPS = ("flip", "stuck_at_0", "stuck_at_1")
 STATUSES = ("detected", "miscorrected", "undetected", "corrected", "unused", "none")
 
 
-def register_layout(name: str, **kw: Any) -> Callable[[Any], Any]:
-    """Decorator registering an element order ``fn(shape, tile) -> numpy permutation``."""
-    return LAYOUTS.register(name, **kw)
-
-
-def list_layouts(filter: str | None = None) -> list[str]:
-    """Registered element orders.
-
-    Example:
-        >>> list_layouts()
-        ['channels_last', 'row_major', 'tiled']
-    """
-    return sorted(LAYOUTS.list(filter))
+# register_layout (a decorator for element orders ``fn(shape, tile) -> numpy permutation``) and
+# list_layouts (the registered orders; tests/test_registry.py checks the built-in ones)
+register_layout, list_layouts, _, _, _ = LAYOUTS.functions("layout", "layouts")
 
 
 @register_layout("row_major", description="Logical (C, row-major) order.")

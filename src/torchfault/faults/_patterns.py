@@ -42,19 +42,9 @@ __all__ = ["PATTERNS", "CellPattern", "PatternMix", "list_patterns", "register_p
 PATTERNS: Registry[Callable[..., list[tuple[int, int]]]] = Registry("cell pattern")
 
 
-def register_pattern(name: str, **kw: Any) -> Callable[[Any], Any]:
-    """Decorator registering a pattern ``fn(size, rows, columns) -> [(dr, dc), ...]``."""
-    return PATTERNS.register(name, **kw)
-
-
-def list_patterns(filter: str | None = None) -> list[str]:
-    """Registered pattern names.
-
-    Example:
-        >>> list_patterns()
-        ['adjacent_bits', 'adjacent_words', 'bit_line', 'cluster', 'single', 'word_line']
-    """
-    return sorted(PATTERNS.list(filter))
+# register_pattern (a decorator for patterns ``fn(size, rows, columns) -> [(dr, dc), ...]``) and
+# list_patterns (the registered names; tests/test_registry.py checks the built-in ones)
+register_pattern, list_patterns, _, _, _ = PATTERNS.functions("pattern", "patterns")
 
 
 def _n(size: Any, default: int, name: str) -> int:

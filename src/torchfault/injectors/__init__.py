@@ -122,21 +122,6 @@ INJECTORS.add(
 )
 
 
-def register_injector(name: str, **kw: Any) -> Any:
-    """Decorator registering a context-manager injector ``fn(model, ...)``."""
-    return INJECTORS.register(name, **kw)
-
-
-def list_injectors(filter: str | None = None) -> list[str]:
-    """Registered injector names."""
-    return INJECTORS.list(filter)
-
-
-def is_injector(name: str) -> bool:
-    """Whether ``name`` is a registered injector."""
-    return INJECTORS.is_registered(name)
-
-
-def create_injector(name: str, **kwargs: Any) -> Any:
-    """Call the injector ``name`` (a context manager) with ``kwargs``."""
-    return INJECTORS.create(name, **kwargs)
+# register_injector (a decorator for context-manager injectors ``fn(model, ...)``),
+# list_injectors, is_injector, create_injector (calls the injector: a context manager)
+register_injector, list_injectors, is_injector, create_injector, _ = INJECTORS.functions()
