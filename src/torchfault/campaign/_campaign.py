@@ -243,8 +243,8 @@ def fingerprint(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | N
 def build_engine(
     engine: str,
     model: nn.Module,
-    inputs: torch.Tensor,
-    golden: torch.Tensor,
+    inputs: torch.Tensor | Batched,
+    golden: torch.Tensor | list[Any],
     criterion: Criterion,
     batch_size: int,
     fast: FastOptions | None = None,
@@ -340,7 +340,7 @@ class Campaign:
         self.model: nn.Module | None = None
         self.inputs: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
-        self.golden: torch.Tensor | None = None
+        self.golden: torch.Tensor | list[Any] | None = None
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -862,7 +862,7 @@ class Campaign:
                     "started the campaign, or start anew with --store.overwrite true."
                 )
 
-    def _golden_rows(self) -> list[tuple[int, int, int | None, str]]:
+    def _golden_rows(self) -> list[tuple[int, int | None, int | None, str]]:
         assert self.golden is not None
         rows = []
         for i in range(len(self.golden)):
@@ -872,7 +872,8 @@ class Campaign:
             else:
                 for path, t in leaves(self.golden[i]):
                     h.update(path.encode())
-                    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+                    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                    h.update(raw.numpy().tobytes())
             label = int(self.labels[i]) if self.labels is not None else None
             rows.append((i, self.golden_top1[i], label, h.hexdigest()[:16]))
         return rows
@@ -975,7 +976,7 @@ def _with_metrics(store: Any, runs: list[Any]) -> list[Any]:
     if not metrics:
         return runs
     return [
-        MeasuredRun(*r.as_tuple(), tuple(sorted(metrics[(r.fault_id, r.input_id)].items())))
+        MeasuredRun(*r.as_tuple(), tuple(sorted(metrics[(r.fault_id, r.input_id)].items())))  # type: ignore[call-arg]
         if (r.fault_id, r.input_id) in metrics
         else r
         for r in runs

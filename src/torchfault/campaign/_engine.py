@@ -141,7 +141,7 @@ class Engine(abc.ABC):
         self,
         task: RunTask,
         input_ids: Sequence[int],
-        out: torch.Tensor,
+        out: torch.Tensor | list[Any],
         seconds: float,
         golden: torch.Tensor | None = None,
     ) -> list[RunRecord]:
@@ -249,7 +249,11 @@ def reference_reason(inputs: Any, golden: Any, criterion: Criterion) -> str | No
     if not isinstance(golden, torch.Tensor):
         return "outputs that are not one tensor"
     if not criterion.fast:
-        what = "reads a part of the output" if criterion.output not in (None, "") else "is not top1/topk/tolerance"
+        what = (
+            "reads a part of the output"
+            if criterion.output not in (None, "")
+            else "is not top1/topk/tolerance"
+        )
         return f"criterion {criterion.label!r} {what}"
     if inputs.device.type != "cpu":
         return f"device {inputs.device} (its exactness checks are made for CPU kernels)"

@@ -71,7 +71,7 @@ class CampaignResult:
     def metrics(self) -> dict[tuple[int, int], dict[str, float | None]]:
         """``(fault_id, input_id)`` -> the metrics its criterion returned (runs with metrics)."""
         return {
-            (r.fault_id, r.input_id): dict(r.metrics)
+            (r.fault_id, r.input_id): dict(getattr(r, "metrics", ()))
             for r in self.runs
             if getattr(r, "metrics", None)
         }
