@@ -32,6 +32,11 @@ SITES = [
 POP = (36 + 4 + 144) * 32 + 4 * 16
 
 
+# samplers built from sites alone (those that read a model's tensors, memory and nonzero, are
+# tested with a model in tests/samplers/test_memory_sampler.py)
+SITE_SAMPLERS = list_samplers(needs_model=None)
+
+
 def _settings(name: str) -> dict:
     if name == "exhaustive":
         return {}
@@ -90,7 +95,16 @@ def test_sample_size_errors(args, word):
 
 
 def test_registry_helpers():
-    assert list_samplers() == ["ber", "exhaustive", "per_bit", "per_layer", "stratified", "uniform"]
+    assert list_samplers() == [
+        "ber",
+        "exhaustive",
+        "memory",
+        "nonzero",
+        "per_bit",
+        "per_layer",
+        "stratified",
+        "uniform",
+    ]
     assert is_sampler("per_bit") and not is_sampler("nope")
     with pytest.raises(TorchFaultError, match="Did you mean 'per_layer'"):
         create_sampler("per_layr", sites=SITES, n=3)
@@ -98,7 +112,7 @@ def test_registry_helpers():
         create_sampler("uniform", sites=SITES, n=3, nonsense=1)
 
 
-@pytest.mark.parametrize("name", list_samplers())
+@pytest.mark.parametrize("name", SITE_SAMPLERS)
 def test_pure_function_of_seed_and_k(name):
     s = create_sampler(name, sites=SITES, seed=7, **_settings(name))
     assert s.population == POP
@@ -148,7 +162,7 @@ def test_draws_are_pinned():
     assert first("ber", 1, n=3, rate=1e-3) == ("conv1", "weight", (1, 0, 2, 0), (17,))
 
 
-@pytest.mark.parametrize("name", list_samplers())
+@pytest.mark.parametrize("name", SITE_SAMPLERS)
 def test_out_of_range(name):
     s = create_sampler(name, sites=SITES, **_settings(name))
     with pytest.raises(TorchFaultError, match="out of range"):

@@ -55,7 +55,7 @@ from torchfault.analysis._design import SamplingDesign, estimate_groups, stratum
 from torchfault.analysis._stats import DEFAULT_INTERVAL, check_method
 from torchfault.errors import TorchFaultError, suggest
 from torchfault.faults import Fault, FaultSite
-from torchfault.store import OUTCOMES
+from torchfault.store import OUTCOMES, RUN_OUTCOMES, present_outcomes
 
 __all__ = [
     "OUTCOMES",
@@ -372,7 +372,7 @@ class Summary:
             if group not in wanted:
                 continue
             for row in rows:
-                for o in OUTCOMES:
+                for o in row.rates:
                     r = row.rates[o]
                     out.append(
                         {
@@ -474,7 +474,7 @@ class Summary:
         overall = Table(title=f"Outcomes of {self.runs:,} runs ({self._header()})")
         for col in ("outcome", "runs", "rate", "interval"):
             overall.add_column(col, justify="left" if col == "outcome" else "right")
-        for o in OUTCOMES:
+        for o in self.overall.rates:
             r = self.overall.rates[o]
             overall.add_row(o, f"{r.k:,}", _pct(r.rate), _interval_text(r))
         tables = [overall]
@@ -513,7 +513,7 @@ class Summary:
             "| outcome | runs | rate | interval |",
             "|---|---:|---:|---:|",
         ]
-        for o in OUTCOMES:
+        for o in self.overall.rates:
             r = self.overall.rates[o]
             lines.append(f"| {o} | {r.k} | {_pct(r.rate)} | {_interval_text(r)} |")
         for group, rows in self.groups.items():
@@ -591,10 +591,10 @@ def _summary_update(
     seconds = 0.0
     for run in runs:
         outcome = _get(run, "outcome")
-        if outcome not in OUTCOMES:
+        if outcome not in RUN_OUTCOMES:
             raise TorchFaultError(
-                f"run outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}."
-                f"{suggest(str(outcome), OUTCOMES)}"
+                f"run outcome must be one of {', '.join(RUN_OUTCOMES)}, got {outcome!r}."
+                f"{suggest(str(outcome), RUN_OUTCOMES)}"
             )
         fid = int(_get(run, "fault_id"))
         if fid not in faults:
@@ -653,7 +653,8 @@ def _units(
             per.setdefault(fid, {})[outcome] = c
     ids = sorted(per)
     m = np.array([sum(per[f].values()) for f in ids], dtype=np.float64)
-    k = {o: np.array([per[f].get(o, 0) for f in ids], dtype=np.float64) for o in OUTCOMES}
+    present = present_outcomes(o for f in ids for o in per[f])
+    k = {o: np.array([per[f].get(o, 0) for f in ids], dtype=np.float64) for o in present}
     pops: list[float] | None = None
     stratum = np.zeros(len(ids), dtype=np.int64)
     if design is not None and design.populations is not None:
@@ -697,13 +698,13 @@ def _rows(
             confidence,
             method,
         )
-        for o in OUTCOMES
+        for o in units.k
     }
     runs = np.bincount(key, units.m, minlength=n_keys) if n_keys else np.zeros(0)
-    counts = {o: np.bincount(key, units.k[o], minlength=n_keys) for o in OUTCOMES}
+    counts = {o: np.bincount(key, units.k[o], minlength=n_keys) for o in units.k}
     rows = []
     for g, label in enumerate(labels):
-        full = {o: int(round(counts[o][g])) for o in OUTCOMES}
+        full = {o: int(round(counts[o][g])) for o in units.k}
         n = int(round(runs[g]))
         rates = {
             o: Rate(
@@ -716,7 +717,7 @@ def _rows(
                 ests[o][g].n_eff,
                 ests[o][g].exact,
             )
-            for o in OUTCOMES
+            for o in units.k
         }
         rows.append(Row(label, n, full, rates, ests["sdc"][g].faults))
     return tuple(rows)
@@ -883,14 +884,15 @@ class OutcomeAccumulator(Accumulator):
             >>> acc.estimate(below=3).k, acc.estimate().k
             (0, 1)
         """
-        if outcome not in OUTCOMES:
+        if outcome not in RUN_OUTCOMES:
             raise TorchFaultError(
-                f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}."
-                f"{suggest(str(outcome), OUTCOMES)}"
+                f"outcome must be one of {', '.join(RUN_OUTCOMES)}, got {outcome!r}."
+                f"{suggest(str(outcome), RUN_OUTCOMES)}"
             )
         units = _units(self.counts, self.faults, self.design, self._n_inputs(), below)
+        k = units.k.get(outcome, np.zeros(len(units.ids)))
         est = estimate_groups(
-            units.k[outcome] / np.maximum(units.m, 1),
+            k / np.maximum(units.m, 1),
             units.m,
             np.zeros(len(units.ids), dtype=np.int64),
             1,
@@ -901,7 +903,7 @@ class OutcomeAccumulator(Accumulator):
             self.method,
         )[0]
         return Rate(
-            int(units.k[outcome].sum()),
+            int(k.sum()),
             int(units.m.sum()),
             est.rate,
             est.low,

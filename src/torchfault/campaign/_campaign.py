@@ -277,6 +277,8 @@ def _sampler_error(exc: BaseException) -> ConfigError:
     msg = str(exc)
     own = getattr(exc, "field", None)
     where = f"sampler.{own}" if own in SamplerConfig.__dataclass_fields__ else "sampler"
+    if isinstance(own, str) and own.startswith("targets."):
+        where = own  # a sampler that cannot use the chosen targets (memory: no activations)
     return ConfigError(msg if msg.startswith(where) else f"{where}: {msg}", field=where)
 
 
@@ -574,7 +576,7 @@ class Campaign:
             )
 
     def _make_sampler(self) -> Any:
-        from torchfault.samplers import create_sampler
+        from torchfault.samplers import SAMPLERS, create_sampler
 
         s = self.config.sampler
         kw: dict[str, Any] = {
@@ -585,6 +587,11 @@ class Campaign:
             "persistence": s.persistence,
             "params": dict(s.params),
         }
+        info = SAMPLERS.info(s.name) if SAMPLERS.is_registered(s.name) else None
+        if info is not None and info.capabilities.get("needs_model"):
+            kw["model"] = self.model  # memory, nonzero: they read the model's tensors
+        if s.memory is not None:
+            kw.update(s.memory)
         if s.name == "stratified":
             kw.update(allocation=s.allocation, strata=s.strata, bit_groups=s.bit_groups)
             kw["pilot"] = s.pilot

@@ -32,6 +32,8 @@ __all__ = [
 #: Samplers whose fault numbers run stratum after stratum (or site by site): an adaptive
 #: campaign, which stops after the first rounds of fault numbers, would see only the first strata.
 _ORDERED_SAMPLERS = ("per_layer", "per_bit", "exhaustive")
+#: Settings of the ``memory`` sampler under ``sampler.memory``.
+MEMORY_KEYS = ("layout", "patterns", "op", "ecc")
 
 
 def check_topk(golden: Any, topk: int, field: str = "topk") -> None:
@@ -119,7 +121,8 @@ class TargetsConfig:
 
     Attributes:
         modules: module selectors: exact names, ``re:<regex>``, ``type:<ClassName>``; empty: all leaves.
-        kinds: ``outputs``, ``inputs``, ``weights``, ``biases``, ``buffers``, ``parameters``.
+        kinds: ``outputs``, ``inputs``, ``weights``, ``biases``, ``buffers``, ``parameters``,
+            ``masks`` (pruning masks, buffers named ``*_mask``).
         format: number format to see elements in (default: each tensor's dtype).
     """
 
@@ -166,6 +169,11 @@ class SamplerConfig:
             default groups (sign, exponent_msb, exponent, mantissa_high, mantissa_low).
         pilot: ``stratified`` sampler with Neyman allocation: faults of the pilot round
             (default 10 per stratum).
+        memory: ``memory`` sampler: ``layout`` (a dict of
+            :class:`~torchfault.faults.MemoryLayout` fields: ``width``, ``format``, ``order``,
+            ``ecc``, ...), ``patterns`` (a pattern or ``{pattern: relative frequency}``), ``op``
+            (``flip``, ``stuck_at_0``, ``stuck_at_1``) and ``ecc`` (decoder on, default true).
+            ``n`` and ``margin`` then count memory cells.
     """
 
     name: str = "uniform"
@@ -184,6 +192,7 @@ class SamplerConfig:
     strata: str = "layer_bit_group"
     bit_groups: dict[str, Any] | None = None
     pilot: int | None = None
+    memory: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from torchfault.samplers import ALLOCATIONS, STRATA
@@ -236,6 +245,26 @@ class SamplerConfig:
                 f"count does not apply (got {self.n}); leave sampler.n unset, or use another sampler.",
                 field="sampler.n",
             )
+        if self.memory is not None:
+            if self.name != "memory":
+                raise ConfigError(
+                    f"sampler.memory: settings of the memory sampler, but sampler.name is "
+                    f"{self.name!r}; set sampler.name: memory or leave sampler.memory unset.",
+                    field="sampler.memory",
+                )
+            if not isinstance(self.memory, dict):
+                raise ConfigError(
+                    f"sampler.memory: must be a mapping of {', '.join(MEMORY_KEYS)}, got "
+                    f"{self.memory!r}.",
+                    field="sampler.memory",
+                )
+            unknown = [k for k in self.memory if k not in MEMORY_KEYS]
+            if unknown:
+                raise ConfigError(
+                    f"sampler.memory.{unknown[0]}: unknown setting; valid: "
+                    f"{', '.join(MEMORY_KEYS)}.{suggest(str(unknown[0]), MEMORY_KEYS)}",
+                    field=f"sampler.memory.{unknown[0]}",
+                )
         if self.max_faults < 1:
             raise ConfigError(
                 f"sampler.max_faults: must be >= 1, got {self.max_faults}.",

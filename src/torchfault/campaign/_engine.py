@@ -24,7 +24,7 @@ import torch.nn as nn
 from torchfault.campaign._outcome import Criterion, evaluate
 from torchfault.campaign._structure import Batched, split_rows
 from torchfault.faults import FAULT_MODELS, Fault
-from torchfault.injectors import inject
+from torchfault.injectors import Injection, inject
 from torchfault.registry import Registry
 from torchfault.store import RunRecord
 
@@ -37,6 +37,7 @@ __all__ = [
     "reference_reason",
     "ReferenceEngine",
     "RunTask",
+    "detected_task",
     "register_engine",
     "list_engines",
     "is_engine",
@@ -176,6 +177,15 @@ class Engine(abc.ABC):
             self._golden_top1.update(zip(missing, tops))
         return [self._golden_top1[int(i)] for i in input_ids]
 
+    def _detected(self, task: RunTask) -> list[RunRecord]:
+        """``detected`` records of a task whose faults a detector flagged before the model read
+        them (:func:`detected_task`): nothing runs, every engine gives the same records."""
+        ids = list(task.input_ids)
+        return [
+            RunRecord(task.fault_id, int(i), "detected", g, None, None, 0.0)
+            for i, g in zip(ids, self.golden_top1(ids))
+        ]
+
     def _due(
         self, task: RunTask, input_ids: Sequence[int], exc: BaseException, seconds: float
     ) -> list[RunRecord]:
@@ -193,6 +203,19 @@ def _random_faults(task: RunTask) -> bool:
     for f in task.faults:
         try:
             if FAULT_MODELS.info(f.model).capabilities.get("random"):
+                return True
+        except ValueError:  # an unknown model: inject reports it
+            pass
+    return False
+
+
+def detected_task(task: RunTask) -> bool:
+    """Whether a fault of ``task`` has a fault model with the ``detected`` capability (bits a
+    memory's ECC decoder flagged as uncorrectable, ``ecc_detected``): the run's outcome is
+    ``detected`` and the model does not run."""
+    for f in task.faults:
+        try:
+            if FAULT_MODELS.info(f.model).capabilities.get("detected"):
                 return True
         except ValueError:  # an unknown model: inject reports it
             pass
@@ -218,6 +241,10 @@ class ReferenceEngine(Engine):
     def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:
         records: list[RunRecord] = []
         for task in tasks:
+            if detected_task(task):
+                Injection(self.model, task.faults)  # a bad fault is an error, as below
+                records.extend(self._detected(task))
+                continue
             ids = list(task.input_ids)
             random = _random_faults(task)
             # random fault models: each input on its own, with a generator seeded from the fault

@@ -21,8 +21,7 @@ from torchfault.campaign._outcome import Criterion, check_fit
 from torchfault.campaign._structure import Batched, as_batched
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
-from torchfault.store import OUTCOMES as RUN_OUTCOMES
-from torchfault.store import RunRecord
+from torchfault.store import OUTCOMES, RunRecord
 
 __all__ = [
     "CampaignResult",
@@ -82,9 +81,11 @@ class CampaignResult:
         return summarize_metrics(self.runs, self.metrics)
 
     def outcome_counts(self) -> dict[str, int]:
-        """Runs per outcome, every outcome present (zeros included)."""
+        """Runs per outcome, the four outcomes always (zeros included), ``detected`` when a run
+        has it."""
         counts = Counter(r.outcome for r in self.runs)
-        return {o: counts.get(o, 0) for o in RUN_OUTCOMES}
+        outcomes = (*OUTCOMES, "detected") if counts.get("detected") else OUTCOMES
+        return {o: counts.get(o, 0) for o in outcomes}
 
     def rows(self) -> list[dict[str, Any]]:
         """The table of runs: one dict per run (the :class:`~torchfault.store.RunRecord` fields),

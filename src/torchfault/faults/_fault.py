@@ -28,7 +28,7 @@ PERSISTENCES = ("transient", "permanent")
 #: What a :class:`FaultSite` holds: a module's activation, parameter or buffer.
 SITE_KINDS = ("activation", "parameter", "buffer")
 #: Tensor kinds a campaign can target, as used by ``fault_space(targets=...)``.
-TARGET_KINDS = ("outputs", "inputs", "weights", "biases", "buffers", "parameters")
+TARGET_KINDS = ("outputs", "inputs", "weights", "biases", "buffers", "parameters", "masks")
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -40,14 +41,46 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from torchfault import numerics
 from torchfault.errors import TorchFaultError, suggest
 from torchfault.faults._access import get_stored
-from torchfault.faults._fault import PERSISTENCES, Fault
+from torchfault.faults._fault import PERSISTENCES, Fault, FaultSite
 from torchfault.faults._layouts import OPS, STATUSES, MemoryLayout, TensorMemory
+from torchfault.faults._models import FAULT_MODELS
 from torchfault.faults._patterns import CellPattern, PatternMix
 from torchfault.faults._space import TargetSpec, fault_space
 
-__all__ = ["MemoryFault", "MemoryMap", "MemoryRegion", "MemoryResolution"]
+__all__ = ["ECC_DETECTED", "MemoryFault", "MemoryMap", "MemoryRegion", "MemoryResolution"]
+
+#: The fault model of the bit flips in words the ECC decoder flagged as uncorrectable: applied,
+#: they are the words as read (bit flips; none when only check bits flipped); a campaign
+#: records such a run as ``detected`` without running it (the ``detected`` capability).
+ECC_DETECTED = "ecc_detected"
+
+
+def _ecc_detected(
+    x: torch.Tensor,
+    index: torch.Tensor,
+    bits: Sequence[int],
+    fmt: numerics.NumberFormat,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Bit flips an ECC decoder detected but could not correct (the word as read)."""
+    if not bits:
+        return x.clone()
+    return numerics.apply_bits(x, index, numerics.bit_mask(bits, fmt), "xor", fmt)
+
+
+FAULT_MODELS.add(
+    ECC_DETECTED,
+    _ecc_detected,
+    description="Bit flips the ECC decoder detected but could not correct (a campaign records "
+    "the run as 'detected'; applied, the flipped word as read).",
+    needs_bits=False,
+    bit_op=None,
+    random=False,
+    detected=True,
+)
 
 _RANK = {s: i for i, s in enumerate(STATUSES)}
 MBIT = 1 << 20
@@ -181,6 +214,8 @@ class MemoryMap:
         layout: a :class:`MemoryLayout` (or a dict of its fields).
         modules, kinds: which tensors, as :func:`torchfault.fault_space` selects them (stored
             tensors only: ``weights``, ``biases``, ``buffers``, ``parameters``).
+        sites: instead of ``modules`` and ``kinds``: exactly these stored-tensor
+            :class:`~torchfault.FaultSite` (from :func:`torchfault.fault_space`), in this order.
     """
 
     def __init__(
@@ -190,6 +225,7 @@ class MemoryMap:
         *,
         modules: Any = None,
         kinds: Sequence[str] | str = ("weights", "biases"),
+        sites: Sequence[FaultSite] | None = None,
     ) -> None:
         if isinstance(layout, Mapping):
             layout = MemoryLayout.from_dict(dict(layout))
@@ -208,7 +244,13 @@ class MemoryMap:
         mods = dict(model.named_modules())
         self.regions: list[MemoryRegion] = []
         row = 0
-        for site in fault_space(model, targets=spec):
+        chosen = fault_space(model, targets=spec) if sites is None else list(sites)
+        for site in chosen:
+            if not isinstance(site, FaultSite) or site.kind not in ("parameter", "buffer"):
+                raise TorchFaultError(
+                    f"MemoryMap sites: a memory holds stored tensors (parameters and buffers), "
+                    f"got {site!r}."
+                )
             t = get_stored(mods[site.module], site.target)
             if t is None or t.layout != torch.strided:
                 continue
@@ -353,6 +395,47 @@ class MemoryMap:
             dec += self._faults(reg, d, persistence)
         cells = tuple(zip(rows.tolist(), cols.tolist()))
         return MemoryResolution(fs, cells, tuple(raw), tuple(dec), status)
+
+    def fault_set(self, res: MemoryResolution, ecc: bool = True) -> tuple[Fault, ...]:
+        """The fault set a campaign runs for a resolution of this memory: its element faults
+        with the decoder on (``ecc``) or off, except that a fault the decoder flagged is its raw
+        bit flips under the ``ecc_detected`` fault model (a campaign records it as ``detected``
+        without running); when only check bits flipped, that is one ``ecc_detected`` fault with
+        no bits on the first element of the first hit word.
+
+        Example:
+            >>> mm = MemoryMap(nn.Linear(4, 2), MemoryLayout(width=72, ecc="secded"))
+            >>> res = mm.resolve(MemoryFault(row=0, column=30, pattern="adjacent_bits:2"))
+            >>> [(f.model, f.bits) for f in mm.fault_set(res)], mm.fault_set(res, False)[0].model
+            ([('ecc_detected', (30, 31))], 'bit_flip')
+            >>> res = mm.resolve(MemoryFault(row=1, column=70, pattern="adjacent_bits:2"))
+            >>> [(f.model, f.index, f.bits) for f in mm.fault_set(res)], mm.fault_set(res, False)
+            ([('ecc_detected', (0, 2), ())], ())
+        """
+        if not res.detected(ecc):
+            return res.faults(ecc)
+        if res.raw:
+            return tuple(dataclasses.replace(f, model=ECC_DETECTED) for f in res.raw)
+        persistence = res.physical[0].persistence
+        for r, c in res.cells:
+            reg = self.region_at(int(r))
+            words, _ = reg.memory.cell_word(np.array([r - reg.row]), np.array([c]))
+            hit = reg.memory.element_bits(int(words[0]), 0) if words[0] >= 0 else None
+            if hit is not None:
+                mem = reg.memory
+                index = tuple(int(i) for i in np.unravel_index(hit[0], mem.shape))
+                return (
+                    Fault(
+                        reg.module,
+                        reg.target,
+                        index=index,
+                        bits=(),
+                        model=ECC_DETECTED,
+                        format=mem.fmt.name,
+                        persistence=persistence,
+                    ),
+                )
+        return ()  # pragma: no cover - a detected word holds data
 
     @staticmethod
     def _faults(reg: MemoryRegion, masks: dict[int, int], persistence: str) -> list[Fault]:

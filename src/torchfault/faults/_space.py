@@ -29,7 +29,7 @@ class TargetSpec:
             ``fn(module, name) -> bool``); ``None`` selects every leaf module.
         kinds: tensor kinds: ``outputs``, ``inputs``, ``weights`` (parameters named ``weight``,
             ``weight_*`` or ``*_weight``), ``biases`` (likewise), ``buffers``, ``parameters``
-            (every parameter).
+            (every parameter), ``masks`` (pruning masks: buffers named ``*_mask``).
         format: number format to see every element in (default: each tensor's own dtype).
         leaf_only: with no ``modules``, only modules without children or with tensors of their own.
     """

@@ -32,11 +32,14 @@ _KIND_ALIASES = {
     "buffers": "buffers",
     "parameters": "parameters",
     "params": "parameters",
+    "mask": "masks",
+    "masks": "masks",
 }
 
 
 def normalize_kinds(kinds: str | Iterable[str] | None) -> tuple[str, ...]:
-    """Canonical tensor kinds (``outputs``, ``inputs``, ``weights``, ``biases``, ``buffers``, ``parameters``).
+    """Canonical tensor kinds (``outputs``, ``inputs``, ``weights``, ``biases``, ``buffers``,
+    ``parameters``, ``masks``).
 
     Example:
         >>> normalize_kinds(["weight", "outputs"])
@@ -81,16 +84,20 @@ def _matches(sel: ModuleSelector, name: str, module: nn.Module) -> bool:
 def tensor_kind(name: str, kind: str) -> tuple[str, ...]:
     """The target kinds a module's parameter or buffer ``name`` belongs to.
 
-    Buffers are ``buffers``; every parameter is in ``parameters``, and also in ``weights`` when
-    its name is ``weight`` or starts or ends with it (``weight_ih_l0`` of ``nn.LSTM``,
-    ``in_proj_weight`` of ``nn.MultiheadAttention``), in ``biases`` likewise for ``bias``.
+    Buffers are ``buffers``, and pruning masks (buffers named ``*_mask``, as
+    ``torch.nn.utils.prune`` makes them) also ``masks``; every parameter is in ``parameters``,
+    and also in ``weights`` when its name is ``weight`` or starts or ends with it
+    (``weight_ih_l0`` of ``nn.LSTM``, ``in_proj_weight`` of ``nn.MultiheadAttention``), in
+    ``biases`` likewise for ``bias``.
 
     Example:
         >>> tensor_kind("weight_hh_l0", "parameter"), tensor_kind("running_mean", "buffer")
         (('parameters', 'weights'), ('buffers',))
+        >>> tensor_kind("weight_mask", "buffer")
+        ('buffers', 'masks')
     """
     if kind == "buffer":
-        return ("buffers",)
+        return ("buffers", "masks") if name.endswith("_mask") else ("buffers",)
     name = name.split(".", 1)[0]  # a sparse tensor's component ("weight.values") is the tensor's
     out = ["parameters"]
     for word, group in (("weight", "weights"), ("bias", "biases")):

@@ -7,6 +7,8 @@ Example:
     16452
 """
 
+from torchfault.samplers._memory import MemorySampler
+from torchfault.samplers._pruned import NonzeroSampler
 from torchfault.samplers._samplers import (
     EXHAUSTIVE_LIMIT,
     SAMPLERS,
@@ -38,6 +40,8 @@ __all__ = [
     "STRATA",
     "BerSampler",
     "ExhaustiveSampler",
+    "MemorySampler",
+    "NonzeroSampler",
     "PerBitSampler",
     "PerLayerSampler",
     "Sampler",

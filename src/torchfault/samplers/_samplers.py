@@ -565,7 +565,7 @@ def list_samplers(filter: str | None = None, **capabilities: Any) -> list[str]:
 
     Example:
         >>> list_samplers()
-        ['ber', 'exhaustive', 'per_bit', 'per_layer', 'stratified', 'uniform']
+        ['ber', 'exhaustive', 'memory', 'nonzero', 'per_bit', 'per_layer', 'stratified', 'uniform']
         >>> list_samplers(stratified=True)
         ['per_bit', 'per_layer', 'stratified']
     """
@@ -604,7 +604,7 @@ def create_sampler(name: str, **kwargs: Any) -> Sampler:
         >>> create_sampler("unifrom", sites=sites, n=1)
         Traceback (most recent call last):
         ...
-        torchfault.errors.TorchFaultError: Unknown sampler 'unifrom'. Valid samplers: ber, exhaustive, per_bit, per_layer, stratified, uniform. Did you mean 'uniform'?
+        torchfault.errors.TorchFaultError: Unknown sampler 'unifrom'. Valid samplers: ber, exhaustive, memory, nonzero, per_bit, per_layer, stratified, uniform. Did you mean 'uniform'?
     """
     cls = get_sampler(name)
     try:

@@ -20,13 +20,21 @@ from torchfault.store._check import (
 )
 from torchfault.store._injected import INJECTED_TABLE, read_injected, write_injected
 from torchfault.store._lock import StoreBusyError, StoreLock
-from torchfault.store._records import OUTCOMES, FaultRecord, GoldenRecord, RunRecord
+from torchfault.store._records import (
+    OUTCOMES,
+    RUN_OUTCOMES,
+    FaultRecord,
+    GoldenRecord,
+    RunRecord,
+    present_outcomes,
+)
 from torchfault.store._store import SCHEMA_VERSION, ResultStore, open_store
 from torchfault.store._traces import TRACES_TABLE, read_trace_rows, write_traces
 
 __all__ = [
     "INJECTED_TABLE",
     "OUTCOMES",
+    "RUN_OUTCOMES",
     "SCHEMA_VERSION",
     "TRACES_TABLE",
     "CheckReport",
@@ -42,6 +50,7 @@ __all__ = [
     "check_store",
     "inspect_file",
     "open_store",
+    "present_outcomes",
     "read_injected",
     "read_trace_rows",
     "repair_store",

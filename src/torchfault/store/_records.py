@@ -9,10 +9,31 @@ from typing import Any
 from torchfault.errors import TorchFaultError, suggest
 from torchfault.faults import Fault
 
-__all__ = ["OUTCOMES", "RunRecord", "FaultRecord", "GoldenRecord"]
+__all__ = [
+    "OUTCOMES",
+    "RUN_OUTCOMES",
+    "present_outcomes",
+    "RunRecord",
+    "FaultRecord",
+    "GoldenRecord",
+]
 
-#: The four outcomes of an injection run.
+#: The four outcomes every campaign reports (a criterion gives them).
 OUTCOMES = ("masked", "benign", "sdc", "due")
+#: Every outcome a run may have: :data:`OUTCOMES` and ``detected`` (an error flagged before the
+#: model used the data, e.g. by a memory's ECC decoder; the run is not executed). Counts and
+#: summaries list ``detected`` only when some run has it.
+RUN_OUTCOMES = (*OUTCOMES, "detected")
+
+
+def present_outcomes(outcomes: Any) -> tuple[str, ...]:
+    """:data:`OUTCOMES`, and ``detected`` when it is among ``outcomes`` (any iterable).
+
+    Example:
+        >>> present_outcomes(["sdc"]), present_outcomes({"detected": 2})
+        (('masked', 'benign', 'sdc', 'due'), ('masked', 'benign', 'sdc', 'due', 'detected'))
+    """
+    return RUN_OUTCOMES if "detected" in set(outcomes) else OUTCOMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +43,7 @@ class RunRecord:
     Attributes:
         fault_id: the fault number (the sampler's ``k``).
         input_id: the input's number in the campaign's input set.
-        outcome: ``"masked"``, ``"benign"``, ``"sdc"`` or ``"due"``.
+        outcome: ``"masked"``, ``"benign"``, ``"sdc"``, ``"due"`` or ``"detected"``.
         golden_top1: predicted class without the fault.
         faulty_top1: predicted class under the fault (``None`` when the model raised).
         max_abs_diff: largest absolute difference between faulty and golden outputs (``inf``
@@ -45,10 +66,10 @@ class RunRecord:
     error: str | None = None
 
     def __post_init__(self) -> None:
-        if self.outcome not in OUTCOMES:
+        if self.outcome not in RUN_OUTCOMES:
             raise TorchFaultError(
-                f"RunRecord outcome must be one of {', '.join(OUTCOMES)}, got {self.outcome!r}."
-                f"{suggest(str(self.outcome), OUTCOMES)}"
+                f"RunRecord outcome must be one of {', '.join(RUN_OUTCOMES)}, got "
+                f"{self.outcome!r}.{suggest(str(self.outcome), RUN_OUTCOMES)}"
             )
 
     def as_tuple(self) -> tuple[Any, ...]:

@@ -47,7 +47,13 @@ from torchfault.errors import StoreMismatchError, TorchFaultError
 from torchfault.faults import Fault, FaultSite
 from torchfault.store._check import StoreDamagedError, damage_advice, inspect_file, refusal
 from torchfault.store._lock import StoreLock
-from torchfault.store._records import OUTCOMES, FaultRecord, GoldenRecord, RunRecord
+from torchfault.store._records import (
+    RUN_OUTCOMES,
+    FaultRecord,
+    GoldenRecord,
+    RunRecord,
+    present_outcomes,
+)
 
 __all__ = ["ResultStore", "SCHEMA_VERSION", "open_store"]
 
@@ -97,7 +103,7 @@ CREATE TABLE IF NOT EXISTS faults(
 CREATE TABLE IF NOT EXISTS runs(
     fault_id INTEGER NOT NULL,
     input_id INTEGER NOT NULL,
-    outcome TEXT NOT NULL CHECK(outcome IN ({", ".join(f"'{o}'" for o in OUTCOMES)})),
+    outcome TEXT NOT NULL CHECK(outcome IN ({", ".join(f"'{o}'" for o in RUN_OUTCOMES)})),
     golden_top1 INTEGER,
     faulty_top1 INTEGER,
     max_abs_diff REAL,
@@ -758,8 +764,9 @@ class ResultStore:
             return int(self._reading().execute("SELECT count(*) FROM runs").fetchone()[0])
 
     def outcome_counts(self, *, below: int | None = None) -> dict[str, int]:
-        """``{"masked": .., "benign": .., "sdc": .., "due": ..}`` over all runs, or over the runs
-        of faults ``fault_id < below`` (what an adaptive campaign's stopping rule looks at)."""
+        """``{"masked": .., "benign": .., "sdc": .., "due": ..}`` (and ``"detected"`` when a run
+        has it) over all runs, or over the runs of faults ``fault_id < below`` (what an adaptive
+        campaign's stopping rule looks at)."""
         with self._guard("its runs"):
             if below is None:
                 cur = self._reading().execute("SELECT outcome, count(*) FROM runs GROUP BY outcome")
@@ -769,7 +776,7 @@ class ResultStore:
                     (int(below),),
                 )
             counts = dict(cur)
-        return {o: int(counts.get(o, 0)) for o in OUTCOMES}
+        return {o: int(counts.get(o, 0)) for o in present_outcomes(counts)}
 
     def done_runs(self) -> set[tuple[int, int]]:
         """``{(fault_id, input_id)}`` of every run stored: what a resumed campaign skips."""

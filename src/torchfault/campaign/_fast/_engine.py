@@ -26,6 +26,7 @@ from torchfault.campaign._engine import (
     RunTask,
     _pad_index,
     _random_faults,
+    detected_task,
 )
 from torchfault.campaign._fast._exactness import positions_exact, rows_independent, site_reproduces
 from torchfault.campaign._fast._faults import RowsApart, activation_faults, fits, parameter_faults
@@ -209,6 +210,11 @@ class FastEngine(Engine):
         rows_by_block: dict[int, list[Row]] = defaultdict(list)
         sites: dict[int, Site] = {}
         for ti, task in enumerate(tasks):
+            if detected_task(task):  # flagged before the model reads it: not run, as reference
+                Injection(self.model, task.faults)
+                for r in self._detected(task):
+                    results[(ti, r.input_id)] = r
+                continue
             site = self._site_for(task)
             if isinstance(site, str):
                 self._hand_over(to_reference, ti, task.input_ids, site)

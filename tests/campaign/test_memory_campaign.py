@@ -1,0 +1,140 @@
+# SPDX-License-Identifier: MIT
+"""Memory faults through the normal campaign path (the ``memory`` sampler), against
+memory_campaign (full forward passes, its own outcome rule) on the same physical faults, with
+the decoder off and on: run_campaign on both engines, and the command line on the pretrained
+LeNet-5 with examples/memory_ecc.yaml."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from torchfault import fault_space, run_campaign
+from torchfault.campaign import Campaign, CampaignConfig
+from torchfault.config import from_dict
+from torchfault.faults import MemoryLayout
+from torchfault.injectors import memory_campaign
+from torchfault.samplers import create_sampler
+from torchfault.store import open_store
+
+ROOT = Path(__file__).resolve().parents[2]
+LAYOUT = {"width": 72, "format": "bfloat16", "ecc": "secded"}
+MIX = {"adjacent_bits:2": 0.3, "adjacent_bits:3": 0.2, "single": 0.5}  # labels in order
+
+
+def _per_fault(runs) -> dict[int, dict[str, int]]:
+    out: dict[int, Counter] = {}
+    for r in runs:
+        out.setdefault(r.fault_id, Counter())[r.outcome] += 1
+    return {k: dict(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("ecc", [False, True])
+def test_run_campaign_on_both_engines_equals_memory_campaign(ecc):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 6)).eval()
+    x = torch.randn(16, 12) * 3
+    n = 60
+    sampler = create_sampler(
+        "memory",
+        sites=fault_space(model, kinds=["weights", "biases"]),
+        model=model,
+        n=n,
+        seed=11,
+        layout=LAYOUT,
+        patterns=MIX,
+        ecc=ecc,
+        persistence="transient",
+    )
+    sets = sampler.draws(0, n)
+    ref = run_campaign(model, x, sets, engine="reference")
+    fast = run_campaign(model, x, sets, engine="fast")
+    strip = [(r.fault_id, r.input_id, r.outcome, r.golden_top1, r.faulty_top1) for r in ref.runs]
+    assert strip == [
+        (r.fault_id, r.input_id, r.outcome, r.golden_top1, r.faulty_top1) for r in fast.runs
+    ]
+    oracle = memory_campaign(model, x, MemoryLayout(**LAYOUT), n=n, seed=11, patterns=MIX)
+    key = "ecc" if ecc else "no_ecc"
+    assert _per_fault(ref.runs) == {k: r[key] for k, r in enumerate(oracle.runs)}
+    counts = ref.outcome_counts()
+    if ecc:
+        assert counts["detected"] == 16 * sum(r["status"] == "detected" for r in oracle.runs) > 0
+    else:
+        assert "detected" not in counts and counts["sdc"] > 0
+    # the fault sets are the resolved (element, bit) pairs the oracle injected
+    for k, r in enumerate(oracle.runs):
+        raw = [(f.module, f.target, f.index, f.bits) for f in sets[k]]
+        if ecc and r["status"] == "detected" and r["raw"]:
+            assert raw == [
+                (d["module"], d["target"], tuple(d["index"]), tuple(d["bits"])) for d in r["raw"]
+            ]
+        elif not (ecc and r["status"] == "detected"):
+            want = r["decoded"] if ecc else r["raw"]
+            assert [f.to_dict() for f in sets[k]] == want
+
+
+def _config(tmp_path: Path, ecc: bool, n: int = 12) -> dict:
+    d = yaml.safe_load((ROOT / "examples/memory_ecc.yaml").read_text())
+    d["sampler"]["n"] = n
+    d["sampler"]["memory"]["ecc"] = ecc
+    d["data"]["num_inputs"] = 10
+    d["out_dir"] = str(tmp_path / ("ecc" if ecc else "raw"))
+    d["report"] = False
+    return d
+
+
+def test_example_config_from_the_command_line_with_and_without_secded(tmp_path):
+    from torchfault.cli import main
+
+    stored = {}
+    for ecc in (True, False):
+        d = _config(tmp_path, ecc)
+        path = tmp_path / f"memory_{ecc}.yaml"
+        path.write_text(yaml.safe_dump(d))
+        assert main(["campaign", "--config", str(path)]) == 0
+        cfg = from_dict(CampaignConfig, d)
+        with open_store(cfg.store_path) as store:
+            stored[ecc] = (store.runs(), store.faults())
+    # the oracle: memory_campaign on the campaign's own model and inputs, same seed and layout
+    camp = Campaign(from_dict(CampaignConfig, _config(tmp_path / "oracle", True)))
+    camp.setup()
+    x = camp.inputs[list(camp.input_ids)]
+    mem = _config(tmp_path, True)["sampler"]["memory"]
+    oracle = memory_campaign(
+        camp.model,
+        x,
+        MemoryLayout(**mem["layout"]),
+        n=12,
+        seed=0,
+        patterns=dict(sorted(mem["patterns"].items())),  # the sampler reads labels in order
+    )
+    for ecc, key in ((True, "ecc"), (False, "no_ecc")):
+        runs, faults = stored[ecc]
+        assert _per_fault(runs) == {k: r[key] for k, r in enumerate(oracle.runs)}
+        # the stored fault sets are the resolved (element, bit) pairs, fault k = f(seed, k)
+        for k in range(12):
+            want = camp.sampler.memory.fault_set(camp.sampler.resolve(k), ecc)
+            assert tuple(faults.get(k, ())) == want
+    assert sum(r.outcome == "detected" for r in stored[True][0]) == 10 * oracle.statuses().get(
+        "detected", 0
+    )
+
+
+def test_memory_sampler_errors_name_their_fields(tmp_path):
+    from torchfault.errors import ConfigError
+
+    d = _config(tmp_path, True)
+    d["targets"]["kinds"] = ["outputs", "weights"]
+    with pytest.raises(ConfigError, match="targets.kinds") as err:
+        Campaign(from_dict(CampaignConfig, d)).setup()
+    assert err.value.field == "targets.kinds"
+    d = _config(tmp_path, True)
+    d["sampler"]["memory"]["layout"] = {"width": 70, "format": "bfloat16", "ecc": "secded"}
+    with pytest.raises(ConfigError, match="sampler.memory") as err:
+        Campaign(from_dict(CampaignConfig, d)).setup()
+    assert not Path(d["out_dir"]).exists() or not any(Path(d["out_dir"]).iterdir())
