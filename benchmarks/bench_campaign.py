@@ -41,7 +41,9 @@ import torch
 import torch.nn as nn
 
 from torchfault import Fault
-from torchfault.campaign import Criterion, ReferenceEngine, RunTask, build_engine, create_executor
+from torchfault.campaign import Criterion, RunTask, create_executor
+from torchfault.campaign._campaign import build_engine
+from torchfault.campaign._engine import ReferenceEngine
 from torchfault.campaign._fast import FastEngine, FastOptions
 from torchfault.dnn import create_model
 

@@ -130,3 +130,23 @@ def test_function_level_imports_respect_the_layers():
                 if target in level and level[target] > level[own]:
                     bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {own} -> {target}")
     assert bad == []
+
+
+def test_design_page_python_runs_and_names_the_layers_contract():
+    """docs/design.md's Python runs as written (twice: it cleans up after itself) and its layer
+    list is the one .importlinter checks."""
+    page = (ROOT / "docs" / "design.md").read_text()
+    code = re.findall(r"^```python\n(.*?)^```", page, flags=re.M | re.S)
+    assert code
+    for _ in range(2):
+        for i, block in enumerate(code):
+            exec(compile(block, f"design.md[block {i}]", "exec"), {"__name__": "design_page"})
+    diagram = page.split("## Layers")[1].split("```")[1]  # the page's drawing of the layers
+    contract = (ROOT / ".importlinter").read_text()
+    layers = contract.split("layers =")[1].split("[importlinter:")[0]
+    drawn = [re.findall(r"\w+", line)[0] for line in diagram.strip().splitlines() if line[0] != " "]
+    names = [re.findall(r"torchfault\.(\w+)", line) for line in layers.strip().splitlines()]
+    for name in (n for line in names for n in line):
+        assert re.search(rf"\b{name}\b", diagram), f"docs/design.md does not draw the layer {name}"
+    # the same order, top to bottom: the first package of each drawn line
+    assert drawn == [line[0] for line in names if line and line[0] in drawn]

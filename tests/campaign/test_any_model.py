@@ -120,7 +120,8 @@ def test_bert_with_attention_mask_matches_oracle_and_both_engines(bert):
 
 
 def test_fast_engine_hands_structures_to_reference_and_says_why(bert, caplog):
-    from torchfault.campaign import golden_run, make_engine
+    from torchfault.campaign import golden_run
+    from torchfault.campaign._engine import make_engine
     from torchfault.campaign._structure import as_batched
 
     model, inputs = bert

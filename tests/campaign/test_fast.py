@@ -17,7 +17,8 @@ import torch.fx
 import torch.nn as nn
 
 from torchfault import Fault, run_campaign
-from torchfault.campaign import ENGINES, ReferenceEngine, RunTask, golden_run
+from torchfault.campaign import ENGINES, RunTask, golden_run
+from torchfault.campaign._engine import ReferenceEngine
 from torchfault.campaign._fast import FastEngine, FastOptions, _windows
 from torchfault.campaign._fast._windows import WindowRunner
 from torchfault.dnn import create_model, list_models

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from torchfault.campaign import CampaignConfig, Criterion, FastOptions, build_engine, golden_run
+from torchfault.campaign import CampaignConfig, Criterion, FastOptions, golden_run
+from torchfault.campaign._campaign import build_engine
 from torchfault.campaign._fast import FastEngine
 from torchfault.config import from_dict, to_dict
 from torchfault.errors import ConfigError

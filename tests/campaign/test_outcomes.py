@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from torchfault import Fault, run_campaign
-from torchfault.campaign import OUTCOMES, Criterion, classify
+from torchfault.campaign import OUTCOMES, Criterion
+from torchfault.campaign._outcome import classify
 
 
 class Guard(nn.Module):
@@ -282,7 +283,8 @@ def test_segmentation_on_label_maps_and_tokens_on_ids():
 
 
 def test_detection_greedy_and_hungarian_matching_differ_where_they_should():
-    from torchfault.campaign import make_criterion, match_detections
+    from torchfault.campaign import make_criterion
+    from torchfault.campaign._outcome import match_detections
 
     # golden A (score .9) overlaps faulty X best and faulty Y a little; golden B overlaps only X.
     # greedy (by score) gives X to A and leaves B unmatched; hungarian pairs A-Y and B-X.

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from torchfault import dnn
-from torchfault.campaign import CampaignConfig, build_model
+from torchfault.campaign import CampaignConfig
+from torchfault.campaign._campaign import build_model
 from torchfault.cli._dnn import ProfileConfig, PruneConfig, QuantizeConfig, SummaryConfig
 from torchfault.config import from_dict
 from torchfault.errors import ConfigError

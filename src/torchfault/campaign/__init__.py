@@ -1,14 +1,15 @@
 # SPDX-License-Identifier: MIT
-"""Campaigns: golden run, injection runs, outcome classification, engines and executors."""
+"""Campaigns: golden run, injection runs, outcome classification, engines and executors.
+
+The names below are what a user calls: :class:`Campaign` and its config sections,
+:func:`run_campaign`, :func:`golden_run`, the outcome criteria and the engine and executor
+registries (to add an entry). The machinery behind them (engine building and hand-over, inputs
+and fingerprints, row batching, devices, protected re-runs, word comparison) stays in this
+package's own modules; code inside the package imports it from the module that defines it.
+"""
 
 from torchfault.campaign import _fast, _parallel  # noqa: F401 - register engines, executors
-from torchfault.campaign._campaign import (
-    Campaign,
-    build_engine,
-    build_inputs,
-    build_model,
-    fingerprint,
-)
+from torchfault.campaign._campaign import Campaign
 from torchfault.campaign._config import (
     CampaignConfig,
     DataConfig,
@@ -22,24 +23,18 @@ from torchfault.campaign._config import (
     TargetsConfig,
     TraceConfig,
 )
-from torchfault.campaign._device import resolve_device
 from torchfault.campaign._engine import (
     ENGINES,
     Engine,
-    HandedOverEngine,
-    MeasuredRun,
-    ReferenceEngine,
     RunTask,
     create_engine,
     is_engine,
     list_engines,
-    make_engine,
     register_engine,
 )
 from torchfault.campaign._executors import (
     EXECUTORS,
     Executor,
-    SerialExecutor,
     create_executor,
     is_executor,
     list_executors,
@@ -53,91 +48,55 @@ from torchfault.campaign._outcome import (
     CriterionError,
     Evaluation,
     Verdict,
-    classify,
     evaluate,
     is_criterion,
     list_criteria,
-    match_detections,
-    output_words_equal,
     register_criterion,
 )
-from torchfault.campaign._protection import (
-    PROTECTED_OUTCOMES,
-    ProtectedRun,
-    ProtectionResult,
-    protected_runs,
-    resolve_protection,
-)
-from torchfault.campaign._run import (
-    CampaignResult,
-    as_fault_sets,
-    golden_run,
-    make_criterion,
-    run_campaign,
-    summarize_metrics,
-)
-from torchfault.campaign._structure import Batched, as_batched
+from torchfault.campaign._protection import PROTECTED_OUTCOMES, ProtectedRun, ProtectionResult
+from torchfault.campaign._run import CampaignResult, golden_run, make_criterion, run_campaign
 
 __all__ = [
-    "PROTECTED_OUTCOMES",
-    "ProtectionConfig",
-    "TraceConfig",
-    "ProtectedRun",
-    "ProtectionResult",
-    "protected_runs",
-    "resolve_protection",
-    "Batched",
     "CRITERIA",
-    "CriterionError",
-    "Evaluation",
-    "HandedOverEngine",
-    "MeasuredRun",
-    "Verdict",
-    "as_batched",
-    "evaluate",
-    "is_criterion",
-    "list_criteria",
-    "make_criterion",
-    "make_engine",
-    "match_detections",
-    "register_criterion",
-    "resolve_device",
-    "summarize_metrics",
     "ENGINES",
     "EXECUTORS",
     "OUTCOMES",
+    "PROTECTED_OUTCOMES",
     "Campaign",
     "CampaignConfig",
     "CampaignResult",
     "Criterion",
+    "CriterionError",
     "DataConfig",
     "Engine",
     "EngineConfig",
+    "Evaluation",
     "Executor",
     "ExecutorConfig",
     "FastOptions",
     "ModelConfig",
     "OutcomeConfig",
-    "ReferenceEngine",
+    "ProtectedRun",
+    "ProtectionConfig",
+    "ProtectionResult",
     "RunTask",
     "SamplerConfig",
-    "SerialExecutor",
     "StoreConfig",
     "TargetsConfig",
-    "as_fault_sets",
-    "build_engine",
-    "build_inputs",
-    "build_model",
-    "classify",
+    "TraceConfig",
+    "Verdict",
     "create_engine",
     "create_executor",
-    "fingerprint",
+    "evaluate",
     "golden_run",
+    "is_criterion",
     "is_engine",
     "is_executor",
+    "list_criteria",
     "list_engines",
     "list_executors",
-    "output_words_equal",
+    "make_criterion",
+    "register_criterion",
     "register_engine",
     "register_executor",
     "run_campaign",

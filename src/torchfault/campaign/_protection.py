@@ -243,11 +243,11 @@ def protected_runs(
         outs = []
         for i in range(0, inputs.shape[0], batch_size):
             prot.reset()
-            out = _forward(model, inputs[i : i + batch_size])
+            g_out = _forward(model, inputs[i : i + batch_size])
             n = min(batch_size, inputs.shape[0] - i)
             f = prot.flags
             flags.extend([False] * n if f is None else f[:n].tolist())
-            outs.append(out)
+            outs.append(g_out)
         prot_golden = torch.cat(outs)  # type: ignore[arg-type]
         _, prot_s = _timed_golden(model, inputs, batch_size, repeats)
         p_top = [
@@ -263,6 +263,7 @@ def protected_runs(
                 chunk = ids[start : start + size]
                 seed = run_seed(task, chunk[0]) if random else None
                 prot.reset()
+                out: Any = None
                 with inject(model, task.faults, seed=seed):
                     try:
                         out = _forward(model, inputs[chunk])

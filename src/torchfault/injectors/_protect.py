@@ -250,9 +250,9 @@ class Protection:
                 w = (hi_t - lo_t) * float(opts["margin"])
                 bounds[name] = (lo_t - w, hi_t + w, opts)
             else:
-                lo, hi = self.profile.bounds(name, opts["bounds"])
-                w = (hi - lo) * float(opts["margin"])
-                bounds[name] = (lo - w, hi + w, opts)
+                plo, phi = self.profile.bounds(name, opts["bounds"])
+                pw = (phi - plo) * float(opts["margin"])
+                bounds[name] = (plo - pw, phi + pw, opts)
         if need_profile and self.check and self.profile is not None:
             self.profile.check(model, need_profile)
         self._bounds = bounds

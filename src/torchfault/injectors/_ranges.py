@@ -30,7 +30,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -484,7 +484,7 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterator[Any], int | None]:
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)
         return iter(loader), len(loader)
     if isinstance(data, Iterable):
-        total = len(data) if hasattr(data, "__len__") else None
+        total = len(data) if isinstance(data, Sized) else None
         return iter(data), total
     raise TorchFaultError(
         f"data: expected a tensor of inputs, a dataset or an iterable of batches, got "
