@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from torchfault.config import from_dict
 from torchfault.dnn import create_model
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
+from torchfault.store import RunRecord
 
 COLUMNS = "fault_id, input_id, outcome, golden_top1, faulty_top1, max_abs_diff, error"
 
@@ -288,3 +291,41 @@ def test_threads_copy_a_setup_that_cannot_be_deep_copied():
         assert got == ["masked"] * 64  # copied by a pickle round trip instead
         with pytest.raises(TorchFaultError, match="neither deep-copied.*nor pickled"):
             list(ex.map(_Neither(model, x, golden), chunks))
+
+
+class _FirstRunProbe:
+    """An engine whose first run (where the fast engine traces its model with torch.fx, which
+    patches nn.Module.__call__ process-wide) records any other engine running meanwhile."""
+
+    busy = 0
+    overlaps: list[int] = []
+    guard = threading.Lock()
+
+    def __init__(self):
+        self.first = True
+
+    def __call__(self):
+        return self
+
+    def run(self, chunk):
+        cls = type(self)
+        with cls.guard:
+            if self.first and cls.busy:
+                cls.overlaps.append(cls.busy)
+            cls.busy += 1
+        time.sleep(0.05 if self.first else 0.02)
+        self.first = False
+        with cls.guard:
+            cls.busy -= 1
+        return [RunRecord(t.fault_id, 0, "masked") for t in chunk]
+
+
+def test_threads_never_run_an_engine_first_run_beside_another_engine():
+    """The regression: threads-fast stored 'NameError: module is not installed as a submodule'
+    DUEs when one thread's engine traced its model while another thread ran its own."""
+    _FirstRunProbe.overlaps.clear()
+    chunks = [[RunTask(k, (), (0,))] for k in range(12)]
+    with create_executor("threads", workers=3) as ex:
+        got = [r.fault_id for rs in ex.map(_FirstRunProbe(), chunks) for r in rs]
+    assert sorted(got) == list(range(12))
+    assert _FirstRunProbe.overlaps == []

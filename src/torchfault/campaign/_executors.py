@@ -10,7 +10,10 @@ kernels release the GIL, so the threads' kernels overlap): no spawn, no pickling
 used by one thread at a time: the reference engine writes weight faults into its model in place
 and hooks its modules, so two threads on one model would see each other's faults. The first
 thread uses the engine that ``setup`` builds on the caller's model; every other thread builds its
-engine from a deep copy of ``setup`` (its own model; the copy is made once per map call).
+engine from a deep copy of ``setup`` (its own model; the copy is made once per map call). The
+engines are built, and run their first chunk, one after another before the threads start: the
+fast engine traces its model with ``torch.fx`` on its first run, and tracing patches
+``nn.Module.__call__`` process-wide, which would capture another thread's model running then.
 
 Why not ``torch.jit.fork``: in eager mode (a Python function, not TorchScript) ``torch.jit.fork``
 runs the function at once, in the calling thread, so it would run the chunks one after another
@@ -134,10 +137,20 @@ class ThreadsExecutor(Executor):
         pending = iter(todo)
         results: queue.Queue[tuple[str, Any]] = queue.Queue()
         stop = threading.Event()
+        # every engine is built, and runs its first chunk, here, one after another: building and
+        # first runs may trace the model with torch.fx, which patches nn.Module.__call__ for the
+        # whole process while it traces, so a model running in another thread at that moment
+        # would be traced into the wrong graph ("module is not installed as a submodule")
+        engines = []
+        for make in setups:
+            engine = make()
+            engines.append(engine)
+            chunk = next(pending, None)
+            if chunk is not None:
+                yield engine.run(chunk)
 
-        def work(make: Callable[[], Engine]) -> None:
+        def work(engine: Engine) -> None:
             try:
-                engine = make()
                 while not stop.is_set():
                     with lock:
                         chunk = next(pending, None)
@@ -150,8 +163,8 @@ class ThreadsExecutor(Executor):
                 results.put(("done", None))
 
         threads = [
-            threading.Thread(target=work, args=(s,), name=f"torchfault-run-{i}", daemon=True)
-            for i, s in enumerate(setups)
+            threading.Thread(target=work, args=(e,), name=f"torchfault-run-{i}", daemon=True)
+            for i, e in enumerate(engines)
         ]
         for t in threads:
             t.start()
@@ -171,6 +184,21 @@ class ThreadsExecutor(Executor):
                 t.join()
 
 
-# register_executor (a decorator for Executor subclasses), list_executors, is_executor,
-# create_executor
-register_executor, list_executors, is_executor, create_executor, _ = EXECUTORS.functions()
+def register_executor(name: str, **kw: Any) -> Any:
+    """Decorator registering an :class:`Executor` subclass."""
+    return EXECUTORS.register(name, **kw)
+
+
+def list_executors(filter: str | None = None) -> list[str]:
+    """Registered executor names."""
+    return EXECUTORS.list(filter)
+
+
+def is_executor(name: str) -> bool:
+    """Whether ``name`` is a registered executor."""
+    return EXECUTORS.is_registered(name)
+
+
+def create_executor(name: str, **kwargs: Any) -> Executor:
+    """Build the executor ``name``."""
+    return EXECUTORS.create(name, **kwargs)
