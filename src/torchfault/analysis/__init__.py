@@ -56,6 +56,7 @@ from torchfault.analysis._vulnerability import (
     VulnerabilityMap,
     export_top,
     plot_heatmap,
+    protect_top_k,
     vulnerability_maps,
 )
 
@@ -77,6 +78,7 @@ __all__ = [
     "VulnerabilityMap",
     "export_top",
     "plot_heatmap",
+    "protect_top_k",
     "vulnerability_maps",
     "LayerDeviation",
     "Trace",
