@@ -9,12 +9,12 @@ import pytest
 from rich.console import Console
 
 from torchfault.cli import main
-from torchfault.dnn import create_model, summarize
+from torchfault.dnn import create_model, summarize_model
 
 
 @pytest.fixture(scope="module")
 def resnet20():
-    return summarize(create_model("resnet20", dataset="cifar10"))
+    return summarize_model(create_model("resnet20", dataset="cifar10"))
 
 
 def _render(table, width: int) -> list[str]:
@@ -41,7 +41,7 @@ def test_full_table_when_it_fits_or_no_width(resnet20):
     text = "\n".join(full)
     assert "2,359,296" in text and "4,718,592" in text and "…" not in text
     assert _render(resnet20.table(width=1000), 1000) == full
-    tiny = summarize(create_model("lenet"))  # narrow enough for 80 columns as it is
+    tiny = summarize_model(create_model("lenet"))  # narrow enough for 80 columns as it is
     assert "FLOPs" in "\n".join(_render(tiny.table(width=120), 120))
 
 

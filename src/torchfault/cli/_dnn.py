@@ -480,10 +480,10 @@ class SummaryConfig:
 def summary_job(cfg: SummaryConfig) -> int:
     import json
 
-    from torchfault.dnn import summarize
+    from torchfault.dnn import summarize_model
 
     model = _load_model(cfg, pretrained=False)
-    s = summarize(model, batch=cfg.batch)
+    s = summarize_model(model, batch=cfg.batch)
     console = _console()
     if console.is_terminal or "COLUMNS" in os.environ:
         table = s.table(width=console.width)  # compact when the full table does not fit

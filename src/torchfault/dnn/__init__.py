@@ -10,7 +10,7 @@
   loaded with ``weights_only=True``.
 - Training with Lightning (:func:`train`, :func:`test`, :func:`cross_validate`), pruning
   (:func:`prune_model`), post-training int8 quantization (:func:`quantize_model`), summaries
-  (:func:`summarize`) and profiling (:func:`profile_model`).
+  (:func:`summarize_model`) and profiling (:func:`profile_model`).
 
 Importing this package does not import Lightning; the Lightning classes
 (:class:`ClassifierModule`, :class:`ClassificationDataModule`, :class:`CompressCheckpoints`)
@@ -104,6 +104,7 @@ _LAZY = {
     "save_quantized": "torchfault.dnn._quantize",
     "load_quantized": "torchfault.dnn._quantize",
     "summarize": "torchfault.dnn._summary",
+    "summarize_model": "torchfault.dnn._summary",
     "ModelSummary": "torchfault.dnn._summary",
     "profile_model": "torchfault.dnn._profile",
     "ProfileResult": "torchfault.dnn._profile",
