@@ -634,7 +634,7 @@ def test_stored_hugging_face_campaign_with_dict_inputs_from_a_dataset(tmp_path):
     assert same_records(res, again)
 
 
-def test_stored_segmentation_campaign_stores_metrics(tmp_path):
+def test_stored_segmentation_campaign_stores_metrics(tmp_path, caplog):
     from torchfault.campaign import Campaign
     from torchfault.store import ResultStore
 
@@ -647,7 +647,10 @@ def test_stored_segmentation_campaign_stores_metrics(tmp_path):
         "outcome": {"criterion": "segmentation", "fraction": 0.05},
     }
     camp = Campaign(_config(tmp_path, **over))
-    res = camp.run()
+    with caplog.at_level(logging.INFO, logger="torchfault.campaign"):
+        res = camp.run()
+    want = f"criterion metric miou_drop over {len(res)} runs"
+    assert any(want in r.message for r in caplog.records)
     assert camp.accuracy is None and camp.labels is None
     assert len(res.metrics) == len(res)
     # the stored metrics equal a fresh run's, and the oracle's pixel fraction
