@@ -55,7 +55,7 @@ from torchfault.analysis._design import SamplingDesign, estimate_groups, stratum
 from torchfault.analysis._stats import DEFAULT_INTERVAL, check_method
 from torchfault.errors import TorchFaultError, suggest
 from torchfault.faults import Fault, FaultSite
-from torchfault.store import OUTCOMES, RUN_OUTCOMES, present_outcomes
+from torchfault.store import OUTCOMES, RUN_OUTCOMES, present_outcomes, require_pyarrow
 
 __all__ = [
     "OUTCOMES",
@@ -101,16 +101,8 @@ METHOD_LABELS = {
 
 
 def _pyarrow(what: str) -> tuple[Any, Any]:
-    """``(pyarrow, pyarrow.parquet)``, or an error naming the ``parquet`` extra."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise TorchFaultError(
-            f"{what} needs pyarrow, which is not installed; install the 'parquet' extra: "
-            "pip install 'torchfault[parquet]'."
-        ) from None
-    return pa, pq
+    """``(pyarrow, pyarrow.parquet)``, or the store's one error naming the ``parquet`` extra."""
+    return require_pyarrow(what)
 
 
 # ---------------------------------------------------------------- accumulator base

@@ -21,7 +21,7 @@ from torchfault.campaign._outcome import Criterion, check_fit
 from torchfault.campaign._structure import Batched, as_batched
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
-from torchfault.store import OUTCOMES, RunRecord
+from torchfault.store import OUTCOMES, RunRecord, require_pyarrow
 
 __all__ = [
     "CampaignResult",
@@ -133,14 +133,7 @@ class CampaignResult:
     def to_parquet(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`rows` as Parquet (``bits`` a list of integers); needs pyarrow (the
         ``parquet`` extra). Returns the path."""
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise TorchFaultError(
-                "CampaignResult.to_parquet needs pyarrow, which is not installed; install the "
-                "'parquet' extra: pip install 'torchfault[parquet]'."
-            ) from None
+        pa, pq = require_pyarrow("CampaignResult.to_parquet")
         types = {
             "fault_id": pa.int64(),
             "input_id": pa.int64(),

@@ -29,10 +29,12 @@ from torchfault.store._records import (
     present_outcomes,
 )
 from torchfault.store._store import SCHEMA_VERSION, ResultStore, open_store
+from torchfault.store._tables import PARQUET_EXTRA, require_pyarrow
 from torchfault.store._traces import TRACES_TABLE, read_trace_rows, write_traces
 
 __all__ = [
     "INJECTED_TABLE",
+    "PARQUET_EXTRA",
     "OUTCOMES",
     "RUN_OUTCOMES",
     "SCHEMA_VERSION",
@@ -54,6 +56,7 @@ __all__ = [
     "read_injected",
     "read_trace_rows",
     "repair_store",
+    "require_pyarrow",
     "write_injected",
     "write_traces",
 ]

@@ -54,6 +54,7 @@ from torchfault.store._records import (
     RunRecord,
     present_outcomes,
 )
+from torchfault.store._tables import require_pyarrow
 
 __all__ = ["ResultStore", "SCHEMA_VERSION", "open_store"]
 
@@ -818,14 +819,7 @@ class ResultStore:
 
     def export_parquet(self, path: str | os.PathLike[str]) -> Path:
         """Write every run, joined with its fault's columns, as Parquet (needs pyarrow)."""
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise TorchFaultError(
-                "export_parquet needs pyarrow, which is not installed; install the 'parquet' extra: "
-                "pip install 'torchfault[parquet]'."
-            ) from None
+        pa, pq = require_pyarrow("export_parquet")
         with self._guard("its runs"):
             rows = self._reading().execute(_EXPORT_SQL).fetchall()
         types = [
