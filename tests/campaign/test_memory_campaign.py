@@ -100,6 +100,12 @@ def test_example_config_from_the_command_line_with_and_without_secded(tmp_path):
         cfg = from_dict(CampaignConfig, d)
         with open_store(cfg.store_path) as store:
             stored[ecc] = (store.runs(), store.faults())
+        # the log reports the memory's size and the SDC FIT per Mbit
+        text = (Path(cfg.run_dir) / "campaign.log").read_text()
+        sdc = sum(r.outcome == "sdc" for r in stored[ecc][0]) / len(stored[ecc][0])
+        mbit = 711_144 / 2**20  # 72 x sum(ceil(numel / 2)) over LeNet-5's 10 float32 tensors
+        assert f"memory: 711,144 cells, {mbit:.4f} Mbit; SDC per upset {sdc:.4g}" in text
+        assert f"(at 1000 FIT/Mbit: {1000 * mbit * sdc:.4g}" in text
     # the oracle: memory_campaign on the campaign's own model and inputs, same seed and layout
     camp = Campaign(from_dict(CampaignConfig, _config(tmp_path / "oracle", True)))
     camp.setup()
@@ -138,3 +144,29 @@ def test_memory_sampler_errors_name_their_fields(tmp_path):
     with pytest.raises(ConfigError, match="sampler.memory") as err:
         Campaign(from_dict(CampaignConfig, d)).setup()
     assert not Path(d["out_dir"]).exists() or not any(Path(d["out_dir"]).iterdir())
+
+
+def test_nonzero_sampler_and_masks_kind_from_a_config(tmp_path):
+    from torchfault.campaign import TargetsConfig
+    from torchfault.faults import NonzeroFaults
+
+    d = {
+        "name": "nonzero",
+        "model": {"name": "lenet", "dataset": "digits", "pretrained": True},
+        "data": {"dataset": "digits", "split": "test", "num_inputs": 4},
+        "targets": {"modules": ["fc1"], "kinds": ["weights"]},
+        "sampler": {"name": "nonzero", "n": 6, "bits": ["exponent"]},
+        "engine": {"name": "reference"},
+        "inputs_per_fault": 0,
+        "out_dir": str(tmp_path / "nz"),
+    }
+    camp = Campaign(from_dict(CampaignConfig, yaml.safe_load(yaml.safe_dump(d))))
+    result = camp.run()
+    assert len(result.runs) == 6 * 4
+    want = NonzeroFaults(camp.model, n=6, seed=0, modules=["fc1"], bits=list(range(23, 31)))
+    with open_store(camp.config.store_path) as store:
+        stored = store.faults()
+    assert [stored[k] for k in range(6)] == want.draws(0, 6)
+    for (f,) in want.draws(0, 6):
+        assert camp.model.fc1.weight[f.index] != 0 and 23 <= f.bits[0] <= 30
+    assert TargetsConfig(kinds=["mask"]).kinds == ["masks"]

@@ -122,6 +122,23 @@ def _run_campaign(cfg: CampaignConfig, log_file: Path) -> int:
     log.info("%d runs stored in %.1f s", len(result), elapsed)
     summary = camp.summary()
     summary.print(console)
+    mbit = getattr(camp.sampler, "mbit", None)
+    if mbit is not None:  # the memory sampler: rates are per upset; FIT = FIT/Mbit x Mbit x rate
+        sdc = summary.overall.rates["sdc"]
+        log.info(
+            "memory: %s cells, %.4f Mbit; SDC per upset %.4g [%.4g, %.4g]; SDC FIT = raw FIT per "
+            "Mbit x %.4f x %.4g (at 1000 FIT/Mbit: %.4g [%.4g, %.4g])",
+            f"{camp.sampler.population:,}",
+            mbit,
+            sdc.rate,
+            sdc.low,
+            sdc.high,
+            mbit,
+            sdc.rate,
+            camp.sampler.fit(1000.0, sdc.rate),
+            camp.sampler.fit(1000.0, sdc.low),
+            camp.sampler.fit(1000.0, sdc.high),
+        )
     log.info("summary:\n%s", summary.to_markdown(), extra=_FILE_ONLY)
     from torchfault.store import ResultStore
 
