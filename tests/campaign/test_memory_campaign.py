@@ -170,3 +170,29 @@ def test_nonzero_sampler_and_masks_kind_from_a_config(tmp_path):
     for (f,) in want.draws(0, 6):
         assert camp.model.fc1.weight[f.index] != 0 and 23 <= f.bits[0] <= 30
     assert TargetsConfig(kinds=["mask"]).kinds == ["masks"]
+
+
+def test_a_memory_campaign_resumes_from_its_store(tmp_path):
+    # the resume check draws fault k again and compares it with the stored fault set: empty sets
+    # (corrected upsets) and ecc_detected sets must round-trip through the store
+    d = _config(tmp_path, True, n=8)
+    d["engine"] = {"name": "reference"}
+    first = Campaign(from_dict(CampaignConfig, d)).run()
+    with open_store(from_dict(CampaignConfig, d).store_path) as store:
+        faults = store.faults()
+    assert any(f.model == "ecc_detected" for fs in faults.values() for f in fs)
+    # a campaign killed before input 0's runs: every fault has a missing run, so every fault is
+    # drawn again and compared with its stored set before its missing run is made
+    import sqlite3
+
+    conn = sqlite3.connect(from_dict(CampaignConfig, d).store_path)
+    with conn:
+        assert conn.execute("DELETE FROM runs WHERE input_id = 0").rowcount == 8
+    conn.close()
+    again = Campaign(from_dict(CampaignConfig, d)).run()
+
+    def key(r):
+        return (r.fault_id, r.input_id, r.outcome, r.golden_top1, r.faulty_top1)
+
+    assert sorted(map(key, again.runs)) == sorted(map(key, first.runs))
+    assert len(first.runs) == 8 * 10
