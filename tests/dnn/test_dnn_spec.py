@@ -202,10 +202,13 @@ def test_train_prune_quantize_files_all_run_in_a_campaign(tmp_path, capsys):
     )  # fmt: skip
     ckpt = next(out.rglob("*.ckpt"))
     assert (
-        main(["prune", "mlp", "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.pt.xz")]) == 0
+        main(["prune", "mlp", "--model.checkpoint", str(ckpt), "--out", str(tmp_path / "p.pt.xz")])
+        == 0
     )
     assert (
-        main(["quantize", "mlp", "--checkpoint", str(ckpt), "--out", str(tmp_path / "q.pt.xz")])
+        main(
+            ["quantize", "mlp", "--model.checkpoint", str(ckpt), "--out", str(tmp_path / "q.pt.xz")]
+        )
         == 0
     )
     trained = ClassifierModule.load_from_checkpoint(ckpt).model.state_dict()

@@ -107,7 +107,7 @@ def test_train_job_with_yaml_and_overrides(fast_train_config, tmp_path, capsys) 
     ]
     assert main(args) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["trainer"]["max_epochs"] == 2 and printed["model"] == "mlp"
+    assert printed["trainer"]["max_epochs"] == 2 and printed["model"]["name"] == "mlp"
     assert printed["export"] is None
     assert main(args[:-1]) == 0
     out = capsys.readouterr().out
@@ -140,7 +140,7 @@ def test_train_job_cv_flag(fast_train_config, tmp_path, capsys) -> None:
 
 
 def test_bad_config_values_name_the_field(capsys) -> None:
-    assert main(["train", "--model", "lenett"]) == 2
+    assert main(["train", "--model.name", "lenett"]) == 2
     assert "Did you mean 'lenet'" in capsys.readouterr().err
     assert main(["train", "--trainer.max_epochs", "0"]) == 2
     assert "trainer.max_epochs" in capsys.readouterr().err
@@ -161,7 +161,7 @@ def test_bad_config_values_name_the_field(capsys) -> None:
         ("--trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be >= 1"),
         ("--trainer.accelerator=foo", "trainer.accelerator: .*'foo'"),
         ("--trainer.precision=bogus", "trainer.precision: .*'bogus'"),
-        ("--dataset_options={split_seed: x}", "split_seed must be a whole number"),
+        ("--data.kwargs={split_seed: x}", "split_seed must be a whole number"),
     ],
 )
 def test_bad_trainer_settings_name_the_field(override, expected, tmp_path, capsys) -> None:
@@ -180,11 +180,11 @@ def test_test_job_bad_accelerator_names_the_field(tmp_path, capsys) -> None:
 
 
 def test_train_and_test_on_synthetic_of_any_shape(tmp_path, capsys) -> None:
-    """dataset_options that set synthetic's input shape and class count configure the model
+    """data.kwargs that set synthetic's input shape and class count configure the model
     of every job (it used to be built for 1x8x8 and 10 classes, and crash)."""
     opts = "{input_shape: [3, 16, 16], num_classes: 3, size: 48}"
     out = tmp_path / "w.pt.xz"
-    args = ["--dataset", "synthetic", "--dataset_options", opts]
+    args = ["--data.dataset", "synthetic", "--data.kwargs", opts]
     train = ["train", "lenet", *args, "--trainer.max_epochs", "1", "--out_dir", str(tmp_path)]
     assert main([*train, "--trainer.enable_progress_bar", "false", "--export", str(out)]) == 0
     assert "test_acc" in capsys.readouterr().out
@@ -195,7 +195,10 @@ def test_train_and_test_on_synthetic_of_any_shape(tmp_path, capsys) -> None:
         dataset_options={"input_shape": (3, 16, 16), "num_classes": 3},
     )
     assert model.fc3.out_features == 3
-    assert main(["test", "lenet", *args, "--checkpoint", str(out), "--out_dir", str(tmp_path)]) == 0
+    assert (
+        main(["test", "lenet", *args, "--model.checkpoint", str(out), "--out_dir", str(tmp_path)])
+        == 0
+    )
     assert "test_acc" in capsys.readouterr().out
     summary = tmp_path / "s.json"
     assert main(["summary", "lenet", *args, "--batch", "2", "--json", str(summary)]) == 0

@@ -85,13 +85,16 @@ def test_train_test_prune_jobs_user_model(tmp_path, capsys) -> None:
     x = model.example_inputs(4)
     assert torch.equal(dnn.create_model(MY_MODEL, weights=bare)(x), model(x))
 
-    assert main(["test", MY_MODEL, "--checkpoint", str(exported), "--out_dir", str(tmp_path)]) == 0
+    assert (
+        main(["test", MY_MODEL, "--model.checkpoint", str(exported), "--out_dir", str(tmp_path)])
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"{payload['metrics']['test_acc']:.4f}" in out
     # prune starts from the shipped weights by default: a factory of your own has none and
     # brings its own weights, so that default does not apply to it
     pruned = tmp_path / "pruned.pt.xz"
-    assert main(["prune", MY_MODEL, "--checkpoint", str(exported), "--out", str(pruned)]) == 0
+    assert main(["prune", MY_MODEL, "--model.checkpoint", str(exported), "--out", str(pruned)]) == 0
     assert main(["prune", MY_MODEL, "--out", ""]) == 0
     capsys.readouterr()
     sparse = dnn.create_model(MY_MODEL, weights=pruned)
@@ -109,12 +112,12 @@ def test_user_dataset_factory(data_spec, tmp_path, capsys) -> None:
     assert info["input_shape"] == (1, 8, 8) and info["num_classes"] == 10
     lenet = dnn.create_model("lenet", dataset=data_spec)
     assert lenet.input_shape == (1, 8, 8) and lenet.fc3.out_features == 10
-    assert main(["summary", "lenet", "--dataset", data_spec]) == 0
+    assert main(["summary", "lenet", "--data.dataset", data_spec]) == 0
     assert "19,754" in capsys.readouterr().out
     args = [
         "train",
         MY_MODEL,
-        "--dataset",
+        "--data.dataset",
         data_spec,
         "--trainer.max_epochs",
         "1",
@@ -135,7 +138,7 @@ def test_user_model_errors(data_spec, tmp_path, capsys) -> None:
     assert "model: no such file" in capsys.readouterr().err
     assert main(["summary", MY_MODEL.replace(":build", ":biuld")]) == 2
     assert "Did you mean 'build'" in capsys.readouterr().err
-    assert main(["train", "--model", "lenett"]) == 2
+    assert main(["train", "--model.name", "lenett"]) == 2
     assert "file.py:function" in capsys.readouterr().err
     with pytest.raises(TorchFaultError, match="returned int, not an nn.Module"):
         dnn.create_model(data_spec.replace(":load", ":not_a_model"))

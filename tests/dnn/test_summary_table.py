@@ -47,7 +47,7 @@ def test_full_table_when_it_fits_or_no_width(resnet20):
 
 def test_cli_piped_prints_whole_rows(monkeypatch, capsys):
     monkeypatch.delenv("COLUMNS", raising=False)
-    assert main(["summary", "resnet20", "--dataset", "cifar10"]) == 0
+    assert main(["summary", "resnet20", "--data.dataset", "cifar10"]) == 0
     out = capsys.readouterr().out
     assert "…" not in out
     line = next(line for line in out.splitlines() if "│ layer1.0.conv1 " in line)
@@ -56,7 +56,7 @@ def test_cli_piped_prints_whole_rows(monkeypatch, capsys):
 
 def test_cli_in_80_columns(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "80")
-    assert main(["summary", "resnet20", "--dataset", "cifar10"]) == 0
+    assert main(["summary", "resnet20", "--data.dataset", "cifar10"]) == 0
     out = capsys.readouterr().out
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert "│ layer3.2.shortcut " in out or "│ layer3.2.conv2 " in out
