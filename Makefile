@@ -30,10 +30,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 # long campaigns (10^6 fast-engine runs, 10^5 with worker processes: memory, store, progress/ETA),
-# then every executor x engine pair killed at 5 seeded random instants and resumed
+# then every executor x engine pair, uninterrupted and killed at 5 seeded random instants
 soak: $(STAMP)
 	$(PY) -m benchmarks.soak
-	TORCHFAULT_CHAOS_KILLS=5 $(PY) -m pytest -q -s tests/campaign/test_chaos.py
+	TORCHFAULT_SOAK=1 TORCHFAULT_CHAOS_KILLS=5 $(PY) -m pytest -q -s tests/campaign/test_chaos.py tests/campaign/test_executors.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples hubconf.py

@@ -103,7 +103,8 @@ def _marks(executor, engine):
     marks = [pytest.mark.slow]  # a subprocess that imports torch per kill
     if executor == "ray":
         marks.append(pytest.mark.ray)
-    if "TORCHFAULT_CHAOS_KILLS" not in os.environ and (executor, engine) not in QUICK:
+    soak = "TORCHFAULT_CHAOS_KILLS" in os.environ or "TORCHFAULT_SOAK" in os.environ
+    if not soak and (executor, engine) not in QUICK:
         marks.append(pytest.mark.skip(reason="make soak kills every pair"))
     return marks
 

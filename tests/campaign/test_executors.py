@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import threading
@@ -196,16 +197,21 @@ EXECUTOR_NAMES = ("serial", "threads", "auto", "process", "ray")
 ENGINE_NAMES = ("fast", "reference")
 
 
-def _pair_marks(executor):
+def _pair_marks(executor, engine):
+    marks = []
     if executor == "ray":
-        return [pytest.mark.ray, pytest.mark.slow]
+        marks += [pytest.mark.ray, pytest.mark.slow]
     if executor == "process":
-        return [pytest.mark.slow]
-    return []
+        marks += [pytest.mark.slow]
+    if executor in ("process", "ray") and engine == "fast" and "TORCHFAULT_SOAK" not in os.environ:
+        # make test keeps the pairs at risk (reference: in-place weight faults) and
+        # test_process/ray_executor_gives_the_same_table_and_resumes; make soak runs these too
+        marks.append(pytest.mark.skip(reason="run by make soak (TORCHFAULT_SOAK=1)"))
+    return marks
 
 
 PAIRS = [
-    pytest.param(ex, en, marks=_pair_marks(ex), id=f"{ex}-{en}")
+    pytest.param(ex, en, marks=_pair_marks(ex, en), id=f"{ex}-{en}")
     for ex in EXECUTOR_NAMES
     for en in ENGINE_NAMES
 ]
