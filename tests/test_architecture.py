@@ -150,3 +150,47 @@ def test_design_page_python_runs_and_names_the_layers_contract():
         assert re.search(rf"\b{name}\b", diagram), f"docs/design.md does not draw the layer {name}"
     # the same order, top to bottom: the first package of each drawn line
     assert drawn == [line[0] for line in names if line and line[0] in drawn]
+
+
+def test_one_definition_of_outcomes_and_buffer_names():
+    """OUTCOMES, RUN_OUTCOMES and the buffer names are defined once (torchfault.faults, the lowest
+    layer their users share) and every package's name is that object; no literal copy in src."""
+    import torchfault.analysis
+    import torchfault.campaign
+    import torchfault.faults
+    import torchfault.store
+    from torchfault.campaign._protection import PROTECTED_OUTCOMES
+    from torchfault.injectors._memory import MEMORY_OUTCOMES
+
+    faults = torchfault.faults
+    assert faults.OUTCOMES == ("masked", "benign", "sdc", "due")
+    assert faults.RUN_OUTCOMES[:4] == faults.OUTCOMES
+    assert faults.RUN_OUTCOMES[4:] == ("detected",)
+    for same in (
+        torchfault.store.OUTCOMES,
+        torchfault.campaign.OUTCOMES,
+        torchfault.analysis.OUTCOMES,
+    ):
+        assert same is faults.OUTCOMES
+    for same in (torchfault.store.RUN_OUTCOMES, PROTECTED_OUTCOMES, MEMORY_OUTCOMES):
+        assert same is faults.RUN_OUTCOMES
+    wanted = {
+        "outcomes": ["masked", "benign", "sdc", "due"],
+        "buffer names": ["running_mean", "running_var", "num_batches_tracked"],
+    }
+    for what, names in wanted.items():
+        # every tuple/list/set literal in src (code, not docstrings) that spells them out
+        where = [
+            f"{path.relative_to(ROOT)}:{node.lineno}"
+            for path in sorted(SRC.rglob("*.py"))
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+            and [getattr(e, "value", None) for e in node.elts][: len(names)] == names
+        ]
+        assert where == [f"src/torchfault/faults/_fault.py:{_line_of(what)}"], (what, where)
+
+
+def _line_of(what: str) -> int:
+    text = (SRC / "faults" / "_fault.py").read_text().splitlines()
+    start = "OUTCOMES = (" if what == "outcomes" else "BUFFER_NAMES = "
+    return next(n for n, line in enumerate(text, 1) if line.startswith(start))

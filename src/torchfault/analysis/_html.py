@@ -50,7 +50,7 @@ from torchfault.analysis._summary import (
     summarize_store,
 )
 from torchfault.errors import TorchFaultError
-from torchfault.store import open_store
+from torchfault.store import RUN_OUTCOMES, open_store
 
 __all__ = [
     "EXTRA_SECTIONS",
@@ -385,7 +385,7 @@ def protection_section(store: Any) -> str | None:
     rows = "".join(
         "<tr>" + _td(name) + _td(_share(a)) + _td(_share(b)) + "</tr>" for name, a, b in figures
     )
-    outcomes = ("masked", "benign", "sdc", "due", "detected")
+    outcomes = RUN_OUTCOMES
     counts = "".join(
         "<tr>"
         + _td(o)

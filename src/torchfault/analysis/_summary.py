@@ -54,7 +54,7 @@ import numpy as np
 from torchfault.analysis._design import SamplingDesign, estimate_groups, stratum_sd
 from torchfault.analysis._stats import DEFAULT_INTERVAL, check_method
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults import Fault, FaultSite
+from torchfault.faults import Fault, FaultSite, fault_kind
 from torchfault.store import OUTCOMES, RUN_OUTCOMES, present_outcomes, require_pyarrow
 
 __all__ = [
@@ -75,7 +75,6 @@ MULTIPLE = "(multiple)"
 NONE = "(none)"
 #: The per-bit key of faults that replace whole elements (``zero``, ``value``, ``random_value``).
 WHOLE = "(whole element)"
-_BUFFER_NAMES = {"running_mean", "running_var", "num_batches_tracked"}
 _REDUCTIONS = ("sum", "max", "min", "cat")
 #: Columns of :meth:`Summary.to_rows` and of the summary CSV and Parquet files.
 ROW_COLUMNS = (
@@ -536,12 +535,7 @@ def _get(run: Any, name: str) -> Any:
 
 
 def _kind_of(fault: Fault, kinds: Mapping[tuple[str, str], str]) -> str:
-    kind = kinds.get((fault.module, fault.target))
-    if kind:
-        return kind
-    if fault.is_activation:
-        return "activation"
-    return "buffer" if fault.target in _BUFFER_NAMES else "parameter"
+    return fault_kind(fault, kinds)
 
 
 def _one(values: Iterable[Any]) -> Any:

@@ -51,6 +51,7 @@ import torch
 
 from torchfault.errors import TorchFaultError, suggest
 from torchfault.registry import Registry
+from torchfault.store import OUTCOMES
 
 __all__ = [
     "CRITERIA",
@@ -71,7 +72,6 @@ __all__ = [
 
 log = logging.getLogger("torchfault.campaign")
 
-OUTCOMES = ("masked", "benign", "sdc", "due")
 _CODE = {name: i for i, name in enumerate(OUTCOMES)}
 
 #: Outcome criteria: name -> ``fn(golden, faulty, criterion) -> Verdict``. Capabilities:

@@ -42,7 +42,7 @@ from torchfault.campaign._engine import (
 from torchfault.campaign._outcome import Criterion
 from torchfault.errors import TorchFaultError
 from torchfault.injectors import Protection, create_protection, inject, load_profile, protect
-from torchfault.store import RunRecord
+from torchfault.store import RUN_OUTCOMES, RunRecord
 
 __all__ = [
     "PROTECTED_OUTCOMES",
@@ -52,8 +52,8 @@ __all__ = [
     "resolve_protection",
 ]
 
-#: Outcomes of a protected run.
-PROTECTED_OUTCOMES = ("masked", "benign", "sdc", "due", "detected")
+#: Outcomes of a protected run: the store's run outcomes (``detected`` included).
+PROTECTED_OUTCOMES = RUN_OUTCOMES
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,14 @@ from torchfault.faults._ecc import (
 )
 from torchfault.faults._fault import (
     ACTIVATION_TARGETS,
+    BUFFER_NAMES,
+    OUTCOMES,
     PERSISTENCES,
+    RUN_OUTCOMES,
     TARGET_KINDS,
     Fault,
     FaultSite,
+    fault_kind,
 )
 from torchfault.faults._layouts import (
     LAYOUTS,
@@ -56,6 +60,9 @@ from torchfault.faults._targets import ModuleSelector, normalize_kinds, select_m
 
 __all__ = [
     "ACTIVATION_TARGETS",
+    "BUFFER_NAMES",
+    "OUTCOMES",
+    "RUN_OUTCOMES",
     "ECC_CODES",
     "LAYOUTS",
     "PATTERNS",
@@ -88,6 +95,7 @@ __all__ = [
     "TargetSpec",
     "check_fault_model",
     "create_fault_model",
+    "fault_kind",
     "fault_space",
     "get_element",
     "get_fault_model",

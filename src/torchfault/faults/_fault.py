@@ -19,8 +19,12 @@ __all__ = [
     "FaultSite",
     "ACTIVATION_TARGETS",
     "PERSISTENCES",
+    "BUFFER_NAMES",
+    "OUTCOMES",
+    "RUN_OUTCOMES",
     "SITE_KINDS",
     "TARGET_KINDS",
+    "fault_kind",
 ]
 
 ACTIVATION_TARGETS = ("output", "input")
@@ -29,6 +33,37 @@ PERSISTENCES = ("transient", "permanent")
 SITE_KINDS = ("activation", "parameter", "buffer")
 #: Tensor kinds a campaign can target, as used by ``fault_space(targets=...)``.
 TARGET_KINDS = ("outputs", "inputs", "weights", "biases", "buffers", "parameters", "masks")
+#: The four outcomes every campaign reports (a criterion gives them); defined here, the lowest
+#: layer that injectors, stores, analysis and campaigns share, and exported by torchfault.store.
+OUTCOMES = ("masked", "benign", "sdc", "due")
+#: Every outcome a run may have: :data:`OUTCOMES` and ``detected`` (an error flagged before the
+#: model used the data, e.g. by a memory's ECC decoder; the run is not executed). Counts and
+#: summaries list ``detected`` only when some run has it.
+RUN_OUTCOMES = (*OUTCOMES, "detected")
+#: Targets taken for buffers when no fault site says a fault's kind (batch-norm statistics).
+BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+
+
+def fault_kind(fault: Fault, kinds: Mapping[tuple[str, str], str] | None = None) -> str:
+    """The kind of tensor a fault hits (``activation``, ``parameter`` or ``buffer``): from
+    ``kinds`` (``{(module, target): kind}`` of the fault sites) when it names the fault's target,
+    else ``activation`` for outputs and inputs, ``buffer`` for :data:`BUFFER_NAMES` and
+    ``parameter`` otherwise. Stores and summaries group faults by it.
+
+    Example:
+        >>> fault_kind(Fault("bn", "running_var", (0,), (3,)))
+        'buffer'
+        >>> fault_kind(Fault("bn", "my_stat", (0,), (3,)), {("bn", "my_stat"): "buffer"})
+        'buffer'
+        >>> fault_kind(Fault("fc", "output", (0,), (3,))), fault_kind(Fault("fc", "weight", (0, 0), (3,)))
+        ('activation', 'parameter')
+    """
+    kind = (kinds or {}).get((fault.module, fault.target))
+    if kind:
+        return kind
+    if fault.is_activation:
+        return "activation"
+    return "buffer" if fault.target in BUFFER_NAMES else "parameter"
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:

@@ -30,12 +30,19 @@ import torch
 import torch.nn as nn
 
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults import MemoryFault, MemoryLayout, MemoryMap, MemoryResolution, PatternMix
+from torchfault.faults import (
+    RUN_OUTCOMES,
+    MemoryFault,
+    MemoryLayout,
+    MemoryMap,
+    MemoryResolution,
+    PatternMix,
+)
 from torchfault.injectors._inject import Injection, inject
 
 __all__ = ["MemoryInjection", "MemoryCampaignResult", "inject_memory", "memory_campaign"]
 
-MEMORY_OUTCOMES = ("masked", "benign", "sdc", "due", "detected")
+MEMORY_OUTCOMES = RUN_OUTCOMES
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults import Fault
+from torchfault.faults import OUTCOMES, RUN_OUTCOMES, Fault
 
 __all__ = [
     "OUTCOMES",
@@ -18,12 +18,8 @@ __all__ = [
     "GoldenRecord",
 ]
 
-#: The four outcomes every campaign reports (a criterion gives them).
-OUTCOMES = ("masked", "benign", "sdc", "due")
-#: Every outcome a run may have: :data:`OUTCOMES` and ``detected`` (an error flagged before the
-#: model used the data, e.g. by a memory's ECC decoder; the run is not executed). Counts and
-#: summaries list ``detected`` only when some run has it.
-RUN_OUTCOMES = (*OUTCOMES, "detected")
+# OUTCOMES (the four every campaign reports) and RUN_OUTCOMES (and ``detected``) are defined
+# once, in torchfault.faults, and re-exported here.
 
 
 def present_outcomes(outcomes: Any) -> tuple[str, ...]:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from torchfault.errors import StoreMismatchError, TorchFaultError
-from torchfault.faults import Fault, FaultSite
+from torchfault.faults import Fault, FaultSite, fault_kind
 from torchfault.store._check import StoreDamagedError, damage_advice, inspect_file, refusal
 from torchfault.store._lock import StoreLock
 from torchfault.store._records import (
@@ -60,7 +60,6 @@ __all__ = ["ResultStore", "SCHEMA_VERSION", "open_store"]
 
 SCHEMA_VERSION = "1"
 _MODES = ("a", "w", "r")
-_BUFFER_NAMES = {"running_mean", "running_var", "num_batches_tracked"}
 _RESERVED_META = (
     "config",
     "seed",
@@ -559,12 +558,7 @@ class ResultStore:
         self._kinds = {(s.module, s.target): s.kind for s in sites}
 
     def _kind(self, f: Fault) -> str:
-        kind = self._kinds.get((f.module, f.target))
-        if kind:
-            return kind
-        if f.is_activation:
-            return "activation"
-        return "buffer" if f.target in _BUFFER_NAMES else "parameter"
+        return fault_kind(f, self._kinds)
 
     def add_faults(self, records: Iterable[FaultRecord]) -> None:
         """Record faults (one transaction per call; a fault id already stored is kept as is)."""
