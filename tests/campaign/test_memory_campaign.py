@@ -196,3 +196,14 @@ def test_a_memory_campaign_resumes_from_its_store(tmp_path):
 
     assert sorted(map(key, again.runs)) == sorted(map(key, first.runs))
     assert len(first.runs) == 8 * 10
+    # the report lists the detected runs: the markdown and HTML overall tables, counted by hand
+    from torchfault.analysis import make_report
+
+    n_detected = sum(r.outcome == "detected" for r in first.runs)
+    assert n_detected > 0
+    cfg = from_dict(CampaignConfig, d)
+    make_report(cfg.store_path, tmp_path / "report", html=True)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"| detected | {n_detected} |" in md
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert f'<tr><td>detected</td><td data-v="{n_detected}">{n_detected:,}</td>' in html

@@ -43,7 +43,6 @@ from torchfault.analysis._summary import (
     METHOD_LABELS,
     MULTIPLE,
     NONE,
-    OUTCOMES,
     Row,
     Summary,
     _pct,
@@ -488,7 +487,7 @@ def html_report(
         + _td(_pct(o.rates[out].rate), o.rates[out].rate)
         + _td(f"[{_pct(o.rates[out].low)}, {_pct(o.rates[out].high)}]", o.rates[out].low)
         + "</tr>"
-        for out in OUTCOMES
+        for out in o.rates  # the four outcomes, and detected when a run has it
     )
     outcome_table = (
         '<div class="scroll"><table class="sortable" id="table-overall"><thead><tr>'

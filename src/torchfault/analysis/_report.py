@@ -19,7 +19,6 @@ from torchfault.analysis._summary import (
     METHOD_LABELS,
     MULTIPLE,
     NONE,
-    OUTCOMES,
     WHOLE,
     Row,
     Summary,
@@ -30,7 +29,13 @@ from torchfault.store import open_store
 
 __all__ = ["make_report", "plot_rate_per_layer", "plot_rate_per_bit", "plot_outcome_mix"]
 
-_COLOURS = {"masked": "#4c9a5b", "benign": "#5b8fd0", "sdc": "#d0453b", "due": "#e8a33d"}
+_COLOURS = {
+    "masked": "#4c9a5b",
+    "benign": "#5b8fd0",
+    "sdc": "#d0453b",
+    "due": "#e8a33d",
+    "detected": "#8a6bbf",
+}
 _MAX_BARS = 60
 
 
@@ -143,7 +148,7 @@ def plot_outcome_mix(summary: Summary, path: str | os.PathLike[str]) -> Path:
     else:
         ys = list(range(len(rows)))[::-1]
         left = [0.0] * len(rows)
-        for outcome in OUTCOMES:
+        for outcome in summary.overall.counts:  # the four, and detected when a run has it
             shares = [100 * r.counts[outcome] / r.n if r.n else 0.0 for r in rows]
             ax.barh(ys, shares, left=left, color=_COLOURS[outcome], label=outcome)
             left = [a + b for a, b in zip(left, shares)]
