@@ -413,7 +413,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 field=where,
             )
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
@@ -505,7 +505,7 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
     if translate is not None:  # a config that still reads its old keys (with a warning)
         data = translate(data, prefix)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)

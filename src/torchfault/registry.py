@@ -31,6 +31,7 @@ of four hand-written wrappers per family:
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 import importlib.metadata
 import logging
@@ -164,12 +165,12 @@ class Registry(Generic[T]):
 
         def deco(obj: T) -> T:
             self.add(
-                name or obj.__name__,
+                name or getattr(obj, "__name__"),  # noqa: B009 - T is any class or function
                 obj,
                 description=description,
                 overwrite=overwrite,
                 **capabilities,
-            )  # type: ignore[attr-defined]
+            )
             return obj
 
         return deco
@@ -239,7 +240,7 @@ class Registry(Generic[T]):
 
     def create(self, name: str, **kwargs: Any) -> Any:
         """Call the registered object with ``kwargs``; unknown keywords are named in the error."""
-        obj = self.get(name)
+        obj: Any = self.get(name)
         try:
             return obj(**kwargs)
         except TypeError as exc:
@@ -309,7 +310,7 @@ class Registry(Generic[T]):
             fn.__module__ = module
         return RegistryFunctions(register, list_, is_, create, get)
 
-    def infos(self, filter: str | None = None) -> list[EntryInfo]:
+    def infos(self, filter: str | None = None) -> builtins.list[EntryInfo]:
         return [self._entries[n] for n in self.list(filter)]
 
     def __iter__(self) -> Iterator[str]:

@@ -140,7 +140,9 @@ def stored_tensors(
     ``sparse_indices`` (only for callers that install :func:`sparse_guard`), its index tensors.
     """
     out: dict[str, tuple[str, torch.Tensor]] = {}
-    own = [("parameter", n, p) for n, p in module.named_parameters(recurse=False)]
+    own: list[tuple[str, str, torch.Tensor | None]] = [
+        ("parameter", n, p) for n, p in module.named_parameters(recurse=False)
+    ]
     own += [("buffer", n, b) for n, b in module.named_buffers(recurse=False)]
     for kind, name, t in own:
         if t is None:
@@ -154,7 +156,8 @@ def stored_tensors(
     for name in ("weight", "bias"):
         if name not in out and is_packed(module, name):
             try:
-                t = getattr(module, name)()
+                packed: Any = getattr(module, name)
+                t = packed()
             except Exception:  # noqa: BLE001 - some modules raise when unpacking
                 t = None
             if isinstance(t, torch.Tensor):
@@ -176,9 +179,10 @@ def get_stored(module: nn.Module, target: str) -> torch.Tensor | None:
 
 def set_packed(module: nn.Module, target: str, tensor: torch.Tensor) -> None:
     """Write a packed quantized weight or bias back into its module."""
-    w, b = module.weight(), module.bias()
+    packed: Any = module
+    w, b = packed.weight(), packed.bias()
     if target == "weight":
         w = tensor
     else:
         b = tensor
-    module.set_weight_bias(w, b)
+    packed.set_weight_bias(w, b)

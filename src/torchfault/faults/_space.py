@@ -125,7 +125,8 @@ def fault_space(
         672
     """
     if targets is None:
-        targets = TargetSpec(modules=modules, kinds=kinds or TargetSpec.kinds, format=format)
+        kinds_: Any = kinds or TargetSpec.kinds  # any spelling: __post_init__ normalises it
+        targets = TargetSpec(modules=modules, kinds=kinds_, format=format)
     elif isinstance(targets, dict):
         targets = TargetSpec(**targets)
     elif not isinstance(targets, TargetSpec):

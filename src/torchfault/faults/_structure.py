@@ -115,7 +115,7 @@ def _replace(obj: Any, path: tuple[Any, ...], new: torch.Tensor) -> Any:
     step, rest = path[0], path[1:]
     if isinstance(obj, Mapping):
         key = step if step in obj else str(step)
-        out = dict(obj) if type(obj) is dict else obj.__class__(obj)
+        out: Any = dict(obj) if type(obj) is dict else obj.__class__(obj)  # type: ignore[call-arg]
         out[key] = _replace(obj[key], rest, new)
         return out
     if isinstance(obj, list):

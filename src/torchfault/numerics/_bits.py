@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
@@ -160,7 +161,7 @@ def _encode(values: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
 def _decode(words: torch.Tensor, fmt: NumberFormat, dtype: torch.dtype) -> torch.Tensor:
     """Words of a float or fixed format -> values of ``dtype``."""
     if fmt.kind == "float":
-        return words.to(fmt.word_dtype).view(fmt.value_dtype).to(dtype)
+        return words.to(fmt.word_dtype).view(cast(torch.dtype, fmt.value_dtype)).to(dtype)
     q = wrap_words(words, fmt).to(torch.int64)
     return (q.to(torch.float64) * (2.0**-fmt.frac_bits)).to(dtype)
 
@@ -279,8 +280,14 @@ def _apply_op(words: torch.Tensor, mask: torch.Tensor, op: str) -> torch.Tensor:
     return mask.clone()  # set
 
 
-def _prepare(x, index, mask, op, fmt):
-    own, fmt = _resolve(x, fmt)
+def _prepare(
+    x: torch.Tensor,
+    index: torch.Tensor | Sequence[int] | int,
+    mask: torch.Tensor | int,
+    op: str,
+    spec: FormatSpec,
+) -> tuple[NumberFormat, NumberFormat, torch.Tensor, torch.Tensor]:
+    own, fmt = _resolve(x, spec)
     _check_op(op)
     idx = _as_index(index, x.numel())
     m = _as_mask(mask, idx.numel(), fmt)
