@@ -116,3 +116,23 @@ def test_hubconf_without_installed_torchfault(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "LeNet" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["lenet", "mlp"])
+def test_export_of_the_example_config_is_the_shipped_file_byte_for_byte(name, tmp_path) -> None:
+    """What ``train`` exports for the example YAML (in the model:/data: vocabulary), given the
+    shipped weights and metrics, is the shipped file byte for byte: the embedded config kept its
+    format (training itself is bit-reproducible: test_seeded_runs_are_bit_identical)."""
+    from torchfault.config import from_dict, load_yaml
+    from torchfault.dnn._training import _export
+
+    shipped = dnn.pretrained_path(name, "digits")
+    payload = dnn.load_checkpoint(shipped)
+    if payload["torch_version"] != str(torch.__version__):
+        pytest.skip(f"shipped with torch {payload['torch_version']}, this is {torch.__version__}")
+    cfg = from_dict(dnn.TrainConfig, load_yaml(REPO / "examples" / f"train_{name}_digits.yaml"))
+    # display only (see above): the shipped runs had no terminal
+    cfg.trainer.enable_progress_bar = payload["config"]["trainer"]["enable_progress_bar"]
+    out = tmp_path / "w.pt.xz"
+    _export(dnn.create_model(name, pretrained=True), cfg, payload["metrics"], out)
+    assert out.read_bytes() == shipped.read_bytes()

@@ -692,20 +692,27 @@ def train(cfg: TrainConfig) -> TrainResult:
     model, metrics, run_dir, best = _fit(cfg, model, dm, cfg.run_name)
     exported = None
     if cfg.export:
-        exported = export_weights(
-            model,
-            cfg.export,
-            model_name=cfg.model.name,
-            dataset=_model_dataset(cfg),
-            metrics=metrics,
-            extra={
-                "model_options": _plain(cfg.model.kwargs),
-                # where the run was written is not part of the recipe: leave it out, so the
-                # file is the same byte for byte wherever it is exported
-                "config": _recipe(cfg),
-            },
-        )
+        exported = _export(model, cfg, metrics, cfg.export)
     return TrainResult(model, metrics, run_dir, best, exported)
+
+
+def _export(
+    model: nn.Module, cfg: TrainConfig, metrics: dict[str, float], path: str | Path
+) -> CheckpointInfo:
+    """The weights file ``train`` exports (``export: FILE``)."""
+    return export_weights(
+        model,
+        path,
+        model_name=cfg.model.name,
+        dataset=_model_dataset(cfg),
+        metrics=metrics,
+        extra={
+            "model_options": _plain(cfg.model.kwargs),
+            # where the run was written is not part of the recipe: leave it out, so the
+            # file is the same byte for byte wherever it is exported
+            "config": _recipe(cfg),
+        },
+    )
 
 
 def _recipe(cfg: TrainConfig) -> dict[str, Any]:
@@ -759,7 +766,9 @@ def cross_validate(cfg: TrainConfig, folds: int | None = None) -> CrossValidatio
     from torchfault.dnn._lightning import ClassificationDataModule
 
     opts, name = cfg.data.kwargs, cfg.data.dataset
-    pool = ConcatDataset([create_dataset(name, split=s, **opts) for s in ("train", "val")])
+    pool: ConcatDataset[Any] = ConcatDataset(
+        [create_dataset(name, split=s, **opts) for s in ("train", "val")]
+    )
     test_set = create_dataset(name, split="test", **opts)
     labels = [int(pool[i][1]) for i in range(len(pool))]
     if min(labels.count(c) for c in set(labels)) < k:
