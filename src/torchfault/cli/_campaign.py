@@ -37,7 +37,7 @@ def setup_logging(run_dir: str | Path, name: str = "campaign") -> Path:
     file = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for h in (console, file):
-        h._torchfault = True  # type: ignore[attr-defined]
+        h._torchfault = True  # type: ignore[union-attr]
         h.addFilter(_printable)
         root.addHandler(h)
     root.propagate = False

@@ -75,20 +75,20 @@ def train_job(cfg: TrainConfig) -> int:
                 "without --cv to train and export one).",
                 file=sys.stderr,
             )
-        result = cross_validate(cfg)
+        cv = cross_validate(cfg)
         from rich.table import Table
 
-        keys = sorted(result.mean)
+        keys = sorted(cv.mean)
         table = Table(
             title=f"{cfg.cv}-fold cross-validation of {cfg.model.name} on {cfg.data.dataset}"
         )
         table.add_column("fold")
         for k in keys:
             table.add_column(k, justify="right")
-        for r in result.folds:
+        for r in cv.folds:
             table.add_row(str(int(r["fold"])), *(f"{r.get(k, float('nan')):.4f}" for k in keys))
-        table.add_row("mean", *(f"{result.mean[k]:.4f}" for k in keys))
-        table.add_row("std", *(f"{result.std[k]:.4f}" for k in keys))
+        table.add_row("mean", *(f"{cv.mean[k]:.4f}" for k in keys))
+        table.add_row("std", *(f"{cv.std[k]:.4f}" for k in keys))
         console.print(table)
         return 0
     result = train(cfg)

@@ -131,7 +131,8 @@ class _Stages:
     """What the report is doing: a spinner on a terminal, one line per stage when piped."""
 
     def __init__(self, console: Any, show: bool) -> None:
-        self.console, self.show, self._status = console, show, None
+        self.console, self.show = console, show
+        self._status: Any = None  # rich's status spinner while it shows
         self._t0 = time.perf_counter()
 
     def __enter__(self) -> _Stages:

@@ -138,7 +138,7 @@ def dataset_info(name: str, **options: Any) -> dict[str, Any]:
         ((3, 32, 32), 4)
     """
     if is_factory_spec(name):
-        ds = create_dataset(name, split="test", **options)
+        ds: Any = create_dataset(name, split="test", **options)  # a sized dataset
         if len(ds) == 0:
             raise TorchFaultError(f"dataset {name!r}: its test split is empty.")
         shape = getattr(ds, "input_shape", None) or tuple(ds[0][0].shape)

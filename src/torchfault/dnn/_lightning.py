@@ -199,8 +199,10 @@ class ClassifierModule(pl.LightningModule):
         self._step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        hp: Any = self.hparams  # Lightning's AttributeDict of the saved hyperparameters
         params = self.model.parameters()
+        opt: torch.optim.Optimizer
+        sched: Any
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(
                 params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay

@@ -515,7 +515,8 @@ def create_model(
         >>> create_model("lenet", dataset="synthetic", dataset_options=opts).fc3.out_features
         4
     """
-    factory = cls = None
+    factory: Any = None
+    cls: Any = None
     # options that reshape a zoo model (shipped weights that then do not fit: the options' fault)
     reshaped = bool(options) or input_shape is not None or num_classes is not None
     if is_factory_spec(name):

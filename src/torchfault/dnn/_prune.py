@@ -70,7 +70,7 @@ def prunable_modules(
         >>> [n for n, _ in prunable_modules(create_model("lenet"), ["conv*"])]
         ['conv1', 'conv2']
     """
-    found = [
+    found: list[tuple[str, nn.Module]] = [
         (n, m)
         for n, m in model.named_modules()
         if isinstance(m, _PRUNABLE) and getattr(m, parameter, None) is not None

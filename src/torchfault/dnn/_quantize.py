@@ -129,7 +129,7 @@ def quantize_model(
     float_model = copy.deepcopy(model).cpu().eval()
     if example_inputs is None:
         if hasattr(float_model, "example_inputs"):
-            example_inputs = float_model.example_inputs(1)
+            example_inputs = float_model.example_inputs(1)  # type: ignore[operator]
         else:
             example_inputs = next(iter(_batches(calibration, batch_size)))[:1]
     with _quiet():

@@ -230,11 +230,12 @@ def _own_params(m: nn.Module) -> tuple[int, int, int, int]:
     n = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     pbytes = sum(p.numel() * p.element_size() for p in params)
-    weight = getattr(m, "weight", None)
+    weight: Any = getattr(m, "weight", None)
     if not params and callable(weight):  # quantized modules keep packed weights
         try:
             w = weight()
-            bias = m.bias() if callable(getattr(m, "bias", None)) else None
+            packed_bias: Any = getattr(m, "bias", None)
+            bias = packed_bias() if callable(packed_bias) else None
         except Exception:  # noqa: BLE001 - not a quantized module after all
             w = bias = None
         for t in (w, bias):
@@ -301,7 +302,7 @@ def summarize_model(
     handles = [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False, depth=None)  # type: ignore[arg-type]
     try:
         with counter:
             model(inputs)
