@@ -526,3 +526,39 @@ def test_protection_section_of_a_real_campaign(tmp_path, monkeypatch):
     with_counts = {o: sum(1 for r in doc["runs"] if r[2] == o) for o in counts}
     assert {o: int(c[1]) for o, c in counts.items()} == with_counts
     assert sum(int(c[0]) for c in counts.values()) == len(doc["runs"]) == 30
+
+
+@pytest.mark.slow
+def test_propagation_and_vulnerability_sections_in_a_real_browser(browser, tmp_path):
+    """A stored campaign with traces, reported with vulnerability maps: the propagation and
+    vulnerability sections are in the nav, drawn with ink, their images load, and the
+    propagation table sorts by its deviating column."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("PIL")
+    from selenium.webdriver.common.by import By
+
+    from .test_report_sections import _campaign
+
+    store = _campaign(tmp_path / "c", True)
+    path = make_html_report(store, tmp_path / "report.html", vulnerability="element")
+    browser.get(path.as_uri())
+    assert not [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+    nav = browser.execute_script(
+        "return Array.from(document.querySelectorAll('nav a')).map(a => a.getAttribute('href'))"
+    )
+    assert "#propagation" in nav and "#vulnerability" in nav
+    for sid in ("propagation", "plot-propagation", "vulnerability"):
+        el = browser.find_element(By.ID, sid)
+        browser.execute_script("arguments[0].scrollIntoView()", el)
+        assert el.size["height"] > 20, sid
+        assert _ink(el.screenshot_as_png) > 0.01, sid
+    heatmaps = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#vulnerability figure img'))"
+        ".map(i => i.complete && i.naturalWidth > 100)"
+    )
+    assert heatmaps and all(heatmaps)
+    th = browser.find_element(By.CSS_SELECTOR, "#table-propagation thead th:nth-child(4) button")
+    th.click()
+    counts = [int(c.replace(",", "")) for c in _column(browser, "table-propagation", 3)]
+    assert counts == sorted(counts, reverse=True) and max(counts) > 0

@@ -424,13 +424,29 @@ def protection_section(store: Any) -> str | None:
     )
 
 
+def _propagation_section(store: Any) -> str | None:
+    from torchfault.analysis._sections import propagation_section
+
+    return propagation_section(store)
+
+
 #: Optional sections: ``(id, title, function(store) -> HTML or None)``. A function returns
 #: ``None`` when the store holds no data for it, and the section is left out: the protection a
-#: campaign measured (``protection.json``) is one; propagation results join the same way once
-#: campaigns record them.
+#: campaign measured (``protection.json``) and the propagation of the traces a campaign stored
+#: (``trace.enabled``; :mod:`torchfault.analysis._sections`).
 EXTRA_SECTIONS: list[tuple[str, str, Callable[[Any], str | None]]] = [
     ("protection", "Protection", protection_section),
+    ("propagation", "Propagation", _propagation_section),
 ]
+
+
+def check_vulnerability(vulnerability: str | None) -> None:
+    """Refuse a ``vulnerability`` option other than ``None``, ``"element"`` or ``"channel"``."""
+    if vulnerability not in (None, "element", "channel"):
+        raise TorchFaultError(
+            f"vulnerability: {vulnerability!r} is not valid; choose element, channel or None.",
+            field="vulnerability",
+        )
 
 
 # ---------------------------------------------------------------- the page
@@ -583,6 +599,7 @@ def make_html_report(
     summary: Summary | None = None,
     files: dict[str, str] | None = None,
     plots: Sequence[tuple[str, Path]] | None = None,
+    vulnerability: str | None = None,
 ) -> Path:
     """Write ``report.html`` of a stored campaign: one self-contained file.
 
@@ -596,6 +613,9 @@ def make_html_report(
         files: ``{group: file name}`` of files holding every row of long breakdowns.
         plots: ``(title, PNG path)`` of the three plots of :func:`make_report`, when drawn
             already (else they are drawn here).
+        vulnerability: ``"element"`` or ``"channel"``: add the vulnerability maps (heatmaps
+            of the SDC rate per element or channel of every stored tensor, with run counts and
+            intervals, and the most vulnerable cells); ``None`` (default): none.
 
     Returns:
         The path written.
@@ -611,6 +631,7 @@ def make_html_report(
         >>> make_html_report(tmp / "c.sqlite").name
         'report.html'
     """
+    check_vulnerability(vulnerability)
     store_path = Path(store_path)
     with open_store(store_path) as store:
         if summary is None:
@@ -622,6 +643,12 @@ def make_html_report(
             inner = fn(store)
             if inner:
                 extra.append((sid, title, inner))
+        if vulnerability is not None:
+            from torchfault.analysis._sections import vulnerability_section
+
+            extra.append(
+                ("vulnerability", "Vulnerability", vulnerability_section(store, vulnerability))
+            )
     page = html_report(
         summary,
         meta,

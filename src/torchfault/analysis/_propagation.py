@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchfault.faults import Fault
+from torchfault.faults import Fault, fault_kind
 from torchfault.injectors import RangeProfile, inject, select_layers
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Trace",
     "layer_order",
     "propagation_by_depth",
+    "propagation_by_group",
     "read_traces",
     "trace_rows",
     "trace_runs",
@@ -218,6 +219,39 @@ def propagation_by_depth(traces: Sequence[Trace]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def propagation_by_group(
+    traces: Sequence[Trace],
+    faults: Any,
+    kinds: Any = None,
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """:func:`propagation_by_depth` per (fault kind, bit) group: the kind of tensor the run's
+    fault hits (:func:`torchfault.faults.fault_kind`, ``kinds`` as there) and its most
+    significant flipped bit (``"(whole)"`` for a fault without bits); runs of several faults
+    form the group ``("(multiple)", "(multiple)")``. Groups in order of kind, then bit (high
+    first).
+
+    Example:
+        >>> t = Trace(0, 0, (LayerDeviation("a", 2.0, 1.0, 1),), None, None)
+        >>> g = propagation_by_group([t], {0: (Fault("a", "weight", (0,), (30,)),)})
+        >>> list(g), g[("parameter", "30")][0]["deviating"]
+        ([('parameter', '30')], 1)
+    """
+    parts: dict[tuple[str, str], list[Trace]] = {}
+    for t in traces:
+        fs = tuple(faults.get(t.fault_id, ()))
+        if len(fs) == 1:
+            f = fs[0]
+            key = (fault_kind(f, kinds), str(max(f.bits)) if f.bits else "(whole)")
+        else:
+            key = ("(multiple)", "(multiple)")
+        parts.setdefault(key, []).append(t)
+
+    def order(k: tuple[str, str]) -> tuple[str, int, str]:
+        return (k[0], -int(k[1]) if k[1].isdigit() else 1, k[1])
+
+    return {k: propagation_by_depth(parts[k]) for k in sorted(parts, key=order)}
 
 
 @torch.no_grad()

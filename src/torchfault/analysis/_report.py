@@ -196,6 +196,7 @@ def _markdown(
     images: Sequence[tuple[str, Path]],
     files: dict[str, str] | None = None,
     state_text: str = "",
+    sections: Sequence[str] = (),
 ) -> str:
     files = files or {}
     long = {g: rows for g, rows in summary.groups.items() if g in files}
@@ -227,6 +228,7 @@ def _markdown(
     lines += ["## Plots", ""]
     for title, image in images:
         lines += [f"### {title}", "", f"![{title}]({image.name})", ""]
+    lines += list(sections)
     lines += [
         "## Campaign config",
         "",
@@ -252,6 +254,7 @@ def make_report(
     per_element: bool = False,
     html: bool = False,
     summary: Summary | None = None,
+    vulnerability: str | None = None,
 ) -> list[Path]:
     """Write the plots, ``summary.json`` and ``report.md`` of a stored campaign.
 
@@ -270,6 +273,10 @@ def make_report(
             (:func:`~torchfault.analysis.make_html_report`).
         summary: the store's summary when the caller has computed it already (with these
             ``confidence``, ``method`` and ``per_element``): it is not computed again.
+        vulnerability: ``"element"`` or ``"channel"``: add the vulnerability maps (a table of
+            the most vulnerable cells per stored tensor and ``heatmap_<module>-<target>.png``);
+            ``None`` (default): none. A store with traces always gets a propagation section
+            (and ``propagation.png``).
 
     Returns:
         The files written: ``rate_per_layer.png``, ``rate_per_bit.png``, ``outcome_mix.png``,
@@ -289,7 +296,10 @@ def make_report(
     """
     store_path = Path(store_path)
     _figure(1, 1)  # fail early, naming the extra, when matplotlib is missing
-    from torchfault.analysis._html import make_html_report, store_state
+    from torchfault.analysis._html import check_vulnerability, make_html_report, store_state
+    from torchfault.analysis._sections import propagation_markdown, vulnerability_markdown
+
+    check_vulnerability(vulnerability)
 
     with open_store(store_path) as store:
         if summary is None:
@@ -314,14 +324,25 @@ def make_report(
         summary_json = out / "summary.json"
         summary_json.write_text(json.dumps(summary.to_dict(), indent=1, default=str))
         extra = [summary.to_csv(out / name, groups=[g]) for g, name in tables.items()]
+        with open_store(store_path) as store:
+            sections = propagation_markdown(store, out)
+            if vulnerability is not None:
+                sections += vulnerability_markdown(store, vulnerability, out)
         report = out / "report.md"
-        report.write_text(_markdown(summary, meta, store_path, images, tables, state.message()))
+        report.write_text(
+            _markdown(summary, meta, store_path, images, tables, state.message(), sections)
+        )
     except OSError as exc:
         raise TorchFaultError(f"cannot write the report into {str(out)!r}: {exc}") from None
     if html:
         extra.append(
             make_html_report(
-                store_path, out / "report.html", summary=summary, files=tables, plots=images
+                store_path,
+                out / "report.html",
+                summary=summary,
+                files=tables,
+                plots=images,
+                vulnerability=vulnerability,
             )
         )
     return [p for _, p in images] + [summary_json, report] + extra
