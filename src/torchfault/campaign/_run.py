@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 
 from torchfault.campaign._device import resolve_device
-from torchfault.campaign._engine import RunTask, _forward, make_engine
-from torchfault.campaign._outcome import Criterion, check_fit
+from torchfault.campaign._engine import RunTask, make_engine
+from torchfault.campaign._golden import golden_run, prepare_golden
+from torchfault.campaign._outcome import Criterion
 from torchfault.campaign._structure import Batched, as_batched
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
@@ -217,33 +218,6 @@ def summarize_metrics(
     return out
 
 
-@torch.no_grad()
-def golden_run(
-    model: nn.Module, inputs: torch.Tensor | Batched | Any, batch_size: int = 256
-) -> torch.Tensor | list[Any]:
-    """The fault-free outputs of ``model`` on ``inputs``, in batches: one tensor (rows first)
-    when the model returns a tensor for a tensor input, else a list of per-input outputs."""
-    inputs = as_batched(inputs)
-    n = len(inputs) if isinstance(inputs, Batched) else inputs.shape[0]
-    outs: list[Any] = []
-    for start in range(0, n, batch_size):
-        try:
-            # a copy: a model may modify its input in place, and the inputs must stay golden
-            out = _forward(model, inputs[start : start + batch_size].clone())
-        except TypeError as exc:
-            raise TorchFaultError(str(exc)) from None
-        outs.append(out.detach() if isinstance(out, torch.Tensor) else _detached(out))
-    if all(isinstance(o, torch.Tensor) for o in outs):
-        return torch.cat(outs)
-    return [row for o in outs for row in (list(o) if not isinstance(o, torch.Tensor) else o)]
-
-
-def _detached(rows: list[Any]) -> list[Any]:
-    from torchfault.campaign._structure import _map
-
-    return [_map(r, lambda t: t.detach()) for r in rows]
-
-
 def make_criterion(
     criterion: str | Criterion | Any = "top1",
     topk: int = 1,
@@ -371,24 +345,18 @@ def run_campaign(
         inputs = inputs.to(dev)
     model.eval()
     try:
-        golden = golden_run(model, inputs, batch_size)
-        check_fit(golden, crit)
-        if crit.topk != 1 or crit.name == "topk":
-            from torchfault.campaign._config import check_topk
-
-            check_topk(golden, crit.topk)
+        golden = prepare_golden(model, inputs, crit, batch_size)  # the one Campaign runs too
         ids = list(range(n_inputs))
-        eng = make_engine(engine, model, inputs, golden, crit, batch_size)
+        eng = make_engine(engine, model, inputs, golden.outputs, crit, batch_size)
         if only_correct:
             if labels is None:
                 raise TorchFaultError("run_campaign(only_correct=True) needs labels.")
-            top1 = eng.golden_top1(ids)
-            if any(t is None for t in top1):
+            if not golden.has_classes:
                 raise TorchFaultError(
                     f"run_campaign(only_correct=True): criterion {crit.label!r} gives no class "
                     "per input to compare with the labels."
                 )
-            ids = [i for i, t in zip(ids, top1) if int(t) == int(labels.reshape(-1)[i])]  # type: ignore[arg-type]
+            ids = golden.correct_inputs(labels)
         tasks = [RunTask(k, fs, tuple(ids)) for k, fs in enumerate(sets)]
         runs = eng.run(tasks)
         protected = None
@@ -398,7 +366,7 @@ def run_campaign(
             protected = protected_runs(
                 model,
                 inputs,
-                golden,
+                golden.outputs,
                 crit,
                 tasks,
                 runs,
