@@ -89,7 +89,7 @@ def sample_size(
         9604
     """
     if isinstance(population, bool) or not isinstance(population, int):
-        if isinstance(population, float) and population.is_integer():
+        if isinstance(population, float) and float.is_integer(population):
             population = int(population)
         elif hasattr(population, "__index__"):
             population = int(population)  # numpy integers

@@ -225,7 +225,8 @@ def check_store(path: str | os.PathLike[str]) -> CheckReport:
             ("faults", "fault_id"),
             ("runs", "fault_id"),
         ):
-            n, lost = 0, []
+            n = 0
+            lost: list[Any] = []
             for row in _scan(conn, f"SELECT * FROM {table}", key, lost):
                 n += 1
                 if table == "faults":

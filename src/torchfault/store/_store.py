@@ -628,7 +628,7 @@ class ResultStore:
         Each record is a :class:`GoldenRecord`, a tuple ``(input_id, top1, label, digest)`` or a
         mapping with those keys.
         """
-        records = [
+        goldens = [
             g
             if isinstance(g, GoldenRecord)
             else GoldenRecord(**g)
@@ -637,7 +637,7 @@ class ResultStore:
             for g in records
         ]
         stored = self.golden()
-        for g in records:
+        for g in goldens:
             old = stored.get(int(g.input_id))
             if old is not None and old != g:
                 raise StoreMismatchError(
@@ -652,7 +652,7 @@ class ResultStore:
                 None if g.label is None else int(g.label),
                 g.digest,
             )
-            for g in records
+            for g in goldens
             if int(g.input_id) not in stored
         ]
         if rows:
