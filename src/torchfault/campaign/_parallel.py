@@ -22,6 +22,15 @@ process, estimates the serial time of the rest from it, and starts worker proces
 that estimate is large enough for them to pay back their start-up (spawning a worker that imports
 torch costs seconds); otherwise it finishes serially.
 
+Devices: when the campaign's model lives on a CUDA GPU (``engine.device`` ``cuda`` or ``cuda:N``),
+each ``process`` worker gets one GPU of its own, round-robin over the GPUs this process sees
+starting at the campaign's (:func:`worker_devices`): the model, inputs and golden outputs are
+loaded straight onto that GPU in the worker. Ray actors ask Ray for ``num_gpus`` GPUs each (by
+default one when the campaign is on CUDA, none otherwise) and load onto the GPU Ray gives them. On
+the CPU (and ``mps``) nothing changes: every worker uses the campaign's device. None of this has
+been run on a GPU by torchfault's tests (their machines have none): the assignment and the Ray
+options are unit-tested with a mocked GPU count, the GPU tests are marked ``gpu``.
+
 Ray is imported only when the ``ray`` executor is used; without it, that executor raises a
 :class:`~torchfault.errors.TorchFaultError` that names the ``ray`` extra.
 """
@@ -29,6 +38,9 @@ Ray is imported only when the ``ray`` executor is used; without it, that executo
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
+import itertools
 import logging
 import os
 import pickle
@@ -44,7 +56,14 @@ from torchfault.campaign._executors import EXECUTORS, Executor
 from torchfault.errors import TorchFaultError
 from torchfault.store import RunRecord
 
-__all__ = ["AutoExecutor", "ProcessExecutor", "RayExecutor"]
+__all__ = [
+    "AutoExecutor",
+    "ProcessExecutor",
+    "RayExecutor",
+    "campaign_device",
+    "ray_actor_options",
+    "worker_devices",
+]
 
 log = logging.getLogger("torchfault.campaign")
 
@@ -71,6 +90,82 @@ def _setup_bytes(setup: Callable[[], Engine]) -> bytes:
         ) from None
 
 
+def campaign_device(setup: Callable[[], Engine]) -> torch.device:
+    """The device the engine ``setup`` builds on: that of the first model or tensor among its
+    arguments (``setup`` is a :func:`functools.partial` of ``build_engine``), else the CPU.
+
+    Example:
+        >>> import functools, torch
+        >>> campaign_device(functools.partial(print, torch.nn.Linear(2, 2)))
+        device(type='cpu')
+    """
+    if not isinstance(setup, functools.partial):
+        return torch.device("cpu")
+    for part in (*setup.args, *setup.keywords.values()):
+        if isinstance(part, torch.nn.Module):
+            for t in itertools.chain(part.parameters(), part.buffers()):
+                return t.device
+        elif isinstance(part, torch.Tensor):
+            return part.device
+    return torch.device("cpu")
+
+
+def worker_devices(
+    device: str | torch.device, workers: int, gpus: int | None = None
+) -> list[torch.device]:
+    """The device of each of ``workers`` worker processes for a campaign on ``device``.
+
+    On a CUDA device the workers take one GPU each, round-robin over the ``gpus`` GPUs visible
+    (default ``torch.cuda.device_count()``) starting at ``device``'s index: ``cuda:0`` with two
+    GPUs and three workers gives ``cuda:0, cuda:1, cuda:0``. Any other device is every worker's.
+
+    Example:
+        >>> worker_devices("cuda", 3, gpus=2)
+        [device(type='cuda', index=0), device(type='cuda', index=1), device(type='cuda', index=0)]
+        >>> worker_devices("cpu", 2)
+        [device(type='cpu'), device(type='cpu')]
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return [device] * workers
+    n = torch.cuda.device_count() if gpus is None else gpus
+    if n < 1:
+        raise TorchFaultError(
+            f"the campaign runs on {device} but worker processes see no CUDA GPU "
+            "(torch.cuda.device_count() is 0); set engine.device to cpu."
+        )
+    start = (device.index or 0) % n
+    return [torch.device("cuda", (start + k) % n) for k in range(workers)]
+
+
+def _setup_bytes_for_devices(setup: Callable[[], Engine]) -> bytes:
+    """``setup`` saved with :func:`torch.save` (copied bytes, never shared memory), so that a
+    worker can load its tensors straight onto its own device (:func:`_load_setup`)."""
+    buf = io.BytesIO()
+    try:
+        torch.save(setup, buf)
+    except Exception as exc:  # noqa: BLE001 - name what could not travel
+        raise TorchFaultError(
+            f"the engine setup cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+            "a model built by a 'file.py:function' factory must be importable, or use "
+            "executor 'serial' or 'threads'."
+        ) from None
+    return buf.getvalue()
+
+
+def _load_setup(data: bytes, home: str, device: str) -> Callable[[], Engine]:
+    """The setup of :func:`_setup_bytes_for_devices`, every tensor that was on ``home`` loaded
+    onto ``device`` (tensors elsewhere stay where they were)."""
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    # bytes this campaign's own process pickled a moment ago (a model, inputs and a callable),
+    # not a file from elsewhere: weights_only loading cannot hold a callable
+    setup: Callable[[], Engine] = torch.load(
+        io.BytesIO(data), map_location={home: device}, weights_only=False
+    )
+    return setup
+
+
 def _die_with_parent(parent: int) -> None:
     """End this worker when process ``parent`` is gone (a killed campaign leaves no worker)."""
     if os.getppid() != parent:  # died before we got here
@@ -85,11 +180,25 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="torchfault-parent-watch", daemon=True).start()
 
 
-def _init_worker(setup: bytes, threads: int, parent: int) -> None:
+def _init_worker(
+    setup: bytes,
+    threads: int,
+    parent: int,
+    devices: tuple[str, ...] = (),
+    home: str = "",
+    counter: Any = None,
+) -> None:
     global _WORKER_ENGINE
     _die_with_parent(parent)
     torch.set_num_threads(threads)
-    _WORKER_ENGINE = pickle.loads(setup)()
+    if not devices:
+        _WORKER_ENGINE = pickle.loads(setup)()
+        return
+    # the k-th worker started (a replacement for a dead one included) takes devices[k % n]
+    with counter.get_lock():
+        k = counter.value
+        counter.value += 1
+    _WORKER_ENGINE = _load_setup(setup, home, devices[k % len(devices)])()
 
 
 def _run_chunk(chunk: Sequence[RunTask]) -> list[RunRecord]:
@@ -111,6 +220,10 @@ class ProcessExecutor(Executor):
     lives until :meth:`close` (or the end of a ``with`` block), so several ``map`` calls with the
     same ``setup`` reuse it.
 
+    When the campaign is on a CUDA GPU, worker ``k`` (in the order they start) runs on
+    ``worker_devices(device, workers)[k]``: one GPU each, round-robin over the visible GPUs
+    (:attr:`devices` after :meth:`map` lists them); on the CPU nothing changes.
+
     Example:
         >>> from torchfault.campaign import create_executor
         >>> ex = create_executor("process", workers=2)
@@ -125,6 +238,10 @@ class ProcessExecutor(Executor):
         super().__init__(workers, address)
         self._pool: Any = None
         self._setup: Any = None
+        #: the campaign's device, when the caller knows it (else read from the setup's model)
+        self.device: torch.device | None = None
+        #: the device each worker was given (empty when they all use the campaign's device)
+        self.devices: list[torch.device] = []
 
     def _ensure_pool(self, setup: Callable[[], Engine]) -> Any:
         if self._pool is not None and self._setup is setup:
@@ -134,11 +251,26 @@ class ProcessExecutor(Executor):
 
         ctx = mp.get_context("spawn")
         threads = _threads_per_worker(self.workers)
-        self._pool = ctx.Pool(
-            self.workers,
-            initializer=_init_worker,
-            initargs=(_setup_bytes(setup), threads, os.getpid()),
-        )
+        home = self.device if self.device is not None else campaign_device(setup)
+        if home.type == "cuda":
+            self.devices = worker_devices(home, self.workers)
+            log.info(
+                "executor process: %d workers on %s",
+                self.workers,
+                ", ".join(str(d) for d in self.devices),
+            )
+            initargs: tuple[Any, ...] = (
+                _setup_bytes_for_devices(setup),
+                threads,
+                os.getpid(),
+                tuple(str(d) for d in self.devices),
+                str(home),
+                ctx.Value("i", 0),
+            )
+        else:
+            self.devices = []
+            initargs = (_setup_bytes(setup), threads, os.getpid())
+        self._pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=initargs)
         self._setup = setup
         return self._pool
 
@@ -246,12 +378,41 @@ def _import_ray() -> Any:
     return ray
 
 
+def ray_actor_options(num_gpus: float | None, device: str | torch.device) -> dict[str, Any]:
+    """The resources each Ray actor asks for: one CPU, and ``num_gpus`` GPUs (``None``: one
+    when the campaign's ``device`` is a CUDA GPU, else none).
+
+    Example:
+        >>> ray_actor_options(None, "cuda:0")
+        {'num_cpus': 1, 'num_gpus': 1}
+        >>> ray_actor_options(0.5, "cuda")
+        {'num_cpus': 1, 'num_gpus': 0.5}
+        >>> ray_actor_options(None, "cpu")
+        {'num_cpus': 1, 'num_gpus': 0}
+    """
+    cuda = torch.device(device).type == "cuda"
+    gpus = (1 if cuda else 0) if num_gpus is None else num_gpus
+    if gpus < 0:
+        raise TorchFaultError(f"executor.num_gpus: must be >= 0, got {num_gpus}.")
+    if cuda and gpus == 0:
+        raise TorchFaultError(
+            f"executor.num_gpus: 0 GPUs per Ray actor, but the campaign runs on {device} "
+            "(engine.device); give num_gpus > 0 (e.g. 1, or 0.5 for two actors per GPU) or "
+            "set engine.device to cpu."
+        )
+    return {"num_cpus": 1, "num_gpus": gpus}
+
+
 class _RayWorker:
     """Body of the Ray actor: builds the engine once, then runs chunks."""
 
-    def __init__(self, setup: bytes, threads: int) -> None:
+    def __init__(self, setup: bytes, threads: int, home: str = "") -> None:
         torch.set_num_threads(threads)
-        self.engine = pickle.loads(setup)()  # a private copy: actors share no mutable state
+        if home.startswith("cuda"):
+            # Ray shows an actor only the GPUs it was given: the first is cuda:0 here
+            self.engine = _load_setup(setup, home, "cuda:0")()
+        else:
+            self.engine = pickle.loads(setup)()  # a private copy: actors share no mutable state
 
     def run(self, chunk: Sequence[RunTask]) -> list[RunRecord]:
         return self.engine.run(chunk)
@@ -266,6 +427,9 @@ class RayExecutor(Executor):
 
     Args:
         workers: actors to start.
+        num_gpus: GPUs each actor asks Ray for (fractions share a GPU); ``None``: one when the
+            campaign's model is on a CUDA GPU, none otherwise (:func:`ray_actor_options`). An
+            actor with a GPU loads the model, inputs and golden outputs onto it.
         address: ``None`` or ``"local"``: use the Ray runtime already initialised in this process
             or start a local one; ``"auto"``: connect to the cluster this machine belongs to; any
             other value is passed to ``ray.init(address=...)`` (``"ray://head:10001"``).
@@ -281,8 +445,13 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, workers: int = 2, address: str | None = None) -> None:
+    def __init__(
+        self, workers: int = 2, address: str | None = None, num_gpus: float | None = None
+    ) -> None:
         super().__init__(workers, address)
+        self.num_gpus = num_gpus
+        #: the campaign's device, when the caller knows it (else read from the setup's model)
+        self.device: torch.device | None = None
         self._started = False
         self._actors: list[Any] = []
         self._setup: Any = None
@@ -307,11 +476,17 @@ class RayExecutor(Executor):
     def _ensure_actors(self, setup: Callable[[], Engine]) -> list[Any]:
         if self._actors and self._setup is setup:
             return self._actors
+        home = self.device if self.device is not None else campaign_device(setup)
+        options = ray_actor_options(self.num_gpus, home)  # a bad num_gpus before Ray starts
         ray = self._connect()
         self._kill_actors()
-        actor = ray.remote(num_cpus=1)(_RayWorker)
-        ref = ray.put(_setup_bytes(setup))
-        self._actors = [actor.remote(ref, 1) for _ in range(self.workers)]
+        actor = ray.remote(**options)(_RayWorker)
+        if home.type == "cuda":
+            ref = ray.put(_setup_bytes_for_devices(setup))
+            self._actors = [actor.remote(ref, 1, str(home)) for _ in range(self.workers)]
+        else:
+            ref = ray.put(_setup_bytes(setup))
+            self._actors = [actor.remote(ref, 1) for _ in range(self.workers)]
         self._setup = setup
         return self._actors
 

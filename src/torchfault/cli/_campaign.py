@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from torchfault.campaign import Campaign, CampaignConfig
 from torchfault.cli import command
@@ -99,6 +100,45 @@ def _close_logging() -> None:
 _FILE_ONLY = {"file_only": True}
 
 
+def metrics_table(metrics: dict[str, dict[str, dict[str, float]]]) -> list[list[str]]:
+    """Rows (metric, outcome, runs, mean, min, max) of :meth:`Campaign.metrics_summary`'s
+    result, ``all`` first for each metric; empty for a criterion that returns no metrics.
+
+    Example:
+        >>> metrics_table({"rel_error": {"all": {"n": 2, "mean": 0.5, "min": 0.0, "max": 1.0}}})
+        [['rel_error', 'all', '2', '0.5', '0', '1']]
+    """
+    rows = []
+    for name, per in metrics.items():
+        for outcome in sorted(per, key=lambda o: (o != "all", o)):
+            s = per[outcome]
+            rows.append(
+                [
+                    name,
+                    outcome,
+                    str(int(s["n"])),
+                    *(f"{float(s[k]):.4g}" for k in ("mean", "min", "max")),
+                ]
+            )
+    return rows
+
+
+def _print_metrics(console: Any, metrics: dict[str, dict[str, dict[str, float]]]) -> None:
+    """The criterion's metrics (``rel_error``, ``miou_drop``...) per outcome, after the outcome
+    summary; nothing for a criterion without metrics."""
+    rows = metrics_table(metrics)
+    if not rows:
+        return
+    from rich.table import Table
+
+    table = Table(title="criterion metrics over the stored runs")
+    for col in ("metric", "outcome", "runs", "mean", "min", "max"):
+        table.add_column(col, justify="left" if col in ("metric", "outcome") else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def _run_campaign(cfg: CampaignConfig, log_file: Path) -> int:
     from rich.console import Console
 
@@ -122,6 +162,7 @@ def _run_campaign(cfg: CampaignConfig, log_file: Path) -> int:
     log.info("%d runs stored in %.1f s", len(result), elapsed)
     summary = camp.summary()
     summary.print(console)
+    _print_metrics(console, camp.metrics_summary())
     mbit = getattr(camp.sampler, "mbit", None)
     if mbit is not None:  # the memory sampler: rates are per upset; FIT = FIT/Mbit x Mbit x rate
         sdc = summary.overall.rates["sdc"]
