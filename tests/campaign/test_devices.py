@@ -93,6 +93,44 @@ def test_each_worker_loads_the_setup_onto_its_own_device(monkeypatch):
     assert counter.value == 5
 
 
+@pytest.mark.parametrize("devices", [(), ("cpu",)])
+def test_a_worker_builds_its_engine_under_deterministic_algorithms_when_asked(monkeypatch, devices):
+    """engine.deterministic reaches every worker: the setup is build_engine(deterministic=True),
+    which switches torch.use_deterministic_algorithms on in the worker before the engine is made
+    (both ways a setup travels: plain pickle and torch.save for devices)."""
+    from torchfault.campaign import golden_run
+    from torchfault.campaign._campaign import build_engine
+    from torchfault.campaign._outcome import Criterion
+
+    monkeypatch.setattr(_parallel, "_die_with_parent", lambda parent: None)
+    model = nn.Sequential(nn.Linear(3, 2)).eval()
+    x = torch.ones(4, 3)
+    setup = functools.partial(
+        build_engine,
+        "reference",
+        model,
+        x,
+        golden_run(model, x),
+        Criterion(),
+        4,
+        deterministic=True,
+    )
+    if devices:
+        data = _parallel._setup_bytes_for_devices(setup)
+        args = (devices, "cpu", multiprocessing.get_context("spawn").Value("i", 0))
+    else:
+        data, args = _parallel._setup_bytes(setup), ()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        _parallel._init_worker(data, torch.get_num_threads(), 0, *args)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert _parallel._WORKER_ENGINE is not None
+    finally:
+        torch.use_deterministic_algorithms(before)
+        monkeypatch.setattr(_parallel, "_WORKER_ENGINE", None)
+
+
 class _FakePool:
     def __init__(self, n, initializer=None, initargs=()):
         self.n, self.initializer, self.initargs = n, initializer, initargs
