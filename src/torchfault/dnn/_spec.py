@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchfault.config import is_factory_spec, load_factory, safe_text
+from torchfault.config import from_dict, is_factory_spec, load_factory, safe_text
 from torchfault.dnn._checkpoint import load_checkpoint
 from torchfault.dnn._datasets import SPLITS, create_dataset, dataset_info
 from torchfault.dnn._models import (
@@ -509,8 +509,6 @@ def legacy_job_keys(*legacy: str) -> Any:
             if isinstance(kwargs.get("model"), str):
                 old["model"] = kwargs.pop("model")
             if old:
-                from torchfault.config import from_dict
-
                 moved = translate_job_keys(old, legacy)
                 hints = typing.get_type_hints(cls)
                 for section, values in moved.items():

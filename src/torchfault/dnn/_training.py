@@ -32,12 +32,19 @@ from torch.utils.data import DataLoader, Dataset
 from torchfault.dnn._checkpoint import (
     COMPRESSIONS,
     CheckpointInfo,
+    load_checkpoint,
     permanent_state_dict,
     save_checkpoint,
 )
-from torchfault.dnn._models import WEIGHTS_FORMAT, extract_state_dict
-from torchfault.dnn._spec import DataSpec, JobModelSpec, legacy_job_keys
-from torchfault.errors import ConfigError, TorchFaultError
+from torchfault.dnn._models import MODELS, WEIGHTS_FORMAT, extract_state_dict
+from torchfault.dnn._spec import (
+    DataSpec,
+    JobModelSpec,
+    build_dataset,
+    build_job_model,
+    legacy_job_keys,
+)
+from torchfault.errors import ConfigError, TorchFaultError, suggest
 
 __all__ = [
     "CheckpointConfig",
@@ -88,8 +95,6 @@ def check_names(
     """A clear error for a model or dataset that is neither registered nor a factory of your own
     (``path/to/file.py:function``); ``fields`` name the two settings in the error."""
     from torchfault.dnn._datasets import DATASETS, is_factory_spec
-    from torchfault.dnn._models import MODELS
-    from torchfault.errors import suggest
 
     if not is_factory_spec(model) and model not in MODELS:
         valid = MODELS.list()
@@ -120,8 +125,6 @@ MONITORABLE = (
 
 
 def _check_monitor(where: str, metric: str) -> None:
-    from torchfault.errors import suggest
-
     if metric not in MONITORABLE:
         raise ConfigError(
             f"{where}: {metric!r} is not a logged metric; choose one of "
@@ -507,8 +510,6 @@ def _quiet_lightning() -> Iterator[None]:
 
 def _build_model(cfg: TrainConfig) -> nn.Module:
     """The starting model: dnn's one builder (the files a campaign reads, ``weights`` too)."""
-    from torchfault.dnn._spec import build_job_model
-
     return build_job_model(cfg)
 
 
@@ -588,8 +589,6 @@ def _fit(
         if checkpoint.best_model_score is not None:
             metrics[f"best_{ck.monitor}"] = float(checkpoint.best_model_score)
         if best:
-            from torchfault.dnn._checkpoint import load_checkpoint
-
             sd = extract_state_dict(load_checkpoint(best), source=best)
             module.model.load_state_dict(sd)
         if cfg.test:
@@ -810,8 +809,6 @@ def parse_rates(value: Any, field_name: str = "ber") -> list[float]:
         >>> parse_rates("1e-6, 1e-5")
         [1e-06, 1e-05]
     """
-    from torchfault.errors import ConfigError
-
     items = value.split(",") if isinstance(value, str) else list(value)
     rates = []
     for item in items:
@@ -884,7 +881,6 @@ def test(cfg: TestConfig) -> dict[str, float]:
     """
     pl = _require_lightning()
     from torchfault.dnn._lightning import ClassificationDataModule
-    from torchfault.dnn._spec import build_dataset, build_job_model
 
     model = build_job_model(cfg)  # shipped weights unless a checkpoint is given
     data = build_dataset(cfg.data)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults import PERSISTENCES, Fault, FaultSite
+from torchfault.faults import FAULT_MODELS, PERSISTENCES, Fault, FaultSite
 from torchfault.registry import Registry
 from torchfault.samplers._size import sample_size
 
@@ -236,8 +236,6 @@ def _permute(idx: np.ndarray, size: int, keys: np.ndarray) -> np.ndarray:
 
 def _whole_element(fault_model: str) -> bool:
     """Whether a registered fault model replaces whole elements (needs no bit positions)."""
-    from torchfault.faults import FAULT_MODELS
-
     if not FAULT_MODELS.is_registered(fault_model):
         return False
     return not FAULT_MODELS.info(fault_model).capabilities.get("needs_bits", True)
