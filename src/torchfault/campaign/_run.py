@@ -173,7 +173,7 @@ def as_fault_sets(faults: Iterable[Fault | Sequence[Fault]] | Fault) -> list[tup
     """Normalise faults to a list of fault sets (one set per run)."""
     if isinstance(faults, Fault):
         return [(faults,)]
-    out = []
+    out: list[tuple[Fault, ...]] = []
     for item in faults:
         if isinstance(item, Fault):
             out.append((item,))
