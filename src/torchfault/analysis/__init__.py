@@ -18,6 +18,12 @@ from torchfault.analysis._design import (
 )
 from torchfault.analysis._export import EXPORT_FORMATS, export_summaries
 from torchfault.analysis._html import StoreState, make_html_report, store_state
+from torchfault.analysis._layer_plan import (
+    MAX_EXHAUSTIVE,
+    ProtectionPlan,
+    layers_to_protect,
+    predicted_sdc,
+)
 from torchfault.analysis._propagation import (
     LayerDeviation,
     Trace,
@@ -72,6 +78,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "MAX_EXHAUSTIVE",
+    "ProtectionPlan",
+    "layers_to_protect",
+    "predicted_sdc",
     "LayerFit",
     "SDCModel",
     "fit_sdc_model",

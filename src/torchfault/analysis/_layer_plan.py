@@ -1,0 +1,318 @@
+# SPDX-License-Identifier: MIT
+"""Which layers must I protect to get below x % SDC? A search on the fitted P(SDC | deviation).
+
+:func:`layers_to_protect` answers it from stored traces without re-running. The model of a
+protection is the one of ``ranger`` (:mod:`torchfault.injectors`): a protected layer's output is
+clamped to its golden range ``[low, high]``, so where a run's output left that range the
+deviation after the clamp is at most the range's width ``high - low`` (both the golden and the
+clamped value lie in the range). For a set ``S`` of protected layers the predicted SDC
+probability of one run is:
+
+- the run's observed outcome (1 for an SDC, 0 otherwise) when it left its golden range at no
+  layer of ``S`` (clamping an in-range value changes nothing);
+- otherwise, at the deepest layer ``L`` of ``S`` where it left its range, the fitted
+  ``P(SDC | min(deviation at L, width of L))`` of its bit (:func:`fit_sdc_model`); without a
+  fit for ``(L, bit)`` the observed outcome (the protection is assumed to buy nothing there).
+
+The deepest clamp is used because it is the last word on what reaches the output; an earlier
+clamp would also change the deviation downstream, which this model does not follow (it is an
+approximation: confirm the chosen set with a campaign run with ``protection.name: ranger`` on
+those layers). DUE runs count as not SDC. The predicted SDC rate is the mean over the runs.
+
+**Search.** ``search="greedy"`` (default) starts from no layer and adds, one at a time, the layer
+that lowers the predicted rate most (ties: execution order) until the rate is below ``target``
+or no layer lowers it; it is not guaranteed minimal. ``search="exhaustive"`` tries every set by
+size (at most :data:`MAX_EXHAUSTIVE` candidate layers) and returns the smallest set below the
+target (ties: the lowest predicted rate, then execution order): minimal for this model.
+
+**Validation.** Faults are split by the seeded hash of :func:`fit_sdc_model` (``validation``,
+``seed``): the fits and the choice use the training faults' runs only. On the held-out runs the
+plan reports the predicted rate with the chosen layers protected and the model's error on what
+it can be checked against without a re-run: at each held-out run's deepest out-of-range chosen
+layer, the fitted probability at the run's actual (unclamped) deviation against its observed
+outcome (``val_error`` = |mean predicted - observed SDC rate| over those runs, and their Brier
+score).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchfault.analysis._propagation import Trace
+from torchfault.analysis._sdc_model import SDCModel, _held_out, fit_sdc_model
+from torchfault.errors import TorchFaultError
+
+__all__ = ["MAX_EXHAUSTIVE", "ProtectionPlan", "layers_to_protect", "predicted_sdc"]
+
+#: Most candidate layers an exhaustive search takes (2**16 sets).
+MAX_EXHAUSTIVE = 16
+
+
+@dataclass(frozen=True)
+class ProtectionPlan:
+    """The answer of :func:`layers_to_protect`.
+
+    Attributes:
+        layers: the layers to protect (execution order).
+        target: the SDC rate asked for.
+        reached: whether the predicted rate is below ``target``.
+        before, predicted: SDC rate of the training runs as observed, and predicted with
+            ``layers`` protected.
+        val_runs: held-out runs.
+        val_before, val_predicted: the same on the held-out runs.
+        val_checked: held-out runs the model's error is measured on (out of range at a chosen
+            layer, with a fit there).
+        val_error: |mean fitted P(SDC) at their actual deviation - their SDC rate| (``nan``
+            without such runs).
+        val_brier: Brier score of those predictions.
+        steps: ``(layer added, predicted rate after)`` of a greedy search.
+        search: ``greedy`` or ``exhaustive``.
+    """
+
+    layers: tuple[str, ...]
+    target: float
+    reached: bool
+    before: float
+    predicted: float
+    val_runs: int
+    val_before: float
+    val_predicted: float
+    val_checked: int
+    val_error: float
+    val_brier: float
+    steps: tuple[tuple[str, float], ...] = field(default=())
+    search: str = "greedy"
+
+
+def _widths(profile: Any) -> dict[str, float]:
+    if hasattr(profile, "bounds") and hasattr(profile, "layers"):
+        pairs = {n: profile.bounds(n) for n in profile.layers}
+    elif isinstance(profile, Mapping):
+        pairs = dict(profile)
+    else:
+        raise TorchFaultError(
+            f"profile: expected a RangeProfile or {{layer: (low, high)}}, got "
+            f"{type(profile).__name__}.",
+            field="profile",
+        )
+    out = {}
+    for n, (lo, hi) in pairs.items():
+        w = float(hi) - float(lo)
+        if math.isfinite(w) and w >= 0:
+            out[str(n)] = w
+    return out
+
+
+def _run_rows(
+    traces: Sequence[Trace],
+    outcomes: Mapping[tuple[int, int], str],
+    faults: Mapping[int, Sequence[Any]],
+) -> list[tuple[int, int, float, dict[str, float]]]:
+    """Per run: (fault id, bit or -1, observed SDC 0/1, {layer: deviation where out of range})."""
+    rows = []
+    for t in traces:
+        y = outcomes.get((t.fault_id, t.input_id))
+        if y is None:
+            continue
+        fs = faults.get(t.fault_id, ())
+        bit = int(fs[0].bits[0]) if len(fs) == 1 and fs[0].bits else -1
+        oor = {d.layer: d.max_abs for d in t.layers if d.out_of_range}
+        rows.append((t.fault_id, bit, float(y == "sdc"), oor))
+    return rows
+
+
+def _one(
+    row: tuple[int, int, float, dict[str, float]],
+    chosen: Sequence[str],
+    model: SDCModel,
+    widths: Mapping[str, float],
+    cap: bool = True,
+) -> tuple[float, bool]:
+    """(predicted P(SDC) of one run with ``chosen`` protected (execution order), whether the
+    fit decided it)."""
+    _, bit, y, oor = row
+    for layer in reversed(chosen):
+        if layer in oor:
+            fit = model.fits.get((layer, bit))
+            if fit is None:
+                return y, False
+            d = min(oor[layer], widths[layer]) if cap else oor[layer]
+            return fit.predict(d), True
+    return y, False
+
+
+def predicted_sdc(
+    traces: Sequence[Trace],
+    outcomes: Mapping[tuple[int, int], str],
+    faults: Mapping[int, Sequence[Any]],
+    layers: Sequence[str],
+    model: SDCModel,
+    profile: Any,
+) -> float:
+    """The predicted SDC rate of ``traces``' runs with ``layers`` protected (the module
+    docstring's model; ``layers`` in execution order).
+
+    Example:
+        >>> from torchfault import Fault
+        >>> from torchfault.analysis import LayerDeviation, LayerFit
+        >>> t = Trace(0, 0, (LayerDeviation("a", 1e6, 1.0, 1, True),), None, "a")
+        >>> m = SDCModel({("a", 30): LayerFit("a", 30, -6.0, 1.0, 10, 0, 0.5, 0.0, 0.0)})
+        >>> fs = {0: (Fault("a", "weight", (0,), (30,)),)}
+        >>> round(predicted_sdc([t], {(0, 0): "sdc"}, fs, ["a"], m, {"a": (0.0, 1.0)}), 4)
+        0.0025
+    """
+    widths = _widths(profile)
+    rows = _run_rows(traces, outcomes, faults)
+    if not rows:
+        return math.nan
+    return sum(_one(r, list(layers), model, widths)[0] for r in rows) / len(rows)
+
+
+def layers_to_protect(
+    traces: Sequence[Trace],
+    outcomes: Mapping[tuple[int, int], str],
+    faults: Mapping[int, Sequence[Any]],
+    target: float,
+    profile: Any,
+    *,
+    search: str = "greedy",
+    validation: float = 0.2,
+    seed: int = 0,
+    model: SDCModel | None = None,
+    min_runs: int = 10,
+) -> ProtectionPlan:
+    """The smallest set of layers whose protection (ranger) brings the predicted SDC rate below
+    ``target`` (see the module docstring for the model, the search and the validation).
+
+    Args:
+        traces: deviation traces with out-of-range flags (traced with a range profile).
+        outcomes: ``(fault_id, input_id) -> outcome`` of the same runs.
+        faults: fault id -> its faults.
+        target: the SDC rate to get below, in [0, 1] (e.g. 0.01 for 1 %).
+        profile: the :class:`~torchfault.injectors.RangeProfile` the traces were made with (the
+            ranges ranger would clamp to), or ``{layer: (low, high)}``.
+        search: ``greedy`` or ``exhaustive``.
+        validation, seed: the held-out split (as :func:`fit_sdc_model`'s).
+        model: a fit made on the same split; default: ``fit_sdc_model`` on these traces.
+        min_runs: of the fit.
+
+    Example:
+        >>> from torchfault import Fault
+        >>> from torchfault.analysis import LayerDeviation
+        >>> tr = [Trace(k, 0, (LayerDeviation("a", 10.0 ** (k % 7), 1.0, 1, k % 7 > 3),
+        ...       LayerDeviation("b", 10.0 ** (k % 7), 1.0, 1, k % 7 > 3)), None, None) for k in range(300)]
+        >>> out = {(k, 0): "sdc" if k % 7 > 3 else "masked" for k in range(300)}
+        >>> fs = {k: (Fault("a", "weight", (0,), (30,)),) for k in range(300)}
+        >>> p = layers_to_protect(tr, out, fs, 0.05, {"a": (0.0, 1.0), "b": (0.0, 1.0)})
+        >>> p.layers, p.reached, p.before > 0.4, p.predicted < 0.05
+        (('a',), True, True, True)
+    """
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target <= 1:
+        raise TorchFaultError(
+            f"target: must be an SDC rate in [0, 1] (0.01 is 1 %), got {target!r}.",
+            field="target",
+        )
+    if search not in ("greedy", "exhaustive"):
+        raise TorchFaultError(
+            f"search: {search!r} is not valid; choose greedy or exhaustive.", field="search"
+        )
+    if not (0 <= validation < 1):
+        raise TorchFaultError(
+            f"validation: must be in [0, 1), got {validation!r}.", field="validation"
+        )
+    widths = _widths(profile)
+    if not any(d.out_of_range is not None for t in traces for d in t.layers):
+        raise TorchFaultError(
+            "traces: none has out-of-range flags; trace with a range profile "
+            "(trace: {profile: ...}).",
+            field="traces",
+        )
+    if model is None:
+        model = fit_sdc_model(
+            traces, outcomes, faults, validation=validation, seed=seed, min_runs=min_runs
+        )
+    order: list[str] = []
+    for t in traces:
+        for d in t.layers:
+            if d.layer not in order:
+                order.append(d.layer)
+    fitted = {layer for layer, _ in model.fits}
+    candidates = [n for n in order if n in widths and n in fitted]
+    rows = _run_rows(traces, outcomes, faults)
+    train = [r for r in rows if not _held_out(r[0], seed, validation)]
+    held = [r for r in rows if _held_out(r[0], seed, validation)]
+
+    def rate(rs: Sequence[Any], chosen: Sequence[str]) -> float:
+        if not rs:
+            return math.nan
+        return sum(_one(r, chosen, model, widths)[0] for r in rs) / len(rs)
+
+    def sort(s: Sequence[str]) -> list[str]:
+        return sorted(s, key=order.index)
+
+    before = rate(train, [])
+    chosen: list[str] = []
+    steps: list[tuple[str, float]] = []
+    now = before
+    if search == "greedy":
+        while not now < target:
+            best = None
+            for n in candidates:
+                if n in chosen:
+                    continue
+                r = rate(train, sort([*chosen, n]))
+                if best is None or r < best[1]:
+                    best = (n, r)
+            if best is None or not best[1] < now:
+                break
+            chosen = sort([*chosen, best[0]])
+            now = best[1]
+            steps.append(best)
+    else:
+        if len(candidates) > MAX_EXHAUSTIVE:
+            raise TorchFaultError(
+                f"search: exhaustive takes at most {MAX_EXHAUSTIVE} candidate layers, these "
+                f"traces have {len(candidates)}; use greedy.",
+                field="search",
+            )
+        best_set: tuple[list[str], float] = ([], before)
+        for size in range(len(candidates) + 1):
+            found = None
+            for combo in itertools.combinations(candidates, size):
+                r = rate(train, list(combo))
+                if r < target and (found is None or r < found[1]):
+                    found = (list(combo), r)
+                if r < best_set[1]:
+                    best_set = (list(combo), r)
+            if found is not None:
+                best_set = found
+                break
+        chosen, now = best_set
+    checked = [_one(r, chosen, model, widths, cap=False) + (r[2],) for r in held]
+    checked = [(p, y) for p, decided, y in checked if decided]
+    if checked:
+        mean_p = sum(p for p, _ in checked) / len(checked)
+        mean_y = sum(y for _, y in checked) / len(checked)
+        error = abs(mean_p - mean_y)
+        brier = sum((p - y) ** 2 for p, y in checked) / len(checked)
+    else:
+        error = brier = math.nan
+    return ProtectionPlan(
+        layers=tuple(chosen),
+        target=float(target),
+        reached=bool(now < target),
+        before=before,
+        predicted=now,
+        val_runs=len(held),
+        val_before=rate(held, []),
+        val_predicted=rate(held, chosen),
+        val_checked=len(checked),
+        val_error=error,
+        val_brier=brier,
+        steps=tuple(steps),
+        search=search,
+    )
