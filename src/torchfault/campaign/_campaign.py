@@ -43,6 +43,7 @@ from torchfault.campaign._build import (
 from torchfault.campaign._config import CampaignConfig
 from torchfault.campaign._engine import RunTask
 from torchfault.campaign._executors import EXECUTORS
+from torchfault.campaign._handover import EngineTap, handed_over_line
 from torchfault.campaign._metrics import read_metrics, with_metrics
 from torchfault.campaign._outcome import Criterion
 from torchfault.campaign._prepare import Prepared, _sampler_error, prepare
@@ -181,12 +182,13 @@ class Campaign:
             progress = _Progress(cfg.progress, total=total, done=len(done))
             # per-fault outcome counts for the stopping rule and the allocation (design-based)
             acc = self._accumulator(store) if adaptive or pilot else None
+            tap = self._engine_setup()
             rounds = Rounds(
                 cfg,
                 p,
                 store,
                 executor,
-                self._engine_setup(),
+                tap,
                 self._inputs_for,
                 done,
                 known,
@@ -197,7 +199,7 @@ class Campaign:
                 self._run_rounds(rounds, pilot)
             store.flush()
             store.set_meta("state", {"status": "complete", **state})
-            result = self._result(store)
+            result = self._result(store, tap.counts())
         except BaseException:
             if state is not None:  # interrupted or failed: reports say it stopped unfinished
                 with contextlib.suppress(Exception):  # the original error matters more
@@ -222,19 +224,22 @@ class Campaign:
         self._check_stored_faults(store, known, done)
         return done, known
 
-    def _engine_setup(self) -> functools.partial[Any]:
-        """The executor's engine builder (a picklable entry point for workers)."""
+    def _engine_setup(self) -> EngineTap:
+        """The executor's engine builder (a picklable entry point for workers), keeping the
+        engines built in this process for their hand-over counts."""
         e = self.config.engine
-        return functools.partial(
-            build_engine,
-            e.name,
-            self.model,
-            self.inputs,
-            self.golden,
-            self.criterion,
-            e.batch_size,
-            e.fast,
-            deterministic=e.deterministic,
+        return EngineTap(
+            functools.partial(
+                build_engine,
+                e.name,
+                self.model,
+                self.inputs,
+                self.golden,
+                self.criterion,
+                e.batch_size,
+                e.fast,
+                deterministic=e.deterministic,
+            )
         )
 
     def _executor(self) -> Any:
@@ -273,10 +278,15 @@ class Campaign:
         log.info("Neyman allocation after %d pilot faults: %s", pilot, self.sampler)
         self._check_stored_faults(rounds.store, rounds.known, rounds.done)
 
-    def _result(self, store: Any) -> CampaignResult:
+    def _result(self, store: Any, handed_over: dict[str, int] | None) -> CampaignResult:
         """Every stored run (with its metrics, injected values and traces), the criterion's
-        metrics logged."""
+        metrics and the runs handed to the reference engine (``handed_over``: by reason, in
+        the runs of this call; ``None`` when engines ran in worker processes) logged."""
         result = CampaignResult(with_metrics(store, list(store.runs())), store.faults())
+        result.handed_over = handed_over
+        line = handed_over_line(self.config.engine.name, handed_over)
+        if line is not None:
+            log.info("%s", line)
         for name, per in result.metrics_summary().items():
             a = per["all"]
             log.info(

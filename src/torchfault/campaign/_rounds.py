@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torchfault.campaign._config import CampaignConfig
-from torchfault.campaign._engine import Engine, RunTask
+from torchfault.campaign._engine import RunTask
+from torchfault.campaign._handover import EngineTap
 from torchfault.campaign._metrics import write_metrics
 from torchfault.campaign._prepare import Prepared
 from torchfault.campaign._progress import _Progress
@@ -25,7 +26,8 @@ class Rounds:
         prepared: what the campaign prepared (model, inputs, sampler, trace settings).
         store: the open store (written by this process only).
         executor: the executor (entered by the caller).
-        setup: builds an engine (a picklable entry point for workers).
+        setup: builds an engine (a picklable entry point for workers) and keeps those built
+            here for their hand-over counts.
         inputs_for: the inputs fault ``k`` runs on.
         done: ``(fault_id, input_id)`` already stored (skipped).
         known: fault ids already stored (not stored again).
@@ -40,7 +42,7 @@ class Rounds:
         prepared: Prepared,
         store: Any,
         executor: Any,
-        setup: Callable[[], Engine],
+        setup: EngineTap,
         inputs_for: Callable[[int], tuple[int, ...]],
         done: set[tuple[int, int]],
         known: set[int],
@@ -61,6 +63,7 @@ class Rounds:
             if self.acc is not None:
                 self.acc.update(records)
             self.progress.advance(len(records))
+        self.setup.drain()  # the round's engines are done: their counts, not them, are kept
         self.store.flush()
 
     def _draw(self, first: int, end: int) -> list[list[RunTask]]:

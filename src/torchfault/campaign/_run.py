@@ -18,6 +18,7 @@ import torch.nn as nn
 from torchfault.campaign._device import resolve_device
 from torchfault.campaign._engine import RunTask, make_engine
 from torchfault.campaign._golden import golden_run, prepare_golden
+from torchfault.campaign._handover import handed_over
 from torchfault.campaign._outcome import Criterion
 from torchfault.campaign._structure import Batched, as_batched
 from torchfault.errors import TorchFaultError
@@ -63,6 +64,11 @@ class CampaignResult:
     #: with ``trace=...``: one :class:`~torchfault.analysis.Trace` per run (layer-by-layer
     #: deviation from golden), ordered like ``runs``
     traces: list[Any] | None = None
+    #: runs the engine handed to the reference engine, per reason (the fast engine's
+    #: ``handed_over``, or the reason a whole campaign was handed over); empty when none.
+    #: From :class:`Campaign`: the runs of that call, ``None`` when engines ran in worker
+    #: processes (executors ``process``, ``ray``, ``auto`` once it started processes)
+    handed_over: dict[str, int] | None = field(default_factory=dict, compare=False)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -380,6 +386,7 @@ def run_campaign(
             model.to(home)
     runs.sort(key=lambda r: (r.fault_id, r.input_id))
     result = CampaignResult(runs, {k: fs for k, fs in enumerate(sets)}, protected)
+    result.handed_over = handed_over([eng])
     if injected_values:
         result.injected = _injected(model, inputs, sets, runs)
     if trace is not None and trace is not False:
