@@ -64,6 +64,7 @@ from torchfault.analysis._vulnerability import (
     export_top,
     plot_heatmap,
     protect_top_k,
+    rerun_outcome,
     vulnerability_maps,
 )
 
@@ -90,6 +91,7 @@ __all__ = [
     "export_top",
     "plot_heatmap",
     "protect_top_k",
+    "rerun_outcome",
     "vulnerability_maps",
     "LayerDeviation",
     "Trace",

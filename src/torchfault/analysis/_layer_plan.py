@@ -292,8 +292,11 @@ def layers_to_protect(
                 best_set = found
                 break
         chosen, now = best_set
-    checked = [_one(r, chosen, model, widths, cap=False) + (r[2],) for r in held]
-    checked = [(p, y) for p, decided, y in checked if decided]
+    checked: list[tuple[float, float]] = []
+    for row in held:
+        prob, decided = _one(row, chosen, model, widths, cap=False)
+        if decided:
+            checked.append((prob, row[2]))
     if checked:
         mean_p = sum(p for p, _ in checked) / len(checked)
         mean_y = sum(y for _, y in checked) / len(checked)
