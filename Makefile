@@ -21,6 +21,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples hubconf.py
+	$(VENV)/bin/ruff format --check src tests benchmarks examples hubconf.py
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 docs: $(STAMP)
