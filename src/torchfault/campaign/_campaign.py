@@ -28,7 +28,7 @@ import os
 import socket
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -57,6 +57,11 @@ __all__ = ["Campaign", "build_model", "build_inputs", "fingerprint", "build_engi
 
 # the names callers import from here (tests, benchmarks): defined in the modules named above
 _REEXPORTED = (_load_factory, _sampler_error, _Progress, read_metrics)
+
+if TYPE_CHECKING:
+    from torchfault.analysis import OutcomeAccumulator, Summary
+    from torchfault.campaign._protection import ProtectionResult
+    from torchfault.store import ResultStore
 
 log = logging.getLogger("torchfault.campaign")
 
@@ -137,7 +142,7 @@ class Campaign:
         return len(self._inputs_for(0))
 
     # ---------------------------------------------------------------- running
-    def open_store(self) -> Any:
+    def open_store(self) -> ResultStore:
         """Open (or create) the campaign's store; ``store.overwrite`` replaces a torchfault store
         (never another file) with a fresh one. One campaign writes a store at a time (another
         one is refused naming it, or waited for: ``store.wait``)."""
@@ -212,7 +217,7 @@ class Campaign:
             result.protection = self._protect(result)
         return result
 
-    def _resume(self, store: Any) -> tuple[set[tuple[int, int]], set[int]]:
+    def _resume(self, store: ResultStore) -> tuple[set[tuple[int, int]], set[int]]:
         """Check a resumed store holds this very campaign (same golden outputs, fault sites and
         faults); returns the runs and the fault ids it already holds."""
         store.set_golden(self._golden_rows())
@@ -227,15 +232,15 @@ class Campaign:
     def _engine_setup(self) -> EngineTap:
         """The executor's engine builder (a picklable entry point for workers), keeping the
         engines built in this process for their hand-over counts."""
-        e = self.config.engine
+        e, p = self.config.engine, self.setup()
         return EngineTap(
             functools.partial(
                 build_engine,
                 e.name,
-                self.model,
-                self.inputs,
-                self.golden,
-                self.criterion,
+                p.model,
+                p.inputs,
+                p.golden.outputs,
+                p.criterion,
                 e.batch_size,
                 e.fast,
                 deterministic=e.deterministic,
@@ -278,7 +283,7 @@ class Campaign:
         log.info("Neyman allocation after %d pilot faults: %s", pilot, self.sampler)
         self._check_stored_faults(rounds.store, rounds.known, rounds.done)
 
-    def _result(self, store: Any, handed_over: dict[str, int] | None) -> CampaignResult:
+    def _result(self, store: ResultStore, handed_over: dict[str, int] | None) -> CampaignResult:
         """Every stored run (with its metrics, injected values and traces), the criterion's
         metrics and the runs handed to the reference engine (``handed_over``: by reason, in
         the runs of this call; ``None`` when engines ran in worker processes) logged."""
@@ -307,11 +312,11 @@ class Campaign:
             result.traces = read_traces(store)
         return result
 
-    def _protect(self, result: CampaignResult) -> Any:
+    def _protect(self, result: CampaignResult) -> ProtectionResult:
         """Repeat every run of ``result`` under the protection; write ``protection.json``."""
         from torchfault.campaign._protection import protected_runs
 
-        cfg = self.config
+        cfg, p = self.config, self.setup()
         by_fault: dict[int, list[int]] = {}
         for r in result.runs:
             by_fault.setdefault(r.fault_id, []).append(r.input_id)
@@ -320,15 +325,15 @@ class Campaign:
             for fid, ids in sorted(by_fault.items())
         ]
         res = protected_runs(
-            self.model,  # type: ignore[arg-type]
-            self.inputs,  # type: ignore[arg-type]
-            self.golden,  # type: ignore[arg-type]
-            self.criterion,
+            p.model,
+            p.inputs,  # type: ignore[arg-type]
+            p.golden.outputs,  # type: ignore[arg-type]
+            p.criterion,
             tasks,
             result.runs,
-            self.protection,  # type: ignore[arg-type]
+            p.protection,
             cfg.engine.batch_size,
-            self.labels,
+            p.labels,
         )
         summary = res.summary()
         doc = {
@@ -357,7 +362,7 @@ class Campaign:
         )
         return res
 
-    def _accumulator(self, store: Any) -> Any:
+    def _accumulator(self, store: ResultStore) -> OutcomeAccumulator:
         """Per-fault outcome counts of the stored runs, with the sampler's design."""
         from torchfault.analysis import OutcomeAccumulator, SamplingDesign
 
@@ -447,7 +452,7 @@ class Campaign:
             rows.append((i, self.golden_top1[i], label, h.hexdigest()[:16]))
         return rows
 
-    def summary(self, result: CampaignResult | None = None) -> Any:
+    def summary(self, result: CampaignResult | None = None) -> Summary:
         """The summary of the stored runs (layers in network order), with the config's
         confidence level (``sampler.confidence``) and interval method (``interval``)."""
         from torchfault.analysis import summarize_store
