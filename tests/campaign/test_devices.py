@@ -279,17 +279,23 @@ def test_process_workers_on_gpus_give_the_serial_cuda_records():
     golden = golden_run(model, x)
     setup = functools.partial(build_engine, "reference", model, x, golden, Criterion(), 8)
     tasks = [
-        RunTask(i, [Fault("0.weight", "weight", (i % 8, i % 6), (30,))], list(range(8)))
-        for i in range(6)
+        RunTask(i, [Fault("0", "weight", (i % 8, i % 6), (30,))], list(range(8))) for i in range(6)
     ]
-    serial = sorted(r for c in [setup().run(tasks)] for r in c)
+
+    def rows(records):  # seconds aside
+        return sorted(
+            (r.fault_id, r.input_id, r.outcome, r.golden_top1, r.faulty_top1, r.max_abs_diff)
+            for r in records
+        )
+
+    serial = rows(setup().run(tasks))
     ex = create_executor("process", workers=2)
     try:
-        got = sorted(r for c in ex.map(setup, [tasks[:3], tasks[3:]]) for r in c)
+        got = rows(r for c in ex.map(setup, [tasks[:3], tasks[3:]]) for r in c)
         assert ex.devices == worker_devices("cuda:0", 2)
     finally:
         ex.close()
-    assert got == serial
+    assert got == serial and len(got) == 48
 
 
 # ----------------------------------------------------------------------------- CLI metrics summary
