@@ -63,6 +63,16 @@ def test_campaign_device_is_the_setup_models():
     assert campaign_device(functools.partial(print, nn.Linear(2, 2))) == torch.device("cpu")
     assert campaign_device(lambda: None) == torch.device("cpu")
 
+    class Tap:  # a wrapper around the setup, as the campaign's engine-counting one is
+        def __init__(self, setup):
+            self.setup, self.engines = setup, []
+
+        def __call__(self):
+            return self.setup()
+
+    assert campaign_device(Tap(functools.partial(print, "engine", model))) == torch.device("meta")
+    assert campaign_device(Tap(functools.partial(print, "engine"))) == torch.device("cpu")
+
 
 class _Engine:
     """A stand-in engine: remembers where the model, inputs and golden outputs were loaded."""

@@ -92,22 +92,37 @@ def _setup_bytes(setup: Callable[[], Engine]) -> bytes:
 
 def campaign_device(setup: Callable[[], Engine]) -> torch.device:
     """The device the engine ``setup`` builds on: that of the first model or tensor among its
-    arguments (``setup`` is a :func:`functools.partial` of ``build_engine``), else the CPU.
+    arguments (``setup`` is a :func:`functools.partial` of ``build_engine``, possibly held by a
+    wrapper object such as one that counts the engines it builds), else the CPU.
 
     Example:
         >>> import functools, torch
         >>> campaign_device(functools.partial(print, torch.nn.Linear(2, 2)))
         device(type='cpu')
     """
-    if not isinstance(setup, functools.partial):
-        return torch.device("cpu")
-    for part in (*setup.args, *setup.keywords.values()):
-        if isinstance(part, torch.nn.Module):
-            for t in itertools.chain(part.parameters(), part.buffers()):
-                return t.device
-        elif isinstance(part, torch.Tensor):
-            return part.device
-    return torch.device("cpu")
+    return _device_in(setup, 4) or torch.device("cpu")
+
+
+def _device_in(obj: Any, depth: int) -> torch.device | None:
+    """The device of the first model or tensor in ``obj``: itself, a partial's function and
+    arguments, or an object's attributes, looked into ``depth`` levels deep."""
+    if isinstance(obj, torch.nn.Module):
+        return next((t.device for t in itertools.chain(obj.parameters(), obj.buffers())), None)
+    if isinstance(obj, torch.Tensor):
+        return obj.device
+    if depth <= 0 or isinstance(obj, type):
+        return None
+    if isinstance(obj, functools.partial):
+        parts: Iterable[Any] = (*obj.args, *obj.keywords.values(), obj.func)
+    elif hasattr(obj, "__dict__"):
+        parts = list(vars(obj).values())
+    else:
+        return None
+    for part in parts:
+        found = _device_in(part, depth - 1)
+        if found is not None:
+            return found
+    return None
 
 
 def worker_devices(
