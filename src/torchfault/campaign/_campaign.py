@@ -175,6 +175,7 @@ class Campaign:
         store = self.open_store()
         state: dict[str, Any] | None = None
         try:
+            executor = self._executor()
             done, known = self._resume(store)
             # Neyman allocation: the pilot faults run first, the rest are drawn after it
             pilot = 0 if getattr(self.sampler, "allocated", True) else self.sampler.pilot_faults
@@ -183,7 +184,6 @@ class Campaign:
             # what a report of this store tells: being written (by this live process), or done
             state = {"pid": os.getpid(), "host": socket.gethostname(), "planned_runs": total}
             store.set_meta("state", {"status": "running", **state})
-            executor = self._executor()
             progress = _Progress(cfg.progress, total=total, done=len(done))
             # per-fault outcome counts for the stopping rule and the allocation (design-based)
             acc = self._accumulator(store) if adaptive or pilot else None
