@@ -393,3 +393,17 @@ def test_cli_campaign_prints_no_metrics_table_for_a_criterion_without_metrics(tm
     assert main(["campaign", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "written:" in out and "criterion metrics" not in out
+
+
+def test_executor_num_gpus_reaches_the_ray_executor_from_a_config():
+    from torchfault.campaign import Campaign, CampaignConfig
+    from torchfault.config import from_dict
+    from torchfault.errors import ConfigError
+
+    cfg = from_dict(CampaignConfig, {"executor": {"name": "ray", "num_gpus": 0.5}})
+    assert cfg.executor.num_gpus == 0.5
+    ex = Campaign(cfg)._executor()
+    assert ex.num_gpus == 0.5
+    with pytest.raises(ConfigError, match=r"executor\.num_gpus") as info:
+        from_dict(CampaignConfig, {"executor": {"name": "ray", "num_gpus": -1}})
+    assert info.value.field == "executor.num_gpus"

@@ -250,7 +250,8 @@ class Campaign:
     def _executor(self) -> Any:
         x = self.config.executor
         try:
-            return EXECUTORS.create(x.name, workers=x.workers, address=x.address)
+            gpus = {"num_gpus": x.num_gpus} if x.name == "ray" else {}
+            return EXECUTORS.create(x.name, workers=x.workers, address=x.address, **gpus)
         except ValueError as exc:
             raise ConfigError(f"executor.name: {exc}") from None
 

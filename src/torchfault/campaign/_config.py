@@ -450,12 +450,15 @@ class ExecutorConfig:
         address: Ray cluster address (``auto``, ``ray://host:10001``); null or ``local`` starts a
             local one.
         chunk_faults: faults handed to a worker at a time.
+        num_gpus: GPUs each Ray actor asks for (``ray`` only; null: one on a CUDA campaign,
+            none otherwise).
     """
 
     name: str = "serial"
     workers: int = 2
     address: str | None = None
     chunk_faults: int = 256
+    num_gpus: float | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -466,6 +469,11 @@ class ExecutorConfig:
             raise ConfigError(
                 f"executor.chunk_faults: must be >= 1, got {self.chunk_faults}.",
                 field="executor.chunk_faults",
+            )
+        if self.num_gpus is not None and not self.num_gpus >= 0:
+            raise ConfigError(
+                f"executor.num_gpus: must be >= 0 or null, got {self.num_gpus}.",
+                field="executor.num_gpus",
             )
 
 
@@ -641,7 +649,16 @@ class CampaignConfig:
         from torchfault.config import to_dict
 
         d = to_dict(self)
-        for key in ("engine", "executor", "progress", "report", "out_dir", "protection", "injected_values", "trace"):
+        for key in (
+            "engine",
+            "executor",
+            "progress",
+            "report",
+            "out_dir",
+            "protection",
+            "injected_values",
+            "trace",
+        ):
             d.pop(key, None)
         d["store"] = {}
         for key in ("hub", "quantized"):  # unset: as before these keys existed (old stores resume)

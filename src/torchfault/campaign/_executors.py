@@ -184,21 +184,6 @@ class ThreadsExecutor(Executor):
                 t.join()
 
 
-def register_executor(name: str, **kw: Any) -> Any:
-    """Decorator registering an :class:`Executor` subclass."""
-    return EXECUTORS.register(name, **kw)
-
-
-def list_executors(filter: str | None = None) -> list[str]:
-    """Registered executor names."""
-    return EXECUTORS.list(filter)
-
-
-def is_executor(name: str) -> bool:
-    """Whether ``name`` is a registered executor."""
-    return EXECUTORS.is_registered(name)
-
-
-def create_executor(name: str, **kwargs: Any) -> Executor:
-    """Build the executor ``name``."""
-    return EXECUTORS.create(name, **kwargs)
+# register_executor (a decorator for Executor subclasses), list_executors, is_executor,
+# create_executor
+register_executor, list_executors, is_executor, create_executor, _ = EXECUTORS.functions()
