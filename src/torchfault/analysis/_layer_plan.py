@@ -17,7 +17,9 @@ probability of one run is:
 The deepest clamp is used because it is the last word on what reaches the output; an earlier
 clamp would also change the deviation downstream, which this model does not follow (it is an
 approximation: confirm the chosen set with a campaign run with ``protection.name: ranger`` on
-those layers). DUE runs count as not SDC. The predicted SDC rate is the mean over the runs.
+those layers; on the pretrained LeNet-5 it predicted that ranger on ``fc3`` alone would cut
+SDC from 2.0 % to 0.1 % and a re-run measured no cut, see docs/protection.md). DUE runs count
+as not SDC. The predicted SDC rate is the mean over the runs.
 
 **Search.** ``search="greedy"`` (default) starts from no layer and adds, one at a time, the layer
 that lowers the predicted rate most (ties: execution order) until the rate is below ``target``
