@@ -23,6 +23,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples hubconf.py
 	$(VENV)/bin/ruff format --check src tests benchmarks examples hubconf.py
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 docs: $(STAMP)

@@ -213,3 +213,19 @@ def test_config_protection_errors_name_the_field_and_store_nothing(tmp_path):
         Campaign(_config(tmp_path, name="rangr")).run()
     assert e.value.field == "protection.name"
     assert not (tmp_path / "run" / "campaign.sqlite").exists()
+
+
+def test_protection_with_structured_inputs_or_outputs_is_a_clear_error(setup):
+    model, x, labels, prof, faults = setup
+
+    class TupleOut(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x), x.sum()
+
+    with pytest.raises(TorchFaultError, match=r"one input tensor, not a tuple or dict"):
+        run_campaign(model, {"x": x}, faults, protection={"name": "detect", "profile": prof})
+    wrapped = TupleOut(*model)  # the same layers under the same names: the profile fits
+    with pytest.raises(TorchFaultError, match=r"returning one tensor, not a tuple"):
+        run_campaign(
+            wrapped, x, faults[:3], output=0, protection={"name": "detect", "profile": prof}
+        )

@@ -231,5 +231,7 @@ def build_engine(
         if reason is not None:
             return HandedOverEngine(engine, reason, model, inputs, golden, criterion, batch_size)
     if fast is not None and issubclass(cls, FastEngine):
+        # reference_reason handed every other structure to the reference engine above
+        assert isinstance(inputs, torch.Tensor) and isinstance(golden, torch.Tensor)
         return cls(model, inputs, golden, criterion, batch_size, options=fast)
     return cls(model, inputs, golden, criterion, batch_size)

@@ -341,6 +341,11 @@ def run_campaign(
     if protection is not None:
         from torchfault.campaign._protection import resolve_protection
 
+        if not isinstance(inputs, torch.Tensor):
+            raise TorchFaultError(
+                "run_campaign(protection=...): protected campaigns take one input tensor, not a "
+                "tuple or dict of tensors."
+            )
         prot = resolve_protection(protection)
         prot.bind(model)  # a missing layer or another model's profile: before anything runs
     dev = resolve_device(device, "device") if device is not None else None
@@ -352,6 +357,11 @@ def run_campaign(
     model.eval()
     try:
         golden = prepare_golden(model, inputs, crit, batch_size)  # the one Campaign runs too
+        if prot is not None and not isinstance(golden.outputs, torch.Tensor):
+            raise TorchFaultError(
+                "run_campaign(protection=...): protected campaigns need a model returning one "
+                "tensor, not a tuple, list, dict or model output."
+            )
         ids = list(range(n_inputs))
         eng = make_engine(engine, model, inputs, golden.outputs, crit, batch_size)
         if only_correct:
@@ -369,6 +379,8 @@ def run_campaign(
         if prot is not None:
             from torchfault.campaign._protection import protected_runs
 
+            # both checked before anything ran
+            assert isinstance(inputs, torch.Tensor) and isinstance(golden.outputs, torch.Tensor)
             protected = protected_runs(
                 model,
                 inputs,

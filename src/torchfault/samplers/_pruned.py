@@ -39,6 +39,7 @@ from torchfault.samplers._samplers import Sampler, register_sampler
 
 __all__ = ["NonzeroSampler"]
 
+
 @register_sampler(
     "nonzero",
     description="Single-bit faults over the unpruned (non-zero or mask-kept) elements only.",
