@@ -338,14 +338,6 @@ def _damaged(store: Path, tmp_path: Path, how: str) -> Path:
     return path
 
 
-_REPORT_PAGE_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="store.meta(): a damaged page read back as a NULL meta value ends in json.loads(None) "
-    "-> TypeError traceback in `torchfault report` (store/_store.py, issue 10 item 2; reported)",
-)
-
-
 @pytest.mark.parametrize(
     "job, how",
     [
@@ -353,7 +345,7 @@ _REPORT_PAGE_BUG = pytest.mark.xfail(
         ("campaign", "page"),
         ("campaign", "json"),
         ("report", "foreign"),
-        pytest.param("report", "page", marks=_REPORT_PAGE_BUG),
+        ("report", "page"),
         ("report", "json"),
     ],
 )

@@ -671,6 +671,11 @@ class ResultStore:
         raw = self._raw_meta()
         out: dict[str, Any] = {}
         for k, v in raw.items():
+            if v is None:  # never written (values are JSON text): a damaged page read back
+                raise StoreDamagedError(
+                    f"results store {str(self.path)!r}: its {k!r} metadata is missing (the file "
+                    f"is damaged). {damage_advice(self.path)}"
+                )
             if k in ("config", "seed") or k not in _RESERVED_META:
                 try:
                     out[k] = json.loads(v)
