@@ -5,6 +5,7 @@ the top-k and tolerance criteria on both engines; and the table of runs of a res
 from __future__ import annotations
 
 import csv
+import json
 import sqlite3
 import sys
 
@@ -12,9 +13,9 @@ import pytest
 
 import torchfault
 from torchfault import Campaign, Fault, run_campaign
-from torchfault.campaign._run import ROW_COLUMNS
 from torchfault.dnn import create_model
 from torchfault.errors import TorchFaultError
+from torchfault.store import RUN_COLUMNS
 
 
 def config(tmp_path, name="paths", **over):
@@ -179,18 +180,25 @@ def result():
 def test_result_rows(result):
     rows = result.rows()
     assert len(rows) == len(result) == 9
-    assert [tuple(row) for row in rows] == [ROW_COLUMNS] * 9
+    assert [tuple(row) for row in rows] == [RUN_COLUMNS] * 9
     first = rows[0]
     r = result.runs[0]
     assert (first["fault_id"], first["input_id"], first["outcome"]) == (0, 0, r.outcome)
     assert first["max_abs_diff"] == r.max_abs_diff and first["golden_top1"] == r.golden_top1
-    assert (first["module"], first["target"], first["bits"], first["n_faults"]) == (
+    assert (first["module"], first["target"], first["kind"], first["bit"], first["n_faults"]) == (
         "fc3",
         "weight",
-        [30],
+        "parameter",
+        30,
         1,
     )
-    assert (rows[3]["module"], rows[3]["bits"], rows[3]["n_faults"]) == ("fc1", [29, 30], 2)
+    assert (rows[3]["module"], rows[3]["kind"], rows[3]["bit"], rows[3]["n_faults"]) == (
+        "fc1",
+        "activation",
+        29,
+        2,
+    )
+    assert [Fault.from_dict(d) for d in json.loads(rows[3]["faults"])] == list(result.faults[1])
     assert rows[6]["outcome"] == "due" and "out of range" in rows[6]["error"]
 
 
@@ -199,18 +207,18 @@ def test_result_to_csv_and_parquet(result, tmp_path):
     path = result.to_csv(tmp_path / "out" / "runs.csv")
     with path.open(newline="") as fh:
         back = list(csv.DictReader(fh))
-    assert tuple(back[0]) == ROW_COLUMNS and len(back) == len(rows)
+    assert tuple(back[0]) == RUN_COLUMNS and len(back) == len(rows)
     for got, want in zip(back, rows):
         assert int(got["fault_id"]) == want["fault_id"] and got["outcome"] == want["outcome"]
         if want["max_abs_diff"] is None:
             assert got["max_abs_diff"] == ""
         else:
             assert float(got["max_abs_diff"]) == want["max_abs_diff"]
-        assert got["bits"] == " ".join(map(str, want["bits"]))
+        assert got["bit"] == str(want["bit"]) and got["faults"] == want["faults"]
         assert got["error"] == (want["error"] or "")
     pq = pytest.importorskip("pyarrow.parquet")
     table = pq.read_table(result.to_parquet(tmp_path / "out" / "runs.parquet"))
-    assert tuple(table.column_names) == ROW_COLUMNS
+    assert tuple(table.column_names) == RUN_COLUMNS
     assert table.to_pylist() == rows
 
 

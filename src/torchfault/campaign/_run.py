@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from collections import Counter
@@ -23,7 +22,7 @@ from torchfault.campaign._outcome import Criterion
 from torchfault.campaign._structure import Batched, as_batched
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
-from torchfault.store import OUTCOMES, RunRecord, require_pyarrow
+from torchfault.store import OUTCOMES, RUN_COLUMNS, RunRecord, fault_columns, write_run_table
 
 __all__ = [
     "CampaignResult",
@@ -33,15 +32,6 @@ __all__ = [
     "make_criterion",
     "summarize_metrics",
 ]
-
-#: Columns of :meth:`CampaignResult.rows` and of its CSV and Parquet files, in order.
-ROW_COLUMNS = (
-    *(f.name for f in dataclasses.fields(RunRecord)),
-    "module",
-    "target",
-    "bits",
-    "n_faults",
-)
 
 
 @dataclass
@@ -95,78 +85,34 @@ class CampaignResult:
         return {o: counts.get(o, 0) for o in outcomes}
 
     def rows(self) -> list[dict[str, Any]]:
-        """The table of runs: one dict per run (the :class:`~torchfault.store.RunRecord` fields),
-        with the first fault's ``module``, ``target`` and ``bits`` and the run's ``n_faults``.
+        """The table of runs: one dict per run with the columns
+        :data:`~torchfault.store.RUN_COLUMNS`, those of a store's export: the
+        :class:`~torchfault.store.RunRecord` fields, the first fault's ``module``, ``target``,
+        ``kind`` and first ``bit``, the run's ``n_faults`` and ``faults`` (their JSON list).
 
         Example:
             >>> from torchfault.store import RunRecord
             >>> fault = Fault("fc", "weight", (0, 1), (30,))
             >>> row = CampaignResult([RunRecord(0, 2, "sdc", 1, 7)], {0: (fault,)}).rows()[0]
-            >>> row["outcome"], row["module"], row["bits"], row["n_faults"]
-            ('sdc', 'fc', [30], 1)
+            >>> row["outcome"], row["module"], row["kind"], row["bit"], row["n_faults"]
+            ('sdc', 'fc', 'parameter', 30, 1)
         """
-        out = []
-        for r in self.runs:
-            f = self.faults.get(r.fault_id, ())
-            first = f[0] if f else None
-            out.append(
-                {
-                    **dataclasses.asdict(r),
-                    "module": first.module if first else None,
-                    "target": first.target if first else None,
-                    "bits": list(first.bits) if first else None,
-                    "n_faults": len(f),
-                }
-            )
-        return out
+        return [dict(zip(RUN_COLUMNS, row)) for row in self._table()]
+
+    def _table(self) -> list[tuple[Any, ...]]:
+        columns = {fid: fault_columns(f) for fid, f in self.faults.items()}
+        missing = (None, None, None, None, 0, "[]")
+        return [(*r.as_tuple(), *columns.get(r.fault_id, missing)) for r in self.runs]
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`rows` as CSV (``bits`` space-separated, missing values empty); returns
-        the path."""
-        out = Path(path)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(ROW_COLUMNS)
-                for row in self.rows():
-                    if row["bits"] is not None:
-                        row["bits"] = " ".join(str(b) for b in row["bits"])
-                    writer.writerow(["" if row[c] is None else row[c] for c in ROW_COLUMNS])
-        except OSError as exc:
-            raise TorchFaultError(f"cannot write CSV {str(out)!r}: {exc}") from None
-        return out
+        """Write :meth:`rows` as CSV (missing values empty), the columns of the store's
+        ``export_csv``; returns the path."""
+        return write_run_table(self._table(), path, "csv", "CampaignResult.to_csv")
 
     def to_parquet(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`rows` as Parquet (``bits`` a list of integers); needs pyarrow (the
-        ``parquet`` extra). Returns the path."""
-        pa, pq = require_pyarrow("CampaignResult.to_parquet")
-        types = {
-            "fault_id": pa.int64(),
-            "input_id": pa.int64(),
-            "outcome": pa.string(),
-            "golden_top1": pa.int64(),
-            "faulty_top1": pa.int64(),
-            "max_abs_diff": pa.float64(),
-            "seconds": pa.float64(),
-            "error": pa.string(),
-            "module": pa.string(),
-            "target": pa.string(),
-            "bits": pa.list_(pa.int64()),
-            "n_faults": pa.int64(),
-        }
-        rows = self.rows()
-        table = pa.table(
-            {c: pa.array([row[c] for row in rows], type=types[c]) for c in ROW_COLUMNS},
-            schema=pa.schema([(c, types[c]) for c in ROW_COLUMNS]),
-        )
-        out = Path(path)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, out)
-        except OSError as exc:
-            raise TorchFaultError(f"cannot write Parquet {str(out)!r}: {exc}") from None
-        return out
+        """Write :meth:`rows` as Parquet, the columns of the store's ``export_parquet``; needs
+        pyarrow (the ``parquet`` extra). Returns the path."""
+        return write_run_table(self._table(), path, "parquet", "CampaignResult.to_parquet")
 
     def summary(self, confidence: float = 0.95, method: str = "clopper_pearson") -> Any:
         """Rates with confidence intervals, overall and per layer, bit and target kind."""

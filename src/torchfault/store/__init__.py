@@ -29,13 +29,20 @@ from torchfault.store._records import (
     present_outcomes,
 )
 from torchfault.store._store import SCHEMA_VERSION, ResultStore, open_store
-from torchfault.store._tables import PARQUET_EXTRA, require_pyarrow
+from torchfault.store._tables import (
+    PARQUET_EXTRA,
+    RUN_COLUMNS,
+    fault_columns,
+    require_pyarrow,
+    write_run_table,
+)
 from torchfault.store._traces import TRACES_TABLE, read_trace_rows, write_traces
 
 __all__ = [
     "INJECTED_TABLE",
     "PARQUET_EXTRA",
     "OUTCOMES",
+    "RUN_COLUMNS",
     "RUN_OUTCOMES",
     "SCHEMA_VERSION",
     "TRACES_TABLE",
@@ -50,6 +57,7 @@ __all__ = [
     "StoreDamagedError",
     "StoreLock",
     "check_store",
+    "fault_columns",
     "inspect_file",
     "open_store",
     "present_outcomes",
@@ -58,5 +66,6 @@ __all__ = [
     "repair_store",
     "require_pyarrow",
     "write_injected",
+    "write_run_table",
     "write_traces",
 ]

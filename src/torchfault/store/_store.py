@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as _dt
 import json
 import os
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from torchfault.errors import StoreMismatchError, TorchFaultError
-from torchfault.faults import Fault, FaultSite, fault_kind
+from torchfault.faults import Fault, FaultSite
 from torchfault.store._check import StoreDamagedError, damage_advice, inspect_file, refusal
 from torchfault.store._lock import StoreLock
 from torchfault.store._records import (
@@ -54,7 +53,7 @@ from torchfault.store._records import (
     RunRecord,
     present_outcomes,
 )
-from torchfault.store._tables import require_pyarrow
+from torchfault.store._tables import fault_columns, write_run_table
 
 __all__ = ["ResultStore", "SCHEMA_VERSION", "open_store"]
 
@@ -119,22 +118,6 @@ CREATE TABLE IF NOT EXISTS golden(
 );
 """
 
-_EXPORT_COLUMNS = (
-    "fault_id",
-    "input_id",
-    "outcome",
-    "golden_top1",
-    "faulty_top1",
-    "max_abs_diff",
-    "seconds",
-    "error",
-    "module",
-    "target",
-    "kind",
-    "bit",
-    "n_faults",
-    "faults",
-)
 _EXPORT_SQL = (
     "SELECT r.fault_id, r.input_id, r.outcome, r.golden_top1, r.faulty_top1, r.max_abs_diff, "
     "r.seconds, r.error, f.module, f.target, f.kind, f.bit, f.n_faults, f.faults "
@@ -557,9 +540,6 @@ class ResultStore:
         )
         self._kinds = {(s.module, s.target): s.kind for s in sites}
 
-    def _kind(self, f: Fault) -> str:
-        return fault_kind(f, self._kinds)
-
     def add_faults(self, records: Iterable[FaultRecord]) -> None:
         """Record faults (one transaction per call; a fault id already stored is kept as is)."""
         rows = []
@@ -568,18 +548,8 @@ class ResultStore:
                 raise TorchFaultError(
                     f"add_faults expects FaultRecord objects, got {type(r).__name__}."
                 )
-            first = r.faults[0] if r.faults else None
-            rows.append(
-                (
-                    int(r.fault_id),
-                    json.dumps([f.to_dict() for f in r.faults], separators=(",", ":")),
-                    first.module if first else None,
-                    first.target if first else None,
-                    self._kind(first) if first else None,
-                    first.bits[0] if first and first.bits else None,
-                    len(r.faults),
-                )
-            )
+            module, target, kind, bit, n_faults, faults = fault_columns(r.faults, self._kinds)
+            rows.append((int(r.fault_id), faults, module, target, kind, bit, n_faults))
         if rows:
             self._transaction(
                 lambda c: c.executemany("INSERT OR IGNORE INTO faults VALUES (?,?,?,?,?,?,?)", rows)
@@ -802,51 +772,17 @@ class ResultStore:
     # ------------------------------------------------------------------ export
 
     def export_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write every run, joined with its fault's columns, as CSV; returns the path."""
-        out = Path(path)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(_EXPORT_COLUMNS)
-                with self._guard("its runs"):
-                    for row in self._reading().execute(_EXPORT_SQL):
-                        writer.writerow(["" if v is None else v for v in row])
-        except OSError as exc:
-            raise TorchFaultError(f"cannot write CSV export {str(out)!r}: {exc}") from None
-        return out
+        """Write every run, joined with its fault's columns, as CSV (the columns of
+        ``CampaignResult.to_csv``, see ``docs/store.md``); returns the path."""
+        with self._guard("its runs"):  # streamed: the rows are not held in memory
+            return write_run_table(self._reading().execute(_EXPORT_SQL), path, "csv", "export_csv")
 
     def export_parquet(self, path: str | os.PathLike[str]) -> Path:
-        """Write every run, joined with its fault's columns, as Parquet (needs pyarrow)."""
-        pa, pq = require_pyarrow("export_parquet")
+        """Write every run, joined with its fault's columns, as Parquet (needs pyarrow; the
+        columns of ``CampaignResult.to_parquet``); returns the path."""
         with self._guard("its runs"):
             rows = self._reading().execute(_EXPORT_SQL).fetchall()
-        types = [
-            pa.int64(),
-            pa.int64(),
-            pa.string(),
-            pa.int64(),
-            pa.int64(),
-            pa.float64(),
-            pa.float64(),
-            pa.string(),
-            pa.string(),
-            pa.string(),
-            pa.string(),
-            pa.int64(),
-            pa.int64(),
-            pa.string(),
-        ]
-        schema = pa.schema(list(zip(_EXPORT_COLUMNS, types)))
-        columns = list(zip(*rows)) if rows else [()] * len(_EXPORT_COLUMNS)
-        table = pa.table([pa.array(list(c), type=t) for c, t in zip(columns, types)], schema=schema)
-        out = Path(path)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, out)
-        except OSError as exc:
-            raise TorchFaultError(f"cannot write Parquet export {str(out)!r}: {exc}") from None
-        return out
+        return write_run_table(rows, path, "parquet", "export_parquet")
 
 
 def open_store(path: str | os.PathLike[str]) -> ResultStore:
