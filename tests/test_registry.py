@@ -216,3 +216,104 @@ def test_generated_family_functions_list_the_built_in_entries():
     assert {"serial", "process"} <= set(list_executors())
     assert {"faults", "ber"} <= set(list_injectors())
     assert register_layout.__module__ == "torchfault.faults._layouts"
+
+
+def test_unknown_capability_is_refused_naming_the_valid_ones():
+    """Typed families validate registration flags: a misspelt capability is a TypeError naming
+    it and every valid one, raised before anything is registered."""
+    from torchfault.faults import FAULT_MODELS, register_fault_model
+    from torchfault.samplers import SAMPLERS, UniformSampler, register_sampler
+
+    with pytest.raises(TypeError) as exc:
+        FAULT_MODELS.add("typo_model_test", lambda *a: None, radnom=True)
+    msg = str(exc.value)
+    assert "'radnom'" in msg and "'typo_model_test'" in msg
+    assert "needs_bits, bit_op, random, detected" in msg and "Did you mean 'random'?" in msg
+    assert "typo_model_test" not in FAULT_MODELS
+
+    with pytest.raises(TypeError, match=r"'need_model'.*stratified, multi_fault, needs_model"):
+        register_sampler("typo_sampler_test", need_model=True)(UniformSampler)
+    assert "typo_sampler_test" not in SAMPLERS
+    with pytest.raises(TypeError, match=r"'stratifed'.*stratified, multi_fault, needs_model"):
+        SAMPLERS.list(stratifed=True)
+    # the public keyword API still works and is validated into the typed record
+    register_fault_model("typed_ok_test", random=True, overwrite=True)(lambda *a: None)
+    try:
+        assert FAULT_MODELS.info("typed_ok_test").capabilities.random is True
+    finally:
+        FAULT_MODELS.remove("typed_ok_test")
+
+
+def test_each_family_info_exposes_typed_capabilities():
+    import dataclasses
+
+    from torchfault.faults import (
+        FAULT_MODELS,
+        FaultModelCapabilities,
+        fault_model_capabilities,
+        list_fault_models,
+    )
+    from torchfault.registry import Capabilities
+    from torchfault.samplers import (
+        SAMPLERS,
+        SamplerCapabilities,
+        list_samplers,
+        sampler_capabilities,
+    )
+
+    for name in list_fault_models():
+        caps = FAULT_MODELS.info(name).capabilities
+        assert type(caps) is FaultModelCapabilities and caps is fault_model_capabilities(name)
+    flip = fault_model_capabilities("bit_flip")
+    assert (flip.needs_bits, flip.bit_op, flip.random, flip.detected) == (True, "xor", False, False)
+    zero = fault_model_capabilities("zero")
+    assert (zero.needs_bits, zero.bit_op, zero.detected) == (False, None, False)
+    assert fault_model_capabilities("ecc_detected").detected is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        flip.random = True  # type: ignore[misc]
+    # the mapping view (what `torchfault list` shows) leaves hidden defaults out, as before
+    assert dict(flip) == {"needs_bits": True, "bit_op": "xor", "random": False}
+    assert "detected" not in flip and flip.get("detected") is None
+
+    for name in list_samplers():
+        assert type(SAMPLERS.info(name).capabilities) is SamplerCapabilities
+    assert {n for n in list_samplers() if sampler_capabilities(n).needs_model} == {
+        "memory",
+        "nonzero",
+    }
+    assert [n for n in list_samplers() if sampler_capabilities(n).stratified] == list_samplers(
+        stratified=True
+    )
+    assert dict(sampler_capabilities("uniform")) == {"stratified": False, "multi_fault": False}
+    with pytest.raises(TypeError, match="SamplerCapabilities, not FaultModelCapabilities"):
+        SAMPLERS.capabilities_of("uniform", FaultModelCapabilities)
+    assert issubclass(FaultModelCapabilities, Capabilities)
+
+
+def test_criteria_capabilities_are_typed():
+    from torchfault.campaign import (
+        CRITERIA,
+        Criterion,
+        CriterionCapabilities,
+        criterion_capabilities,
+        list_criteria,
+    )
+
+    for name in list_criteria():
+        assert type(CRITERIA.info(name).capabilities) is CriterionCapabilities
+    assert {n for n in list_criteria() if criterion_capabilities(n).reads == "rows"} == {
+        "detection"
+    }
+    assert criterion_capabilities("top1").fast and not criterion_capabilities("regression").fast
+    assert criterion_capabilities("regression").metrics == ("rel_error",)
+    assert dict(criterion_capabilities("top1")) == {"reads": "tensor", "fast": True}
+    assert Criterion("segmentation").info() == {
+        "reads": "tensor",
+        "metrics": ("changed_pixels", "miou_drop"),
+        "fast": False,
+    }
+    with pytest.raises(TypeError, match=r"'raeds'.*valid capabilities: reads, metrics, fast"):
+        CRITERIA.register("typo_criterion_test", raeds="rows")(lambda g, f, c: None)
+    with pytest.raises(ValueError, match="reads must be 'tensor' or 'rows', got 'cols'"):
+        CRITERIA.register("typo_criterion_test", reads="cols")(lambda g, f, c: None)
+    assert "typo_criterion_test" not in CRITERIA

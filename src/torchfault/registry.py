@@ -38,13 +38,14 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from torchfault.errors import suggest
 
 __all__ = [
+    "Capabilities",
     "EntryInfo",
     "Registry",
     "RegistryFunctions",
@@ -57,10 +58,81 @@ log = logging.getLogger(__name__)
 
 PLUGIN_GROUP = "torchfault.plugins"
 T = TypeVar("T")
+C = TypeVar("C", bound="Capabilities")
 
 _REGISTRIES: dict[str, Registry[Any]] = {}
 _plugins_loaded = False
 _plugin_lock = threading.RLock()
+
+
+HIDE_DEFAULT: Mapping[str, Any] = MappingProxyType({"hide_default": True})
+"""Field metadata of a :class:`Capabilities` field left out of the mapping view (and so of
+``torchfault list``) while it holds its default."""
+
+
+@dataclass(frozen=True)
+class Capabilities(Mapping[str, Any]):
+    """Base of a family's typed, frozen capability record.
+
+    A family declares a frozen dataclass subclass (``FaultModelCapabilities``,
+    ``SamplerCapabilities``) and passes it to its :class:`Registry`; keyword flags given at
+    registration are validated into it (an unknown name is a ``TypeError`` naming the valid
+    ones). Code reads the capabilities as attributes; the record is also a read-only mapping of
+    its fields (those marked :data:`HIDE_DEFAULT` only when not at their default), which is what
+    ``torchfault list`` and :meth:`EntryInfo.to_dict` show.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class PaintCapabilities(Capabilities):
+        ...     warm: bool = False
+        >>> paints = Registry("paint", capabilities=PaintCapabilities)
+        >>> _ = paints.add("red", "red", warm=True)
+        >>> paints.capabilities_of("red", PaintCapabilities).warm
+        True
+        >>> paints.add("blue", "blue", cold=True)
+        Traceback (most recent call last):
+        ...
+        TypeError: Unknown paint capability 'cold' for 'blue'; valid capabilities: warm.
+    """
+
+    family: ClassVar[str] = "entry"
+
+    def _listed(self) -> tuple[str, ...]:
+        return tuple(
+            f.name
+            for f in fields(self)
+            if not (f.metadata.get("hide_default") and getattr(self, f.name) == f.default)
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._listed():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._listed())
+
+    def __len__(self) -> int:
+        return len(self._listed())
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The valid capability names, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_flags(cls: type[C], kind: str, name: str, flags: Mapping[str, Any]) -> C:
+        """Validate registration keyword ``flags`` into the record (unknown names refused)."""
+        valid = cls.names()
+        unknown = [k for k in flags if k not in valid]
+        if unknown:
+            raise TypeError(
+                f"Unknown {kind} capabilit{'ies' if len(unknown) > 1 else 'y'} "
+                f"{', '.join(repr(k) for k in unknown)} for {name!r}; valid capabilities: "
+                f"{', '.join(valid) or '(none)'}.{suggest(unknown[0], list(valid))}"
+            )
+        return cls(**flags)
 
 
 @dataclass(frozen=True)
@@ -132,14 +204,22 @@ class Registry(Generic[T]):
     Args:
         kind: the family's name in messages ("fault model").
         plural: the attribute-style plural used by ``torchfault list`` ("fault_models").
+        capabilities: the family's typed :class:`Capabilities` record; registration keywords
+            are validated into it. ``None``: free keywords kept as a read-only mapping.
 
     Attributes:
         Info: the family's frozen record type, a subclass of :class:`EntryInfo` named after the
             kind (``FaultModelInfo`` for "fault model"); :meth:`info` returns instances of it.
     """
 
-    def __init__(self, kind: str, plural: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        plural: str | None = None,
+        capabilities: type[Capabilities] | None = None,
+    ) -> None:
         self.kind = kind
+        self.capability_type = capabilities
         self.plural = plural or kind.replace(" ", "_") + "s"
         self._entries: dict[str, EntryInfo] = {}
         name = "".join(w[:1].upper() + w[1:] for w in kind.replace("_", " ").split()) + "Info"
@@ -195,7 +275,12 @@ class Registry(Generic[T]):
         if description is None:
             doc = (getattr(obj, "__doc__", None) or "").strip()
             description = doc.splitlines()[0] if doc else ""
-        info = self.Info(name, self.kind, obj, description, MappingProxyType(dict(capabilities)))
+        caps: Mapping[str, Any]
+        if self.capability_type is not None:
+            caps = self.capability_type.from_flags(self.kind, name, capabilities)
+        else:
+            caps = MappingProxyType(dict(capabilities))
+        info = self.Info(name, self.kind, obj, description, caps)
         self._entries[name] = info
         return info
 
@@ -221,8 +306,16 @@ class Registry(Generic[T]):
         names = sorted(self._entries)
         if filter:
             names = [n for n in names if fnmatch.fnmatchcase(n, filter)]
+        if self.capability_type is not None:
+            valid = self.capability_type.names()
+            bad = [k for k in capabilities if k not in valid]
+            if bad:
+                raise TypeError(
+                    f"Unknown {self.kind} capability {bad[0]!r} to list by; valid "
+                    f"capabilities: {', '.join(valid)}.{suggest(bad[0], list(valid))}"
+                )
         for key, want in capabilities.items():
-            names = [n for n in names if self._entries[n].capabilities.get(key) == want]
+            names = [n for n in names if _capability(self._entries[n], key) == want]
         return names
 
     def is_registered(self, name: str) -> bool:
@@ -237,6 +330,17 @@ class Registry(Generic[T]):
 
     def info(self, name: str) -> EntryInfo:
         return self._check(name)
+
+    def capabilities_of(self, name: str, cls: type[C]) -> C:
+        """The typed capabilities of the entry ``name`` (``cls``: the family's record type)."""
+        if self.capability_type is not cls:
+            raise TypeError(
+                f"The {self.kind} registry's capabilities are "
+                f"{getattr(self.capability_type, '__name__', 'untyped')}, not {cls.__name__}."
+            )
+        caps = self._check(name).capabilities
+        assert isinstance(caps, cls)
+        return caps
 
     def create(self, name: str, **kwargs: Any) -> Any:
         """Call the registered object with ``kwargs``; unknown keywords are named in the error."""
@@ -318,6 +422,11 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _capability(info: EntryInfo, key: str) -> Any:
+    caps = info.capabilities
+    return getattr(caps, key, None) if isinstance(caps, Capabilities) else caps.get(key)
 
 
 def all_registries() -> dict[str, Registry[Any]]:

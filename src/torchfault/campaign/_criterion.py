@@ -16,13 +16,15 @@ from typing import Any
 import torch
 
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.registry import Registry
+from torchfault.registry import HIDE_DEFAULT, Capabilities, Registry
 
 __all__ = [
     "CRITERIA",
     "Criterion",
+    "CriterionCapabilities",
     "CriterionError",
     "Verdict",
+    "criterion_capabilities",
     "is_criterion",
     "list_criteria",
     "register_criterion",
@@ -30,11 +32,49 @@ __all__ = [
 
 log = logging.getLogger("torchfault.campaign")
 
-#: Outcome criteria: name -> ``fn(golden, faulty, criterion) -> Verdict``. Capabilities:
-#: ``reads`` (``"tensor"``: the parts of all rows stacked into one ``(N, ...)`` tensor;
-#: ``"rows"``: a list of per-input parts), ``metrics`` (names it records) and ``fast`` (the fast
-#: engine may classify with it: tensor parts, no metrics).
-CRITERIA: Registry[Callable[..., Any]] = Registry("criterion", plural="criteria")
+
+@dataclass(frozen=True)
+class CriterionCapabilities(Capabilities):
+    """What an outcome criterion supports (the criterion registry's typed capabilities).
+
+    Attributes:
+        reads: ``"tensor"``: the parts of all rows stacked into one ``(N, ...)`` tensor;
+            ``"rows"``: a list of per-input parts.
+        metrics: the names of the metrics it records.
+        fast: the fast engine may classify with it (tensor parts, no metrics).
+
+    Example:
+        >>> from torchfault.campaign import criterion_capabilities
+        >>> criterion_capabilities("detection").reads, criterion_capabilities("top1").fast
+        ('rows', True)
+    """
+
+    reads: str = "tensor"
+    metrics: tuple[str, ...] = field(default=(), metadata=HIDE_DEFAULT)
+    fast: bool = field(default=False, metadata=HIDE_DEFAULT)
+
+    def __post_init__(self) -> None:
+        if self.reads not in ("tensor", "rows"):
+            raise ValueError(f"A criterion's reads must be 'tensor' or 'rows', got {self.reads!r}.")
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+
+
+#: Outcome criteria: name -> ``fn(golden, faulty, criterion) -> Verdict``, with
+#: :class:`CriterionCapabilities`.
+CRITERIA: Registry[Callable[..., Any]] = Registry(
+    "criterion", plural="criteria", capabilities=CriterionCapabilities
+)
+
+
+def criterion_capabilities(name: str) -> CriterionCapabilities:
+    """The typed capabilities of the registered criterion ``name``.
+
+    Example:
+        >>> from torchfault.campaign import criterion_capabilities
+        >>> criterion_capabilities("regression").metrics
+        ('rel_error',)
+    """
+    return CRITERIA.capabilities_of(name, CriterionCapabilities)
 
 
 class CriterionError(TorchFaultError):
@@ -169,7 +209,8 @@ class Criterion:
     def info(self) -> dict[str, Any]:
         if self.fn is not None or ":" in self.name:
             return {"reads": "input", "metrics": (), "fast": False}
-        return dict(CRITERIA.info(self.name).capabilities)
+        caps = criterion_capabilities(self.name)
+        return {"reads": caps.reads, "metrics": caps.metrics, "fast": caps.fast}
 
     @property
     def fast(self) -> bool:

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from torchfault.campaign._outcome import Criterion, evaluate
 from torchfault.campaign._structure import Batched, split_rows
-from torchfault.faults import FAULT_MODELS, Fault
+from torchfault.faults import Fault, fault_model_capabilities
 from torchfault.injectors import Injection, inject
 from torchfault.registry import Registry
 from torchfault.store import RunRecord
@@ -202,7 +202,7 @@ def _random_faults(task: RunTask) -> bool:
     """Whether a fault of ``task`` has a fault model that draws random numbers."""
     for f in task.faults:
         try:
-            if FAULT_MODELS.info(f.model).capabilities.get("random"):
+            if fault_model_capabilities(f.model).random:
                 return True
         except ValueError:  # an unknown model: inject reports it
             pass
@@ -215,7 +215,7 @@ def detected_task(task: RunTask) -> bool:
     ``detected`` and the model does not run."""
     for f in task.faults:
         try:
-            if FAULT_MODELS.info(f.model).capabilities.get("detected"):
+            if fault_model_capabilities(f.model).detected:
                 return True
         except ValueError:  # an unknown model: inject reports it
             pass

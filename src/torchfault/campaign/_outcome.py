@@ -60,8 +60,10 @@ from torchfault.campaign._criteria import (  # importing it registers the built-
 from torchfault.campaign._criterion import (
     CRITERIA,
     Criterion,
+    CriterionCapabilities,
     CriterionError,
     Verdict,
+    criterion_capabilities,
     is_criterion,
     list_criteria,
     register_criterion,
@@ -73,6 +75,8 @@ __all__ = [
     "CRITERIA",
     "OUTCOMES",
     "Criterion",
+    "CriterionCapabilities",
+    "criterion_capabilities",
     "CriterionError",
     "Evaluation",
     "Verdict",
@@ -118,7 +122,7 @@ def classify(
     fn = (
         CRITERIA.get(criterion.name) if criterion.fn is None and ":" not in criterion.name else None
     )
-    if fn is None or CRITERIA.info(criterion.name).capabilities.get("reads") != "tensor":
+    if fn is None or criterion_capabilities(criterion.name).reads != "tensor":
         raise TorchFaultError(f"classify: criterion {criterion.label!r} needs evaluate().")
     v = fn(g, f, criterion)
     gt, ft = _top1(g, f)
@@ -284,7 +288,7 @@ def evaluate(golden: Any, faulty: Any, criterion: Criterion, where: str = "") ->
             return Evaluation(outcomes, g_top, f_top, diffs, metrics)
         info = CRITERIA.info(criterion.name)
         impl = info.obj
-        reads = info.capabilities.get("reads", "tensor")
+        reads = criterion_capabilities(criterion.name).reads
         if reads == "tensor":
             if tensors:
                 gt_, ft_ = g_rows, f_rows
@@ -389,7 +393,7 @@ def check_fit(golden_rows: Any, crit: Criterion) -> None:
             ) from None
         return
     name = crit.name
-    reads = CRITERIA.info(name).capabilities.get("reads", "tensor")
+    reads = criterion_capabilities(name).reads
     if reads == "rows":
         if name == "detection":
             for p in row_parts:

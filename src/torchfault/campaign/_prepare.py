@@ -194,7 +194,7 @@ def _sampler(cfg: CampaignConfig, sites: Any, model: nn.Module) -> Any:
 
 def make_sampler(cfg: CampaignConfig, sites: Any, model: nn.Module) -> Any:
     """The sampler ``cfg.sampler`` describes over ``sites`` (errors name ``sampler.<field>``)."""
-    from torchfault.samplers import SAMPLERS, create_sampler
+    from torchfault.samplers import SAMPLERS, create_sampler, sampler_capabilities
 
     s = cfg.sampler
     kw: dict[str, Any] = {
@@ -205,8 +205,7 @@ def make_sampler(cfg: CampaignConfig, sites: Any, model: nn.Module) -> Any:
         "persistence": s.persistence,
         "params": dict(s.params),
     }
-    info = SAMPLERS.info(s.name) if SAMPLERS.is_registered(s.name) else None
-    if info is not None and info.capabilities.get("needs_model"):
+    if SAMPLERS.is_registered(s.name) and sampler_capabilities(s.name).needs_model:
         kw["model"] = model  # memory, nonzero: they read the model's tensors
     if s.memory is not None:
         kw.update(s.memory)
@@ -274,13 +273,13 @@ def _check_fault_model(
     """Apply fault model ``name`` with ``params`` once to a scratch tensor; a ConfigError naming
     ``sampler.fault_model`` or ``sampler.params`` when it cannot be used."""
     from torchfault import numerics
-    from torchfault.faults import FAULT_MODELS
+    from torchfault.faults import FAULT_MODELS, fault_model_capabilities
 
     try:
         fn = FAULT_MODELS.get(name)
     except ValueError as exc:
         raise ConfigError(f"sampler.fault_model: {exc}") from None
-    if FAULT_MODELS.info(name).capabilities.get("bit_op") is not None and params:
+    if fault_model_capabilities(name).bit_op is not None and params:
         # bitwise models are applied as one vectorised op: parameters would be ignored silently
         raise ConfigError(
             f"sampler.params: fault model {name!r} takes no parameters, got {dict(params)}."

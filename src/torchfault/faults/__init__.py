@@ -39,8 +39,10 @@ from torchfault.faults._layouts import (
 from torchfault.faults._memory import MemoryFault, MemoryMap, MemoryRegion, MemoryResolution
 from torchfault.faults._models import (
     FAULT_MODELS,
+    FaultModelCapabilities,
     check_fault_model,
     create_fault_model,
+    fault_model_capabilities,
     get_fault_model,
     is_fault_model,
     list_fault_models,
@@ -86,6 +88,8 @@ __all__ = [
     "register_layout",
     "register_pattern",
     "FAULT_MODELS",
+    "FaultModelCapabilities",
+    "fault_model_capabilities",
     "PERSISTENCES",
     "TARGET_KINDS",
     "Fault",

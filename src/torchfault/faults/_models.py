@@ -29,16 +29,19 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from torchfault import numerics
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.registry import Registry
+from torchfault.registry import HIDE_DEFAULT, Capabilities, Registry
 
 __all__ = [
     "FAULT_MODELS",
+    "FaultModelCapabilities",
+    "fault_model_capabilities",
     "FaultModelFn",
     "register_fault_model",
     "list_fault_models",
@@ -49,7 +52,43 @@ __all__ = [
 
 FaultModelFn = Callable[..., torch.Tensor]
 
-FAULT_MODELS: Registry[FaultModelFn] = Registry("fault model")
+
+@dataclass(frozen=True)
+class FaultModelCapabilities(Capabilities):
+    """What a fault model supports (the fault model registry's typed capabilities).
+
+    Attributes:
+        needs_bits: a fault of this model must name bit positions (``False``: it replaces
+            whole elements).
+        bit_op: ``"xor"``, ``"stuck_at_0"`` or ``"stuck_at_1"`` for a model that is one bitwise
+            op with the bit mask (enables vectorisation); ``None`` otherwise.
+        random: the model draws from its ``generator``.
+        detected: a run of this model is recorded as ``"detected"`` (ECC detected, not
+            corrected).
+
+    Example:
+        >>> FAULT_MODELS.capabilities_of("bit_flip", FaultModelCapabilities).bit_op
+        'xor'
+    """
+
+    needs_bits: bool = False
+    bit_op: str | None = None
+    random: bool = False
+    detected: bool = field(default=False, metadata=HIDE_DEFAULT)
+
+
+FAULT_MODELS: Registry[FaultModelFn] = Registry("fault model", capabilities=FaultModelCapabilities)
+
+
+def fault_model_capabilities(name: str) -> FaultModelCapabilities:
+    """The typed capabilities of the registered fault model ``name``.
+
+    Example:
+        >>> fault_model_capabilities("bit_flip").needs_bits
+        True
+    """
+    return FAULT_MODELS.capabilities_of(name, FaultModelCapabilities)
+
 
 #: checks of the built-in models' parameters, by function: run before a fault touches the model
 _PARAM_CHECKS: dict[Any, Callable[..., Any]] = {}
@@ -277,7 +316,7 @@ def check_fault_model(name: str, bits: Sequence[int], params: Mapping[str, Any])
         info = FAULT_MODELS.info(name)
     except ValueError as exc:
         raise TorchFaultError(str(exc)) from None
-    if info.capabilities.get("needs_bits") and not bits:
+    if fault_model_capabilities(name).needs_bits and not bits:
         raise TorchFaultError(f"Fault model {name!r} needs at least one bit position in 'bits'.")
     params = dict(params)
     accepted = _model_parameters(info.obj)

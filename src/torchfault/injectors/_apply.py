@@ -28,7 +28,7 @@ import torch
 
 from torchfault import numerics
 from torchfault.errors import TorchFaultError
-from torchfault.faults import FAULT_MODELS, Fault
+from torchfault.faults import FAULT_MODELS, Fault, fault_model_capabilities
 from torchfault.injectors._words import fault_words, merge_masks, plain_words
 
 __all__ = [
@@ -113,7 +113,7 @@ def bitwise_op(model: str) -> str | None:
         >>> bitwise_op("bit_flip"), bitwise_op("zero")
         ('xor', None)
     """
-    return FAULT_MODELS.info(model).capabilities.get("bit_op")
+    return fault_model_capabilities(model).bit_op
 
 
 def apply_masks(

@@ -17,6 +17,7 @@ from torchfault.samplers._samplers import (
     PerBitSampler,
     PerLayerSampler,
     Sampler,
+    SamplerCapabilities,
     UniformSampler,
     create_sampler,
     get_sampler,
@@ -24,6 +25,7 @@ from torchfault.samplers._samplers import (
     list_samplers,
     register_sampler,
     resolve_bits,
+    sampler_capabilities,
 )
 from torchfault.samplers._size import normal_quantile, sample_size
 from torchfault.samplers._stratified import (
@@ -37,6 +39,8 @@ __all__ = [
     "ALLOCATIONS",
     "EXHAUSTIVE_LIMIT",
     "SAMPLERS",
+    "SamplerCapabilities",
+    "sampler_capabilities",
     "STRATA",
     "BerSampler",
     "ExhaustiveSampler",

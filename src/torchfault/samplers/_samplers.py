@@ -33,17 +33,26 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from torchfault.errors import TorchFaultError, suggest
-from torchfault.faults import FAULT_MODELS, PERSISTENCES, Fault, FaultSite
-from torchfault.registry import Registry
+from torchfault.faults import (
+    FAULT_MODELS,
+    PERSISTENCES,
+    Fault,
+    FaultSite,
+    fault_model_capabilities,
+)
+from torchfault.registry import HIDE_DEFAULT, Capabilities, Registry
 from torchfault.samplers._size import sample_size
 
 __all__ = [
     "SAMPLERS",
+    "SamplerCapabilities",
+    "sampler_capabilities",
     "Sampler",
     "UniformSampler",
     "PerLayerSampler",
@@ -59,7 +68,38 @@ __all__ = [
     "EXHAUSTIVE_LIMIT",
 ]
 
-SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
+
+@dataclass(frozen=True)
+class SamplerCapabilities(Capabilities):
+    """What a sampler supports (the sampler registry's typed capabilities).
+
+    Attributes:
+        stratified: the sample is drawn per stratum (site, bit, layer x bit group).
+        multi_fault: a run may hold more than one fault.
+        needs_model: the sampler reads the model's tensors (a campaign passes ``model=``).
+
+    Example:
+        >>> sampler_capabilities("ber").multi_fault, sampler_capabilities("uniform").stratified
+        (True, False)
+    """
+
+    stratified: bool = False
+    multi_fault: bool = False
+    needs_model: bool = field(default=False, metadata=HIDE_DEFAULT)
+
+
+SAMPLERS: Registry[type[Sampler]] = Registry("sampler", capabilities=SamplerCapabilities)
+
+
+def sampler_capabilities(name: str) -> SamplerCapabilities:
+    """The typed capabilities of the registered sampler ``name``.
+
+    Example:
+        >>> sampler_capabilities("per_bit").stratified
+        True
+    """
+    return SAMPLERS.capabilities_of(name, SamplerCapabilities)
+
 
 #: Largest population the ``exhaustive`` sampler accepts by default.
 EXHAUSTIVE_LIMIT = 10_000_000
@@ -238,7 +278,7 @@ def _whole_element(fault_model: str) -> bool:
     """Whether a registered fault model replaces whole elements (needs no bit positions)."""
     if not FAULT_MODELS.is_registered(fault_model):
         return False
-    return not FAULT_MODELS.info(fault_model).capabilities.get("needs_bits", True)
+    return not fault_model_capabilities(fault_model).needs_bits
 
 
 def _as_sites(sites: Any) -> list[FaultSite]:
