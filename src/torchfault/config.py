@@ -553,9 +553,18 @@ def dump_yaml(obj: Any) -> str:
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """The ``Attributes:`` section of a dataclass docstring, one joined line per field."""
+    """The ``Attributes:`` sections of a dataclass and its bases, one joined line per field (a
+    subclass documents only the fields it changes; its lines win)."""
     docs: dict[str, str] = {}
-    lines = (cls.__doc__ or "").splitlines()
+    for klass in reversed(cls.__mro__):
+        docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` section of ``cls``'s own docstring, one joined line per field."""
+    docs: dict[str, str] = {}
+    lines = (vars(cls).get("__doc__") or "").splitlines()
     inside, current, indent = False, None, None
     for line in lines:
         text = line.strip()

@@ -66,21 +66,10 @@ def check_topk(golden: Any, topk: int, field: str = "topk") -> None:
 @dataclass
 class ModelConfig(ModelSpec):
     """The model under test: dnn's :class:`~torchfault.dnn.ModelSpec` (the same fields in every
-    job; a model of your own is faulted as its factory returns it).
+    job, documented there; a model of your own is faulted as its factory returns it).
 
     Attributes:
-        name: a zoo model (``lenet``, ``mlp``, ``resnet20``...) or a factory of your own:
-            ``package.module:function`` or ``path/to/file.py:function`` (called with ``kwargs``).
         dataset: the zoo configuration (input shape, classes) for zoo models.
-        pretrained: load the zoo's shipped weights (ignored when ``checkpoint`` is given).
-        checkpoint: a weights file: a Lightning ``.ckpt``, a torchfault export (``train
-            --export``, ``prune --out``, ``quantize --out``) or a state dict; compressed or not;
-            read with ``weights_only=True``.
-        kwargs: keyword arguments for the model or factory.
-        hub: a Torch Hub entry point in a local repository, ``path/to/repo:entry``, instead of
-            ``name`` (nothing is downloaded).
-        quantized: ``checkpoint`` is a quantized export (``torchfault quantize``); unset: told
-            from the file.
     """
 
 

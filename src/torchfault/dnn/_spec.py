@@ -414,18 +414,7 @@ class JobModelSpec(ModelSpec):
     follows the job's ``data.dataset`` unless set (``None``).
 
     Attributes:
-        name: a zoo model (``lenet``, ``mlp``, ``resnet20``...) or a factory of your own:
-            ``path/to/file.py:function`` or ``package.module:function`` (called with ``kwargs``).
         dataset: the zoo configuration (input shape, classes); unset: ``data.dataset``.
-        pretrained: load the zoo's shipped weights (ignored when ``checkpoint`` is given).
-        checkpoint: a weights file: a Lightning ``.ckpt``, a torchfault export (``train
-            --export``, ``prune --out``, ``quantize --out``) or a state dict; compressed or not;
-            read with ``weights_only=True``.
-        kwargs: keyword arguments for the model or factory.
-        hub: a Torch Hub entry point in a local repository, ``path/to/repo:entry``, instead of
-            ``name`` (nothing is downloaded).
-        quantized: ``checkpoint`` is a quantized export (``torchfault quantize``); unset: told
-            from the file.
     """
 
     dataset: str | None = None
