@@ -32,6 +32,10 @@ class ReportConfig:
             every breakdown) that opens in any browser, offline, on a phone too.
         progress: show what is being done (a spinner on a terminal; lines when piped);
             null: on a terminal, and as lines with ``per_element`` (the slow case) when piped.
+        vulnerability: also add the vulnerability maps: ``element`` or ``channel`` (the SDC
+            rate per element or per channel of every stored tensor hit by single-fault runs,
+            as heatmaps ``heatmap_<module>-<target>.png`` and a table of the most vulnerable
+            cells, in report.md and report.html); null: none.
     """
 
     store: str = ""
@@ -42,6 +46,7 @@ class ReportConfig:
     export: list[str] | None = None
     html: bool = False
     progress: bool | None = None
+    vulnerability: Literal["element", "channel"] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.confidence < 1.0:
@@ -99,6 +104,7 @@ def report_job(cfg: ReportConfig) -> int:
             per_element=cfg.per_element,
             html=cfg.html,
             summary=full,
+            vulnerability=cfg.vulnerability,
         )
         out = files[0].parent
         stage("printing the summary")
