@@ -34,6 +34,13 @@ from torchfault.analysis._propagation import (
     trace_rows,
     trace_runs,
 )
+from torchfault.analysis._protection import (
+    PROTECTION_FILE,
+    ProtectionRates,
+    plot_protection,
+    protection_rates,
+    read_protection,
+)
 from torchfault.analysis._sdc_model import LayerFit, SDCModel, fit_sdc_model
 from torchfault.analysis._stats import (
     DEFAULT_INTERVAL,
@@ -79,6 +86,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "PROTECTION_FILE",
+    "ProtectionRates",
+    "plot_protection",
+    "protection_rates",
+    "read_protection",
     "MAX_EXHAUSTIVE",
     "ProtectionPlan",
     "layers_to_protect",

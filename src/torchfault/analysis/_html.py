@@ -343,13 +343,16 @@ def _share(x: Any) -> str:
     return "n/a" if x is None or x != x else _pct(float(x))  # None and NaN: nothing to divide
 
 
-def protection_section(store: Any) -> str | None:
+def protection_section(
+    store: Any, *, confidence: float = 0.95, method: str = "clopper_pearson"
+) -> str | None:
     """The protection a campaign measured (``protection.json`` beside the store, written by a
     campaign with ``protection.name`` set), or ``None`` when there is none.
 
     Shows the figures the campaign computed (SDC and DUE with and without the protection,
-    detection, false positives, accuracy cost, overhead) and the outcome counts of the same runs
-    without (from the store) and with it (from the file).
+    detection, false positives, accuracy cost, overhead), the outcome counts of the same runs
+    without (from the store) and with it (from the file) and, with matplotlib, the plot of
+    :func:`~torchfault.analysis.plot_protection` (intervals by ``confidence`` and ``method``).
     """
     path = Path(store.path).parent / "protection.json"
     if not path.is_file():
@@ -405,11 +408,31 @@ def protection_section(store: Any) -> str | None:
             "n/a" if overhead is None else f"{100 * float(overhead):+.0f}%",
         ),
     ]
+    figure = ""
+    try:
+        import matplotlib  # noqa: F401
+
+        from torchfault.analysis._protection import plot_protection
+
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_protection(
+                doc, Path(tmp) / "p.png", confidence=confidence, method=method
+            ).read_bytes()
+        title = "SDC and DUE rate without and with the protection; detection and false positives"
+        figure = (
+            f'<figure id="plot-protection"><img alt="{_e(title)}" src="{_png_uri(png)}">'
+            f"<figcaption>{_e(title)}</figcaption></figure>"
+        )
+    except ImportError:
+        pass
+    except TorchFaultError as exc:  # a summary without its rates: the tables still show
+        figure = f'<p class="note">No plot: {_e(exc)}</p>'
     return (
         f"<p>Protection <b>{_e(spec.get('name', summary.get('protection', '?')))}</b> "
         f"({_e(options)}), measured on {len(pairs):,} runs of this campaign: each run repeated "
         "under it and compared with the unprotected golden output.</p>"
         + note
+        + figure
         + '<div class="scroll"><table class="sortable" id="table-protection"><thead><tr>'
         + head
         + f"</tr></thead><tbody>{rows}</tbody></table></div>"
@@ -640,7 +663,12 @@ def make_html_report(
         state = store_state(meta, store.count_runs())
         extra = []
         for sid, title, fn in EXTRA_SECTIONS:
-            inner = fn(store)
+            if fn is protection_section:  # its plot's intervals are the report's
+                inner = protection_section(
+                    store, confidence=summary.confidence, method=summary.method
+                )
+            else:
+                inner = fn(store)
             if inner:
                 extra.append((sid, title, inner))
         if vulnerability is not None:

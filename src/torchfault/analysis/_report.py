@@ -276,7 +276,9 @@ def make_report(
         vulnerability: ``"element"`` or ``"channel"``: add the vulnerability maps (a table of
             the most vulnerable cells per stored tensor and ``heatmap_<module>-<target>.png``);
             ``None`` (default): none. A store with traces always gets a propagation section
-            (and ``propagation.png``).
+            (and ``propagation.png``); one with ``protection.json`` beside it (a protected
+            campaign) a protection section (and ``protection.png``,
+            :func:`~torchfault.analysis.plot_protection`).
 
     Returns:
         The files written: ``rate_per_layer.png``, ``rate_per_bit.png``, ``outcome_mix.png``,
@@ -297,6 +299,7 @@ def make_report(
     store_path = Path(store_path)
     _figure(1, 1)  # fail early, naming the extra, when matplotlib is missing
     from torchfault.analysis._html import check_vulnerability, make_html_report, store_state
+    from torchfault.analysis._protection import protection_markdown
     from torchfault.analysis._sections import propagation_markdown, vulnerability_markdown
 
     check_vulnerability(vulnerability)
@@ -324,8 +327,11 @@ def make_report(
         summary_json = out / "summary.json"
         summary_json.write_text(json.dumps(summary.to_dict(), indent=1, default=str))
         extra = [summary.to_csv(out / name, groups=[g]) for g, name in tables.items()]
+        sections = protection_markdown(
+            store_path, out, confidence=summary.confidence, method=summary.method
+        )
         with open_store(store_path) as store:
-            sections = propagation_markdown(store, out)
+            sections += propagation_markdown(store, out)
             if vulnerability is not None:
                 sections += vulnerability_markdown(store, vulnerability, out)
         report = out / "report.md"
