@@ -770,10 +770,12 @@ class _SigmoidCNN(nn.Module):
         return self.fc(torch.tanh(self.c2(self.act(self.c1(x)))).flatten(1))
 
 
-def test_transcendental_functions_on_unaligned_rows_use_the_reference():
+def test_transcendental_functions_on_unaligned_rows_stay_exact():
     """sigmoid's vectorised and scalar-tail kernels round some values differently, so on rows of
-    7 floats a faulty value's bits depend on its place in the batch: the model goes to the
-    reference engine (the row check on golden values alone let a `masked` vs `benign` through)."""
+    7 floats a value's bits depend on its place in the batch (the row check on golden values
+    alone once let a `masked` vs `benign` through). The engine computes sigmoid position-free
+    and runs only rows the reference engine computes the same way: every record equals the
+    reference engine's, and the runs take the fast path."""
     torch.manual_seed(704)
     model = _NarrowSigmoid().eval()
     x = torch.randn(40, 4)
@@ -782,7 +784,7 @@ def test_transcendental_functions_on_unaligned_rows_use_the_reference():
     tasks = [RunTask(k, (f,), tuple(range(40))) for k, f in enumerate(faults)]
     fast = FastEngine(model, x, golden, batch_size=4)
     assert same_records(fast.run(tasks), ReferenceEngine(model, x, golden, batch_size=4).run(tasks))
-    assert fast.stats["reference"] == len(tasks) * 40
+    assert fast.stats["fast"] > len(tasks) * 30
 
 
 def test_transcendental_functions_on_aligned_rows_stay_fast():
@@ -897,9 +899,9 @@ def test_runs_handed_to_the_reference_engine_are_counted_by_reason():
     xcl = torch.randn(n, 3, 12, 12).contiguous(memory_format=torch.channels_last)
     assert handed(cl, xcl, [Fault("c1", "output", (0, 1, 1), (30,))]) == {REASONS["layout"]: n}
     torch.manual_seed(704)
-    narrow = _NarrowSigmoid().eval()
-    got = handed(narrow, torch.randn(n, 4), [Fault("a", "output", (2,), (30,))])
-    assert got == {REASONS["position"]: n}
+    narrow = _NarrowSigmoid().eval()  # 17 rows of 7 floats: the buffer's tail holds rows 13-16
+    got = handed(narrow, torch.randn(17, 4), [Fault("a", "output", (2,), (30,))])
+    assert set(got) == {REASONS["position"]} and 0 < got[REASONS["position"]] <= 4
     att = FuzzAttention().eval()  # MultiheadAttention is one traced node: out_proj is inside
     got = handed(att, torch.randn(n, 6, 16), [Fault("attn.out_proj", "weight", (0, 0), (30,))])
     assert got == {REASONS["hidden"]: n}

@@ -29,14 +29,17 @@ per idea:
   site are convolutions, poolings or element-wise operations, they are computed on windows,
   checked by golden canary rows (batches of fewer than ``window_min_rows`` rows skip windows).
 - :mod:`._exactness` -- the checks that decide when the fast path may be trusted.
+- :mod:`._positions` -- transcendental element-wise functions (sigmoid, SiLU...) computed
+  position-free, and which rows the reference engine computes the same way (*plain* rows).
 - :mod:`._options` -- the tuning knobs (:class:`FastOptions`, ``engine.fast`` in a config).
 - :mod:`._engine` -- :class:`FastEngine`: which runs take the fast path, and the loop.
 
 Everything else goes to the ``reference`` engine (full forward passes with
 :func:`torchfault.inject`): a model ``torch.fx`` cannot trace (one logging warning per model
-class), inputs that are not contiguous (channels-last), a model with transcendental element-wise
-functions on rows that are not vector-aligned or under several threads
-(:func:`._exactness.positions_exact`), several faults in one run, ``target="input"``, faults
+class), inputs that are not contiguous (channels-last), rows at the places where a
+transcendental element-wise function's kernel rounds by position (:mod:`._positions`: the
+engine computes these functions position-free and runs only the rows the reference engine
+computes the same way), several faults in one run, ``target="input"``, faults
 with ``sample`` or ``element`` set, a module called more than once (unless the fault names its
 ``call``), parameters used by more than one module or read directly by the graph, packed
 quantized weights, and any row group whose execution raises (each task of the group is rerun

@@ -28,13 +28,14 @@ from torchfault.campaign._engine import (
     _random_faults,
     detected_task,
 )
-from torchfault.campaign._fast._exactness import positions_exact, rows_independent, site_reproduces
+from torchfault.campaign._fast._exactness import rows_independent, site_reproduces
 from torchfault.campaign._fast._faults import RowsApart, activation_faults, fits, parameter_faults
 from torchfault.campaign._fast._geometry import Window
 from torchfault.campaign._fast._golden import GoldenCache, GoldenValues
 from torchfault.campaign._fast._notices import REASONS, log
 from torchfault.campaign._fast._options import FastOptions
 from torchfault.campaign._fast._planning import Program, Site, Unsupported, plan_site, trace
+from torchfault.campaign._fast._positions import Positions, reference_layout
 from torchfault.campaign._fast._rows import (
     Done,
     Row,
@@ -120,6 +121,7 @@ class FastEngine(Engine):
         self.cache = GoldenCache(self.options.cache_bytes)
         self.stats: dict[str, int] = defaultdict(int)
         self._prog: Program | None = None
+        self._positions: Positions | None = None
         self._values: GoldenValues | None = None
         self._windows: WindowRunner | None = None
         self._traced = False
@@ -149,7 +151,15 @@ class FastEngine(Engine):
             self._model_reason = traced
             return None
         prog = traced
+        try:
+            positions = Positions(prog, probe)
+        except Exception:  # noqa: BLE001 - cannot look at its functions: the reference runs it
+            log.debug("fast engine: position-dependent functions not analysed", exc_info=True)
+            self._model_reason = REASONS["position"]
+            return None
         values = GoldenValues(prog, self.inputs, self.golden, self.block, self.min_rows, self.cache)
+        values.run_node = positions.run_node
+        self._positions = positions
         self._prog, self._values = prog, values
         self._windows = WindowRunner(values, self.options, self.stats)
         return prog
@@ -222,18 +232,53 @@ class FastEngine(Engine):
             # a bad fault raises here, as in the reference engine
             Injection(self.model, task.faults)
             sites[ti] = site
+            plain = self._plain_rows(task)
             for i in task.input_ids:
-                rows_by_block[int(i) // self.block].append((ti, int(i)))
+                if plain is None or int(i) in plain:
+                    rows_by_block[int(i) // self.block].append((ti, int(i)))
+                else:  # its bits depend on its place in the reference engine's batch
+                    self._hand_over(to_reference, ti, [int(i)], REASONS["position"])
         finished: list[Done] = []
         for block in sorted(rows_by_block):
             self._run_block(block, rows_by_block[block], tasks, sites, finished, to_reference)
         self.stats["fast"] += records(tasks, finished, self.golden, self.criterion, results)
         for ti, ids in to_reference.items():
             task = tasks[ti]
-            for r in self.reference.run([RunTask(task.fault_id, task.faults, tuple(ids))]):
-                results[(ti, r.input_id)] = r
+            order = {int(i): k for k, i in reversed(list(enumerate(task.input_ids)))}
+            ids = sorted(set(ids), key=order.__getitem__)  # the task's order, as the reference
+            wanted = set(ids)
+            run = tuple(ids) if self._subset_exact(task, ids) else tuple(task.input_ids)
+            for r in self.reference.run([RunTask(task.fault_id, task.faults, run)]):
+                if r.input_id in wanted:
+                    results[(ti, r.input_id)] = r
             self.stats["reference"] += len(ids)
         return [results[(ti, int(i))] for ti, task in enumerate(tasks) for i in task.input_ids]
+
+    def _plain_rows(self, task: RunTask) -> set[int] | None:
+        """The inputs of ``task`` whose rows are plain (:mod:`._positions`) in the batches the
+        reference engine runs the task in; ``None``: every input (no covered function)."""
+        positions = self._positions
+        if positions is None or not positions.ops:
+            return None
+        layout = reference_layout(task.input_ids, self.reference.batch_size, self.min_rows)
+        return {i for i, (n, p) in layout.items() if positions.plain(n, p)}
+
+    def _subset_exact(self, task: RunTask, ids: Sequence[int]) -> bool:
+        """Does the reference engine give inputs ``ids`` of ``task`` the same records when it
+        runs them alone as within the whole task? Yes when they are the whole task, or when rows
+        are computed independently of their batch and ``ids`` are plain in both compositions;
+        otherwise the whole task is run again and their records taken from it."""
+        if list(ids) == [int(i) for i in task.input_ids]:
+            return True
+        if self._rows_independent is not True:
+            return False
+        positions = self._positions
+        if positions is None or not positions.ops:
+            return True
+        bs = self.reference.batch_size
+        whole = reference_layout(task.input_ids, bs, self.min_rows)
+        alone = reference_layout(ids, bs, self.min_rows)
+        return all(positions.plain(*whole[i]) and positions.plain(*alone[i]) for i in ids)
 
     def _run_block(
         self,
@@ -268,9 +313,11 @@ class FastEngine(Engine):
                 need |= windows.need(s)
         golden, verified = values.values(block, need)
         if verified and self._rows_independent is None:
-            self._rows_independent = rows_independent(values, block, self.options)
+            assert self._positions is not None
+            self._rows_independent = rows_independent(values, block, self.options, self._positions)
         if self._rows_independent is False:
-            exact = positions_exact(values.prog, values.row_bytes, self.options.row_alignment)
+            assert self._positions is not None
+            exact = self._positions.model_ok(values.row_bytes, self.options.row_alignment)
             rows_reason = REASONS["batch"] if exact else REASONS["position"]
         else:
             rows_reason = REASONS["undecided"]
@@ -388,8 +435,8 @@ class FastEngine(Engine):
         Returns ``(out, alive, masked)``: the final outputs of the real rows still alive (``None``
         if none), their row numbers, and the row numbers dropped as masked.
         """
-        prog, windows = self._prog, self._windows
-        assert prog is not None and windows is not None
+        prog, windows, positions = self._prog, self._windows, self._positions
+        assert prog is not None and windows is not None and positions is not None
         start = 0
         if isinstance(live.env[site.node], Window):
             if drop:
@@ -410,7 +457,7 @@ class FastEngine(Engine):
             if live.n == 0:
                 break
             node = site.order[i]
-            live.env[node] = prog.run_node(node, live.env, lookup)
+            live.env[node] = positions.run_node(node, live.env, lookup)
             for a in node.all_input_nodes:
                 if site.last.get(a, -2) == i:
                     live.env.pop(a, None)

@@ -6,8 +6,9 @@ Three checks, each run once and remembered by the engine:
 
 - :func:`rows_independent` (once per engine, on the first block with golden inputs): every node's
   value of a few rows is the same bits in a batch of their own and at the end of taller,
-  odd-sized batches (:func:`same_in_any_batch`), and the graph has no transcendental
-  element-wise function on rows whose bits may depend on their place (:func:`positions_exact`).
+  odd-sized batches (:func:`same_in_any_batch`), with position-dependent functions computed
+  canonically, and those not covered meet the old alignment rule
+  (:meth:`~._positions.Positions.model_ok`).
 - :func:`site_reproduces` (once per parameter site): the module, called from its cached golden
   inputs, reproduces its golden output.
 - windowed computations are checked by canary rows as they run (:mod:`._windows`).
@@ -23,32 +24,13 @@ import torch.fx as fx
 from torchfault.campaign._fast._faults import layer_output
 from torchfault.campaign._fast._golden import NOT_ROW_INDEXED, GoldenValues
 from torchfault.campaign._fast._notices import log, warn_once
-from torchfault.campaign._fast._operations import is_inexact
 from torchfault.campaign._fast._options import FastOptions
 from torchfault.campaign._fast._planning import Program, Site
+from torchfault.campaign._fast._positions import Positions
 from torchfault.campaign._fast._rows import pad, take
 from torchfault.campaign._outcome import output_words_equal
 
-__all__ = ["positions_exact", "rows_independent", "same_in_any_batch", "site_reproduces"]
-
-
-def positions_exact(prog: Program, row_bytes: dict[fx.Node, int], alignment: int) -> bool:
-    """Are the inexact element-wise operations of the graph (``INEXACT_MODULES``) safe from
-    their values' positions? They are when their inputs' rows are a multiple of ``alignment``
-    bytes (every row starts on the same vector lanes and no buffer has a scalar tail) and one
-    intra-op thread runs (threads split buffers at other places)."""
-    for node in prog.nodes:
-        if node not in prog.dynamic or not is_inexact(node, prog.module_of(node)):
-            continue
-        if torch.get_num_threads() > 1:
-            return False
-        for a in node.all_input_nodes:
-            if a not in prog.dynamic:
-                continue
-            size = row_bytes.get(a)
-            if size is None or size % alignment:
-                return False
-    return True
+__all__ = ["rows_independent", "same_in_any_batch", "site_reproduces"]
 
 
 def same_in_any_batch(
@@ -57,6 +39,7 @@ def same_in_any_batch(
     batch: torch.Tensor,
     checked_rows: int,
     heights: tuple[int, ...],
+    run_node: Any = None,
 ) -> tuple[bool, Any]:
     """Run the graph on ``inputs[batch]`` (at least ``min_rows`` row numbers); are its first
     ``checked_rows`` rows computed to the same bits, at every node of the graph, there and after
@@ -70,6 +53,7 @@ def same_in_any_batch(
     """
     rows = batch[:checked_rows]
     k = len(rows)
+    run = run_node or prog.run_node
 
     def others(m: int) -> torch.Tensor:
         return rows.repeat(m // k + 1)[:m].flip(0)
@@ -86,7 +70,7 @@ def same_in_any_batch(
             break
         vals = []
         for env, (idx, _) in zip(envs, layouts):
-            v = inputs[idx] if node is prog.placeholder else prog.run_node(node, env)
+            v = inputs[idx] if node is prog.placeholder else run(node, env)
             env[node] = v
             vals.append(v)
         first = vals[0]
@@ -112,7 +96,9 @@ def same_in_any_batch(
     return True, envs[0].get(prog.result)
 
 
-def rows_independent(values: GoldenValues, block: int, options: FastOptions) -> bool | None:
+def rows_independent(
+    values: GoldenValues, block: int, options: FastOptions, positions: Positions
+) -> bool | None:
     """Does the graph, run on ``block``'s rows reversed and duplicated, give each row its golden
     output, with every value the same bits in taller batches? ``None``: no golden input in this
     block to check with (decided on a later block).
@@ -126,18 +112,25 @@ def rows_independent(values: GoldenValues, block: int, options: FastOptions) -> 
         return None
     ids = ids[::-1][: min_rows - 1]
     ids = ids + ids[:1]
-    if not positions_exact(prog, values.row_bytes, options.row_alignment):
+    if not positions.model_ok(values.row_bytes, options.row_alignment):
         warn_once(
             f"rows:{name}",
-            f"fast engine: {name} applies a transcendental element-wise "
-            "function (sigmoid, tanh, exp...) to values whose bits may depend on their place "
-            "in a batch; running its faults with the reference engine.",
+            f"fast engine: {name} applies a transcendental element-wise function (sigmoid, "
+            "tanh, exp...) that the engine cannot compute position-free (its kernel gives the "
+            "same bits on both paths for the values tried, or it reads a non-contiguous or a "
+            "second computed value) on rows whose bits may depend on their place in a batch "
+            "(unaligned rows, several threads); running its faults with the reference engine.",
         )
         return False
     try:
         batch = pad(torch.tensor(ids, dtype=torch.int64), min_rows)
         ok, res = same_in_any_batch(
-            prog, values.inputs, batch, options.row_check_rows, options.row_check_heights
+            prog,
+            values.inputs,
+            batch,
+            options.row_check_rows,
+            options.row_check_heights,
+            positions.run_node,
         )
         ok = (
             ok

@@ -85,6 +85,9 @@ class GoldenValues:
         self.block = block
         self.min_rows = min_rows
         self.cache = cache
+        #: how a node is computed (the engine computes position-dependent functions canonically,
+        #: :meth:`~._positions.Positions.run_node`)
+        self.run_node = prog.run_node
         #: values that do not depend on the input (parameters read by the graph, shapes...)
         self.constants: dict[fx.Node, Any] = {}
         #: bytes per row of each node's value
@@ -122,7 +125,7 @@ class GoldenValues:
             if node.op == "output":
                 break
             # a copy: the model may modify its input in place (the block's inputs stay golden)
-            v = x.clone() if node is prog.placeholder else prog.run_node(node, env)
+            v = x.clone() if node is prog.placeholder else self.run_node(node, env)
             env[node] = v
             if (
                 node not in self.row_bytes

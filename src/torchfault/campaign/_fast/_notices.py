@@ -22,8 +22,8 @@ REASONS = {
     "calls": "module called more than once (no call given, or a call that never happens)",
     "hidden": "module not in the traced graph (inside a module traced whole, or not called)",
     "tensor": "parameter shared, read by the graph, packed, or module not found",
-    "position": "transcendental element-wise function on rows not vector-aligned or under "
-    "several threads",
+    "position": "transcendental element-wise function: the row sits where the kernel rounds "
+    "by position, or a function not computed position-free on unaligned rows or several threads",
     "batch": "rows depend on the batch composition",
     "undecided": "row check not made yet (no input of the block reproduces golden)",
     "golden": "traced graph does not reproduce the input's golden output",

@@ -1,0 +1,280 @@
+# SPDX-License-Identifier: MIT
+"""Positions: transcendental element-wise functions whose bits depend on where a value sits.
+
+CPU kernels of sigmoid, SiLU, ELU, softplus... compute the body of a buffer with vector
+instructions and the last few values of each thread's share of it (its *tail*, fewer than two
+vectors) with scalar code, which rounds some values differently. Where a value sits depends on
+the batch composition and on the number of intra-op threads (each thread takes ``ceil(numel /
+threads)`` values), and the fast engine composes its batches its own way. So it does not inherit
+positions at all:
+
+- **Canonical computation.** Every such function of the graph (:data:`~._operations.INEXACT_MODULES`
+  and friends) that reads one contiguous value computed from the input is computed on that value
+  flattened, padded to a multiple of :data:`ALIGN` elements and cut into blocks of
+  :data:`BLOCK` elements: every block is one vectorised loop without a tail and below every
+  kernel's threshold for threading, so every value gets the vectorised result, wherever it
+  sits and however many threads run. The engine's golden values, its row check and the rest of
+  the network after a fault are all computed this way.
+- **Plain rows.** The reference engine runs the real kernels at the real places, so a row takes
+  the fast path only when, at every such function, the real kernel in the batch the reference
+  engine would run it in (the fault's inputs in chunks of ``batch_size``, padded to
+  ``MIN_ROWS``) gives the canonical bits at every element of the row. Which rows are plain is
+  measured, not predicted: per function, batch height and thread count, the function runs once
+  on a probe of that height filled with values whose vectorised and scalar results differ (found
+  per function on its own golden inputs and random values), twice with the fill shifted; a row
+  where the result differs from the canonical one is not plain. Only the rows at the end of a
+  thread's share whose size is not a multiple of the vector loop's step are not plain.
+- A function for which no such value is found (its kernel gives the same bits on both paths
+  for every value tried, as tanh, exp, log, erf and log-sigmoid do with torch 2.13 on x86: their
+  kernels vectorise the tail too) is probed with all the values tried; that its rows are plain
+  is then measured on those values, not proven for every value.
+- A function that reads a non-contiguous value, a constant tensor of several values or two
+  computed values keeps the old rule: exact only with one intra-op thread and rows a multiple of
+  ``row_alignment`` bytes (:meth:`Positions.model_ok`).
+
+Rows that are not plain go to the reference engine in the batch the reference engine would have
+run them in (see ``FastEngine.run``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from torchfault.campaign._fast._operations import is_inexact
+from torchfault.campaign._fast._planning import Program, Unsupported
+
+__all__ = ["ALIGN", "BLOCK", "Positions", "reference_layout"]
+
+#: canonical blocks are padded to a multiple of this many elements (two 512-bit vectors of the
+#: narrowest float type, with room to spare)
+ALIGN = 128
+#: elements of one canonical block: below ATen's grain for threading element-wise loops (32768)
+#: and GELU's own threshold (16384 is not above it)
+BLOCK = 16384
+#: values tried per function when looking for ones whose vectorised and scalar results differ
+POOL = 8192
+
+
+@dataclass(eq=False)
+class _Op:
+    """A function computed canonically: its one computed operand and what a probe needs."""
+
+    operand: fx.Node
+    inplace: bool
+    row_shape: torch.Size
+    dtype: torch.dtype
+    probe: torch.Tensor  # values whose vectorised and scalar results differ (or all tried)
+
+
+def reference_layout(ids: Any, batch_size: int, min_rows: int) -> dict[int, tuple[int, int]]:
+    """Input number -> (rows of its batch, its row) as the reference engine runs task ``ids``:
+    chunks of ``batch_size`` in order, each padded to ``min_rows`` rows (first occurrence)."""
+    out: dict[int, tuple[int, int]] = {}
+    ids = [int(i) for i in ids]
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        n = max(len(chunk), min_rows)
+        for p, i in enumerate(chunk):
+            out.setdefault(i, (n, p))
+    return out
+
+
+def _inplace(node: fx.Node, module: Any) -> bool:
+    if getattr(module, "inplace", False) is True:
+        return True
+    if node.kwargs.get("inplace") is True or any(a is True for a in node.args[1:]):
+        return True
+    return node.op == "call_method" and str(node.target).endswith("_")
+
+
+def _differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-wise: the words differ (NaN equals NaN)."""
+    return (a != b) & ~(torch.isnan(a) & torch.isnan(b))
+
+
+class Positions:
+    """The graph's position-dependent functions, computed canonically, and which rows are plain.
+
+    Args:
+        prog: the traced model.
+        probe: a few padded campaign inputs (one pass over them finds the functions' operands).
+    """
+
+    def __init__(self, prog: Program, probe: torch.Tensor) -> None:
+        self.prog = prog
+        self.ops: dict[fx.Node, _Op] = {}
+        #: nodes the canonical computation does not cover (the old rule applies to them)
+        self.others: list[fx.Node] = []
+        self._constants: dict[fx.Node, Any] = {}
+        self._nonplain: dict[tuple[str, int, int], frozenset[int]] = {}
+        self._bad_rows: dict[tuple[int, int], frozenset[int]] = {}
+        inexact = [n for n in prog.nodes if n in prog.dynamic and is_inexact(n, prog.module_of(n))]
+        if not inexact:
+            return
+        env: dict[fx.Node, Any] = {}
+        found: dict[fx.Node, tuple[fx.Node, torch.Tensor]] = {}
+        for node in prog.nodes:
+            if node.op == "output":
+                break
+            if node in inexact:
+                op = self._operand(node, env)
+                if op is not None:
+                    found[node] = (op, env[op].detach().reshape(-1)[:POOL].clone())
+            env[node] = probe.clone() if node is prog.placeholder else prog.run_node(node, env)
+            if node not in prog.dynamic:
+                self._constants[node] = env[node]
+        for node in inexact:
+            if node not in found:
+                self.others.append(node)
+                continue
+            op, seen = found[node]
+            value = env[op]
+            probe_values = self._discriminating(node, op, seen, value.dtype)
+            if probe_values is None:
+                self.others.append(node)
+                continue
+            self.ops[node] = _Op(
+                op,
+                _inplace(node, prog.module_of(node)),
+                value.shape[1:],
+                value.dtype,
+                probe_values,
+            )
+
+    # ------------------------------------------------------------------ set-up
+    def _operand(self, node: fx.Node, env: dict[fx.Node, Any]) -> fx.Node | None:
+        """The one computed, contiguous floating-point operand of ``node`` (``None``: not
+        covered). Its other inputs must be constants that are not tensors of several values."""
+        prog = self.prog
+        dyn = [a for a in node.all_input_nodes if a in prog.dynamic]
+        if len(dyn) != 1:
+            return None
+        a = dyn[0]
+        v = env.get(a)
+        if not (
+            isinstance(v, torch.Tensor)
+            and v.dim() > 0
+            and v.is_floating_point()
+            and v.is_contiguous()
+            and v.device.type == "cpu"
+        ):
+            return None
+        for b in node.all_input_nodes:
+            if b is a:
+                continue
+            c = env.get(b, self._constants.get(b))
+            if isinstance(c, torch.Tensor) and c.numel() > 1:
+                return None
+        return a
+
+    def _call(self, node: fx.Node, operand: fx.Node, t: torch.Tensor) -> Any:
+        return self.prog.run_node(node, {}, lambda a: t if a is operand else self._constants[a])
+
+    def _discriminating(
+        self, node: fx.Node, operand: fx.Node, seen: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """Values whose vectorised and scalar results differ (all values tried when none do;
+        ``None``: the function fails on flat values)."""
+        g = torch.Generator().manual_seed(0)
+        pool = torch.cat(
+            [seen.to(dtype)]
+            + [(torch.randn(POOL, generator=g) * s).to(dtype) for s in (0.25, 1.0, 4.0, 16.0)]
+        )
+        try:
+            vec = self._canonical(node, operand, pool)
+            strided = torch.zeros(pool.numel(), 2, dtype=dtype)
+            strided[:, 0] = pool
+            sca = self._call(node, operand, strided[:, 0])
+        except Exception:  # noqa: BLE001 - a function that fails on flat values: not covered
+            return None
+        if not isinstance(sca, torch.Tensor) or sca.shape != pool.shape:
+            return None
+        diff = _differ(vec, sca)
+        if not bool(diff.any()):
+            # both paths gave the same bits for every value tried (tanh, exp, log and erf here:
+            # their kernels also vectorise the tail): probes with these values still measure
+            # rows, and a row is plain unless some value of the probe told the paths apart
+            return pool.clone()
+        return pool[diff].clone()
+
+    # ------------------------------------------------------------------ computing
+    def _canonical(self, node: fx.Node, operand: fx.Node, x: torch.Tensor) -> torch.Tensor:
+        """``node`` on ``x``, every value on the vectorised path (see the module docstring).
+        ``x`` itself is never written (an in-place function runs on a copy)."""
+        op = self.ops.get(node)
+        flat = x.reshape(-1)
+        if op is None or op.inplace:
+            flat = flat.clone()
+        n = flat.numel()
+        parts = []
+        for i in range(0, n, BLOCK):
+            seg = flat[i : i + BLOCK]
+            k = seg.numel()
+            if k % ALIGN:
+                seg = torch.cat([seg, seg.new_zeros(-k % ALIGN)])
+            out = self._call(node, operand, seg)
+            parts.append(out if out.numel() == k else out[:k])
+        return (torch.cat(parts) if len(parts) > 1 else parts[0]).reshape(x.shape)
+
+    def run_node(self, node: fx.Node, env: dict[fx.Node, Any], lookup: Any = None) -> Any:
+        """``Program.run_node``, with the covered functions computed canonically."""
+        op = self.ops.get(node)
+        if op is None:
+            return self.prog.run_node(node, env, lookup)
+        x = lookup(op.operand) if lookup is not None else env[op.operand]
+        if not (isinstance(x, torch.Tensor) and x.is_contiguous() and x.dtype == op.dtype):
+            raise Unsupported(f"{node.name}: operand not contiguous or of another dtype")
+        out = self._canonical(node, op.operand, x)
+        if op.inplace:  # the model's aliasing: the function wrote into its operand
+            x.copy_(out)
+            return x
+        return out
+
+    # ------------------------------------------------------------------ plain rows
+    def model_ok(self, row_bytes: dict[fx.Node, int], alignment: int) -> bool:
+        """May the fast path run this model at all? The functions not covered must meet the old
+        rule: one intra-op thread and rows a multiple of ``alignment`` bytes."""
+        for node in self.others:
+            if torch.get_num_threads() > 1:
+                return False
+            for a in node.all_input_nodes:
+                if a not in self.prog.dynamic:
+                    continue
+                size = row_bytes.get(a)
+                if size is None or size % alignment:
+                    return False
+        return True
+
+    def nonplain(self, node: fx.Node, rows: int) -> frozenset[int]:
+        """The rows of a batch of ``rows`` rows where the real kernel of ``node`` does not give
+        the canonical bits (measured on a probe, cached per thread count)."""
+        key = (node.name, rows, torch.get_num_threads())
+        got = self._nonplain.get(key)
+        if got is not None:
+            return got
+        op = self.ops[node]
+        size = rows * math.prod(op.row_shape)
+        bad = torch.zeros(rows, dtype=torch.bool)
+        for shift in (0, 1):
+            fill = op.probe.roll(shift).repeat(size // op.probe.numel() + 1)[:size]
+            x = fill.reshape(rows, *op.row_shape)
+            real = self._call(node, op.operand, x.clone())
+            want = self._canonical(node, op.operand, x)
+            bad |= _differ(real, want).reshape(rows, -1).any(1)
+        got = frozenset(int(i) for i in bad.nonzero().flatten().tolist())
+        self._nonplain[key] = got
+        return got
+
+    def plain(self, rows: int, row: int) -> bool:
+        """Is row ``row`` of a batch of ``rows`` rows plain at every covered function?"""
+        key = (rows, torch.get_num_threads())
+        bad = self._bad_rows.get(key)
+        if bad is None:
+            bad = frozenset().union(*(self.nonplain(node, rows) for node in self.ops))
+            self._bad_rows[key] = bad
+        return row not in bad
