@@ -651,6 +651,22 @@ class FuzzAttention(nn.Module):
         return self.fc(self.ln(h + x).mean(1))
 
 
+class FuzzEncoder(nn.Module):
+    """``nn.TransformerEncoder`` (traced as one node; its layers take PyTorch's fused fast path
+    in eval mode): faults on its layers' weights run from the encoder's node with the faulty
+    tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
 FUZZ_FAMILIES = {
     "net": (FuzzNet, lambda n: torch.randn(n, 3, 12, 12)),
     "net-float64": (lambda: FuzzNet().double(), lambda n: torch.randn(n, 3, 12, 12).double()),
@@ -661,6 +677,7 @@ FUZZ_FAMILIES = {
         lambda n: torch.randn(n, 3, 16, 16).contiguous(memory_format=torch.channels_last),
     ),
     "attention": (FuzzAttention, lambda n: torch.randn(n, 6, 16)),
+    "encoder": (FuzzEncoder, lambda n: torch.randn(n, 5, 8)),
 }
 
 
@@ -903,8 +920,11 @@ def test_runs_handed_to_the_reference_engine_are_counted_by_reason():
     got = handed(narrow, torch.randn(17, 4), [Fault("a", "output", (2,), (30,))])
     assert set(got) == {REASONS["position"]} and 0 < got[REASONS["position"]] <= 4
     att = FuzzAttention().eval()  # MultiheadAttention is one traced node: out_proj is inside
+    got = handed(att, torch.randn(n, 6, 16), [Fault("attn.out_proj", "output", (0, 0), (30,))])
+    assert got == {REASONS["hidden"]: n}  # an activation inside a module traced whole
+    # a weight inside it: the site is the attention node, whose value is a tuple
     got = handed(att, torch.randn(n, 6, 16), [Fault("attn.out_proj", "weight", (0, 0), (30,))])
-    assert got == {REASONS["hidden"]: n}
+    assert got == {REASONS["site"]: n}
     qmodel, qx = eager_quantized_linear()
     got = handed(qmodel, qx, [Fault("0", "scale", index=(0,), bits=(31,))])
     assert got == {REASONS["apart"]: n}

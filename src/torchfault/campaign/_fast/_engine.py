@@ -178,7 +178,7 @@ class FastEngine(Engine):
             return REASONS["random"]
         calls = prog.calls.get(f.module, [])
         if not calls:
-            return REASONS["hidden"]
+            return self._inner_site(prog, f)
         if f.is_activation and f.call is not None:
             node = calls[f.call] if f.call < len(calls) else None
         else:
@@ -199,6 +199,43 @@ class FastEngine(Engine):
                 and prog.holders.get(id(t), 0) == 1
             ):
                 site = plan_site(prog, node, f.target, module, self.options.max_checks)
+        self._sites[key] = site
+        return site or REASONS["tensor"]
+
+    def _inner_site(self, prog: Program, f: Any) -> Site | str:
+        """A parameter or buffer fault of a submodule inside a module traced whole (an
+        ``nn.TransformerEncoder``, ...): the site is that module's node, its target the dotted
+        path of the tensor in it (the module is called with the faulty tensor by
+        ``torch.func.functional_call``, as any parameter site); activation faults stay hidden."""
+        parts = f.module.split(".")
+        outer = next(
+            (
+                ".".join(parts[:k])
+                for k in range(len(parts) - 1, 0, -1)
+                if ".".join(parts[:k]) in prog.calls
+            ),
+            None,
+        )
+        if f.is_activation or outer is None or len(prog.calls[outer]) != 1:
+            return REASONS["hidden"]
+        node = prog.calls[outer][0]
+        inner = f.module[len(outer) + 1 :]
+        target = f"{inner}.{f.target}"
+        key = (node.name, target)
+        if key in self._sites:
+            return self._sites[key] or REASONS["tensor"]
+        site = None
+        module, sub = prog.modules.get(outer), prog.modules.get(f.module)
+        t = getattr(sub, f.target, None) if sub is not None else None
+        if (
+            module is not None
+            and isinstance(t, torch.Tensor)
+            and sub is not None
+            and not is_packed(sub, f.target)
+            and f"{f.module}.{f.target}" not in prog.attr_uses
+            and prog.holders.get(id(t), 0) == 1
+        ):
+            site = plan_site(prog, node, target, module, self.options.max_checks)
         self._sites[key] = site
         return site or REASONS["tensor"]
 

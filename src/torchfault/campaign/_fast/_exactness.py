@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from torchfault.campaign._fast._faults import layer_output
+from torchfault.campaign._fast._faults import layer_output, site_tensor
 from torchfault.campaign._fast._golden import NOT_ROW_INDEXED, GoldenValues
 from torchfault.campaign._fast._notices import log, warn_once
 from torchfault.campaign._fast._options import FastOptions
@@ -167,7 +167,7 @@ def site_reproduces(
         torch.tensor(ids[::-1][: values.min_rows], dtype=torch.int64) - start, values.min_rows
     )
     try:
-        value = layer_output(site, getattr(site.module, site.target), values, golden, pos)
+        value = layer_output(site, site_tensor(site), values, golden, pos)
         return bool(output_words_equal(take(golden[site.node], pos), value).all())
     except Exception as exc:  # noqa: BLE001 - anything odd: the reference engine runs it
         log.info(

@@ -84,6 +84,15 @@ def fits(index: Sequence[int], shape: Sequence[int]) -> bool:
     return True
 
 
+def site_tensor(site: Site) -> torch.Tensor:
+    """The faulted parameter or buffer of a parameter site; ``site.target`` may be a dotted path
+    into the site's module (a tensor of a submodule of a module traced whole)."""
+    obj: Any = site.module
+    for part in site.target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def faulty_tensor(f: Fault, t: torch.Tensor) -> torch.Tensor:
     """``t`` with fault ``f`` applied, as :func:`torchfault.inject` writes it."""
     return apply_fault(t, f)
@@ -186,7 +195,7 @@ def parameter_faults(
     ``base`` is the golden site output of the rows. Returns the faulty output and, per row,
     whether the row equals golden there.
     """
-    t = getattr(site.module, site.target)
+    t = site_tensor(site)
     value = base.clone()
     n = spans[-1][1]
     same = torch.zeros(n, dtype=torch.bool)
