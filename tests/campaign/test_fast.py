@@ -667,6 +667,22 @@ class FuzzEncoder(nn.Module):
         return self.head(self.encoder(self.embed(x)).mean(1))
 
 
+class FuzzDecoder(nn.Module):
+    """``nn.TransformerDecoder`` (one traced node; no fused path, so its submodules run and
+    activation faults inside it fire)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        layer = nn.TransformerDecoderLayer(16, 2, 24, dropout=0.0, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, 1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(self.decoder(h, h).mean(1))
+
+
 FUZZ_FAMILIES = {
     "net": (FuzzNet, lambda n: torch.randn(n, 3, 12, 12)),
     "net-float64": (lambda: FuzzNet().double(), lambda n: torch.randn(n, 3, 12, 12).double()),
@@ -678,7 +694,27 @@ FUZZ_FAMILIES = {
     ),
     "attention": (FuzzAttention, lambda n: torch.randn(n, 6, 16)),
     "encoder": (FuzzEncoder, lambda n: torch.randn(n, 5, 8)),
+    "decoder": (FuzzDecoder, lambda n: torch.randn(n, 5, 8)),
 }
+
+
+def test_activation_faults_inside_a_module_traced_whole():
+    """Activation faults on the linear layers inside an ``nn.TransformerDecoder`` (one traced
+    node): the decoder runs once per batch with each fault injected on its own rows; every
+    record equals the reference engine's, the runs take the fast path and some change the
+    output."""
+    torch.manual_seed(4)
+    model = FuzzDecoder().eval()
+    x = torch.randn(N_INPUTS, 5, 8)
+    faults = [
+        Fault(f"decoder.layers.0.{m}", "output", (t, j), (b,))
+        for m in ("linear1", "linear2")
+        for t, j, b in ((0, 3, 30), (4, 1, 29), (2, 7, 22))
+    ]
+    got, want, fast = compare(model, x, faults)
+    assert same_records(got, want)
+    assert fast.stats["fast"] == len(got)
+    assert {r.outcome for r in got} - {"masked"}
 
 
 def fuzz_faults(model, x, n, rng):
@@ -920,11 +956,13 @@ def test_runs_handed_to_the_reference_engine_are_counted_by_reason():
     got = handed(narrow, torch.randn(17, 4), [Fault("a", "output", (2,), (30,))])
     assert set(got) == {REASONS["position"]} and 0 < got[REASONS["position"]] <= 4
     att = FuzzAttention().eval()  # MultiheadAttention is one traced node: out_proj is inside
-    got = handed(att, torch.randn(n, 6, 16), [Fault("attn.out_proj", "output", (0, 0), (30,))])
-    assert got == {REASONS["hidden"]: n}  # an activation inside a module traced whole
-    # a weight inside it: the site is the attention node, whose value is a tuple
-    got = handed(att, torch.randn(n, 6, 16), [Fault("attn.out_proj", "weight", (0, 0), (30,))])
-    assert got == {REASONS["site"]: n}
+    # a weight or an activation inside it: the site is the attention node, whose value is a
+    # tuple; a module not called at all stays hidden
+    for f in (
+        Fault("attn.out_proj", "weight", (0, 0), (30,)),
+        Fault("attn.out_proj", "output", (0, 0), (30,)),
+    ):
+        assert handed(att, torch.randn(n, 6, 16), [f]) == {REASONS["site"]: n}
     qmodel, qx = eager_quantized_linear()
     got = handed(qmodel, qx, [Fault("0", "scale", index=(0,), bits=(31,))])
     assert got == {REASONS["apart"]: n}

@@ -29,12 +29,25 @@ from torchfault.campaign._engine import (
     detected_task,
 )
 from torchfault.campaign._fast._exactness import rows_independent, site_reproduces
-from torchfault.campaign._fast._faults import RowsApart, activation_faults, fits, parameter_faults
+from torchfault.campaign._fast._faults import (
+    RowsApart,
+    activation_faults,
+    fits,
+    inner_activation_faults,
+    parameter_faults,
+)
 from torchfault.campaign._fast._geometry import Window
 from torchfault.campaign._fast._golden import GoldenCache, GoldenValues
 from torchfault.campaign._fast._notices import REASONS, log
 from torchfault.campaign._fast._options import FastOptions
-from torchfault.campaign._fast._planning import Program, Site, Unsupported, plan_site, trace
+from torchfault.campaign._fast._planning import (
+    INNER,
+    Program,
+    Site,
+    Unsupported,
+    plan_site,
+    trace,
+)
 from torchfault.campaign._fast._positions import Positions, reference_layout
 from torchfault.campaign._fast._rows import (
     Done,
@@ -203,10 +216,11 @@ class FastEngine(Engine):
         return site or REASONS["tensor"]
 
     def _inner_site(self, prog: Program, f: Any) -> Site | str:
-        """A parameter or buffer fault of a submodule inside a module traced whole (an
-        ``nn.TransformerEncoder``, ...): the site is that module's node, its target the dotted
+        """A fault of a submodule inside a module traced whole (an ``nn.TransformerEncoder``,
+        ...): the site is that module's node. For a parameter or buffer its target is the dotted
         path of the tensor in it (the module is called with the faulty tensor by
-        ``torch.func.functional_call``, as any parameter site); activation faults stay hidden."""
+        ``torch.func.functional_call``, as any parameter site); activation faults share one site
+        (:data:`INNER`) whose module is called with them injected, each on its own rows."""
         parts = f.module.split(".")
         outer = next(
             (
@@ -216,9 +230,19 @@ class FastEngine(Engine):
             ),
             None,
         )
-        if f.is_activation or outer is None or len(prog.calls[outer]) != 1:
+        if outer is None or len(prog.calls[outer]) != 1:
             return REASONS["hidden"]
         node = prog.calls[outer][0]
+        if f.is_activation:  # f.target == "output" (input faults went to the reference)
+            key = (node.name, INNER)
+            if key not in self._sites:
+                module = prog.modules.get(outer)
+                site = None
+                if module is not None:
+                    site = plan_site(prog, node, INNER, module, self.options.max_checks)
+                    site.inner = True
+                self._sites[key] = site
+            return self._sites[key] or REASONS["tensor"]
         inner = f.module[len(outer) + 1 :]
         target = f"{inner}.{f.target}"
         key = (node.name, target)
@@ -442,7 +466,11 @@ class FastEngine(Engine):
             live, site_same = started
         else:
             base = values.gather(golden, site.node, pos)
-            if site.target == "output":
+            if site.inner:
+                value, site_same = inner_activation_faults(
+                    site, self.model, faults, spans, values, golden, pos, base
+                )
+            elif site.target == "output":
                 value, site_same = activation_faults(base, faults, spans)
             else:
                 value, site_same = parameter_faults(site, faults, spans, values, golden, pos, base)

@@ -27,13 +27,21 @@ from torchfault.campaign._fast._rows import pad, take
 from torchfault.campaign._outcome import output_words_equal
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
-from torchfault.injectors import apply_fault, apply_masks, apply_model, bitwise_op, flat_index
+from torchfault.injectors import (
+    apply_fault,
+    apply_masks,
+    apply_model,
+    bitwise_op,
+    flat_index,
+    inject,
+)
 
 __all__ = [
     "RowsApart",
     "activation_faults",
     "faulty_tensor",
     "fits",
+    "inner_activation_faults",
     "layer_output",
     "parameter_faults",
     "same_storage_kind",
@@ -155,17 +163,47 @@ def _site_inputs(
 
 def layer_output(
     site: Site,
-    tensor: torch.Tensor,
+    tensor: torch.Tensor | None,
     values: GoldenValues,
     golden: dict[fx.Node, Any],
     pos: torch.Tensor,
 ) -> torch.Tensor:
-    """The site module's output over block rows ``pos`` with ``tensor`` as its faulted parameter."""
+    """The site module's output over block rows ``pos`` with ``tensor`` as its faulted parameter
+    (``None``: the module as it is)."""
     args, kwargs = _site_inputs(site, values, golden, pos)
-    out = torch.func.functional_call(site.module, {site.target: tensor}, tuple(args), dict(kwargs))
+    if tensor is None:
+        out = site.module(*args, **kwargs)
+    else:
+        out = torch.func.functional_call(
+            site.module, {site.target: tensor}, tuple(args), dict(kwargs)
+        )
     if not isinstance(out, torch.Tensor):
         raise Unsupported("the module output is not a tensor")
     return out
+
+
+def inner_activation_faults(
+    site: Site,
+    model: nn.Module,
+    faults: list[Fault],
+    spans: list[tuple[int, int]],
+    values: GoldenValues,
+    golden: dict[fx.Node, Any],
+    pos: torch.Tensor,
+    base: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The site module's output for every row with its fault injected inside the module: one
+    call over the batch under :func:`torchfault.inject`, each fault on its own rows
+    (``sample``). A fresh injection per call counts the module calls from zero, as one forward
+    pass of the model does. Returns the faulty output and, per row, whether it equals golden."""
+    per_row = [f.replace(sample=r) for f, (r0, r1) in zip(faults, spans) for r in range(r0, r1)]
+    with inject(model, per_row):
+        out = layer_output(site, None, values, golden, pos)
+    n = spans[-1][1]
+    if not isinstance(out, torch.Tensor) or not same_storage_kind(out, base):
+        raise RowsApart(f"{site.node.name}: the faulty output is stored apart")
+    value = out[:n]
+    return value, output_words_equal(base[:n], value)
 
 
 def _one_channel(site: Site, f: Fault) -> bool:

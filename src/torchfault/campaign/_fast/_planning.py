@@ -23,7 +23,10 @@ from torch.fx.node import map_arg
 from torchfault.campaign._fast._notices import REASONS, first_line, warn_once
 from torchfault.campaign._fast._operations import is_masking, window_kind
 
-__all__ = ["Program", "Site", "Unsupported", "plan_site", "trace"]
+__all__ = ["INNER", "Program", "Site", "Unsupported", "plan_site", "trace"]
+
+#: the target of a site that stands for activation faults inside the site's module
+INNER = "<activations inside>"
 
 
 class Unsupported(Exception):
@@ -176,6 +179,9 @@ class Site:
     # activation sites: the leading nodes of ``order`` that can run on spatial windows, and how
     window_kinds: dict[fx.Node, str] = field(default_factory=dict)
     window_need: set[fx.Node] | None = None  # their golden values (once sizes are known)
+    # activation faults on submodules of a module traced whole: the site is that module's node,
+    # run with the faults injected (``target`` is then :data:`INNER`)
+    inner: bool = False
 
 
 def plan_site(
