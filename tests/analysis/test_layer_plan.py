@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: MIT
 """layers_to_protect against a brute-force search written here: every subset of the layers,
-each run's predicted SDC computed by hand from the fits (the deepest protected layer where the
-run left its range, deviation capped at the range's width), the smallest subset below target."""
+each run's predicted SDC computed by hand from the fits (the first protected layer where the
+run deviates and left its range, deviation capped at the range's width), the smallest subset
+below target; and the clamp model's rules (output layers, spread deviations, a fault on the
+protected layer's own output, the first acting clamp) on runs priced by hand."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import pytest
 from torchfault import Fault
 from torchfault.analysis import (
     LayerDeviation,
+    LayerFit,
+    SDCModel,
     Trace,
     fit_sdc_model,
     layers_to_protect,
@@ -56,7 +60,7 @@ def _by_hand(traces, outcomes, faults, model, chosen, runs):
         y = float(outcomes[(t.fault_id, t.input_id)] == "sdc")
         bit = faults[t.fault_id][0].bits[0]
         p = y
-        for d in reversed(t.layers):  # deepest first
+        for d in t.layers:  # first acting clamp (every deviation here has one element)
             if d.layer in chosen and d.out_of_range:
                 fit = model.fits.get((d.layer, bit))
                 if fit is not None:
@@ -92,12 +96,22 @@ def _check(traces, outcomes, faults, model, rates, target):
     size = min(len(c) for c in below)
     want = min((c for c in below if len(c) == size), key=lambda c: (rates[c], c))
     ex = layers_to_protect(
-        traces, outcomes, faults, target, RANGES, search="exhaustive", validation=0.25, seed=3
+        traces,
+        outcomes,
+        faults,
+        target,
+        RANGES,
+        search="exhaustive",
+        validation=0.25,
+        seed=3,
+        output_layers=(),  # every layer a candidate: l3 is last but not the model's output
     )
     assert ex.layers == want and ex.reached
     assert ex.predicted == pytest.approx(rates[want], abs=1e-12)
     assert ex.before == pytest.approx(rates[()], abs=1e-12)
-    gr = layers_to_protect(traces, outcomes, faults, target, RANGES, validation=0.25, seed=3)
+    gr = layers_to_protect(
+        traces, outcomes, faults, target, RANGES, validation=0.25, seed=3, output_layers=()
+    )
     assert gr.reached and len(gr.layers) >= size
     assert gr.predicted == pytest.approx(rates[gr.layers], abs=1e-12)
     # each greedy step took the best single addition at that point
@@ -114,7 +128,7 @@ def _check(traces, outcomes, faults, model, rates, target):
     pairs = []
     for t in held:
         bit = faults[t.fault_id][0].bits[0]
-        for d in reversed(t.layers):
+        for d in t.layers:
             if d.layer in ex.layers and d.out_of_range:
                 if (d.layer, bit) in model.fits:
                     y = float(outcomes[(t.fault_id, 0)] == "sdc")
@@ -130,9 +144,9 @@ def _check(traces, outcomes, faults, model, rates, target):
         )
     else:
         assert math.isnan(ex.val_error)
-    assert predicted_sdc(held, outcomes, faults, ex.layers, model, RANGES) == pytest.approx(
-        ex.val_predicted, abs=1e-12
-    )
+    assert predicted_sdc(
+        held, outcomes, faults, ex.layers, model, RANGES, output_layers=()
+    ) == pytest.approx(ex.val_predicted, abs=1e-12)
     return len(ex.layers)
 
 
@@ -156,3 +170,88 @@ def test_unreachable_target_and_bad_input():
     with pytest.raises(TorchFaultError, match="range profile") as e:
         layers_to_protect(plain, outcomes, faults, 0.1, RANGES)
     assert e.value.field == "traces"
+
+
+def _sig(z):
+    return 1 / (1 + math.exp(-z))
+
+
+# P(SDC | d) = sigmoid(a + log10(d)) at layers a, b and the output o (bit 30)
+FITS = {
+    ("a", 30): LayerFit("a", 30, -6.0, 1.0, 10, 0, 0.5, 0.0, 0.0),
+    ("b", 30): LayerFit("b", 30, -2.0, 1.0, 10, 0, 0.5, 0.0, 0.0),
+    ("o", 30): LayerFit("o", 30, -4.0, 1.0, 10, 0, 0.5, 0.0, 0.0),
+}
+WIDE = {"a": (0.0, 1.0), "b": (-5.0, 5.0), "o": (-50.0, 50.0)}
+
+
+def _run(devs, target="weight", module="a", outcome="sdc", fault_id=0):
+    """One run: devs = [(layer, max_abs, changed, out_of_range)] over a, b, o."""
+    t = Trace(
+        fault_id, 0, tuple(LayerDeviation(n, d, 1.0, c, r) for n, d, c, r in devs), None, None
+    )
+    return [t], {(fault_id, 0): outcome}, {fault_id: (Fault(module, target, (0,), (30,)),)}
+
+
+def _pred(run, layers, **kw):
+    return predicted_sdc(*run, layers, SDCModel(dict(FITS)), WIDE, **kw)
+
+
+def test_clamp_rules_priced_by_hand():
+    # a huge deviation confined to one element at a and b, out of range at a, b and o
+    run = _run([("a", 1e30, 1, True), ("b", 2e30, 1, True), ("o", 3e30, 1, True)])
+    assert _pred(run, ["a"]) == pytest.approx(_sig(-6.0 + math.log10(1.0)))  # capped at width 1
+    assert _pred(run, ["b"]) == pytest.approx(_sig(-2.0 + 1.0))  # width 10
+    # the first acting clamp decides, not the deepest
+    assert _pred(run, ["a", "b"]) == pytest.approx(_sig(-6.0))
+    # o is the last layer: inferred as the output, a clamp there is priced as nothing
+    assert _pred(run, ["o"]) == 1.0
+    assert _pred(run, ["o"], output_layers=()) == pytest.approx(_sig(-4.0 + 2.0))
+    # below the width the deviation is not raised to it
+    small = _run([("a", 0.5, 1, True), ("b", 0.0, 0, False), ("o", 0.1, 1, False)])
+    assert _pred(small, ["a"]) == pytest.approx(_sig(-6.0 + math.log10(0.5)))
+    # spread: b holds more changed elements than the fault's footprint (a): no credit at b
+    spread = _run([("a", 1e30, 1, False), ("b", 1e30, 7, True), ("o", 1e30, 3, True)])
+    assert _pred(spread, ["b"]) == 1.0
+    assert _pred(_run([("a", 0.0, 0, False), ("b", 1e30, 7, True), ("o", 9.0, 3, True)]),
+                 ["b"]) == pytest.approx(_sig(-1.0))  # fmt: skip
+    # a fault on b's own output is written after b's clamp: no credit at b, a later one counts
+    own = _run([("a", 0.0, 0, False), ("b", 1e30, 1, True), ("o", 2e30, 1, True)], "output", "b")
+    assert _pred(own, ["b"]) == 1.0
+    assert _pred(own, ["b", "o"], output_layers=()) == pytest.approx(_sig(-2.0))
+    # out of range without deviating (the golden value is outside the range): no credit there
+    gold = _run([("a", 0.0, 0, True), ("b", 1e30, 1, True), ("o", 2e30, 1, True)], module="b")
+    assert _pred(gold, ["a"]) == 1.0
+    assert _pred(gold, ["a", "b"]) == pytest.approx(_sig(-1.0))
+    # an observed masked run keeps 0 where no clamp acts
+    assert _pred(_run([("a", 0.1, 1, False), ("b", 0.1, 1, False), ("o", 0.1, 1, False)],
+                      outcome="masked"), ["a", "b"]) == 0.0  # fmt: skip
+
+
+def test_output_layers_inferred_and_never_chosen():
+    # layers a, fc, copy: copy repeats fc's deviation in every run (an identity after the
+    # logits); only a clamp on fc or copy would help by the fits, and neither is a candidate
+    rng = random.Random(0)
+    traces, outcomes, faults = [], {}, {}
+    for k in range(400):
+        d = 10 ** rng.uniform(0, 30)
+        sdc = d > 1e15
+        lds = (
+            LayerDeviation("a", 0.0, 0.0, 0, False),
+            LayerDeviation("fc", d, 1.0, 1, sdc),
+            LayerDeviation("copy", d, 1.0, 1, sdc),
+        )
+        traces.append(Trace(k, 0, lds, None, None))
+        outcomes[(k, 0)] = "sdc" if sdc else "masked"
+        faults[k] = (Fault("fc", "weight", (0,), (30,)),)
+    ranges = {"a": (0.0, 1.0), "fc": (0.0, 1.0), "copy": (0.0, 1.0)}
+    plan = layers_to_protect(traces, outcomes, faults, 0.01, ranges, min_runs=5)
+    assert plan.output_layers == ("fc", "copy")
+    assert plan.layers == () and not plan.reached
+    assert plan.predicted == plan.before > 0.3
+    free = layers_to_protect(traces, outcomes, faults, 0.01, ranges, min_runs=5, output_layers=())
+    assert free.layers == ("fc",) and free.reached and free.output_layers == ()
+    assert plan.held_out(3) == _held_out(3, plan.seed, plan.validation)
+    with pytest.raises(TorchFaultError) as e:
+        layers_to_protect(traces, outcomes, faults, 0.01, ranges, output_layers="fc")
+    assert e.value.field == "output_layers"

@@ -23,6 +23,7 @@ from torchfault.campaign._config import (
     TargetsConfig,
     TraceConfig,
 )
+from torchfault.campaign._confirm import PlanCheck, confirm_plan
 from torchfault.campaign._engine import (
     ENGINES,
     Engine,
@@ -80,6 +81,7 @@ __all__ = [
     "FastOptions",
     "ModelConfig",
     "OutcomeConfig",
+    "PlanCheck",
     "ProtectedRun",
     "ProtectionConfig",
     "ProtectionResult",
@@ -91,6 +93,7 @@ __all__ = [
     "Verdict",
     "create_engine",
     "create_executor",
+    "confirm_plan",
     "evaluate",
     "golden_run",
     "is_criterion",
