@@ -35,9 +35,9 @@ when there are so few runs that such an equality can be chance.
 **Known bias.** The fit learns from unprotected runs, where a deviation below the width is
 almost never an SDC; a clamped value instead sits at its range's edge in the direction of the
 fault, which no unprotected run shows, so the prediction is optimistic. On the pretrained
-LeNet-5 it was 0.03 points of SDC low on the training runs and 0.2 points low on the held-out
-runs (docs/protection.md); on a small MLP with random weights, ten times too low (1.3 %
-predicted, 13.3 % measured). Confirm a plan with :func:`torchfault.campaign.confirm_plan`,
+LeNet-5 it was 0.02-0.03 points of SDC low on the training runs and 0.2 points low on the
+held-out runs (docs/protection.md); on a small MLP with random weights, ten times too low
+(1.35 % predicted, 13.3 % measured). Confirm a plan with :func:`torchfault.campaign.confirm_plan`,
 which re-runs the held-out faults without and with ranger on the chosen layers.
 
 **Search.** ``search="greedy"`` (default) starts from no layer and adds, one at a time, the layer
