@@ -6,11 +6,17 @@ A block is ``block`` consecutive campaign inputs (padded to ``min_rows`` rows, a
 every engine is). The first pass over a block also checks that the traced graph reproduces the
 campaign's golden outputs bit for bit; inputs that do not are listed in
 :attr:`GoldenValues.bad_inputs` and run by the reference engine.
+
+Memory: the cache is the only holder of golden values (:class:`BlockValues` refers to them by
+key), so they stay within its budget (``FastOptions.cache_bytes``), however many nodes a block
+needs; a value the cache has dropped is computed again by a pass over the block up to its node
+(the same computation on the same rows: the same bits).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,7 +28,7 @@ from torchfault.campaign._fast._planning import Program, Unsupported
 from torchfault.campaign._fast._rows import take
 from torchfault.campaign._outcome import output_words_equal
 
-__all__ = ["NOT_ROW_INDEXED", "GoldenCache", "GoldenValues"]
+__all__ = ["NOT_ROW_INDEXED", "BlockValues", "GoldenCache", "GoldenValues"]
 
 
 class _NotRowIndexed:
@@ -34,6 +40,15 @@ class _NotRowIndexed:
 NOT_ROW_INDEXED: Any = _NotRowIndexed()
 
 
+class _InCache:
+    def __repr__(self) -> str:
+        return "<in the golden cache>"
+
+
+#: stands for a golden value that the cache holds (or computes again when it has dropped it)
+IN_CACHE: Any = _InCache()
+
+
 class GoldenCache:
     """Golden values per (input block, node name), in a byte-bounded LRU."""
 
@@ -41,6 +56,9 @@ class GoldenCache:
         self.budget = int(budget)
         self.items: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
         self.bytes = 0
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.items  # without touching the LRU order
 
     def get(self, key: tuple[int, str]) -> torch.Tensor | None:
         t = self.items.get(key)
@@ -56,6 +74,30 @@ class GoldenCache:
         while self.bytes > self.budget and len(self.items) > 1:
             _, old = self.items.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
+
+
+class BlockValues(dict[fx.Node, Any]):
+    """The golden values of one block: node -> value, read with ``[]``, ``get`` and ``in``.
+
+    Row-indexed values are not held here (the dict holds :data:`IN_CACHE` for them) but by the
+    cache, within its budget; reading one the cache has dropped computes it again
+    (:meth:`GoldenValues.refill`). The block's inputs and :data:`NOT_ROW_INDEXED` markers are
+    held here. ``values()``/``items()`` show the markers, not the values.
+    """
+
+    def __init__(self, values: GoldenValues, block: int) -> None:
+        super().__init__()
+        self.golden = values
+        self.block = block
+
+    def __getitem__(self, node: fx.Node) -> Any:
+        v = super().__getitem__(node)
+        if v is IN_CACHE:
+            v = self.golden.refill(self, node)
+        return v
+
+    def get(self, node: fx.Node, default: Any = None) -> Any:  # type: ignore[override]
+        return self[node] if node in self else default  # noqa: SIM401 - this is get
 
 
 class GoldenValues:
@@ -113,10 +155,16 @@ class GoldenValues:
         return [i for i in range(start, stop) if i not in self.bad_inputs]
 
     def forward(
-        self, x: torch.Tensor, capture: set[fx.Node], stop: int | None = None
+        self,
+        x: torch.Tensor,
+        capture: set[fx.Node],
+        stop: int | None = None,
+        put: Callable[[fx.Node, torch.Tensor], None] | None = None,
     ) -> tuple[Any, dict[fx.Node, Any]]:
         """Run the graph on ``x`` (up to node number ``stop``); returns the output and the values
-        of the nodes in ``capture`` (copies; :data:`NOT_ROW_INDEXED` for values that are not)."""
+        of the nodes in ``capture`` (copies; :data:`NOT_ROW_INDEXED` for values that are not).
+        With ``put``, each captured row-indexed copy is handed to it as soon as it is made and
+        :data:`IN_CACHE` stands for it in the returned values (nothing here holds it)."""
         prog = self.prog
         env: dict[fx.Node, Any] = {}
         captured: dict[fx.Node, Any] = {}
@@ -138,7 +186,13 @@ class GoldenValues:
                 self.constants.setdefault(node, v)
             if node in capture:
                 if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == x.shape[0]:
-                    captured[node] = v.detach().clone()  # later in-place ops must not change it
+                    copy = v.detach().clone()  # later in-place ops must not change it
+                    if put is None:
+                        captured[node] = copy
+                    else:
+                        put(node, copy)
+                        captured[node] = IN_CACHE
+                    del copy
                 else:
                     captured[node] = NOT_ROW_INDEXED
             for a in node.all_input_nodes:
@@ -146,29 +200,30 @@ class GoldenValues:
                     env.pop(a, None)
         return env.get(prog.result), captured
 
-    def values(self, block: int, need: set[fx.Node]) -> tuple[dict[fx.Node, Any], bool]:
+    def values(self, block: int, need: set[fx.Node]) -> tuple[BlockValues, bool]:
         """Golden values of ``need`` for ``block`` (and the placeholder's), from the cache or one
         pass; and whether this call verified the block (its first pass)."""
         prog = self.prog
-        out: dict[fx.Node, Any] = {}
+        out = BlockValues(self, block)
         missing = set()
         for n in need:
-            t = self.cache.get((block, n.name))
-            if t is None:
-                missing.add(n)
+            if (block, n.name) in self.cache:
+                self.cache.get((block, n.name))  # recently used
+                out[n] = IN_CACHE
             else:
-                out[n] = t
+                missing.add(n)
         x, n_real = self.block_inputs(block)
         out[prog.placeholder] = x
         if not missing and block in self.verified:
             return out, False
         verify = block not in self.verified
         stop = None if verify else max(prog.pos[n] for n in missing)
-        res, captured = self.forward(x, missing, stop)
-        for node, v in captured.items():
-            out[node] = v
-            if v is not NOT_ROW_INDEXED:
-                self.cache.put((block, node.name), v)
+
+        def put(node: fx.Node, v: torch.Tensor) -> None:
+            self.cache.put((block, node.name), v)
+
+        res, captured = self.forward(x, missing, stop, put)
+        out.update(captured)
         if verify:
             self.verified.add(block)
             ids = list(range(block * self.block, block * self.block + n_real))
@@ -185,6 +240,43 @@ class GoldenValues:
                     )
                     self.bad_inputs.update(bad)
         return out, verify
+
+    def refill(self, out: BlockValues, node: fx.Node) -> torch.Tensor:
+        """The golden value of ``node`` in ``out``'s block: from the cache, or computed again by a
+        pass over the block up to it, which also puts back the values of ``out`` that follow it
+        and are missing from the cache, as many as fit in a quarter of the budget (the nodes after
+        a site are read next)."""
+        block, prog = out.block, self.prog
+        t = self.cache.get((block, node.name))
+        if t is not None:
+            return t
+        x, _ = self.block_inputs(block)
+        here = prog.pos[node]
+        later = sorted(
+            (
+                n
+                for n, v in dict.items(out)
+                if v is IN_CACHE and prog.pos[n] > here and (block, n.name) not in self.cache
+            ),
+            key=prog.pos.__getitem__,
+        )
+        capture, total = {node}, 0
+        for n in later:
+            total += self.row_bytes.get(n, 0) * x.shape[0]
+            if total > self.cache.budget // 4:
+                break
+            capture.add(n)
+        found: dict[fx.Node, torch.Tensor] = {}
+
+        def put(n: fx.Node, v: torch.Tensor) -> None:
+            if n is node:
+                found[n] = v  # returned even if the cache cannot keep it
+            self.cache.put((block, n.name), v)
+
+        self.forward(x, capture, max(prog.pos[n] for n in capture), put)
+        if node not in found:
+            raise Unsupported(f"golden value of {node.name} could not be computed again")
+        return found[node]
 
     def gather(self, golden: dict[fx.Node, Any], node: fx.Node, pos: torch.Tensor) -> Any:
         """The golden value of ``node`` at block rows ``pos`` (a constant as it is)."""

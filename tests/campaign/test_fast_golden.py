@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: MIT
+"""The fast engine's golden values stay within the cache budget, and values the cache dropped
+are computed again to the same bits."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from torchfault import Fault
+from torchfault.campaign import RunTask, golden_run
+from torchfault.campaign._engine import ReferenceEngine
+from torchfault.campaign._fast import FastEngine, FastOptions
+from torchfault.campaign._fast._golden import IN_CACHE, NOT_ROW_INDEXED, GoldenCache, GoldenValues
+from torchfault.dnn import create_model
+from torchfault.faults import fault_space
+
+
+def _faults(model, x, n, seed):
+    rng = random.Random(seed)
+    sites = [s for s in fault_space(model, x[:2], kinds=("outputs", "weights")) if s.shape]
+    return [
+        Fault(s.module, s.target, tuple(rng.randrange(d) for d in s.shape), (rng.randrange(32),))
+        for s in rng.choices(sites, k=n)
+    ]
+
+
+def test_golden_values_stay_within_the_budget_and_records_stay_exact(monkeypatch):
+    torch.manual_seed(0)
+    model = create_model("resnet8", dataset="digits").eval()
+    x = model.example_inputs(40)
+    golden = golden_run(model, x, 256)
+    tasks = [RunTask(k, (f,), tuple(range(40))) for k, f in enumerate(_faults(model, x, 24, 3))]
+    most = [0]
+    put = GoldenCache.put
+
+    def watched(self, key, t):
+        put(self, key, t)
+        if len(self.items) > 1:  # one item is kept whatever its size
+            most[0] = max(most[0], self.bytes)
+
+    monkeypatch.setattr(GoldenCache, "put", watched)
+    passes = [0]
+    forward = GoldenValues.forward
+
+    def counted(self, *args, **kwargs):
+        passes[0] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GoldenValues, "forward", counted)
+    budget = 64 * 1024  # a few values of a 20-row block: most are dropped and computed again
+    fast = FastEngine(model, x, golden, batch_size=20, options=FastOptions(cache_bytes=budget))
+    got = fast.run(tasks)
+    want = ReferenceEngine(model, x, golden).run(tasks)
+    key = lambda r: (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)  # noqa: E731
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["fast"] > 0
+    assert 0 < most[0] <= budget
+    assert passes[0] > 2 * 3  # dropped values were computed again (2 blocks, a few checks)
+
+
+def test_block_values_hold_no_golden_tensor_and_refill_the_same_bits():
+    torch.manual_seed(0)
+    model = create_model("resnet8", dataset="digits").eval()
+    x = model.example_inputs(16)
+    fast = FastEngine(model, x, golden_run(model, x, 256), options=FastOptions(cache_bytes=1))
+    prog = fast._program()
+    values = fast._values
+    assert prog is not None and values is not None
+    need = {n for n in prog.nodes if n in prog.dynamic and n is not prog.placeholder}
+    need = {n for n in need if n.op != "output"}
+    block, verified = values.values(0, need)
+    assert verified
+    for n, v in dict.items(block):  # the block's inputs and markers only
+        assert v is IN_CACHE or v is NOT_ROW_INDEXED or n is prog.placeholder
+    assert len(fast.cache.items) == 1  # a budget of one byte keeps the last value only
+    _, plain = values.forward(values.block_inputs(0)[0], need)  # no cache: every value kept
+    for n, want in plain.items():
+        if want is NOT_ROW_INDEXED:
+            continue
+        got = block[n]
+        assert got.dtype == want.dtype and got.shape == want.shape, n.name
+        assert torch.equal(
+            got.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)
+        ), n.name
