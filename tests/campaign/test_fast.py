@@ -683,6 +683,22 @@ class FuzzDecoder(nn.Module):
         return self.head(self.decoder(h, h).mean(1))
 
 
+class FuzzLSTM(nn.Module):
+    """An ``nn.LSTM`` (batch first, two layers) returns ``(output, (h, c))``, a structure whose
+    ``h`` and ``c`` hold the batch on dim 1; a GRU reads the last step; a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(6, 8, num_layers=2, batch_first=True)
+        self.gru = nn.GRU(8, 7, batch_first=True)
+        self.head = nn.Linear(7 + 8, 4)
+
+    def forward(self, x):
+        out, (h, c) = self.lstm(x)
+        y, _ = self.gru(out)
+        return self.head(torch.cat([y[:, -1], h[-1]], 1))
+
+
 FUZZ_FAMILIES = {
     "net": (FuzzNet, lambda n: torch.randn(n, 3, 12, 12)),
     "net-float64": (lambda: FuzzNet().double(), lambda n: torch.randn(n, 3, 12, 12).double()),
@@ -695,7 +711,31 @@ FUZZ_FAMILIES = {
     "attention": (FuzzAttention, lambda n: torch.randn(n, 6, 16)),
     "encoder": (FuzzEncoder, lambda n: torch.randn(n, 5, 8)),
     "decoder": (FuzzDecoder, lambda n: torch.randn(n, 5, 8)),
+    "lstm": (FuzzLSTM, lambda n: torch.randn(n, 5, 6)),
 }
+
+
+def test_recurrent_layers_take_the_fast_path():
+    """Weight faults in an ``nn.LSTM`` and a ``nn.GRU`` (structured outputs): each fault's rows
+    run from the recurrent layer with the faulty tensor, to the end; every record equals the
+    reference engine's and every run is on the fast path."""
+    torch.manual_seed(6)
+    model = FuzzLSTM().eval()
+    x = torch.randn(N_INPUTS, 5, 6)
+    faults = [
+        Fault(m, t, i, (b,))
+        for m, t, i in (
+            ("lstm", "weight_ih_l0", (3, 2)),
+            ("lstm", "weight_hh_l1", (20, 5)),
+            ("lstm", "bias_hh_l0", (7,)),
+            ("gru", "weight_ih_l0", (4, 1)),
+        )
+        for b in (22, 29, 30, 31)
+    ]
+    got, want, fast = compare(model, x, faults)
+    assert same_records(got, want)
+    assert fast.stats["fast"] == len(got)
+    assert {r.outcome for r in got} - {"masked"}
 
 
 def test_activation_faults_inside_a_module_traced_whole():
@@ -957,12 +997,12 @@ def test_runs_handed_to_the_reference_engine_are_counted_by_reason():
     assert set(got) == {REASONS["position"]} and 0 < got[REASONS["position"]] <= 4
     att = FuzzAttention().eval()  # MultiheadAttention is one traced node: out_proj is inside
     # a weight or an activation inside it: the site is the attention node, whose value is a
-    # tuple; a module not called at all stays hidden
+    # tuple (a structured site: each fault's rows from the node to the end), on the fast path
     for f in (
         Fault("attn.out_proj", "weight", (0, 0), (30,)),
-        Fault("attn.out_proj", "output", (0, 0), (30,)),
+        Fault("attn", "in_proj_weight", (3, 1), (30,)),
     ):
-        assert handed(att, torch.randn(n, 6, 16), [f]) == {REASONS["site"]: n}
+        assert handed(att, torch.randn(n, 6, 16), [f]) == {}
     qmodel, qx = eager_quantized_linear()
     got = handed(qmodel, qx, [Fault("0", "scale", index=(0,), bits=(31,))])
     assert got == {REASONS["apart"]: n}

@@ -32,12 +32,15 @@ from torchfault.campaign._fast._exactness import rows_independent, site_reproduc
 from torchfault.campaign._fast._faults import (
     RowsApart,
     activation_faults,
+    faulty_tensor,
     fits,
     inner_activation_faults,
+    layer_output,
     parameter_faults,
+    site_tensor,
 )
 from torchfault.campaign._fast._geometry import Window
-from torchfault.campaign._fast._golden import GoldenCache, GoldenValues
+from torchfault.campaign._fast._golden import NOT_ROW_INDEXED, GoldenCache, GoldenValues
 from torchfault.campaign._fast._notices import REASONS, log
 from torchfault.campaign._fast._options import FastOptions
 from torchfault.campaign._fast._planning import (
@@ -60,9 +63,9 @@ from torchfault.campaign._fast._rows import (
     records,
 )
 from torchfault.campaign._fast._windows import WindowRunner
-from torchfault.campaign._outcome import Criterion
+from torchfault.campaign._outcome import Criterion, output_words_equal
 from torchfault.faults import is_packed
-from torchfault.injectors import Injection
+from torchfault.injectors import Injection, inject
 from torchfault.store import RunRecord
 
 __all__ = ["FastEngine"]
@@ -393,7 +396,10 @@ class FastEngine(Engine):
         for group in by_site.values():
             site = sites[group[0][0]]
             if site.ok is None:
-                site.ok = site_reproduces(site, values, block, golden)
+                if self._structured(site, golden):
+                    site.ok = self._structured_reproduces(site, block, golden)
+                else:
+                    site.ok = site_reproduces(site, values, block, golden)
             if not site.ok:
                 for ti, i in group:
                     self._hand_over(to_reference, ti, [i], REASONS["site"])
@@ -446,6 +452,8 @@ class FastEngine(Engine):
         if site.masked_all:
             return [(list(batch), None)]
         faults, spans = fault_spans(batch, tasks)
+        if self._structured(site, golden):
+            return self._run_structured(site, batch, faults, spans, pos, golden, block)
         started = None
         # an activation fault on a value that is not contiguous (channels-last, permuted): the
         # reference's hook may hand on a copy in another layout, so the rest of the network may
@@ -484,6 +492,77 @@ class FastEngine(Engine):
             done.append(([batch[k] for k in alive.tolist()], out))
         return done
 
+    # ------------------------------------------------------------------ structured sites
+    @staticmethod
+    def _structured(site: Site, golden: dict[fx.Node, Any]) -> bool:
+        """A parameter (or inner) site whose module returns a structure (an ``nn.LSTM``'s
+        ``(output, (h, c))``): its value is not one row-indexed tensor."""
+        return site.target != "output" and golden.get(site.node) is NOT_ROW_INDEXED
+
+    def _structured_value(
+        self, site: Site, fault: Any, rows: int, pos: torch.Tensor, golden: dict[fx.Node, Any]
+    ) -> Any:
+        """The site module's output (a structure) over block rows ``pos``, with ``fault``
+        (``None``: golden) in its tensor or injected inside it on the first ``rows`` rows."""
+        values = self._values
+        assert values is not None
+        if fault is None or not site.inner:
+            t = None if fault is None or site.inner else faulty_tensor(fault, site_tensor(site))
+            return layer_output(site, t, values, golden, pos, structured=True)
+        with inject(self.model, [fault.replace(sample=r) for r in range(rows)]):
+            return layer_output(site, None, values, golden, pos, structured=True)
+
+    def _structured_reproduces(self, site: Site, block: int, golden: dict[fx.Node, Any]) -> bool:
+        """May a structured site run fast? Its other golden values must be row-indexed, and its
+        module called from its cached inputs, then the rest of the network, must reproduce the
+        golden outputs of a few inputs bit for bit (the structure itself has no golden copy)."""
+        values = self._values
+        assert values is not None
+        if any(golden.get(n) is NOT_ROW_INDEXED for n in site.need if n is not site.node):
+            return False
+        ids = values.block_ids(block)[::-1][: self.min_rows]
+        if not ids:
+            return False
+        pos = pad(torch.tensor(ids, dtype=torch.int64) - block * self.block, self.min_rows)
+        try:
+            value = self._structured_value(site, None, len(ids), pos, golden)
+            live = Rows(block, pos, len(ids), {site.node: value}, torch.arange(len(ids)))
+            out, _, _ = self._run_after_site(site, live, golden, False)
+            return out is not None and bool(output_words_equal(values.outputs[ids], out).all())
+        except Exception as exc:  # noqa: BLE001 - anything odd: the reference engine runs it
+            log.info(
+                "fast engine: %s:%s runs on the reference engine (%s)",
+                site.node.name,
+                site.target,
+                exc,
+            )
+            return False
+
+    def _run_structured(
+        self,
+        site: Site,
+        batch: list[Row],
+        faults: list[Any],
+        spans: list[tuple[int, int]],
+        pos: torch.Tensor,
+        golden: dict[fx.Node, Any],
+        block: int,
+    ) -> list[tuple[list[Row], torch.Tensor | None]]:
+        """A structured site: each fault's rows in a batch of their own (the structure's
+        elements may hold rows on other dimensions), run to the end (no masked-early drop at
+        the site: the structure has no golden copy)."""
+        done: list[tuple[list[Row], torch.Tensor | None]] = []
+        for f, (r0, r1) in zip(faults, spans):
+            p = pad(pos[r0:r1], self.min_rows)
+            value = self._structured_value(site, f, r1 - r0, p, golden)
+            live = Rows(block, p, r1 - r0, {site.node: value}, torch.arange(r1 - r0))
+            out, alive, masked = self._run_after_site(site, live, golden, True)
+            done.append(([batch[r0 + k] for k in masked.tolist()], None))
+            self.stats["masked_early"] += int(masked.numel())
+            if out is not None:
+                done.append(([batch[r0 + k] for k in alive.tolist()], out))
+        return done
+
     def _run_after_site(
         self,
         site: Site,
@@ -507,7 +586,7 @@ class FastEngine(Engine):
             if drop:
                 windows.drop_masked(live, site.node, golden, site_same)
             start = windows.run(site, live, golden, drop)
-        elif drop:
+        elif drop and golden.get(site.node) is not NOT_ROW_INDEXED:
             drop_masked(
                 live, site.node, golden.get(site.node), prog.dynamic, self.min_rows, site_same
             )

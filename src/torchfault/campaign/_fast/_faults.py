@@ -157,7 +157,15 @@ def activation_faults(
 def _site_inputs(
     site: Site, values: GoldenValues, golden: dict[fx.Node, Any], pos: torch.Tensor
 ) -> tuple[Any, Any]:
-    get = lambda a: values.gather(golden, a, pos)  # noqa: E731
+    # one gathered tensor per node: a module called as ``attn(x, x, x)`` must get the same
+    # tensor three times (nn.MultiheadAttention takes another path when query is key)
+    seen: dict[fx.Node, Any] = {}
+
+    def get(a: fx.Node) -> Any:
+        if a not in seen:
+            seen[a] = values.gather(golden, a, pos)
+        return seen[a]
+
     return map_arg(site.node.args, get), map_arg(site.node.kwargs, get)
 
 
@@ -167,9 +175,10 @@ def layer_output(
     values: GoldenValues,
     golden: dict[fx.Node, Any],
     pos: torch.Tensor,
-) -> torch.Tensor:
+    structured: bool = False,
+) -> Any:
     """The site module's output over block rows ``pos`` with ``tensor`` as its faulted parameter
-    (``None``: the module as it is)."""
+    (``None``: the module as it is); ``structured``: any output (a tuple...), else a tensor."""
     args, kwargs = _site_inputs(site, values, golden, pos)
     if tensor is None:
         out = site.module(*args, **kwargs)
@@ -177,7 +186,7 @@ def layer_output(
         out = torch.func.functional_call(
             site.module, {site.target: tensor}, tuple(args), dict(kwargs)
         )
-    if not isinstance(out, torch.Tensor):
+    if not structured and not isinstance(out, torch.Tensor):
         raise Unsupported("the module output is not a tensor")
     return out
 
