@@ -7,7 +7,9 @@ For ResNet-20 (CIFAR shape, 3x32x32) and LeNet-5 (CIFAR shape), with fixed seede
 seeded inputs, two campaigns of single-bit flips (float32, bit drawn uniformly from 0..31):
 
 - activations: a random element of a random convolution's output (uniform over all elements);
-- weights: a random element of a random convolution's weight (uniform over all elements).
+- weights: a random element of a random convolution's weight (uniform over all elements);
+- weights per layer: a convolution drawn uniformly, then an element of its weight (pytorchfi's
+  ``random_weight_location``).
 
 Every fault runs on all 32 inputs (one run = one fault on one input). Each campaign is run by
 torchfault ``fast`` (for activation faults also with its spatial windows switched off,
@@ -20,9 +22,21 @@ fault; it is timed as a tool, in the same rounds. The golden pass is computed on
 three tools. Each campaign is run ``REPEAT`` = 2 times by every tool, in rounds, and each tool's
 fastest round counts.
 
+Weight campaigns are compared with the bound that exactness allows (:func:`weight_fault_bound`):
+total multiply-adds of a forward pass / the expected multiply-adds left after the fault (one
+output channel of the faulted convolution, then every convolution and linear layer its output
+reaches), for both fault distributions (``--weights``: these campaigns alone, fast engine and
+plain forward).
+
 Scaling: the ResNet-20 activation campaign through the ``serial``, ``process`` (1 and 2 workers)
 and ``ray`` (local cluster, 2 workers) executors with the fast engine; worker start-up (spawn,
 engine build) is excluded by a warm-up chunk.
+
+Real models (``--real``): fast vs reference engine on equivalent architectures of torchvision's
+models, runs/s at 1 and 2 threads, and each campaign's extra peak memory, measured in a fresh
+process per (model, engine) (:func:`peak_memory`: the resident-set high-water mark during the
+campaign minus the mark after the model, its inputs, the golden pass and a plain forward pass),
+also over one whole block of 256 inputs with the default and a smaller golden-value cache.
 """
 
 from __future__ import annotations
@@ -48,7 +62,10 @@ from torchfault.campaign._fast import FastEngine, FastOptions
 from torchfault.dnn import create_model
 
 N_INPUTS = 32
-FAULTS = {"resnet20": {"activation": 96, "weight": 96}, "lenet": {"activation": 400, "weight": 400}}
+FAULTS = {
+    "resnet20": {"activation": 96, "weight": 96, "weight per layer": 96},
+    "lenet": {"activation": 400, "weight": 400, "weight per layer": 400},
+}
 SEED = 0
 #: multiplies the fault counts (``TORCHFAULT_BENCH_SCALE=0.25`` for a quick look)
 SCALE = float(os.environ.get("TORCHFAULT_BENCH_SCALE", "1"))
@@ -86,20 +103,112 @@ def conv_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Conv2d,
 
 
 def draw_faults(model: nn.Module, x: torch.Tensor, kind: str, n: int, seed: int) -> list[Fault]:
+    """``n`` single-bit flips on convolutions. ``kind``: ``activation`` (an element of a
+    convolution's output), ``weight`` (of a convolution's weight; both uniform over elements) or
+    ``weight per layer`` (a convolution drawn uniformly, then an element of its weight, as
+    pytorchfi's ``random_weight_location`` does)."""
     rng = random.Random(seed)
     convs = conv_layers(model, x)
     if kind == "activation":
         shapes = [(name, shape) for name, _, shape in convs]
     else:
         shapes = [(name, tuple(m.weight.shape)) for name, m, _ in convs]
-    sizes = [int(torch.tensor(s).prod()) for _, s in shapes]
+    sizes = [math.prod(s) for _, s in shapes]
+    per_layer = kind == "weight per layer"
     faults = []
     for _ in range(n):
-        name, shape = rng.choices(shapes, weights=sizes)[0]
+        name, shape = rng.choice(shapes) if per_layer else rng.choices(shapes, weights=sizes)[0]
         index = tuple(rng.randrange(d) for d in shape)
         target = "output" if kind == "activation" else "weight"
         faults.append(Fault(name, target, index=index, bits=(rng.randrange(32),)))
     return faults
+
+
+# ---------------------------------------------------------------------------- weight-fault bound
+def layer_macs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, int]]:
+    """Convolutions and linear layers in execution order, with the multiply-adds of one input
+    (a convolution: output elements x input channels per group x kernel area; a linear layer:
+    output elements x input features)."""
+    order: list[tuple[str, nn.Module, int]] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(m: nn.Module, args: Any, out: torch.Tensor) -> None:
+        if isinstance(m, nn.Conv2d):
+            per = (m.in_channels // m.groups) * math.prod(m.kernel_size)
+        else:
+            per = m.in_features
+        order.append((names[m], m, out[0].numel() * per))
+
+    hooks = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def downstream(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> set[nn.Module]:
+    """The convolutions and linear layers whose input depends on ``layer``'s output: those that a
+    NaN written into the output's first channel reaches (NaN passes convolutions, batch norm,
+    ReLU, pooling, additions)."""
+    reached: set[nn.Module] = set()
+
+    def poison(m: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[:, 0] = float("nan")
+        return out
+
+    def seen(m: nn.Module, args: Any) -> None:
+        if torch.isnan(args[0]).any():
+            reached.add(m)
+
+    hooks = [layer.register_forward_hook(poison)]
+    hooks += [
+        m.register_forward_pre_hook(seen)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return reached
+
+
+def weight_fault_bound(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """The speed-up over a plain forward pass that bit-exact weight campaigns on the
+    convolutions can reach at most when faulty rows are computed, not skipped: total
+    multiply-adds of a forward pass / expected multiply-adds left after a fault (one output
+    channel of the faulted convolution, then every convolution and linear layer its output
+    reaches), for faults uniform over weight elements (``element``) and over layers, then
+    elements (``layer``). Rows dropped early as masked can go beyond it."""
+    layers = layer_macs(model, x)
+    total = sum(macs for _, _, macs in layers)
+    macs_of = {m: macs for _, m, macs in layers}
+    left, sizes = [], []
+    for _, m, macs in layers:
+        if not isinstance(m, nn.Conv2d):
+            continue
+        after = sum(macs_of[d] for d in downstream(model, x, m) if d is not m)
+        left.append(macs / m.out_channels + after)
+        sizes.append(m.weight.numel())
+    per_element = sum(w * r for w, r in zip(sizes, left)) / sum(sizes)
+    per_layer = sum(left) / len(left)
+    return {
+        "total": float(total),
+        "element": per_element,
+        "layer": per_layer,
+        "bound element": total / per_element,
+        "bound layer": total / per_layer,
+    }
 
 
 def flip(value: float, bit: int) -> float:
@@ -363,7 +472,7 @@ class _LSTM(nn.Module):
         return self.head(self.lstm(x)[0][:, -1])
 
 
-def _int8_eager() -> tuple[nn.Module, torch.Tensor]:
+def _int8_eager(n_inputs: int) -> tuple[nn.Module, torch.Tensor]:
     import warnings
 
     from torch.ao.quantization import DeQuantStub, QuantStub, convert, get_default_qconfig, prepare
@@ -377,7 +486,7 @@ def _int8_eager() -> tuple[nn.Module, torch.Tensor]:
         DeQuantStub(),
     ).eval()
     model.qconfig = get_default_qconfig("x86")
-    x = torch.randn(REAL_INPUTS, 3, 32, 32)
+    x = torch.randn(n_inputs, 3, 32, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepare(model, inplace=True)
@@ -386,9 +495,13 @@ def _int8_eager() -> tuple[nn.Module, torch.Tensor]:
     return model, x
 
 
-def real_models() -> dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]:
-    """The real-model families of the table: (model in eval mode, seeded inputs)."""
-    image = lambda: torch.randn(REAL_INPUTS, 3, 32, 32)  # noqa: E731
+def real_models(
+    n_inputs: int | None = None,
+) -> dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]:
+    """The real-model families of the table: (model in eval mode, ``n_inputs`` seeded inputs,
+    default ``REAL_INPUTS``)."""
+    rows = REAL_INPUTS if n_inputs is None else n_inputs
+    image = lambda: torch.randn(rows, 3, 32, 32)  # noqa: E731
     cl = lambda: image().contiguous(memory_format=torch.channels_last)  # noqa: E731
     return {
         "resnet18-like": lambda: (_resnet18_like(), image()),
@@ -399,8 +512,8 @@ def real_models() -> dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]:
             _ConvNeXt().to(memory_format=torch.channels_last),
             cl(),
         ),
-        "LSTM": lambda: (_LSTM(), torch.randn(REAL_INPUTS, 12, 16)),
-        "eager int8 (QuantStub)": _int8_eager,
+        "LSTM": lambda: (_LSTM(), torch.randn(rows, 12, 16)),
+        "eager int8 (QuantStub)": lambda: _int8_eager(rows),
     }
 
 
@@ -409,34 +522,41 @@ REAL_INPUTS = 16
 REAL_FAULTS = 48
 
 
+def real_case(
+    name: str, n_inputs: int | None = None, n_faults: int | None = None
+) -> tuple[nn.Module, torch.Tensor, list[RunTask]]:
+    """Model ``name`` of :func:`real_models`, its inputs and its tasks: single-bit flips (bit
+    uniform over 0..31) on a uniformly drawn element of the outputs, weights and biases
+    (``fault_space``), each fault on every input."""
+    from torchfault.faults import fault_space
+
+    torch.manual_seed(SEED)
+    model, x = real_models(n_inputs)[name]()
+    model.eval()
+    rng = random.Random(SEED)
+    sites = [
+        s for s in fault_space(model, x[:2], kinds=("outputs", "weights", "biases")) if s.shape
+    ]
+    weights = [math.prod(s.shape) for s in sites]
+    n = max(4, int(REAL_FAULTS * SCALE)) if n_faults is None else n_faults
+    faults = []
+    for s in rng.choices(sites, weights=weights, k=n):
+        index = tuple(rng.randrange(d) for d in s.shape)
+        faults.append(Fault(s.module, s.target, index, (rng.randrange(min(32, s.bit_width)),)))
+    tasks = [RunTask(k, (f,), tuple(range(x.shape[0]))) for k, f in enumerate(faults)]
+    return model, x, tasks
+
+
 def real_model_table(threads: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
     """Fast vs reference engine on each real model: runs/s, the share of runs the fast path ran,
-    whether every record is identical. Faults: single-bit flips (bit uniform over 0..31) on a
-    uniformly drawn element of the outputs, weights and biases (``fault_space``)."""
+    whether every record is identical (faults of :func:`real_case`)."""
     from torchfault.campaign import golden_run
-    from torchfault.faults import fault_space
 
     rows = []
     before = torch.get_num_threads()
     try:
-        for name, make in real_models().items():
-            torch.manual_seed(SEED)
-            model, x = make()
-            model.eval()
-            rng = random.Random(SEED)
-            sites = [
-                s
-                for s in fault_space(model, x[:2], kinds=("outputs", "weights", "biases"))
-                if s.shape
-            ]
-            weights = [math.prod(s.shape) for s in sites]
-            faults = []
-            for s in rng.choices(sites, weights=weights, k=max(4, int(REAL_FAULTS * SCALE))):
-                index = tuple(rng.randrange(d) for d in s.shape)
-                faults.append(
-                    Fault(s.module, s.target, index, (rng.randrange(min(32, s.bit_width)),))
-                )
-            tasks = [RunTask(k, (f,), tuple(range(REAL_INPUTS))) for k, f in enumerate(faults)]
+        for name in real_models():
+            model, x, tasks = real_case(name)
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
                 golden = golden_run(model, x, 256)
@@ -459,7 +579,7 @@ def real_model_table(threads: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
                         if engine == "fast":
                             share = eng.stats["fast"] / max(len(got), 1)
                             why = eng.handed_over.most_common(1)
-                runs = len(tasks) * REAL_INPUTS
+                runs = len(tasks) * x.shape[0]
                 rows.append(
                     {
                         "model": name,
@@ -476,18 +596,135 @@ def real_model_table(threads: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
     return rows
 
 
+# ---------------------------------------------------------------------------- peak memory
+#: what each engine's campaign is measured with in :func:`peak_memory`
+MEMORY_RUNS = ("fast", "reference")
+
+
+def _rss_peak_mib() -> float:
+    """This process's resident-set high-water mark (``VmHWM``, Linux), in MiB. Not
+    ``ru_maxrss``: after fork and exec that starts at the parent's resident set."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def _memory_child(
+    name: str,
+    engine: str,
+    n_inputs: int | None,
+    cache_mib: float | None,
+    n_faults: int | None,
+) -> dict[str, float]:
+    """In a fresh process: the model, its inputs, the golden pass and one plain forward pass over
+    the inputs (the peak so far is the model's), then one campaign of ``engine``; the campaign's
+    extra peak is the resident-set high-water mark after it minus the one before it."""
+    from torchfault.campaign import golden_run
+
+    torch.set_num_threads(1)
+    model, x, tasks = real_case(name, n_inputs, n_faults)
+    golden = golden_run(model, x, 256)
+    with torch.no_grad():
+        model(x.clone())
+    base = _rss_peak_mib()
+    t0 = time.perf_counter()
+    held = 0.0
+    if engine == "fast":
+        options = (
+            FastOptions() if cache_mib is None else FastOptions(cache_bytes=int(cache_mib * 2**20))
+        )
+        eng: Any = FastEngine(model, x, golden, Criterion(), 256, options=options)
+        eng.run(tasks)
+        held = eng.cache.bytes / 2**20
+        budget = options.cache_bytes / 2**20
+    else:
+        ReferenceEngine(model, x, golden, Criterion(), 256).run(tasks)
+        budget = 0.0
+    seconds = time.perf_counter() - t0
+    return {
+        "model_mib": base,
+        "extra_mib": _rss_peak_mib() - base,
+        "cache_mib": held,
+        "budget_mib": budget,
+        "runs_per_s": len(tasks) * x.shape[0] / seconds,
+    }
+
+
+def peak_memory(
+    name: str,
+    engine: str,
+    n_inputs: int | None = None,
+    cache_mib: float | None = None,
+    n_faults: int | None = None,
+) -> dict[str, float]:
+    """:func:`_memory_child` in a fresh interpreter (``python -m benchmarks.bench_campaign
+    --memory``), so that nothing an earlier measurement allocated, or freed and kept, counts."""
+    import json
+    import subprocess
+    import sys
+
+    args = [name, engine, str(n_inputs or 0), str(cache_mib or 0), str(n_faults or 0)]
+    cmd = [sys.executable, "-m", "benchmarks.bench_campaign", "--memory", *args]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_table(models: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Extra peak memory of a campaign per model and engine (:func:`peak_memory`)."""
+    return {
+        name: {engine: peak_memory(name, engine) for engine in MEMORY_RUNS}
+        for name in (models or list(real_models()))
+    }
+
+
+#: inputs of the one-block memory measurement (the fast engine's block: ``batch_size`` = 256)
+BLOCK_INPUTS = 256
+#: faults of it (each on all ``BLOCK_INPUTS`` inputs)
+BLOCK_FAULTS = 8
+
+
+def print_block_memory(name: str = "resnet18-like") -> None:
+    """Extra peak memory of a campaign over a whole block of inputs, where the golden values the
+    sites need exceed the default cache budget, with the default budget and a smaller one."""
+    n = max(2, int(BLOCK_FAULTS * SCALE))
+    print(
+        f"\n### Peak memory over one block ({name}, {BLOCK_INPUTS} inputs, {n} faults, 1 thread)\n"
+    )
+    print(
+        "| engine | cache budget | extra peak (MiB) | golden values held at the end (MiB) | runs/s |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for engine, cache in (("fast", None), ("fast", 64.0), ("reference", None)):
+        m = peak_memory(name, engine, BLOCK_INPUTS, cache, n)
+        budget = f"{m['budget_mib']:.0f} MiB" if engine == "fast" else ""
+        print(
+            f"| {engine} | {budget} | {m['extra_mib']:.0f} | {m['cache_mib']:.0f} | "
+            f"{m['runs_per_s']:,.0f} |"
+        )
+
+
 def print_real_model_table() -> None:
     rows = real_model_table()
+    memory = memory_table()
     print("\n### Real models: fast vs reference engine\n")
     print(
-        "| model | threads | fast runs/s | reference runs/s | fast / reference | runs on the fast path | identical records | main reason for the reference |"
+        "| model | threads | fast runs/s | reference runs/s | fast / reference | runs on the fast path | identical records | main reason for the reference | extra peak memory, fast / reference (MiB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|---|")
+    print("|---|---:|---:|---:|---:|---:|---|---|---:|")
     for r in rows:
+        mem = memory[r["model"]]
+        peak = (
+            f"{mem['fast']['extra_mib']:.0f} / {mem['reference']['extra_mib']:.0f}"
+            if r["threads"] == 1
+            else ""
+        )
         print(
             f"| {r['model']} | {r['threads']} | {r['fast']:,.0f} | {r['reference']:,.0f} | "
             f"{r['fast'] / r['reference']:.2f}x | {r['share']:.0%} | "
-            f"{'yes' if r['identical'] else 'NO'} | {r['why']} |"
+            f"{'yes' if r['identical'] else 'NO'} | {r['why']} | {peak} |"
         )
     for t in sorted({r["threads"] for r in rows}):
         ratios = [r["fast"] / r["reference"] for r in rows if r["threads"] == t]
@@ -495,6 +732,21 @@ def print_real_model_table() -> None:
         print(
             f"\n- {t} thread(s): geometric mean fast / reference {gm:.2f}x over {len(ratios)} models"
         )
+    budget = FastOptions().cache_bytes / 2**20
+    print(
+        "\n- extra peak memory: resident-set high-water mark of a fresh process (1 thread) during "
+        "one campaign of the engine, minus the mark after the model, its inputs, the golden "
+        "pass and one plain forward pass over the inputs"
+    )
+    for name, mem in memory.items():
+        fast, ref = mem["fast"], mem["reference"]
+        within = fast["extra_mib"] <= ref["extra_mib"] + budget
+        print(
+            f"- {name}: fast +{fast['extra_mib']:.0f} MiB (golden values held "
+            f"{fast['cache_mib']:.0f} MiB), reference +{ref['extra_mib']:.0f} MiB; fast within "
+            f"reference + cache budget ({budget:.0f} MiB): {'yes' if within else 'NO'}"
+        )
+    print_block_memory()
 
 
 # ---------------------------------------------------------------------------- main
@@ -514,33 +766,65 @@ def _main() -> None:
         f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; "
         f"torch {torch.__version__}; 1 intra-op thread; {N_INPUTS} inputs per fault\n"
     )
+    rates = campaigns(KINDS)
+    print_weight_bounds(rates)
+    print("\n### Scaling (ResNet-20 activation campaign, fast engine)\n")
+    model, x, golden = build("resnet20")
+    faults = draw_faults(model, x, "activation", 96, seed=7)
+    print("| executor | runs/s |")
+    print("|---|---:|")
+    for label, rate in scaling(model, x, golden, faults):
+        print(f"| {label} | {rate:,.0f} |")
+    print_real_model_table()
+
+
+#: the fault kinds of the campaign table (see :func:`draw_faults`)
+KINDS = ("activation", "weight", "weight per layer")
+#: every tool of the campaign table
+TOOLS = (
+    "torchfault fast",
+    "torchfault fast, no windows",
+    "torchfault reference",
+    "pytorchfi",
+    "plain forward",
+)
+
+
+def campaigns(
+    kinds: tuple[str, ...], tools: tuple[str, ...] = TOOLS
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Print the campaign table (and its goals) for ``kinds`` and ``tools``; returns the runs/s
+    of each tool per (model, kind)."""
     print("| model | faults | tool | runs/s | vs pytorchfi | vs plain forward | SDC | DUE |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     goals = []
+    rates: dict[tuple[str, str], dict[str, float]] = {}
     for name in ("resnet20", "lenet"):
         model, x, golden = build(name)
-        for kind in ("activation", "weight"):
+        for kind in kinds:
             n = max(4, int(FAULTS[name][kind] * SCALE))
             faults = draw_faults(model, x, kind, n, seed=len(name) * 10 + len(kind))
             runs = n * N_INPUTS
             args = (model, x, golden, faults)
-            tools: dict[str, Callable[[], tuple[float, dict[str, int]]]] = {
+            every: dict[str, Callable[[], tuple[float, dict[str, int]]]] = {
                 "torchfault fast": functools.partial(run_torchfault, "fast", *args)
             }
             if kind == "activation":
-                tools["torchfault fast, no windows"] = functools.partial(
+                every["torchfault fast, no windows"] = functools.partial(
                     run_torchfault, "fast", *args, window=False
                 )
-            tools["torchfault reference"] = functools.partial(run_torchfault, "reference", *args)
-            tools["pytorchfi"] = functools.partial(run_pytorchfi, kind, *args)
-            tools["plain forward"] = functools.partial(plain_forward, *args)
+            every["torchfault reference"] = functools.partial(run_torchfault, "reference", *args)
+            every["pytorchfi"] = functools.partial(run_pytorchfi, kind, *args)
+            every["plain forward"] = functools.partial(plain_forward, *args)
+            run_tools = {t: fn for t, fn in every.items() if t in tools}
             results: dict[str, tuple[float, dict[str, int]]] = {}
             for _ in range(REPEAT):  # rounds over all tools; each keeps its fastest round
-                for tool, fn in tools.items():
+                for tool, fn in run_tools.items():
                     sec, c = fn()
                     results[tool] = (min(sec, results.get(tool, (sec, c))[0]), c)
+            rates[(name, kind)] = {tool: runs / sec for tool, (sec, _) in results.items()}
             ceiling = runs / results.pop("plain forward")[0]
-            base = runs / results["pytorchfi"][0]
+            base = runs / results["pytorchfi"][0] if "pytorchfi" in results else float("nan")
             for tool, (sec, c) in results.items():
                 rate = runs / sec
                 print(
@@ -550,6 +834,8 @@ def _main() -> None:
             print(
                 f"| {name} | | plain forward (ceiling) | {ceiling:,.0f} | {ceiling / base:.1f}x | 1.00x | | |"
             )
+            if "pytorchfi" not in results:
+                continue
             fast_rate = runs / results["torchfault fast"][0]
             same = all(c == results["pytorchfi"][1] for _, c in results.values())
             need = 5.0 if kind == "activation" else 20.0
@@ -565,14 +851,40 @@ def _main() -> None:
     print()
     for g in goals:
         print(f"- {g}")
-    print("\n### Scaling (ResNet-20 activation campaign, fast engine)\n")
-    model, x, golden = build("resnet20")
-    faults = draw_faults(model, x, "activation", 96, seed=7)
-    print("| executor | runs/s |")
-    print("|---|---:|")
-    for label, rate in scaling(model, x, golden, faults):
-        print(f"| {label} | {rate:,.0f} |")
-    print_real_model_table()
+    return rates
+
+
+def print_weight_bounds(rates: dict[tuple[str, str], dict[str, float]]) -> None:
+    """The bound of :func:`weight_fault_bound` beside the fast engine's measured speed-up over
+    the plain forward pass, for the weight campaigns in ``rates``."""
+    print("\n### Weight campaigns: the bound that exactness allows\n")
+    print(
+        "| model | faults uniform over | multiply-adds of a forward pass (per input) | "
+        "expected multiply-adds left after the fault | bound (x plain forward) | "
+        "fast, measured (x plain forward) | share of the bound |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    lines = []
+    for name in ("resnet20", "lenet"):
+        model, x, _ = build(name)
+        bound = weight_fault_bound(model, x)
+        for kind, per in (("weight", "element"), ("weight per layer", "layer")):
+            if (name, kind) not in rates:
+                continue
+            r = rates[(name, kind)]
+            speedup = r["torchfault fast"] / r["plain forward"]
+            share = speedup / bound[f"bound {per}"]
+            print(
+                f"| {name} | {per}s | {bound['total']:,.0f} | {bound[per]:,.0f} | "
+                f"{bound[f'bound {per}']:.2f}x | {speedup:.2f}x | {share:.0%} |"
+            )
+            lines.append(
+                f"{name}, weight faults uniform over {per}s: {share:.0%} of the bound (goal 80 %: "
+                f"{'met' if share >= 0.8 else 'NOT met'})"
+            )
+    print()
+    for line in lines:
+        print(f"- {line}")
 
 
 if __name__ == "__main__":
@@ -580,5 +892,18 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["--real"]:  # the real-model table alone
         print_real_model_table()
+    elif sys.argv[1:] == ["--weights"]:  # the weight campaigns' bound, fast and plain forward
+        torch.set_num_threads(1)
+        print_weight_bounds(
+            campaigns(("weight", "weight per layer"), ("torchfault fast", "plain forward"))
+        )
+    elif sys.argv[1:2] == ["--memory"]:  # one measurement of peak_memory, in this process
+        import json
+
+        name, engine, n_in, cache, n_faults = sys.argv[2:7]
+        got = _memory_child(
+            name, engine, int(n_in) or None, float(cache) or None, int(n_faults) or None
+        )
+        print(json.dumps(got))
     else:
         main()
