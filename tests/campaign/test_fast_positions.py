@@ -88,6 +88,10 @@ class WideSiLU(nn.Module):
 MODELS = {
     "effnet": (EffNetLike, lambda n: torch.randn(n, 3, 9, 9)),
     "mlp": (NarrowMLP, lambda n: torch.randn(n, 4)),
+    "effnet-channels-last": (
+        lambda: EffNetLike().to(memory_format=torch.channels_last),
+        lambda n: torch.randn(n, 3, 9, 9).contiguous(memory_format=torch.channels_last),
+    ),
     "wide": (WideSiLU, lambda n: torch.randn(n, 2, 15, 15)),
 }
 

@@ -36,7 +36,7 @@ per idea:
 
 Everything else goes to the ``reference`` engine (full forward passes with
 :func:`torchfault.inject`): a model ``torch.fx`` cannot trace (one logging warning per model
-class), inputs that are not contiguous (channels-last), rows at the places where a
+class), rows at the places where a
 transcendental element-wise function's kernel rounds by position (:mod:`._positions`: the
 engine computes these functions position-free and runs only the rows the reference engine
 computes the same way), several faults in one run, ``target="input"``, faults

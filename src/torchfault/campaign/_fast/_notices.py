@@ -13,7 +13,6 @@ _WARNED: set[str] = set()
 
 #: why runs go to the reference engine: the values are the keys of ``FastEngine.handed_over``
 REASONS = {
-    "layout": "inputs not contiguous (channels-last)",
     "trace": "model not traceable by torch.fx",
     "run": "traced graph does not run",
     "several": "several faults in one run",

@@ -246,16 +246,6 @@ def trace(model: nn.Module, probe: torch.Tensor) -> Program | str:
     """The traced model, with its in-place mutations probed on the inputs ``probe``; or why the
     fast path cannot run it (one warning per model class and reason)."""
     name = type(model).__name__
-    if not probe.is_contiguous():
-        # channels-last (or other strided) inputs: CPU kernels pick layouts and rounding by
-        # strides, and a differential fuzz found rows of such models that the fast path could
-        # not reproduce bit for bit; they run on the reference engine
-        warn_once(
-            f"layout:{name}",
-            f"fast engine: the inputs of {name} are not contiguous (channels-last?); "
-            "running its faults with the reference engine (full forward passes).",
-        )
-        return REASONS["layout"]
     try:
         prog = Program(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back

@@ -9,8 +9,9 @@ threads)`` values), and the fast engine composes its batches its own way. So it 
 positions at all:
 
 - **Canonical computation.** Every such function of the graph (:data:`~._operations.INEXACT_MODULES`
-  and friends) that reads one contiguous value computed from the input is computed on that value
-  flattened, padded to a multiple of :data:`ALIGN` elements and cut into blocks of
+  and friends) that reads one dense value computed from the input (contiguous, or any layout
+  with the batch outermost in memory, such as channels-last) is computed on that value
+  flattened in memory order, padded to a multiple of :data:`ALIGN` elements and cut into blocks of
   :data:`BLOCK` elements: every block is one vectorised loop without a tail and below every
   kernel's threshold for threading, so every value gets the vectorised result, wherever it
   sits and however many threads run. The engine's golden values, its row check and the rest of
@@ -28,7 +29,8 @@ positions at all:
   for every value tried, as tanh, exp, log, erf and log-sigmoid do with torch 2.13 on x86: their
   kernels vectorise the tail too) is probed with all the values tried; that its rows are plain
   is then measured on those values, not proven for every value.
-- A function that reads a non-contiguous value, a constant tensor of several values or two
+- A function that reads a value with gaps or the batch not outermost, a constant tensor of
+  several values or two
   computed values keeps the old rule: exact only with one intra-op thread and rows a multiple of
   ``row_alignment`` bytes (:meth:`Positions.model_ok`).
 
@@ -66,6 +68,7 @@ class _Op:
 
     operand: fx.Node
     inplace: bool
+    perm: tuple[int, ...]  # the operand's dimensions in memory order (channels-last: 0, 2, 3, 1)
     row_shape: torch.Size
     dtype: torch.dtype
     probe: torch.Tensor  # values whose vectorised and scalar results differ (or all tried)
@@ -90,6 +93,16 @@ def _inplace(node: fx.Node, module: Any) -> bool:
     if node.kwargs.get("inplace") is True or any(a is True for a in node.args[1:]):
         return True
     return node.op == "call_method" and str(node.target).endswith("_")
+
+
+def _memory_order(v: torch.Tensor) -> tuple[int, ...] | None:
+    """``v``'s dimensions in memory order when it is dense with the batch outermost
+    (contiguous: ``0, 1, ...``; channels-last: ``0, 2, 3, 1``); ``None`` otherwise."""
+    if v.is_contiguous():
+        return tuple(range(v.dim()))
+    strides = v.stride()
+    perm = (0, *sorted(range(1, v.dim()), key=lambda d: (-strides[d], d)))
+    return perm if v.permute(perm).is_contiguous() else None
 
 
 def _differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -138,9 +151,12 @@ class Positions:
             if probe_values is None:
                 self.others.append(node)
                 continue
+            perm = _memory_order(value)
+            assert perm is not None
             self.ops[node] = _Op(
                 op,
                 _inplace(node, prog.module_of(node)),
+                perm,
                 value.shape[1:],
                 value.dtype,
                 probe_values,
@@ -148,7 +164,7 @@ class Positions:
 
     # ------------------------------------------------------------------ set-up
     def _operand(self, node: fx.Node, env: dict[fx.Node, Any]) -> fx.Node | None:
-        """The one computed, contiguous floating-point operand of ``node`` (``None``: not
+        """The one computed, dense floating-point operand of ``node`` (``None``: not
         covered). Its other inputs must be constants that are not tensors of several values."""
         prog = self.prog
         dyn = [a for a in node.all_input_nodes if a in prog.dynamic]
@@ -160,7 +176,7 @@ class Positions:
             isinstance(v, torch.Tensor)
             and v.dim() > 0
             and v.is_floating_point()
-            and v.is_contiguous()
+            and _memory_order(v) is not None
             and v.device.type == "cpu"
         ):
             return None
@@ -207,7 +223,9 @@ class Positions:
         """``node`` on ``x``, every value on the vectorised path (see the module docstring).
         ``x`` itself is never written (an in-place function runs on a copy)."""
         op = self.ops.get(node)
-        flat = x.reshape(-1)
+        perm = op.perm if op is not None else tuple(range(x.dim()))
+        xp = x.permute(perm)  # memory order: a view, contiguous
+        flat = xp.reshape(-1)
         if op is None or op.inplace:
             flat = flat.clone()
         n = flat.numel()
@@ -219,7 +237,9 @@ class Positions:
                 seg = torch.cat([seg, seg.new_zeros(-k % ALIGN)])
             out = self._call(node, operand, seg)
             parts.append(out if out.numel() == k else out[:k])
-        return (torch.cat(parts) if len(parts) > 1 else parts[0]).reshape(x.shape)
+        out = (torch.cat(parts) if len(parts) > 1 else parts[0]).reshape(xp.shape)
+        inverse = sorted(range(len(perm)), key=perm.__getitem__)
+        return out.permute(inverse)  # the operand's strides (channels-last stays so)
 
     def run_node(self, node: fx.Node, env: dict[fx.Node, Any], lookup: Any = None) -> Any:
         """``Program.run_node``, with the covered functions computed canonically."""
@@ -227,8 +247,13 @@ class Positions:
         if op is None:
             return self.prog.run_node(node, env, lookup)
         x = lookup(op.operand) if lookup is not None else env[op.operand]
-        if not (isinstance(x, torch.Tensor) and x.is_contiguous() and x.dtype == op.dtype):
-            raise Unsupported(f"{node.name}: operand not contiguous or of another dtype")
+        if not (
+            isinstance(x, torch.Tensor)
+            and x.dtype == op.dtype
+            and x.dim() == len(op.perm)
+            and x.permute(op.perm).is_contiguous()
+        ):
+            raise Unsupported(f"{node.name}: operand in another memory layout or dtype")
         out = self._canonical(node, op.operand, x)
         if op.inplace:  # the model's aliasing: the function wrote into its operand
             x.copy_(out)
@@ -262,7 +287,10 @@ class Positions:
         bad = torch.zeros(rows, dtype=torch.bool)
         for shift in (0, 1):
             fill = op.probe.roll(shift).repeat(size // op.probe.numel() + 1)[:size]
-            x = fill.reshape(rows, *op.row_shape)
+            shape = (rows, *op.row_shape)
+            inverse = sorted(range(len(op.perm)), key=op.perm.__getitem__)
+            # in the operand's memory layout (row r's values are still the r-th block)
+            x = fill.reshape([shape[d] for d in op.perm]).permute(inverse)
             real = self._call(node, op.operand, x.clone())
             want = self._canonical(node, op.operand, x)
             bad |= _differ(real, want).reshape(rows, -1).any(1)
