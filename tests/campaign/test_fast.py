@@ -930,6 +930,41 @@ def test_quantstub_scale_and_zero_point_faults_equal_the_reference():
     assert {r.outcome for r in want} - {"masked"}  # the faults do something
 
 
+def test_packed_quantized_weights_take_the_fast_path():
+    """Faults on the packed int8 weights and biases of an eager-quantized convolution and linear
+    layer: the module is called on its cached inputs under inject (which repacks the faulty
+    words); every record equals the reference engine's, every run on the fast path."""
+    import warnings
+
+    from torch.ao.quantization import DeQuantStub, QuantStub, convert, get_default_qconfig, prepare
+
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        QuantStub(),
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5),
+        DeQuantStub(),
+    ).eval()
+    model.qconfig = get_default_qconfig("x86")
+    x = torch.randn(N_INPUTS, 2, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(model, inplace=True)
+        model(x)
+        convert(model, inplace=True)
+    faults = [
+        Fault(m, t, i, (b,))
+        for m, t, i in (("1", "weight", (2, 1, 0, 1)), ("1", "bias", (3,)), ("4", "weight", (1, 7)))
+        for b in (0, 5, 6, 7)
+    ]
+    got, want, fast = compare(model, x, faults)
+    assert same_records(got, want)
+    assert fast.stats["fast"] == len(got)
+    assert {r.outcome for r in got} - {"masked"}
+
+
 @pytest.mark.parametrize("family", sorted(FUZZ_FAMILIES))
 def test_cancelling_pair_is_masked(family):
     """An outside oracle for every fuzz family: a bit flipped twice (the pair [f, f]) leaves every

@@ -41,8 +41,8 @@ transcendental element-wise function's kernel rounds by position (:mod:`._positi
 engine computes these functions position-free and runs only the rows the reference engine
 computes the same way), several faults in one run, ``target="input"``, faults
 with ``sample`` or ``element`` set, a module called more than once (unless the fault names its
-``call``), parameters used by more than one module or read directly by the graph, packed
-quantized weights, and any row group whose execution raises (each task of the group is rerun
+``call``), parameters used by more than one module or read directly by the graph, and any
+row group whose execution raises (each task of the group is rerun
 through the reference engine, so each gets its own outcome).
 
 What is guaranteed. Floating-point kernels on CPU may round differently for different batch

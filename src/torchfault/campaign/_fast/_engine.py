@@ -208,13 +208,18 @@ class FastEngine(Engine):
         module = prog.modules.get(f.module)
         if module is not None:
             t = None if f.is_activation else getattr(module, f.target, None)
-            if f.is_activation or (
-                isinstance(t, torch.Tensor)
-                and not is_packed(module, f.target)
-                and f"{f.module}.{f.target}" not in prog.attr_uses
-                and prog.holders.get(id(t), 0) == 1
+            packed = not f.is_activation and is_packed(module, f.target)
+            if (
+                f.is_activation
+                or packed
+                or (
+                    isinstance(t, torch.Tensor)
+                    and f"{f.module}.{f.target}" not in prog.attr_uses
+                    and prog.holders.get(id(t), 0) == 1
+                )
             ):
                 site = plan_site(prog, node, f.target, module, self.options.max_checks)
+                site.packed = packed
         self._sites[key] = site
         return site or REASONS["tensor"]
 
@@ -481,7 +486,9 @@ class FastEngine(Engine):
             elif site.target == "output":
                 value, site_same = activation_faults(base, faults, spans)
             else:
-                value, site_same = parameter_faults(site, faults, spans, values, golden, pos, base)
+                value, site_same = parameter_faults(
+                    site, faults, spans, values, golden, pos, base, self.model
+                )
             live = Rows(block, pos, n, {site.node: value}, torch.arange(n))
         out, alive, masked = self._run_after_site(site, live, golden, layout, site_same)
         done: list[tuple[list[Row], torch.Tensor | None]] = [
@@ -506,8 +513,12 @@ class FastEngine(Engine):
         (``None``: golden) in its tensor or injected inside it on the first ``rows`` rows."""
         values = self._values
         assert values is not None
+        if site.packed and fault is not None:
+            with inject(self.model, [fault]):
+                return layer_output(site, None, values, golden, pos, structured=True)
         if fault is None or not site.inner:
-            t = None if fault is None or site.inner else faulty_tensor(fault, site_tensor(site))
+            packed = fault is None or site.inner or site.packed
+            t = None if packed else faulty_tensor(fault, site_tensor(site))
             return layer_output(site, t, values, golden, pos, structured=True)
         with inject(self.model, [fault.replace(sample=r) for r in range(rows)]):
             return layer_output(site, None, values, golden, pos, structured=True)

@@ -236,12 +236,30 @@ def parameter_faults(
     golden: dict[fx.Node, Any],
     pos: torch.Tensor,
     base: torch.Tensor,
+    model: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The site output for every row: its fault's layer output, from the cached layer inputs.
 
     ``base`` is the golden site output of the rows. Returns the faulty output and, per row,
-    whether the row equals golden there.
+    whether the row equals golden there. A packed site (``site.packed``) calls the module under
+    :func:`torchfault.inject` on ``model``, one fault at a time (inject packs the faulty words
+    as the reference engine's passes see them).
     """
+    if site.packed:
+        if model is None:
+            raise Unsupported("a packed site needs the model")
+        value = base.clone()
+        same = torch.zeros(spans[-1][1], dtype=torch.bool)
+        for f, (r0, r1) in zip(faults, spans):
+            with inject(model, [f]):
+                out = layer_output(site, None, values, golden, pad(pos[r0:r1], values.min_rows))
+            if not same_storage_kind(out, base):
+                raise RowsApart(
+                    f"{site.node.name}:{site.target}: the faulty output is stored apart"
+                )
+            value[r0:r1] = out[: r1 - r0]
+            same[r0:r1] = output_words_equal(base[r0:r1], value[r0:r1])
+        return value, same
     t = site_tensor(site)
     value = base.clone()
     n = spans[-1][1]

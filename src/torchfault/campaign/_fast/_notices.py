@@ -20,7 +20,7 @@ REASONS = {
     "random": "random fault model (one seeded run per input)",
     "calls": "module called more than once (no call given, or a call that never happens)",
     "hidden": "module not in the traced graph (inside a module traced whole, or not called)",
-    "tensor": "parameter shared, read by the graph, packed, or module not found",
+    "tensor": "parameter shared, read by the graph, or module not found",
     "position": "transcendental element-wise function: the row sits where the kernel rounds "
     "by position, or a function not computed position-free on unaligned rows or several threads",
     "batch": "rows depend on the batch composition",

@@ -182,6 +182,8 @@ class Site:
     # activation faults on submodules of a module traced whole: the site is that module's node,
     # run with the faults injected (``target`` is then :data:`INNER`)
     inner: bool = False
+    # a packed quantized weight or bias: the module is called under inject (no tensor to swap)
+    packed: bool = False
 
 
 def plan_site(
