@@ -718,8 +718,9 @@ FUZZ_FAMILIES = {
 
 
 def test_recurrent_layers_take_the_fast_path():
-    """Weight faults in an ``nn.LSTM`` and a ``nn.GRU`` (structured outputs): each fault's rows
-    run from the recurrent layer with the faulty tensor, to the end; every record equals the
+    """Weight and output faults of an ``nn.LSTM`` and a ``nn.GRU`` (structured outputs): each
+    fault's rows run from the recurrent layer (with the faulty tensor, or called under inject),
+    to the end; every record equals the
     reference engine's and every run is on the fast path."""
     torch.manual_seed(6)
     model = FuzzLSTM().eval()
@@ -731,6 +732,8 @@ def test_recurrent_layers_take_the_fast_path():
             ("lstm", "weight_hh_l1", (20, 5)),
             ("lstm", "bias_hh_l0", (7,)),
             ("gru", "weight_ih_l0", (4, 1)),
+            ("lstm", "output", (2, 3)),
+            ("gru", "output", (4, 6)),
         )
         for b in (22, 29, 30, 31)
     ]

@@ -201,6 +201,10 @@ class FastEngine(Engine):
             node = calls[0] if len(calls) == 1 else None
         if node is None:
             return REASONS["calls"]
+        if f.is_activation and node in prog.structured:
+            # the output of a module that returns a structure: the module is called with the
+            # fault injected, as for activation faults inside a module traced whole
+            return self._inner_activation_site(prog, node, f.module)
         key = (node.name, f.target)
         if key in self._sites:
             return self._sites[key] or REASONS["tensor"]
@@ -242,15 +246,7 @@ class FastEngine(Engine):
             return REASONS["hidden"]
         node = prog.calls[outer][0]
         if f.is_activation:  # f.target == "output" (input faults went to the reference)
-            key = (node.name, INNER)
-            if key not in self._sites:
-                module = prog.modules.get(outer)
-                site = None
-                if module is not None:
-                    site = plan_site(prog, node, INNER, module, self.options.max_checks)
-                    site.inner = True
-                self._sites[key] = site
-            return self._sites[key] or REASONS["tensor"]
+            return self._inner_activation_site(prog, node, outer)
         inner = f.module[len(outer) + 1 :]
         target = f"{inner}.{f.target}"
         key = (node.name, target)
@@ -270,6 +266,18 @@ class FastEngine(Engine):
             site = plan_site(prog, node, target, module, self.options.max_checks)
         self._sites[key] = site
         return site or REASONS["tensor"]
+
+    def _inner_activation_site(self, prog: Program, node: fx.Node, name: str) -> Site | str:
+        """The site of activation faults injected while module ``name`` (node ``node``) runs."""
+        key = (node.name, INNER)
+        if key not in self._sites:
+            module = prog.modules.get(name)
+            site = None
+            if module is not None:
+                site = plan_site(prog, node, INNER, module, self.options.max_checks)
+                site.inner = True
+            self._sites[key] = site
+        return self._sites[key] or REASONS["tensor"]
 
     def _hand_over(
         self, to_reference: dict[int, list[int]], ti: int, ids: Sequence[int], reason: str

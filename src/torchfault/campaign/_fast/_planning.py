@@ -106,6 +106,8 @@ class Program:
         # or constants modified), whose golden copies must not stand in for them
         self.mutators: set[fx.Node] = set()
         self.unsafe: set[fx.Node] = set()
+        #: module calls whose value is a structure (a tuple...), found by :meth:`probe_mutations`
+        self.structured: set[fx.Node] = set()
 
     def module_of(self, node: fx.Node) -> nn.Module | None:
         """The submodule a ``call_module`` node calls (``None`` for other nodes)."""
@@ -135,6 +137,8 @@ class Program:
                     self.mutators.add(node)
             env[node] = v
             made[node] = versions(v)
+            if node.op == "call_module" and not isinstance(v, torch.Tensor):
+                self.structured.add(node)
         for n in self.nodes:
             if n in made and n not in self.dynamic and versions(env.get(n)) != made[n]:
                 self.unsafe.add(n)  # a constant modified in place
