@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 """Injected values of campaign runs: run_campaign on both engines and the stored campaign give
 the values injected_values reads for each run alone; parameter faults are stored once per fault;
-a store without the table (an older store) reads empty, resumes, and passes store check."""
+a store without the table (an older store, or the option off) reads empty, resumes, and passes
+store check; the option is on by default in a stored campaign, off in run_campaign."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_run_campaign_values_equal_each_run_alone_on_both_engines():
 
 
 def _cfg(tmp_path, injected):
-    return {
+    """A small stored campaign; ``injected=None`` leaves the option at its default (on)."""
+    cfg = {
         "name": "inj",
         "out_dir": str(tmp_path / "run"),
         "sampler": {"name": "uniform", "n": 10},
@@ -49,6 +51,9 @@ def _cfg(tmp_path, injected):
         "progress": False,
         "injected_values": injected,
     }
+    if injected is None:
+        del cfg["injected_values"]
+    return cfg
 
 
 def test_stored_values_old_stores_and_resume(tmp_path):
@@ -60,8 +65,8 @@ def test_stored_values_old_stores_and_resume(tmp_path):
     # the option resumes it (not part of the identity): every run is done, none gets values
     res = Campaign(_cfg(tmp_path, True)).run()
     assert res.injected == {} and len(res.runs) == 20
-    # a fresh store gets every run's values, equal to each run alone
-    cfg = _cfg(tmp_path, True)
+    # a fresh store gets every run's values by default, equal to each run alone
+    cfg = _cfg(tmp_path, None)
     cfg["out_dir"] = str(tmp_path / "run2")
     camp = Campaign(cfg)
     res = camp.run()

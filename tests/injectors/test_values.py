@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from torchfault import Fault, inject
-from torchfault.injectors import injected_values
+from torchfault.errors import TorchFaultError
+from torchfault.injectors import injected_pass, injected_values
 
 
 def _flip(v: float, bits) -> float:
@@ -100,3 +101,32 @@ def test_other_fault_models_equal_what_inject_wrote(x, fm):
     assert pair == (before, after)
     if fm == "zero":
         assert after == 0.0
+
+
+def test_injected_pass_keeps_a_pass_error_and_injected_values_raises_it(x):
+    model = _net()
+
+    def boom(mod, args, out):
+        raise RuntimeError("boom")
+
+    first = Fault("0", "output", (1,), (31,), sample=4)  # read before the raise
+    later = Fault("2", "output", (0,), (31,))  # its module raises: never read
+    weight = Fault("2", "weight", (0, 0), (31,))
+    h = model[2].register_forward_hook(boom, prepend=True)
+    try:
+        got = injected_pass(model, [first, later, weight], lambda: model(x))
+        with pytest.raises(RuntimeError, match="boom"):
+            injected_values(model, [first], x)
+    finally:
+        h.remove()
+    with torch.no_grad():
+        v = model[0](x)[4, 1].item()
+    w = model[2].weight[0, 0].item()
+    assert isinstance(got.error, RuntimeError) and got.batch_sizes == frozenset({6})
+    assert got.pairs == ({4: (v, -v)}, {}, {-1: (w, -w)})
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_an_unknown_module_is_the_error_inject_gives(x):
+    with pytest.raises(TorchFaultError, match="unknown module"):
+        injected_values(_net(), [Fault("nope", "output", (0,), (1,))], x)

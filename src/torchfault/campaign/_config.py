@@ -570,8 +570,10 @@ class CampaignConfig:
         report: write plots and a Markdown report after the campaign.
         progress: show a progress bar.
         injected_values: store each faulted element's value before and after the fault
-            (the store's ``injected`` table; docs/protection.md). Costs one forward pass per
-            activation fault; changes no run, so it is not part of the store's identity.
+            (the store's ``injected`` table; docs/protection.md). On by default: the values of
+            a chunk's runs are read together (parameter faults under one injection, activation
+            faults as the rows of one forward pass per ``engine.batch_size`` runs); ``false``
+            stores none. Changes no run, so it is not part of the store's identity.
         interval: confidence-interval method of the printed summary, the report and the
             adaptive stopping rule: ``clopper_pearson`` (the default: keeps its coverage near 0
             and 1), ``wilson`` or ``wilson_modified`` (Brown-Cai-DasGupta). Intervals are over
@@ -595,7 +597,7 @@ class CampaignConfig:
     report: bool = True
     progress: bool = True
     interval: str = "clopper_pearson"
-    injected_values: bool = False
+    injected_values: bool = True
 
     def __post_init__(self) -> None:
         method = str(self.interval).lower().replace("-", "_")

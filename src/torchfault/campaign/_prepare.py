@@ -83,10 +83,6 @@ def prepare(cfg: CampaignConfig) -> Prepared:
     except ValueError as exc:
         raise ConfigError(f"executor.name: {exc}") from None
     print_ = fingerprint(model, inputs, labels)  # type: ignore[arg-type]
-    if cfg.injected_values and not isinstance(inputs, torch.Tensor):
-        raise ConfigError(
-            "injected_values: needs a tensor of inputs (rows first).", field="injected_values"
-        )
     trace = _trace(cfg, model, inputs)
     protection = _protection(cfg, model, inputs, golden.outputs)
     return Prepared(

@@ -99,8 +99,9 @@ class Rounds:
             from torchfault.campaign._injected import injected_rows
             from torchfault.store import write_injected
 
+            size = self.cfg.engine.batch_size
             for tasks in chunks:
-                write_injected(self.store, injected_rows(p.model, p.inputs, tasks))  # type: ignore[arg-type]
+                write_injected(self.store, injected_rows(p.model, p.inputs, tasks, size))
         if p.trace is not None:
             from torchfault.analysis import trace_rows, trace_runs
             from torchfault.store import write_traces

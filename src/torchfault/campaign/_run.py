@@ -244,8 +244,11 @@ def run_campaign(
             outputs; ``result.protection`` holds them and their summary
             (:class:`~torchfault.campaign.ProtectionResult`).
         injected_values: record each faulted element's value before and after the fault in
-            ``result.injected`` (read from the injection itself; one forward pass per
-            activation fault).
+            ``result.injected`` (read from the injection itself, many runs per pass, as a
+            stored campaign does). Off by default here, unlike a stored campaign's
+            ``injected_values``: the result is kept in memory, where every caller would pay
+            for a pair per run it may not read; ask for them, or call
+            :func:`~torchfault.injectors.injected_values` on the runs you look at.
         trace: record each run's deviation from golden at every layer in ``result.traces``
             (:func:`torchfault.analysis.trace_runs`, by full re-execution whatever the
             engine): ``True`` for every leaf layer, a
@@ -338,6 +341,8 @@ def run_campaign(
                 batch_size,
                 labels,  # type: ignore[arg-type]
             )
+        # on the campaign's device, in eval mode, with the engines' batch size
+        injected = _injected(model, inputs, sets, runs, batch_size) if injected_values else None
     finally:
         model.train(was_training)
         if dev is not None and home is not None:
@@ -345,8 +350,7 @@ def run_campaign(
     runs.sort(key=lambda r: (r.fault_id, r.input_id))
     result = CampaignResult(runs, {k: fs for k, fs in enumerate(sets)}, protected)
     result.handed_over = handed_over([eng])
-    if injected_values:
-        result.injected = _injected(model, inputs, sets, runs)
+    result.injected = injected
     if trace is not None and trace is not False:
         result.traces = _traces(model, inputs, sets, runs, trace)
     return result
@@ -393,23 +397,20 @@ def _traces(
 
 
 def _injected(
-    model: nn.Module, inputs: Any, sets: list[tuple[Fault, ...]], runs: list[RunRecord]
+    model: nn.Module,
+    inputs: torch.Tensor | Batched,
+    sets: list[tuple[Fault, ...]],
+    runs: list[RunRecord],
+    batch_size: int,
 ) -> dict[tuple[int, int], tuple[tuple[Any, Any], ...]]:
     """Injected values of ``runs`` (as the store's ``injected`` table holds them, per run)."""
     from torchfault.campaign._injected import injected_rows
 
-    if not isinstance(inputs, torch.Tensor):
-        raise TorchFaultError("injected_values: needs a tensor of inputs (rows first).")
     ids: dict[int, list[int]] = {}
     for r in runs:
         ids.setdefault(r.fault_id, []).append(r.input_id)
     tasks = [RunTask(k, sets[k], tuple(v)) for k, v in sorted(ids.items())]
-    was = model.training
-    model.eval()
-    try:
-        rows = injected_rows(model, inputs, tasks)
-    finally:
-        model.train(was)
+    rows = injected_rows(model, inputs, tasks, batch_size)
     by: dict[int, dict[int, dict[int, tuple[Any, Any]]]] = {}
     for f, i, k, b, a in rows:
         by.setdefault(f, {}).setdefault(i, {})[k] = (b, a)

@@ -61,7 +61,7 @@ from torchfault.injectors._systolic import (
     pe_map,
     systolic_campaign,
 )
-from torchfault.injectors._values import injected_values
+from torchfault.injectors._values import InjectedPass, injected_pass, injected_values
 from torchfault.registry import Registry
 
 __all__ = [
@@ -100,6 +100,8 @@ __all__ = [
     "inject_ber",
     "inject_memory",
     "inject_systolic",
+    "InjectedPass",
+    "injected_pass",
     "injected_values",
     "is_injector",
     "list_injectors",
