@@ -760,6 +760,33 @@ def test_activation_faults_inside_a_module_traced_whole():
     assert same_records(got, want)
     assert fast.stats["fast"] == len(got)
     assert {r.outcome for r in got} - {"masked"}
+    # one input per fault: the batch is padded to 16 rows, and the rest of the network must run
+    # on all of them (a stress run found max_abs_diff off in the last bits when it ran on one)
+    small = [
+        Fault(f"decoder.layers.0.{m}", "output", (t, j), (b,), "stuck_at_1")
+        for m in ("dropout1", "linear1", "norm1")
+        for t, j, b in ((2, 15, 20), (1, 4, 12), (3, 9, 21))
+    ]
+    golden = golden_run(model, x, 256)
+    tasks = [
+        RunTask(k * N_INPUTS + i, (f,), (i,))
+        for k, f in enumerate(faults + small)
+        for i in range(N_INPUTS)
+    ]
+    fast = FastEngine(model, x, golden)
+    got = fast.run(tasks)
+    assert same_records(got, ReferenceEngine(model, x, golden).run(tasks))
+    assert fast.stats["fast"] == len(got)
+    # the case a stress run found (seeded as it was): one input, batch_size 7
+    rng = random.Random("stress-decoder-1")
+    torch.manual_seed(rng.randrange(10000))
+    model = randomize_buffers(FuzzDecoder()).eval()
+    x = torch.randn(rng.choice((9, 17, 23, 33)), 5, 8)
+    golden = golden_run(model, x, 256)
+    f = Fault("decoder.layers.0.dropout1", "output", (2, 15), (20,), "stuck_at_1")
+    tasks = [RunTask(0, (f,), (3,))]
+    got = FastEngine(model, x, golden, batch_size=7).run(tasks)
+    assert same_records(got, ReferenceEngine(model, x, golden, batch_size=7).run(tasks))
 
 
 def fuzz_faults(model, x, n, rng):
