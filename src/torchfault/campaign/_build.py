@@ -227,11 +227,12 @@ def build_engine(
         raise ConfigError(f"engine.name: {exc}") from None
     if cls is not ReferenceEngine and not getattr(cls, "any_structure", False):
         # structures, metrics and devices the engine was not made for: the reference engine
-        reason = reference_reason(inputs, golden, criterion)
+        structured = bool(getattr(cls, "structured_outputs", False))
+        reason = reference_reason(inputs, golden, criterion, structured)
         if reason is not None:
             return HandedOverEngine(engine, reason, model, inputs, golden, criterion, batch_size)
     if fast is not None and issubclass(cls, FastEngine):
-        # reference_reason handed every other structure to the reference engine above
-        assert isinstance(inputs, torch.Tensor) and isinstance(golden, torch.Tensor)
+        # reference_reason handed inputs of other structures to the reference engine above
+        assert isinstance(inputs, torch.Tensor)
         return cls(model, inputs, golden, criterion, batch_size, options=fast)
     return cls(model, inputs, golden, criterion, batch_size)

@@ -123,13 +123,13 @@ class Engine(abc.ABC):
         self,
         model: nn.Module,
         inputs: torch.Tensor,
-        golden: torch.Tensor,
+        golden: torch.Tensor | list[Any],
         criterion: Criterion | None = None,
         batch_size: int = 256,
     ) -> None:
         self.model = model
         self.inputs = inputs
-        self.golden = golden
+        self.golden: Any = golden  # rows of a tensor, or one output per input
         self.criterion = criterion or Criterion()
         self.batch_size = int(batch_size)
         self._golden_top1: dict[int, int | None] = {}
@@ -267,15 +267,20 @@ class ReferenceEngine(Engine):
         return records
 
 
-def reference_reason(inputs: Any, golden: Any, criterion: Criterion) -> str | None:
+def reference_reason(
+    inputs: Any, golden: Any, criterion: Criterion, structured: bool = False
+) -> str | None:
     """Why a campaign must run on the reference engine whatever engine was asked (``None``: it
-    need not). Only the reference engine runs inputs and outputs of any structure, criteria that
-    record metrics or read a part of the output, and devices other than the CPU."""
+    need not). Only the reference engine runs inputs of any structure and devices other than
+    the CPU; outputs that are not one tensor and criteria that record metrics or read a part of
+    the output too, unless the engine says it runs them (``structured``, the fast engine)."""
     if not isinstance(inputs, torch.Tensor):
         return f"inputs of another structure ({inputs!r})"
-    if not isinstance(golden, torch.Tensor):
+    if structured:
+        pass
+    elif not isinstance(golden, torch.Tensor):
         return "outputs that are not one tensor"
-    if not criterion.fast:
+    elif not criterion.fast:
         what = (
             "reads a part of the output"
             if criterion.output not in (None, "")
@@ -333,7 +338,8 @@ def make_engine(
     which counts the runs and says why once)."""
     cls = ENGINES.get(name)
     if cls is not ReferenceEngine and not getattr(cls, "any_structure", False):
-        reason = reference_reason(inputs, golden, criterion)
+        structured = bool(getattr(cls, "structured_outputs", False))
+        reason = reference_reason(inputs, golden, criterion, structured)
         if reason is not None:
             return HandedOverEngine(name, reason, model, inputs, golden, criterion, batch_size)
     return cls(model, inputs, golden, criterion, batch_size)

@@ -22,11 +22,13 @@ from torchfault.campaign._engine import (
     ENGINES,
     MIN_ROWS,
     Engine,
+    MeasuredRun,
     ReferenceEngine,
     RunTask,
     _pad_index,
     _random_faults,
     detected_task,
+    take_golden,
 )
 from torchfault.campaign._fast._exactness import rows_independent, site_reproduces
 from torchfault.campaign._fast._faults import (
@@ -48,8 +50,10 @@ from torchfault.campaign._fast._planning import (
     Program,
     Site,
     Unsupported,
+    flatten_output,
     plan_site,
     trace,
+    unflatten_output,
 )
 from torchfault.campaign._fast._positions import Positions, reference_layout
 from torchfault.campaign._fast._rows import (
@@ -63,7 +67,7 @@ from torchfault.campaign._fast._rows import (
     records,
 )
 from torchfault.campaign._fast._windows import WindowRunner
-from torchfault.campaign._outcome import Criterion, output_words_equal
+from torchfault.campaign._outcome import Criterion, evaluate, output_words_equal
 from torchfault.faults import is_packed
 from torchfault.injectors import Injection, inject
 from torchfault.store import RunRecord
@@ -117,12 +121,15 @@ class FastEngine(Engine):
 
     name = "fast"
     min_rows = MIN_ROWS
+    #: runs models whose output is a structure (a tuple, a dict of tensors) and any criterion
+    #: (see :func:`~torchfault.campaign._engine.reference_reason`)
+    structured_outputs = True
 
     def __init__(
         self,
         model: nn.Module,
         inputs: torch.Tensor,
-        golden: torch.Tensor,
+        golden: torch.Tensor | list[Any],
         criterion: Criterion | None = None,
         batch_size: int = 256,
         options: FastOptions | None = None,
@@ -145,6 +152,9 @@ class FastEngine(Engine):
         self._rows_independent: bool | None = None
         self._measured = False
         self._model_reason = ""  # why no run of this model can take the fast path
+        # outputs that are a structure per input, or a criterion that is not top1/topk/tolerance:
+        # records are made by the criterion's own evaluation on each output (as the reference)
+        self._general = not isinstance(golden, torch.Tensor) or not self.criterion.fast
         #: runs handed to the reference engine, by reason (see :data:`REASONS`)
         self.handed_over: Counter[str] = Counter()
 
@@ -167,18 +177,35 @@ class FastEngine(Engine):
             self._model_reason = traced
             return None
         prog = traced
+        flat = self._flat_golden(prog)
+        if flat is None:
+            self._model_reason = REASONS["output"]
+            return None
         try:
             positions = Positions(prog, probe)
         except Exception:  # noqa: BLE001 - cannot look at its functions: the reference runs it
             log.debug("fast engine: position-dependent functions not analysed", exc_info=True)
             self._model_reason = REASONS["position"]
             return None
-        values = GoldenValues(prog, self.inputs, self.golden, self.block, self.min_rows, self.cache)
+        values = GoldenValues(prog, self.inputs, flat, self.block, self.min_rows, self.cache)
         values.run_node = positions.run_node
         self._positions = positions
         self._prog, self._values = prog, values
         self._windows = WindowRunner(values, self.options, self.stats)
         return prog
+
+    def _flat_golden(self, prog: Program) -> torch.Tensor | None:
+        """The golden outputs as the traced graph computes them: the tensor itself, or each
+        input's structure flattened (:func:`flatten_output`); ``None``: they do not match."""
+        if isinstance(self.golden, torch.Tensor):
+            return None if prog.output_leaves else self.golden
+        if not prog.output_leaves or not len(self.golden):
+            return None
+        rows = [flatten_output(g) for g in self.golden]
+        sizes = {(r.numel(), r.dtype) if r is not None else None for r in rows}
+        if None in sizes or len(sizes) != 1:
+            return None
+        return torch.stack([r for r in rows if r is not None])
 
     def _site_for(self, task: RunTask) -> Site | str:
         """The planned site of a task's fault, or why the reference engine runs the task."""
@@ -318,7 +345,10 @@ class FastEngine(Engine):
         finished: list[Done] = []
         for block in sorted(rows_by_block):
             self._run_block(block, rows_by_block[block], tasks, sites, finished, to_reference)
-        self.stats["fast"] += records(tasks, finished, self.golden, self.criterion, results)
+        if self._general:
+            self.stats["fast"] += self._general_records(tasks, finished, results)
+        else:
+            self.stats["fast"] += records(tasks, finished, self.golden, self.criterion, results)
         for ti, ids in to_reference.items():
             task = tasks[ti]
             order = {int(i): k for k, i in reversed(list(enumerate(task.input_ids)))}
@@ -506,6 +536,52 @@ class FastEngine(Engine):
         if out is not None:
             done.append(([batch[k] for k in alive.tolist()], out))
         return done
+
+    def _general_records(
+        self, tasks: Sequence[RunTask], finished: list[Done], results: dict[Row, RunRecord]
+    ) -> int:
+        """Classify finished rows with the criterion's own evaluation, as the reference engine
+        does: each faulty output rebuilt in the golden output's structure (masked rows: their
+        golden output)."""
+        keys: list[Row] = []
+        faulty: list[Any] = []
+        seconds: list[float] = []
+        for rows, out, per in finished:
+            for k, (ti, i) in enumerate(rows):
+                g = take_golden(self.golden, [i])[0]
+                if out is None:
+                    faulty.append(g)
+                elif isinstance(self.golden, torch.Tensor):
+                    faulty.append(out[k])
+                else:
+                    faulty.append(unflatten_output(out[k], g))
+                keys.append((ti, i))
+                seconds.append(per)
+        if not keys:
+            return 0
+        golden = take_golden(self.golden, [i for _, i in keys])
+        if isinstance(self.golden, torch.Tensor):
+            faulty_all: Any = torch.stack(faulty)
+        else:
+            faulty_all = faulty
+        ev = evaluate(golden, faulty_all, self.criterion)
+        for k, ((ti, i), sec) in enumerate(zip(keys, seconds)):
+            fields = (
+                tasks[ti].fault_id,
+                i,
+                ev.outcomes[k],
+                ev.golden_top1[k],
+                ev.faulty_top1[k],
+                ev.max_abs_diff[k],
+                sec,
+            )
+            m = ev.metrics[k]
+            results[(ti, i)] = (
+                RunRecord(*fields)
+                if m is None
+                else MeasuredRun(*fields, None, tuple(sorted(m.items())))
+            )
+        return len(keys)
 
     # ------------------------------------------------------------------ structured sites
     @staticmethod

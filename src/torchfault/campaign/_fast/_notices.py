@@ -15,6 +15,8 @@ _WARNED: set[str] = set()
 REASONS = {
     "trace": "model not traceable by torch.fx",
     "run": "traced graph does not run",
+    "output": "outputs the traced graph cannot flatten as the golden ones (tensors of several "
+    "dtypes, values without a batch dimension)",
     "several": "several faults in one run",
     "kind": "fault on an input, or with sample or element set",
     "random": "random fault model (one seeded run per input)",

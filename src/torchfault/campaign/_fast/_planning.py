@@ -23,10 +23,65 @@ from torch.fx.node import map_arg
 from torchfault.campaign._fast._notices import REASONS, first_line, warn_once
 from torchfault.campaign._fast._operations import is_masking, window_kind
 
-__all__ = ["INNER", "Program", "Site", "Unsupported", "plan_site", "trace"]
+__all__ = [
+    "INNER",
+    "Program",
+    "Site",
+    "Unsupported",
+    "flatten_output",
+    "plan_site",
+    "trace",
+    "unflatten_output",
+]
 
 #: the target of a site that stands for activation faults inside the site's module
 INNER = "<activations inside>"
+
+
+def flatten_output(output: Any) -> torch.Tensor | None:
+    """One input's output, a structure, as one flat tensor: its tensors in the order
+    ``torch.fx.node.map_arg`` visits a structure (tuples and lists in order, dict values in
+    insertion order), each flattened, concatenated (``None``: no tensor, or tensors of several
+    dtypes, which concatenation would convert)."""
+    parts: list[torch.Tensor] = []
+
+    def visit(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            parts.append(v.reshape(-1))
+        elif isinstance(v, (tuple, list)):
+            for u in v:
+                visit(u)
+        elif isinstance(v, dict):
+            for u in v.values():
+                visit(u)
+
+    visit(output)
+    if not parts or len({p.dtype for p in parts}) != 1:
+        return None
+    return torch.cat(parts)
+
+
+def unflatten_output(flat: torch.Tensor, template: Any) -> Any:
+    """``template`` (one input's output) with its tensors, in :func:`flatten_output`'s order,
+    replaced by the values of ``flat`` (their shapes and dtype kept; other values as they are)."""
+    at = 0
+
+    def build(v: Any) -> Any:
+        nonlocal at
+        if isinstance(v, torch.Tensor):
+            k = v.numel()
+            out = flat[at : at + k].reshape(v.shape)
+            at += k
+            return out
+        if isinstance(v, tuple) and hasattr(v, "_fields"):  # a named tuple
+            return type(v)(*(build(u) for u in v))
+        if isinstance(v, (tuple, list)):
+            return type(v)(build(u) for u in v)
+        if isinstance(v, dict):
+            return type(v)((k, build(u)) for k, u in v.items())
+        return v
+
+    return build(template)
 
 
 class Unsupported(Exception):
@@ -68,6 +123,27 @@ class Program:
         self.placeholder = holders[0]
         out = [n for n in self.nodes if n.op == "output"]
         result = out[0].args[0] if out else None
+        #: the graph values a structured output (a tuple, a dict...) is made of, in the order
+        #: :func:`flatten_output` reads a per-input output; empty for a single tensor
+        self.output_leaves: list[fx.Node] = []
+        if not isinstance(result, fx.Node) and out:
+            # a structure: its values flattened per row and concatenated into one tensor (pure
+            # copies), which the engine runs as the graph's result
+            found: list[fx.Node] = []
+
+            def collect(n: fx.Node) -> fx.Node:
+                found.append(n)
+                return n
+
+            map_arg(result, collect)
+            if not found:
+                raise Unsupported("the model returns no value computed from its input")
+            with graph.inserting_before(out[0]):
+                flat = [graph.call_method("flatten", (n, 1)) for n in found]
+                result = graph.call_function(torch.cat, (flat, 1))
+            self.output_leaves = found
+            self.nodes = list(graph.nodes)
+            self.pos = {n: i for i, n in enumerate(self.nodes)}
         if not isinstance(result, fx.Node):
             raise Unsupported("the model does not return a single tensor")
         self.result: fx.Node = result
