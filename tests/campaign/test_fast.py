@@ -930,22 +930,29 @@ def test_transcendental_functions_on_aligned_rows_stay_fast():
 
 # ---------------------------------------------------------------------------- an injection
 # changes the faulted words and nothing else (layout, aliasing, dtype, quantizer)
-def eager_quantized_linear():
-    """QuantStub -> Linear -> DeQuantStub, x86 qconfig, prepared, calibrated, converted."""
+def eager_quantize(*layers, x):
+    """QuantStub -> ``layers`` -> DeQuantStub, x86 qconfig, prepared, calibrated on ``x``,
+    converted (eager mode: torchfault's own ``quantize_model`` is FX mode)."""
     import warnings
 
     from torch.ao.quantization import DeQuantStub, QuantStub, convert, get_default_qconfig, prepare
 
-    torch.manual_seed(0)
-    model = nn.Sequential(QuantStub(), nn.Linear(8, 10), DeQuantStub()).eval()
+    model = nn.Sequential(QuantStub(), *layers, DeQuantStub()).eval()
     model.qconfig = get_default_qconfig("x86")
-    x = torch.randn(N_INPUTS, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepare(model, inplace=True)
         model(x)
         convert(model, inplace=True)
-    return model, x
+    return model
+
+
+def eager_quantized_linear():
+    """QuantStub -> Linear -> DeQuantStub (:func:`eager_quantize`)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 10)
+    x = torch.randn(N_INPUTS, 8)
+    return eager_quantize(layer, x=x), x
 
 
 def test_quantstub_scale_and_zero_point_faults_equal_the_reference():
@@ -964,26 +971,10 @@ def test_packed_quantized_weights_take_the_fast_path():
     """Faults on the packed int8 weights and biases of an eager-quantized convolution and linear
     layer: the module is called on its cached inputs under inject (which repacks the faulty
     words); every record equals the reference engine's, every run on the fast path."""
-    import warnings
-
-    from torch.ao.quantization import DeQuantStub, QuantStub, convert, get_default_qconfig, prepare
-
     torch.manual_seed(8)
-    model = nn.Sequential(
-        QuantStub(),
-        nn.Conv2d(2, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 6 * 6, 5),
-        DeQuantStub(),
-    ).eval()
-    model.qconfig = get_default_qconfig("x86")
+    layers = (nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     x = torch.randn(N_INPUTS, 2, 6, 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepare(model, inplace=True)
-        model(x)
-        convert(model, inplace=True)
+    model = eager_quantize(*layers, x=x)
     faults = [
         Fault(m, t, i, (b,))
         for m, t, i in (("1", "weight", (2, 1, 0, 1)), ("1", "bias", (3,)), ("4", "weight", (1, 7)))

@@ -17,7 +17,6 @@ from torchfault.campaign._engine import (
     ENGINES,
     Engine,
     HandedOverEngine,
-    ReferenceEngine,
     reference_reason,
 )
 from torchfault.campaign._fast import FastEngine, FastOptions
@@ -225,12 +224,10 @@ def build_engine(
         cls = ENGINES.get(engine)
     except ValueError as exc:
         raise ConfigError(f"engine.name: {exc}") from None
-    if cls is not ReferenceEngine and not getattr(cls, "any_structure", False):
-        # structures, metrics and devices the engine was not made for: the reference engine
-        structured = bool(getattr(cls, "structured_outputs", False))
-        reason = reference_reason(inputs, golden, criterion, structured)
-        if reason is not None:
-            return HandedOverEngine(engine, reason, model, inputs, golden, criterion, batch_size)
+    # structures and devices the engine was not made for: the reference engine
+    reason = reference_reason(inputs, golden, criterion, cls)
+    if reason is not None:
+        return HandedOverEngine(engine, reason, model, inputs, golden, criterion, batch_size)
     if fast is not None and issubclass(cls, FastEngine):
         # reference_reason handed inputs of other structures to the reference engine above
         assert isinstance(inputs, torch.Tensor)

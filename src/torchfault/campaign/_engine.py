@@ -268,19 +268,21 @@ class ReferenceEngine(Engine):
 
 
 def reference_reason(
-    inputs: Any, golden: Any, criterion: Criterion, structured: bool = False
+    inputs: Any, golden: Any, criterion: Criterion, engine: type | None = None
 ) -> str | None:
     """Why a campaign must run on the reference engine whatever engine was asked (``None``: it
     need not). Only the reference engine runs inputs of any structure and devices other than
     the CPU; outputs that are not one tensor and criteria that record metrics or read a part of
-    the output too, unless the engine says it runs them (``structured``, the fast engine)."""
+    the output too, unless ``engine`` (the class asked for) says it runs them
+    (``structured_outputs``, the fast engine) or runs anything (``any_structure``)."""
+    if engine is ReferenceEngine or getattr(engine, "any_structure", False):
+        return None
+    structured = bool(getattr(engine, "structured_outputs", False))
     if not isinstance(inputs, torch.Tensor):
         return f"inputs of another structure ({inputs!r})"
-    if structured:
-        pass
-    elif not isinstance(golden, torch.Tensor):
+    if not structured and not isinstance(golden, torch.Tensor):
         return "outputs that are not one tensor"
-    elif not criterion.fast:
+    if not structured and not criterion.fast:
         what = (
             "reads a part of the output"
             if criterion.output not in (None, "")
@@ -337,11 +339,9 @@ def make_engine(
     engine) hands a campaign it cannot run to the reference engine (:class:`HandedOverEngine`,
     which counts the runs and says why once)."""
     cls = ENGINES.get(name)
-    if cls is not ReferenceEngine and not getattr(cls, "any_structure", False):
-        structured = bool(getattr(cls, "structured_outputs", False))
-        reason = reference_reason(inputs, golden, criterion, structured)
-        if reason is not None:
-            return HandedOverEngine(name, reason, model, inputs, golden, criterion, batch_size)
+    reason = reference_reason(inputs, golden, criterion, cls)
+    if reason is not None:
+        return HandedOverEngine(name, reason, model, inputs, golden, criterion, batch_size)
     return cls(model, inputs, golden, criterion, batch_size)
 
 

@@ -22,24 +22,20 @@ from torchfault.campaign._engine import (
     ENGINES,
     MIN_ROWS,
     Engine,
-    MeasuredRun,
     ReferenceEngine,
     RunTask,
     _pad_index,
     _random_faults,
     detected_task,
-    take_golden,
 )
-from torchfault.campaign._fast._exactness import rows_independent, site_reproduces
+from torchfault.campaign._fast._exactness import refused, rows_independent, site_reproduces
 from torchfault.campaign._fast._faults import (
     RowsApart,
     activation_faults,
-    faulty_tensor,
     fits,
     inner_activation_faults,
-    layer_output,
     parameter_faults,
-    site_tensor,
+    site_output,
 )
 from torchfault.campaign._fast._geometry import Window
 from torchfault.campaign._fast._golden import NOT_ROW_INDEXED, GoldenCache, GoldenValues
@@ -53,7 +49,6 @@ from torchfault.campaign._fast._planning import (
     flatten_output,
     plan_site,
     trace,
-    unflatten_output,
 )
 from torchfault.campaign._fast._positions import Positions, reference_layout
 from torchfault.campaign._fast._rows import (
@@ -63,13 +58,14 @@ from torchfault.campaign._fast._rows import (
     batches,
     drop_masked,
     fault_spans,
+    general_records,
     pad,
     records,
 )
 from torchfault.campaign._fast._windows import WindowRunner
-from torchfault.campaign._outcome import Criterion, evaluate, output_words_equal
+from torchfault.campaign._outcome import Criterion, output_words_equal
 from torchfault.faults import is_packed
-from torchfault.injectors import Injection, inject
+from torchfault.injectors import Injection
 from torchfault.store import RunRecord
 
 __all__ = ["FastEngine"]
@@ -145,6 +141,7 @@ class FastEngine(Engine):
         self.stats: dict[str, int] = defaultdict(int)
         self._prog: Program | None = None
         self._positions: Positions | None = None
+        self._plain: dict[tuple[tuple[int, ...], int], set[int]] = {}  # see _plain_rows
         self._values: GoldenValues | None = None
         self._windows: WindowRunner | None = None
         self._traced = False
@@ -346,7 +343,9 @@ class FastEngine(Engine):
         for block in sorted(rows_by_block):
             self._run_block(block, rows_by_block[block], tasks, sites, finished, to_reference)
         if self._general:
-            self.stats["fast"] += self._general_records(tasks, finished, results)
+            self.stats["fast"] += general_records(
+                tasks, finished, self.golden, self.criterion, results
+            )
         else:
             self.stats["fast"] += records(tasks, finished, self.golden, self.criterion, results)
         for ti, ids in to_reference.items():
@@ -367,8 +366,15 @@ class FastEngine(Engine):
         positions = self._positions
         if positions is None or not positions.ops:
             return None
-        layout = reference_layout(task.input_ids, self.reference.batch_size, self.min_rows)
-        return {i for i, (n, p) in layout.items() if positions.plain(n, p)}
+        key = (tuple(task.input_ids), torch.get_num_threads())
+        plain = self._plain.get(key)
+        if plain is None:  # tasks of a campaign mostly share their inputs: once per input list
+            layout = reference_layout(task.input_ids, self.reference.batch_size, self.min_rows)
+            plain = {i for i, (n, p) in layout.items() if positions.plain(n, p)}
+            if len(self._plain) >= 1024:  # inputs drawn per fault: do not keep them all
+                self._plain.clear()
+            self._plain[key] = plain
+        return plain
 
     def _subset_exact(self, task: RunTask, ids: Sequence[int]) -> bool:
         """Does the reference engine give inputs ``ids`` of ``task`` the same records when it
@@ -537,52 +543,6 @@ class FastEngine(Engine):
             done.append(([batch[k] for k in alive.tolist()], out))
         return done
 
-    def _general_records(
-        self, tasks: Sequence[RunTask], finished: list[Done], results: dict[Row, RunRecord]
-    ) -> int:
-        """Classify finished rows with the criterion's own evaluation, as the reference engine
-        does: each faulty output rebuilt in the golden output's structure (masked rows: their
-        golden output)."""
-        keys: list[Row] = []
-        faulty: list[Any] = []
-        seconds: list[float] = []
-        for rows, out, per in finished:
-            for k, (ti, i) in enumerate(rows):
-                g = take_golden(self.golden, [i])[0]
-                if out is None:
-                    faulty.append(g)
-                elif isinstance(self.golden, torch.Tensor):
-                    faulty.append(out[k])
-                else:
-                    faulty.append(unflatten_output(out[k], g))
-                keys.append((ti, i))
-                seconds.append(per)
-        if not keys:
-            return 0
-        golden = take_golden(self.golden, [i for _, i in keys])
-        if isinstance(self.golden, torch.Tensor):
-            faulty_all: Any = torch.stack(faulty)
-        else:
-            faulty_all = faulty
-        ev = evaluate(golden, faulty_all, self.criterion)
-        for k, ((ti, i), sec) in enumerate(zip(keys, seconds)):
-            fields = (
-                tasks[ti].fault_id,
-                i,
-                ev.outcomes[k],
-                ev.golden_top1[k],
-                ev.faulty_top1[k],
-                ev.max_abs_diff[k],
-                sec,
-            )
-            m = ev.metrics[k]
-            results[(ti, i)] = (
-                RunRecord(*fields)
-                if m is None
-                else MeasuredRun(*fields, None, tuple(sorted(m.items())))
-            )
-        return len(keys)
-
     # ------------------------------------------------------------------ structured sites
     @staticmethod
     def _structured(site: Site, golden: dict[fx.Node, Any]) -> bool:
@@ -597,15 +557,7 @@ class FastEngine(Engine):
         (``None``: golden) in its tensor or injected inside it on the first ``rows`` rows."""
         values = self._values
         assert values is not None
-        if site.packed and fault is not None:
-            with inject(self.model, [fault]):
-                return layer_output(site, None, values, golden, pos, structured=True)
-        if fault is None or not site.inner:
-            packed = fault is None or site.inner or site.packed
-            t = None if packed else faulty_tensor(fault, site_tensor(site))
-            return layer_output(site, t, values, golden, pos, structured=True)
-        with inject(self.model, [fault.replace(sample=r) for r in range(rows)]):
-            return layer_output(site, None, values, golden, pos, structured=True)
+        return site_output(site, self.model, fault, rows, values, golden, pos, structured=True)
 
     def _structured_reproduces(self, site: Site, block: int, golden: dict[fx.Node, Any]) -> bool:
         """May a structured site run fast? Its other golden values must be row-indexed, and its
@@ -625,13 +577,7 @@ class FastEngine(Engine):
             out, _, _ = self._run_after_site(site, live, golden, False)
             return out is not None and bool(output_words_equal(values.outputs[ids], out).all())
         except Exception as exc:  # noqa: BLE001 - anything odd: the reference engine runs it
-            log.info(
-                "fast engine: %s:%s runs on the reference engine (%s)",
-                site.node.name,
-                site.target,
-                exc,
-            )
-            return False
+            return refused(site, exc)
 
     def _run_structured(
         self,

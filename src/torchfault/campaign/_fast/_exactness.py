@@ -30,7 +30,7 @@ from torchfault.campaign._fast._positions import Positions
 from torchfault.campaign._fast._rows import pad, take
 from torchfault.campaign._outcome import output_words_equal
 
-__all__ = ["rows_independent", "same_in_any_batch", "site_reproduces"]
+__all__ = ["refused", "rows_independent", "same_in_any_batch", "site_reproduces"]
 
 
 def same_in_any_batch(
@@ -171,10 +171,12 @@ def site_reproduces(
         value = layer_output(site, tensor, values, golden, pos)
         return bool(output_words_equal(take(golden[site.node], pos), value).all())
     except Exception as exc:  # noqa: BLE001 - anything odd: the reference engine runs it
-        log.info(
-            "fast engine: %s:%s runs on the reference engine (%s)",
-            site.node.name,
-            site.target,
-            exc,
-        )
-        return False
+        return refused(site, exc)
+
+
+def refused(site: Site, exc: BaseException) -> bool:
+    """Log why a site's check failed (it runs on the reference engine); ``False``."""
+    log.info(
+        "fast engine: %s:%s runs on the reference engine (%s)", site.node.name, site.target, exc
+    )
+    return False

@@ -41,10 +41,13 @@ __all__ = [
     "activation_faults",
     "faulty_tensor",
     "fits",
+    "injected_output",
     "inner_activation_faults",
     "layer_output",
+    "on_rows",
     "parameter_faults",
     "same_storage_kind",
+    "site_output",
 ]
 
 
@@ -191,6 +194,53 @@ def layer_output(
     return out
 
 
+def injected_output(
+    site: Site,
+    model: nn.Module,
+    faults: Sequence[Fault],
+    values: GoldenValues,
+    golden: dict[fx.Node, Any],
+    pos: torch.Tensor,
+    structured: bool = False,
+) -> Any:
+    """The site module's output over block rows ``pos`` under :func:`torchfault.inject` of
+    ``faults`` on ``model``: activation faults inside the module, packed weights (inject packs
+    the faulty words as the reference engine's passes see them). A fresh injection per call
+    counts module calls from zero, as one forward pass of the model does."""
+    with inject(model, list(faults)):
+        return layer_output(site, None, values, golden, pos, structured)
+
+
+def on_rows(faults: Sequence[Fault], spans: Sequence[tuple[int, int]]) -> list[Fault]:
+    """Each activation fault on its own rows of a batch (``sample``): rows ``spans[k]`` for
+    ``faults[k]``."""
+    return [f.replace(sample=r) for f, (r0, r1) in zip(faults, spans) for r in range(r0, r1)]
+
+
+def site_output(
+    site: Site,
+    model: nn.Module | None,
+    fault: Fault | None,
+    rows: int,
+    values: GoldenValues,
+    golden: dict[fx.Node, Any],
+    pos: torch.Tensor,
+    structured: bool = False,
+) -> Any:
+    """The site module's output over block rows ``pos`` with one ``fault`` (``None``: golden):
+    injected inside the module on the first ``rows`` rows (an inner site), injected into a
+    packed weight, or in the faulted tensor (``functional_call``)."""
+    if fault is None:
+        return layer_output(site, None, values, golden, pos, structured)
+    if site.inner or site.packed:
+        if model is None:
+            raise Unsupported("an inner or packed site needs the model")
+        faults = on_rows([fault], [(0, rows)]) if site.inner else [fault]
+        return injected_output(site, model, faults, values, golden, pos, structured)
+    tensor = faulty_tensor(fault, site_tensor(site))
+    return layer_output(site, tensor, values, golden, pos, structured)
+
+
 def inner_activation_faults(
     site: Site,
     model: nn.Module,
@@ -202,12 +252,9 @@ def inner_activation_faults(
     base: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The site module's output for every row with its fault injected inside the module: one
-    call over the batch under :func:`torchfault.inject`, each fault on its own rows
-    (``sample``). A fresh injection per call counts the module calls from zero, as one forward
-    pass of the model does. Returns the faulty output and, per row, whether it equals golden."""
-    per_row = [f.replace(sample=r) for f, (r0, r1) in zip(faults, spans) for r in range(r0, r1)]
-    with inject(model, per_row):
-        out = layer_output(site, None, values, golden, pos)
+    call over the batch (:func:`injected_output`), each fault on its own rows (:func:`on_rows`).
+    Returns the faulty output and, per row, whether it equals golden."""
+    out = injected_output(site, model, on_rows(faults, spans), values, golden, pos)
     n = spans[-1][1]
     if not isinstance(out, torch.Tensor) or not same_storage_kind(out, base):
         raise RowsApart(f"{site.node.name}: the faulty output is stored apart")
@@ -243,47 +290,32 @@ def parameter_faults(
 
     ``base`` is the golden site output of the rows. Returns the faulty output and, per row,
     whether the row equals golden there. A packed site (``site.packed``) calls the module under
-    :func:`torchfault.inject` on ``model``, one fault at a time (inject packs the faulty words
-    as the reference engine's passes see them).
+    :func:`torchfault.inject` on ``model``, one fault at a time (:func:`site_output`).
     """
-    if site.packed:
-        if model is None:
-            raise Unsupported("a packed site needs the model")
-        value = base.clone()
-        same = torch.zeros(spans[-1][1], dtype=torch.bool)
-        for f, (r0, r1) in zip(faults, spans):
-            with inject(model, [f]):
-                out = layer_output(site, None, values, golden, pad(pos[r0:r1], values.min_rows))
-            if not same_storage_kind(out, base):
-                raise RowsApart(
-                    f"{site.node.name}:{site.target}: the faulty output is stored apart"
-                )
-            value[r0:r1] = out[: r1 - r0]
-            same[r0:r1] = output_words_equal(base[r0:r1], value[r0:r1])
-        return value, same
-    t = site_tensor(site)
     value = base.clone()
     n = spans[-1][1]
     same = torch.zeros(n, dtype=torch.bool)
     stacks: dict[tuple[int, ...], list[tuple[int, int, torch.Tensor]]] = defaultdict(list)
-    full: list[tuple[int, int, torch.Tensor]] = []
+    full: list[tuple[int, int, Fault]] = []
     for f, (r0, r1) in zip(faults, spans):
-        faulty = faulty_tensor(f, t)
-        if _one_channel(site, f):
+        if not site.packed and _one_channel(site, f):
+            t = site_tensor(site)
             rows = tuple(pos[r0:r1].tolist())
-            stacks[rows].append((r0, int(f.index[0]) % t.shape[0], faulty))
+            stacks[rows].append((r0, int(f.index[0]) % t.shape[0], faulty_tensor(f, t)))
         else:
-            full.append((r0, r1, faulty))
+            full.append((r0, r1, f))
     for rows, items in stacks.items():
         if _stacked_conv(site, rows, items, values, golden, value):
             for r0, o, _ in items:
                 r1 = r0 + len(rows)
                 same[r0:r1] = output_words_equal(base[r0:r1, o], value[r0:r1, o])
         else:
-            site.conv_trick = False
-            full.extend((r0, r0 + len(rows), faulty) for r0, _, faulty in items)
-    for r0, r1, faulty in full:
-        out = layer_output(site, faulty, values, golden, pad(pos[r0:r1], values.min_rows))
+            site.conv_trick = False  # each fault alone (its tensor made again, once per site)
+            at = dict(zip((r0 for r0, _ in spans), faults))
+            full.extend((r0, r0 + len(rows), at[r0]) for r0, _, _ in items)
+    for r0, r1, f in full:
+        rows_pos = pad(pos[r0:r1], values.min_rows)
+        out = site_output(site, model, f, r1 - r0, values, golden, rows_pos)
         if not same_storage_kind(out, base):
             # e.g. a fault on a QuantStub's scale: the faulty rows carry another quantizer, which
             # rows of one quantized tensor cannot hold (writing them in would keep the golden

@@ -16,13 +16,28 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from torchfault.campaign._engine import RunTask
-from torchfault.campaign._fast._planning import Unsupported
-from torchfault.campaign._outcome import OUTCOMES, Criterion, classify, output_words_equal
+from torchfault.campaign._engine import MeasuredRun, RunTask, take_golden
+from torchfault.campaign._fast._planning import Unsupported, unflatten_output
+from torchfault.campaign._outcome import (
+    OUTCOMES,
+    Criterion,
+    classify,
+    evaluate,
+    output_words_equal,
+)
 from torchfault.faults import Fault
 from torchfault.store import RunRecord
 
-__all__ = ["Rows", "batches", "drop_masked", "fault_spans", "pad", "records", "take"]
+__all__ = [
+    "Rows",
+    "batches",
+    "drop_masked",
+    "fault_spans",
+    "general_records",
+    "pad",
+    "records",
+    "take",
+]
 
 #: a row: (task number, input number)
 Row = tuple[int, int]
@@ -163,5 +178,55 @@ def records(
         ti, i = key
         results[key] = RunRecord(
             tasks[ti].fault_id, i, OUTCOMES[int(c)], int(g), int(f), float(d), sec
+        )
+    return len(keys)
+
+
+def general_records(
+    tasks: Sequence[RunTask],
+    finished: list[Done],
+    golden: Any,
+    criterion: Criterion,
+    results: dict[Row, RunRecord],
+) -> int:
+    """:func:`records` for outputs that are a structure per input (``golden`` a list) or a
+    criterion that is not top1/topk/tolerance: each faulty output rebuilt in its golden
+    output's structure (masked rows: their golden output) and classified by the criterion's own
+    evaluation, as the reference engine does; returns how many rows."""
+    keys: list[Row] = []
+    faulty: list[Any] = []
+    seconds: list[float] = []
+    tensor = isinstance(golden, torch.Tensor)
+    for rows, out, per in finished:
+        for k, (ti, i) in enumerate(rows):
+            g = take_golden(golden, [i])[0]
+            if out is None:
+                faulty.append(g)
+            else:
+                faulty.append(out[k] if tensor else unflatten_output(out[k], g))
+            keys.append((ti, i))
+            seconds.append(per)
+    if not keys:
+        return 0
+    ev = evaluate(
+        take_golden(golden, [i for _, i in keys]),
+        torch.stack(faulty) if tensor else faulty,
+        criterion,
+    )
+    for k, ((ti, i), sec) in enumerate(zip(keys, seconds)):
+        fields = (
+            tasks[ti].fault_id,
+            i,
+            ev.outcomes[k],
+            ev.golden_top1[k],
+            ev.faulty_top1[k],
+            ev.max_abs_diff[k],
+            sec,
+        )
+        m = ev.metrics[k]
+        results[(ti, i)] = (
+            RunRecord(*fields)
+            if m is None
+            else MeasuredRun(*fields, None, tuple(sorted(m.items())))
         )
     return len(keys)
