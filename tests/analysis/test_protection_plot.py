@@ -161,7 +161,16 @@ def test_bars_are_the_files_rates_with_intervals_of_counts_made_here(
     assert labels == ["without", "with ranger"]
     (det, fp) = _bars(right)
     assert det[1] == pytest.approx(100 * k["flagged"] / n) and (det[2], det[3]) == ci("flagged")
-    assert fp[1] == pytest.approx(100 * s["false_positive_rate"]) and fp[2] is None
+    # false positives: over the 20 fault-free inputs, with the interval of their counts
+    assert (s["false_positives"], s["fault_free_inputs"]) == (
+        round(20 * s["false_positive_rate"]),
+        20,
+    )
+    assert fp[1] == pytest.approx(100 * s["false_positive_rate"])
+    lo, hi = interval(s["false_positives"], 20, 0.95, method)
+    assert (fp[2], fp[3]) == (pytest.approx(100 * lo, abs=1e-9), pytest.approx(100 * hi, abs=1e-9))
+    ticks = [t.get_text() for t in right.get_xticklabels()]
+    assert ticks[1] == f"fault-free inputs\nflagged\n({s['false_positives']} of 20)"
     # the function's numbers are the same ones
     r = protection_rates(campaign.parent / "protection.json", method=method)
     assert (r.sdc[0].k, r.sdc[1].k, r.due[0].k, r.due[1].k, r.detection.k) == (
@@ -186,7 +195,20 @@ def test_report_md_and_html_show_the_plot(campaign, tmp_path, monkeypatch):
     text = (tmp_path / "r.html").read_text()
     assert 'id="plot-protection"' in text and 'href="#protection"' in text
     titles = [f._suptitle.get_text() for f in figs if f._suptitle is not None]
-    assert titles == ["Protection ranger: 1,200 runs; 95% Wilson intervals over runs"]
+    assert titles == [
+        "Protection ranger: 1,200 runs; 95% Wilson intervals over runs (false positives: over "
+        "fault-free inputs)"
+    ]
+    fp = protection_rates(campaign.parent, method="wilson").false_positive_interval
+    assert f"fault-free inputs flagged (false positives): {fp.format()} ({fp.k} of 20 inputs)" in (
+        text
+    )
+    # report.md: Clopper-Pearson, the report's default
+    fp = r.false_positive_interval
+    assert fp.k == round(20 * fp.rate) > 0 and fp.n == 20
+    assert (
+        f"- fault-free inputs flagged (false positives): {fp.format()} ({fp.k} of 20 inputs)" in md
+    )
 
 
 def test_no_file_no_section_and_bad_files_are_named(campaign, tmp_path):
@@ -215,3 +237,76 @@ def test_no_file_no_section_and_bad_files_are_named(campaign, tmp_path):
     with pytest.raises(TorchFaultError, match="'runs' must be a count"):
         plot_protection({"runs": -1}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval by its textbook formula (Wilson 1927), for the oracle."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@pytest.mark.parametrize("k, n", [(0, 64), (0, 1), (1, 64), (3, 20), (20, 20), (7, 360)])
+@pytest.mark.parametrize("confidence", [0.95, 0.99])
+def test_false_positive_interval_against_scipy_and_the_wilson_formula(k, n, confidence):
+    """The false-positive rate's interval is the binomial interval of k flagged of n fault-free
+    inputs: SciPy's exact (Clopper-Pearson) interval, and the Wilson formula written out here."""
+    stats = pytest.importorskip("scipy.stats")
+    from statistics import NormalDist
+
+    s = {"runs": 10, "false_positive_rate": k / n, "false_positives": k, "fault_free_inputs": n}
+    cp = protection_rates(s, confidence=confidence).false_positive_interval
+    want = stats.binomtest(k, n).proportion_ci(confidence, method="exact")
+    assert (cp.k, cp.n, cp.rate) == (k, n, k / n)
+    assert cp.low == pytest.approx(want.low, abs=1e-9)
+    assert cp.high == pytest.approx(want.high, abs=1e-9)
+    if k == 0:
+        assert cp.low == 0.0 and cp.high == pytest.approx(1 - ((1 - confidence) / 2) ** (1 / n))
+    w = protection_rates(s, confidence=confidence, method="wilson").false_positive_interval
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    assert (w.low, w.high) == pytest.approx(_wilson(k, n, z), abs=1e-12)
+    assert (w.low, w.high) == pytest.approx(
+        tuple(stats.binomtest(k, n).proportion_ci(confidence, method="wilson")), abs=1e-12
+    )
+
+
+def test_old_summary_without_counts_still_renders(campaign, tmp_path, monkeypatch):
+    """A protection.json written before the summary held the counts: the false-positive rate is
+    read and shown as it is, without an interval, in the plot, report.md and report.html."""
+    pytest.importorskip("matplotlib")
+    old = tmp_path / "old" / "campaign.sqlite"
+    old.parent.mkdir()
+    old.write_bytes(campaign.read_bytes())
+    doc = json.loads((campaign.parent / "protection.json").read_text())
+    fp = doc["summary"].pop("false_positives") / doc["summary"].pop("fault_free_inputs")
+    assert fp == doc["summary"]["false_positive_rate"] > 0
+    (old.parent / "protection.json").write_text(json.dumps(doc))
+    r = protection_rates(old.parent)
+    assert r.false_positive == fp and r.false_positive_interval is None
+    (fig,) = _drawn(monkeypatch, lambda: plot_protection(old.parent, tmp_path / "p.png"))
+    (_, bar) = _bars(fig.axes[1])
+    assert bar[1] == pytest.approx(100 * fp) and bar[2] is None  # no interval drawn
+    assert fig._suptitle.get_text().endswith("intervals over runs")
+    make_report(old, tmp_path / "rep", html=True)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    from torchfault.analysis._summary import _pct
+
+    assert f"- fault-free inputs flagged (false positives): {_pct(fp)}\n" in md
+    text = (tmp_path / "rep" / "report.html").read_text()
+    assert f"fault-free inputs flagged (false positives): {_pct(fp)}</li>" in text
+
+
+def test_bad_false_positive_counts_are_refused():
+    pytest.importorskip("matplotlib")
+    s = {"runs": 10, "false_positives": 5, "fault_free_inputs": 4}
+    with pytest.raises(TorchFaultError, match="'false_positives' \\(5\\) exceeds"):
+        protection_rates(s)
+    with pytest.raises(TorchFaultError, match="'fault_free_inputs' must be a count"):
+        protection_rates({"runs": 10, "false_positives": 0, "fault_free_inputs": -1})
+    assert (
+        protection_rates(
+            {"runs": 10, "false_positives": 0, "fault_free_inputs": 0}
+        ).false_positive_interval
+        is None
+    )

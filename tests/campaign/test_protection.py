@@ -112,6 +112,8 @@ def test_summary_figures_against_counts(setup):
     with torch.no_grad(), protect(model, _make({"name": "detect", "profile": prof})) as d:
         model(x)
     assert s["false_positive_rate"] == float(d.flags.float().mean())
+    # the counts behind it (the interval's k and n), one trial per fault-free input
+    assert (s["false_positives"], s["fault_free_inputs"]) == (int(d.flags.sum()), x.shape[0])
     assert s["accuracy_cost"] == 0.0  # detect changes no output
     acc = float((model(x).argmax(1) == labels).float().mean())
     assert s["accuracy_without"] == pytest.approx(acc) == s["accuracy_with"]
@@ -191,7 +193,10 @@ def test_config_protection_equals_run_campaign_on_the_stored_faults(tmp_path):
         [r.fault_id, r.input_id, r.outcome, r.flagged, r.correct] for r in want.runs
     ]
     s = want.summary()
-    for key in ("sdc_without", "sdc_with", "detection_rate", "false_positive_rate"):
+    for key in (
+        "sdc_without", "sdc_with", "detection_rate", "false_positive_rate", "false_positives",
+        "fault_free_inputs",
+    ):  # fmt: skip
         assert doc["summary"][key] == s[key]
     assert doc["summary"]["false_positive_rate"] > 0  # profiled on 8 of the 16 inputs
     assert result.protection.runs == want.runs

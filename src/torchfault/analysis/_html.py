@@ -350,7 +350,8 @@ def protection_section(
     campaign with ``protection.name`` set), or ``None`` when there is none.
 
     Shows the figures the campaign computed (SDC and DUE with and without the protection,
-    detection, false positives, accuracy cost, overhead), the outcome counts of the same runs
+    detection, false positives (with their interval over the fault-free inputs where the file
+    holds their counts), accuracy cost, overhead), the outcome counts of the same runs
     without (from the store) and with it (from the file) and, with matplotlib, the plot of
     :func:`~torchfault.analysis.plot_protection` (intervals by ``confidence`` and ``method``).
     """
@@ -397,11 +398,22 @@ def protection_section(
         for o in outcomes
     )
     overhead = summary.get("overhead")
+    from torchfault.analysis._protection import false_positive_rate
+
+    try:  # with its interval where the file holds the counts; an older file: the rate alone
+        fp = false_positive_rate(summary, confidence, method)
+    except TorchFaultError:
+        fp = None
+    fp_text = (
+        _share(summary.get("false_positive_rate"))
+        if fp is None
+        else f"{fp.format()} ({fp.k:,} of {fp.n:,} inputs)"
+    )
     more = [
         ("faulty runs flagged (detection rate)", _share(summary.get("detection_rate"))),
         ("unprotected SDCs flagged", _share(summary.get("sdc_detection_rate"))),
         ("detected runs still correct", _share(summary.get("detected_correct"))),
-        ("fault-free inputs flagged (false positives)", _share(summary.get("false_positive_rate"))),
+        ("fault-free inputs flagged (false positives)", fp_text),
         ("fault-free inputs whose class changes", _share(summary.get("accuracy_cost"))),
         (
             "time of a fault-free pass",

@@ -9,9 +9,17 @@ no estimate of its own: every rate drawn is the file's, as stored. It adds the i
 rate over runs is ``k / n`` with ``n`` the protected runs, and its interval is that of ``k``
 events in ``n`` trials by the chosen method (:func:`~torchfault.analysis.interval_from_rate`
 with ``n_eff = n``: exactly :func:`~torchfault.analysis.interval` of ``k`` and ``n``). Runs of
-one fault on several inputs are counted as separate trials, as the rates themselves are. The
-false-positive rate is over the campaign's fault-free inputs, whose number the file does not
-hold: it is drawn without an interval.
+one fault on several inputs are counted as separate trials, as the rates themselves are.
+
+The false-positive rate is over the campaign's fault-free inputs: ``false_positives`` of the
+``fault_free_inputs`` inputs were flagged (both counts are in the summary). Each fault-free input
+is one trial of its own (one fault-free pass, flagged or not; the inputs are independent of one
+another and of the faults), so the rate is a binomial proportion and its interval is that of
+``k`` events in ``n`` trials by the same method and confidence as the rates over runs
+(:func:`~torchfault.analysis.interval`; Clopper-Pearson by default, which keeps its coverage at
+``k = 0``, the usual count of a well-profiled protection). A file written before the summary held
+the counts (only ``false_positive_rate``) still reads: its false-positive rate is drawn without an
+interval.
 
 Plots are drawn on a :class:`matplotlib.figure.Figure` saved through the Agg canvas (the
 optional ``plot`` extra), as every plot of :mod:`torchfault.analysis`.
@@ -27,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchfault.analysis._stats import DEFAULT_INTERVAL, interval_from_rate
+from torchfault.analysis._stats import DEFAULT_INTERVAL, interval, interval_from_rate
 from torchfault.analysis._summary import METHOD_LABELS, Rate, _pct
 from torchfault.errors import TorchFaultError
 
@@ -90,9 +98,12 @@ class ProtectionRates:
         detection: faulty runs the protection flagged (the detection rate).
         detected: runs whose outcome is ``detected`` (a non-correcting protection flagged them),
             as a share of the runs; 0 for a correcting protection.
-        false_positive: fault-free inputs the protection flagged (no interval: the file does not
-            hold how many inputs there were).
+        false_positive: fault-free inputs the protection flagged, the rate as stored.
         confidence, method: of the intervals.
+        options: the protection's options as the file names them.
+        false_positive_interval: the false-positive rate with its interval over the fault-free
+            inputs (``k`` flagged of ``n``; see the module docstring); ``None`` for a file
+            without those counts (written before they were stored) or without inputs.
     """
 
     name: str
@@ -105,6 +116,54 @@ class ProtectionRates:
     confidence: float = 0.95
     method: str = DEFAULT_INTERVAL
     options: dict[str, Any] = field(default_factory=dict)
+    false_positive_interval: Rate | None = None
+
+
+def _count(summary: Mapping[str, Any], key: str) -> int | None:
+    value = summary.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TorchFaultError(
+            f"protection: the summary's {key!r} must be a count >= 0, got {value!r}.",
+            field="protection",
+        )
+    return value
+
+
+def false_positive_rate(
+    summary: Mapping[str, Any],
+    confidence: float = 0.95,
+    method: str = DEFAULT_INTERVAL,
+) -> Rate | None:
+    """The false-positive rate of a protection summary with its interval: ``false_positives``
+    flagged of ``fault_free_inputs`` fault-free inputs, one independent trial each, so the
+    binomial interval of ``k`` in ``n`` (:func:`~torchfault.analysis.interval`, by ``method``)
+    is valid. ``None`` when the summary does not hold both counts (a file written before they
+    were stored) or holds no inputs.
+
+    Raises:
+        TorchFaultError: a count that is not an integer ``>= 0``, or more flagged than inputs.
+
+    Example:
+        >>> r = false_positive_rate({"false_positives": 0, "fault_free_inputs": 64})
+        >>> r.k, r.n, r.rate, r.low, round(r.high, 4)
+        (0, 64, 0.0, 0.0, 0.056)
+        >>> false_positive_rate({"false_positive_rate": 0.0}) is None
+        True
+    """
+    k = _count(summary, "false_positives")
+    n = _count(summary, "fault_free_inputs")
+    if k is None or n is None or n == 0:
+        return None
+    if k > n:
+        raise TorchFaultError(
+            f"protection: the summary's 'false_positives' ({k}) exceeds its 'fault_free_inputs' "
+            f"({n}).",
+            field="protection",
+        )
+    low, high = interval(k, n, confidence, method)
+    return Rate(k, n, k / n, low, high, n_eff=float(n))
 
 
 def _number(x: Any) -> float | None:
@@ -181,6 +240,7 @@ def protection_rates(
         confidence=confidence,
         method=method,
         options={k: v for k, v in (spec or {}).items() if k != "name"},
+        false_positive_interval=false_positive_rate(summary, confidence, method),
     )
 
 
@@ -211,8 +271,9 @@ def plot_protection(
 
     Left: the SDC and DUE rate without and with the protection, bars with their intervals.
     Right: the detection rate (faulty runs flagged, with its interval) and the false-positive
-    rate (fault-free inputs flagged). Every bar is labelled with its value; the numbers are
-    :func:`protection_rates`'.
+    rate (fault-free inputs flagged, with its interval over those inputs where the file holds
+    their counts; without one for an older file). Every bar is labelled with its value; the
+    numbers are :func:`protection_rates`'.
 
     Args:
         source: ``protection.json`` (or its folder), its content, or the summary of a
@@ -260,17 +321,22 @@ def plot_protection(
     left.legend()
     left.margins(y=0.15)
     _bars(right, [0], [r.detection], 0.6, color="#8a6bbf")
-    fp = r.false_positive
-    bars = right.bar([1], [100 * fp if fp is not None else 0.0], 0.6, color="#e8a33d")
-    right.bar_label(bars, labels=[_pct(fp) if fp is not None else "n/a"], padding=2, fontsize=8)
-    right.set_xticks([0, 1], ["faulty runs\nflagged", "fault-free inputs\nflagged"])
+    fp, fpi = r.false_positive, r.false_positive_interval
+    fp_label = "fault-free inputs\nflagged"
+    if fpi is not None:
+        _bars(right, [1], [fpi], 0.6, color="#e8a33d")
+        fp_label += f"\n({fpi.k:,} of {fpi.n:,})"
+    else:
+        bars = right.bar([1], [100 * fp if fp is not None else 0.0], 0.6, color="#e8a33d")
+        right.bar_label(bars, labels=[_pct(fp) if fp is not None else "n/a"], padding=2, fontsize=8)
+    right.set_xticks([0, 1], ["faulty runs\nflagged", fp_label])
     right.set_ylabel("rate (%)")
     right.set_title("Detection and false positives")
     right.margins(y=0.15)
     method_label = METHOD_LABELS.get(r.method, r.method)
+    over = "over runs" + (" (false positives: over fault-free inputs)" if fpi is not None else "")
     fig.suptitle(
-        f"Protection {r.name}: {r.runs:,} runs; {r.confidence:.0%} {method_label} intervals "
-        "over runs",
+        f"Protection {r.name}: {r.runs:,} runs; {r.confidence:.0%} {method_label} intervals {over}",
         fontsize="medium",
     )
     path = Path(path)
@@ -319,7 +385,7 @@ def protection_markdown(
         f"- faulty runs flagged (detection rate): {_fmt(r.detection)}",
         f"- unprotected SDCs flagged: {_share(summary.get('sdc_detection_rate'))}",
         f"- detected runs still correct: {_share(summary.get('detected_correct'))}",
-        f"- fault-free inputs flagged (false positives): {_share(r.false_positive)}",
+        f"- fault-free inputs flagged (false positives): {_false_positives(r)}",
         f"- fault-free inputs whose class changes: {_share(summary.get('accuracy_cost'))}",
         "- time of a fault-free pass: "
         + ("n/a" if overhead is None else f"{100 * overhead:+.0f}%"),
@@ -340,3 +406,11 @@ def protection_markdown(
 def _share(x: Any) -> str:
     value = _number(x)
     return "n/a" if value is None else _pct(value)
+
+
+def _false_positives(r: ProtectionRates) -> str:
+    """The false-positive rate with its interval and counts, or the bare rate of an old file."""
+    fpi = r.false_positive_interval
+    if fpi is None:
+        return _share(r.false_positive)
+    return f"{fpi.format()} ({fpi.k:,} of {fpi.n:,} inputs)"

@@ -13,7 +13,9 @@ Outcomes of a protected run: ``masked``, ``benign``, ``sdc``, ``due`` as usual, 
 ``detected`` where a detecting (non-correcting) protection flagged the run; ``correct`` then
 says whether the output was still right (masked or benign under the criterion).
 
-Also measured: the false-positive rate (golden inputs the protection flags), the accuracy cost
+Also measured: the false-positive rate (golden inputs the protection flags; the summary also
+holds the count and the number of golden inputs, ``false_positives`` of ``fault_free_inputs``,
+so that a reader can give the rate its interval), the accuracy cost
 (golden inputs whose class the protection changes; and the label accuracy with and without it
 when labels are given) and the overhead (protected over plain fault-free forward time, best of
 ``repeats`` timed passes over all inputs).
@@ -118,7 +120,9 @@ class ProtectionResult:
     def summary(self) -> dict[str, Any]:
         """The figures: SDC and DUE rates without and with the protection, the detection rate
         (faulty runs flagged, and unprotected SDCs flagged), detected runs still correct, the
-        false-positive rate on golden inputs, the accuracy cost and the overhead.
+        false-positive rate on golden inputs (with its count ``false_positives`` and the number of
+        golden inputs ``fault_free_inputs``: the interval's ``k`` and ``n``), the accuracy cost
+        and the overhead.
 
         Example:
             >>> res = ProtectionResult("detect", [ProtectedRun(0, 0, "detected", True, False)],
@@ -127,6 +131,8 @@ class ProtectionResult:
             (1.0, 0.0, 1.0)
             >>> s["overhead"]
             0.5
+            >>> s["false_positive_rate"], s["false_positives"], s["fault_free_inputs"]
+            (0.0, 0, 1)
         """
         n = len(self.runs)
         base_sdc = [r for r in self.runs if self.baseline[(r.fault_id, r.input_id)] == "sdc"]
@@ -145,6 +151,8 @@ class ProtectionResult:
             "detection_rate": _rate(sum(r.flagged for r in self.runs), n),
             "sdc_detection_rate": _rate(sum(r.flagged for r in base_sdc), len(base_sdc)),
             "false_positive_rate": _rate(sum(self.golden_flagged), len(self.golden_flagged)),
+            "false_positives": sum(self.golden_flagged),
+            "fault_free_inputs": len(self.golden_flagged),
             "accuracy_cost": _rate(sum(self.golden_changed), len(self.golden_changed)),
             "accuracy_without": None if acc is None else acc[0],
             "accuracy_with": None if acc is None else acc[1],
