@@ -6,10 +6,13 @@ from torchfault.faults._access import (
     InvalidSparseTensorError,
     get_stored,
     is_packed,
+    packed_object,
+    put_packed_object,
     set_packed,
     sparse_components,
     sparse_guard,
     stored_tensors,
+    unpack,
 )
 from torchfault.faults._ecc import (
     ECC_CODES,
@@ -106,6 +109,8 @@ __all__ = [
     "get_stored",
     "is_fault_model",
     "is_packed",
+    "packed_object",
+    "put_packed_object",
     "iter_tensors",
     "list_fault_models",
     "normalize_kinds",
@@ -117,6 +122,7 @@ __all__ = [
     "sparse_components",
     "sparse_guard",
     "stored_tensors",
+    "unpack",
     "tensor_kind",
     "unpruned_index",
 ]

@@ -27,10 +27,13 @@ __all__ = [
     "SPARSE_COMPONENTS",
     "get_stored",
     "is_packed",
+    "packed_object",
+    "put_packed_object",
     "set_packed",
     "sparse_components",
     "sparse_guard",
     "stored_tensors",
+    "unpack",
 ]
 
 #: The component tensors of each sparse layout, values first.
@@ -153,22 +156,83 @@ def stored_tensors(
                     out[f"{name}.{comp}"] = (kind, view)
         else:
             out[name] = (kind, t)
-    for name in ("weight", "bias"):
-        if name not in out and is_packed(module, name):
-            try:
-                packed: Any = getattr(module, name)
-                t = packed()
-            except Exception:  # noqa: BLE001 - some modules raise when unpacking
-                t = None
+    names = [n for n in ("weight", "bias") if n not in out and is_packed(module, n)]
+    if names:
+        try:
+            pair: tuple[Any, Any] | None = unpack(module)
+        except Exception:  # noqa: BLE001 - some modules raise when unpacking
+            pair = None
+        for name in names:
+            t = None if pair is None else pair[0 if name == "weight" else 1]
             if isinstance(t, torch.Tensor):
                 out[name] = ("parameter", t)
     return out
 
 
+#: unpacked packed parameters: id of the packed object -> (that object, weight, bias)
+_UNPACKED: dict[int, tuple[Any, Any, Any]] = {}
+_UNPACKED_MAX = 64
+
+
+def _packed_object(module: nn.Module) -> Any:
+    """The object holding ``module``'s packed weight and bias (a ``torch.ScriptObject``), or
+    ``None``. ``set_weight_bias`` always makes a new one, so its identity names its contents."""
+    p: Any = getattr(module, "_packed_params", None)
+    inner = getattr(p, "_packed_params", None)  # quantized Linear: a module holding it
+    if inner is not None:
+        p = inner
+    return p if isinstance(p, torch.ScriptObject) else None
+
+
+def packed_object(module: nn.Module) -> Any:
+    """The object holding ``module``'s packed quantized weight and bias (``None`` if unknown):
+    what :func:`put_packed_object` puts back."""
+    return _packed_object(module)
+
+
+def put_packed_object(module: nn.Module, obj: Any) -> None:
+    """Make ``obj`` (from :func:`packed_object` on this module) its packed weight and bias again:
+    the very object it held, no packing (``set_weight_bias`` packs anew)."""
+    p: Any = getattr(module, "_packed_params", None)
+    if isinstance(getattr(p, "_packed_params", None), torch.ScriptObject):
+        p._packed_params = obj
+    else:
+        packed: Any = module
+        packed._packed_params = obj
+
+
+def unpack(module: nn.Module) -> tuple[Any, Any]:
+    """The packed quantized weight and bias of ``module``, ``(weight, bias)``, copies of the
+    stored ones.
+
+    Unpacking costs about a millisecond per call for a small layer, and an injection needs the
+    stored tensors several times (checking the fault, reading, writing and restoring them): the
+    result is kept per packed object (``set_weight_bias`` replaces that object, so a new one is
+    unpacked again) and handed out as copies. One unpack gives both (``_weight_bias()`` where
+    the module has it; ``weight()`` and ``bias()`` unpack each).
+    """
+    obj = _packed_object(module)
+    hit = _UNPACKED.get(id(obj)) if obj is not None else None
+    if hit is not None and hit[0] is obj:
+        w, b = hit[1], hit[2]
+    else:
+        packed: Any = module
+        both = getattr(packed, "_weight_bias", None)
+        w, b = both() if callable(both) else (packed.weight(), packed.bias())
+        if obj is not None:
+            if len(_UNPACKED) >= _UNPACKED_MAX:
+                _UNPACKED.clear()
+            _UNPACKED[id(obj)] = (obj, w, b)  # holds obj: its id is not reused meanwhile
+    return (
+        w.clone() if isinstance(w, torch.Tensor) else w,
+        b.clone() if isinstance(b, torch.Tensor) else b,
+    )
+
+
 def get_stored(module: nn.Module, target: str) -> torch.Tensor | None:
     """The tensor stored as ``target`` in ``module`` (``None`` if there is none)."""
     if is_packed(module, target):
-        t = getattr(module, target)()
+        t = unpack(module)[target == "bias"]
         return t if isinstance(t, torch.Tensor) else None
     base, _, comp = target.partition(".")
     t = getattr(module, base if comp else target, None)
@@ -180,7 +244,7 @@ def get_stored(module: nn.Module, target: str) -> torch.Tensor | None:
 def set_packed(module: nn.Module, target: str, tensor: torch.Tensor) -> None:
     """Write a packed quantized weight or bias back into its module."""
     packed: Any = module
-    w, b = packed.weight(), packed.bias()
+    w, b = unpack(module)
     if target == "weight":
         w = tensor
     else:

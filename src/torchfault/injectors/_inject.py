@@ -43,11 +43,14 @@ from torchfault.faults import (
     get_stored,
     is_packed,
     iter_tensors,
+    packed_object,
     probe_forward,
+    put_packed_object,
     replace_element,
     set_packed,
     sparse_guard,
     stored_tensors,
+    unpack,
 )
 from torchfault.injectors._apply import (
     apply_masks,
@@ -299,7 +302,8 @@ class Injection:
         self, mname: str, target: str, faults: list[Fault], transient: bool
     ) -> None:
         mod = self._modules[mname]
-        t = get_stored(mod, target)
+        pair = unpack(mod) if is_packed(mod, target) else None  # one unpack for both
+        t = get_stored(mod, target) if pair is None else pair[target == "bias"]
         assert t is not None  # checked in _validate
         new = t.detach()
         flat_all = []
@@ -313,9 +317,11 @@ class Injection:
             "transient": transient,
             "done": False,
         }
-        if is_packed(mod, target):
-            group["original"] = t
-            set_packed(mod, target, new)
+        if pair is not None:
+            group["original"], group["before"] = t, packed_object(mod)
+            packed: Any = mod
+            packed.set_weight_bias(*((new, pair[1]) if target == "weight" else (pair[0], new)))
+            group["after"] = packed_object(mod)
         else:
             own = numerics.format_of(t)
             group["tensor"], group["index"], group["fmt"] = t, idx, own
@@ -332,7 +338,13 @@ class Injection:
             return
         group["done"] = True
         if "original" in group:
-            set_packed(group["module"], group["target"], group["original"])
+            mod, before = group["module"], group["before"]
+            if before is not None and packed_object(mod) is group["after"]:
+                # nothing packed since this group's write: the object it replaced goes back
+                # (no packing; also the object every earlier reader saw)
+                put_packed_object(mod, before)
+            else:  # another group wrote after it (restored in write order): pack its tensor
+                set_packed(mod, group["target"], group["original"])
         else:
             numerics.apply_bits_(
                 group["tensor"].data, group["index"], group["saved"], "set", group["fmt"]

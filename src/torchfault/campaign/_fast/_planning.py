@@ -177,6 +177,7 @@ class Program:
                 if t is not None:
                     self.holders[id(t)] += 1
         self.modules = dict(model.named_modules())
+        self.callee: dict[fx.Node, nn.Module] = {}  # see run_node
         # in-place mutations, found by :meth:`probe_mutations` (one pass): nodes that modify a
         # value they read, and values that are not what they were made (read after a mutation,
         # or constants modified), whose golden copies must not stand in for them
@@ -231,7 +232,10 @@ class Program:
         args = map_arg(node.args, get)
         kwargs = map_arg(node.kwargs, get)
         if node.op == "call_module":
-            return self.model.get_submodule(str(node.target))(*args, **kwargs)
+            module = self.callee.get(node)
+            if module is None:  # looked up once per node (get_submodule walks the path)
+                module = self.callee[node] = self.model.get_submodule(str(node.target))
+            return module(*args, **kwargs)
         if node.op == "call_function":
             return node.target(*args, **kwargs)  # type: ignore[operator]
         if node.op == "call_method":
