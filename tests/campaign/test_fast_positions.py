@@ -208,3 +208,49 @@ def test_tanh_and_log_sigmoid_run_fast_under_two_threads(threads):
     assert [key(r) for r in got] == [key(r) for r in ReferenceEngine(model, x, golden).run(tasks)]
     assert not fast._positions.others
     assert fast.stats["fast"] >= 12 * 15
+
+
+class WideFn(nn.Module):
+    """A covered function on 5x15x15 maps (33 rows: 37125 values, above one canonical block)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+        self.c = nn.Conv2d(2, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.fc(self.fn(self.c(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [torch.sigmoid, F.silu, F.elu, F.softplus, F.mish, F.gelu, torch.tanh],
+    ids=lambda f: f.__name__,
+)
+def test_one_call_over_a_whole_value_at_one_thread_equals_reference(fn, threads):
+    """At one thread a covered function is computed canonically in one call over the whole
+    value (not block by block) when that was measured to give the blocks' bits; the records
+    still equal the reference engine's, and the blocks' result is the same words."""
+    threads(1)
+    torch.manual_seed(5)
+    model = WideFn(fn).eval()
+    x = torch.randn(33, 2, 15, 15) * 3
+    rng = random.Random(7)
+    faults = faults_for(model, x, 12, rng)
+    golden = golden_run(model, x, 256)
+    tasks = [RunTask(k, (f,), tuple(range(33))) for k, f in enumerate(faults)]
+    fast = FastEngine(model, x, golden)
+    got = fast.run(tasks)
+    want = ReferenceEngine(model, x, golden).run(tasks)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    positions = fast._positions
+    assert positions is not None and positions.ops
+    assert True in positions._whole.values()  # the one-call path ran
+    node = next(iter(positions.ops))
+    op = positions.ops[node]
+    v = torch.randn(33, 5, 15, 15, dtype=op.dtype) * 4
+    one = positions._canonical(node, op.operand, v)
+    positions._whole[node] = False  # the same value block by block
+    blocks = positions._canonical(node, op.operand, v)
+    assert torch.equal(one.view(torch.int32), blocks.view(torch.int32))

@@ -126,6 +126,9 @@ class Positions:
         self._constants: dict[fx.Node, Any] = {}
         self._nonplain: dict[tuple[str, int, int], frozenset[int]] = {}
         self._bad_rows: dict[tuple[int, int], frozenset[int]] = {}
+        #: functions measured to give the blocks' bits in one call over a whole value at one
+        #: thread (see :meth:`_one_call`)
+        self._whole: dict[fx.Node, bool] = {}
         inexact = [n for n in prog.nodes if n in prog.dynamic and is_inexact(n, prog.module_of(n))]
         if not inexact:
             return
@@ -229,6 +232,13 @@ class Positions:
         if op is None or op.inplace:
             flat = flat.clone()
         n = flat.numel()
+        if n > BLOCK and op is not None and self._one_call(node, op):
+            pad = -n % ALIGN
+            seg = torch.cat([flat, flat.new_zeros(pad)]) if pad else flat
+            out = self._call(node, operand, seg)
+            out = (out if pad == 0 else out[:n]).reshape(xp.shape)
+            inverse = sorted(range(len(perm)), key=perm.__getitem__)
+            return out.permute(inverse)
         parts = []
         for i in range(0, n, BLOCK):
             seg = flat[i : i + BLOCK]
@@ -240,6 +250,39 @@ class Positions:
         out = (torch.cat(parts) if len(parts) > 1 else parts[0]).reshape(xp.shape)
         inverse = sorted(range(len(perm)), key=perm.__getitem__)
         return out.permute(inverse)  # the operand's strides (channels-last stays so)
+
+    def _one_call(self, node: fx.Node, op: _Op) -> bool:
+        """May ``node`` be computed canonically in one call over a whole padded value instead of
+        block by block? With one intra-op thread, an element-wise kernel runs the whole buffer
+        as one share: one vectorised loop, no tail when its length is a multiple of
+        :data:`ALIGN`, so the blocks' bits without the calls and copies of each block. Measured
+        once per function (and only trusted at one thread): a value of ``3 * BLOCK + ALIGN``
+        elements filled with the function's probe values (those whose vectorised and scalar
+        results differ) gives the same words in one call as in blocks."""
+        if torch.get_num_threads() != 1:
+            return False
+        ok = self._whole.get(node)
+        if ok is None:
+            m = 3 * BLOCK + ALIGN
+            fill = op.probe.to(op.dtype).reshape(-1)
+            x = fill.repeat(m // max(fill.numel(), 1) + 1)[:m].contiguous()
+            try:
+                whole = self._call(node, op.operand, x.clone())
+                blocks = torch.cat(
+                    [
+                        self._call(node, op.operand, x[i : i + BLOCK].clone())
+                        for i in range(0, m, BLOCK)
+                    ]
+                )
+                ok = (
+                    isinstance(whole, torch.Tensor)
+                    and whole.shape == blocks.shape
+                    and not bool(_differ(whole, blocks).any())
+                )
+            except Exception:  # noqa: BLE001 - anything odd: blocks, as before
+                ok = False
+            self._whole[node] = ok
+        return ok
 
     def run_node(self, node: fx.Node, env: dict[fx.Node, Any], lookup: Any = None) -> Any:
         """``Program.run_node``, with the covered functions computed canonically."""
