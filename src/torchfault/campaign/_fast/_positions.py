@@ -15,7 +15,10 @@ positions at all:
   :data:`BLOCK` elements: every block is one vectorised loop without a tail and below every
   kernel's threshold for threading, so every value gets the vectorised result, wherever it
   sits and however many threads run. The engine's golden values, its row check and the rest of
-  the network after a fault are all computed this way.
+  the network after a fault are all computed this way. With one intra-op thread a value longer
+  than a block is computed in one call over the whole padded value instead (one share, one
+  vectorised loop without a tail: the blocks' bits without a call and a copy per block), for
+  each function where that was measured to give the blocks' words (:meth:`Positions._one_call`).
 - **Plain rows.** The reference engine runs the real kernels at the real places, so a row takes
   the fast path only when, at every such function, the real kernel in the batch the reference
   engine would run it in (the fault's inputs in chunks of ``batch_size``, padded to
