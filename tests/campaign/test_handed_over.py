@@ -36,7 +36,8 @@ def test_run_campaign_reports_handed_over_runs_by_reason():
     want = _oracle(model, x, tasks)
     assert want == {REASONS["several"]: 8, REASONS["kind"]: 8}
     assert run_campaign(model, x, faults, engine="fast").handed_over == want
-    assert run_campaign(model, x, faults).handed_over == {}  # the reference engine hands nothing
+    assert run_campaign(model, x, faults).handed_over == want  # the default: the fast engine
+    assert run_campaign(model, x, faults, engine="reference").handed_over == {}  # hands nothing
 
 
 def _config(tmp_path, executor, workers=1):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchfault.analysis import INTERVAL_METHODS
+from torchfault.campaign._engine import DEFAULT_ENGINE
 from torchfault.campaign._fast._options import FastOptions
 from torchfault.config import check_seed, check_selectors
 from torchfault.dnn import DataSpec, ModelSpec
@@ -392,7 +393,9 @@ class EngineConfig:
     """How runs execute.
 
     Attributes:
-        name: ``reference`` (full re-execution) or ``fast``.
+        name: ``fast`` (the default: the reference engine's records, sooner; what it does not
+            cover, it hands to the reference engine, counted in the campaign log) or
+            ``reference`` (full re-execution, one forward pass per run).
         batch_size: rows per forward pass.
         threads: torch intra-op threads per process (0: torch's default). One thread is the
             default: injection runs are small, and on a busy machine torch's thread pool spends
@@ -407,7 +410,7 @@ class EngineConfig:
             kernel then raises (in the golden pass: a config error).
     """
 
-    name: str = "reference"
+    name: str = DEFAULT_ENGINE
     batch_size: int = 256
     threads: int = 1
     fast: FastOptions = field(default_factory=FastOptions)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from torchfault.analysis import ProtectionPlan
+from torchfault.campaign._engine import DEFAULT_ENGINE
 from torchfault.campaign._protection import ProtectionResult
 from torchfault.campaign._run import run_campaign
 from torchfault.errors import TorchFaultError
@@ -73,7 +74,7 @@ def confirm_plan(
     *,
     split: str = "held_out",
     criterion: str = "top1",
-    engine: str = "fast",
+    engine: str = DEFAULT_ENGINE,
     batch_size: int = 256,
 ) -> PlanCheck:
     """Re-run a plan's faults without and with ``ranger`` on its layers (see the module

@@ -5,6 +5,11 @@ An engine is built once per process with the model, the inputs and their golden 
 then runs batches of :class:`RunTask`. The ``reference`` engine is the plain one: for each task it
 injects the task's faults with :func:`torchfault.inject` and re-executes the whole network on the
 task's inputs. Every faster engine must give the same outcomes as it.
+
+The default engine (:data:`DEFAULT_ENGINE`, of :func:`~torchfault.campaign.run_campaign` and of a
+campaign config's ``engine.name``) is ``fast``: it gives the reference engine's records on
+everything it covers and hands the rest to the reference engine itself, counting those runs by
+reason; ``reference`` stays one word away.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torchfault.registry import Registry
 from torchfault.store import RunRecord
 
 __all__ = [
+    "DEFAULT_ENGINE",
     "ENGINES",
     "Engine",
     "HandedOverEngine",
@@ -45,6 +51,9 @@ __all__ = [
 ]
 
 ENGINES: Registry[type] = Registry("engine")
+#: the engine a campaign runs on when none is named: the fast engine, which gives the reference
+#: engine's records and hands what it does not cover to the reference engine (counted)
+DEFAULT_ENGINE = "fast"
 log = logging.getLogger("torchfault.campaign")
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from torchfault.campaign._device import resolve_device
-from torchfault.campaign._engine import RunTask, make_engine
+from torchfault.campaign._engine import DEFAULT_ENGINE, RunTask, make_engine
 from torchfault.campaign._golden import golden_run, prepare_golden
 from torchfault.campaign._handover import handed_over
 from torchfault.campaign._outcome import Criterion
@@ -208,7 +208,7 @@ def run_campaign(
     topk: int = 1,
     tolerance: float = 0.0,
     only_correct: bool = False,
-    engine: str = "reference",
+    engine: str = DEFAULT_ENGINE,
     batch_size: int = 256,
     output: str | int | None = None,
     batch_dim: int = 0,
@@ -236,7 +236,11 @@ def run_campaign(
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``: the model and inputs are
             moved there for the campaign (the model moved back after); ``None``: where they are.
         only_correct: run only inputs the golden model classifies correctly.
-        engine: ``"reference"`` (full re-execution) or another registered engine (``"fast"``).
+        engine: a registered engine: ``"fast"`` (the default: the reference engine's records,
+            sooner; runs it does not cover, such as tuple or dict inputs, other devices,
+            ``random_value`` faults and several faults per run, it hands to the reference
+            engine, counted in ``result.handed_over``) or ``"reference"`` (full re-execution,
+            one forward pass per run).
         batch_size: rows per forward pass.
         protection: a protection (:mod:`torchfault.injectors`: ``ranger``, ``clip``,
             ``detect``; an object, a name or ``{"name": ..., **options}``): the same runs are

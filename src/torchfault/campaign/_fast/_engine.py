@@ -73,7 +73,7 @@ __all__ = ["FastEngine"]
 
 @ENGINES.register(
     "fast",
-    description="fx-traced partial re-execution: only what a fault touches, many faults per batch, masked rows stop early.",
+    description="The default: fx-traced partial re-execution (only what a fault touches, many faults per batch, masked rows stop early); the rest goes to reference.",
 )
 class FastEngine(Engine):
     """Runs each fault from its own module onward, many faults per batch (see
