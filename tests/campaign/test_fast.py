@@ -650,9 +650,9 @@ class FuzzAttention(nn.Module):
 
 
 class FuzzEncoder(nn.Module):
-    """``nn.TransformerEncoder`` (traced as one node; its layers take PyTorch's fused fast path
-    in eval mode): faults on its layers' weights run from the encoder's node with the faulty
-    tensor."""
+    """``nn.TransformerEncoder`` (traced as its layers, one node each; the layers take
+    PyTorch's fused fast path in eval mode): faults on a layer's weights run from that layer's
+    node with the faulty tensor."""
 
     def __init__(self):
         super().__init__()
@@ -787,6 +787,60 @@ def test_activation_faults_inside_a_module_traced_whole():
     tasks = [RunTask(0, (f,), (3,))]
     got = FastEngine(model, x, golden, batch_size=7).run(tasks)
     assert same_records(got, ReferenceEngine(model, x, golden, batch_size=7).run(tasks))
+
+
+class EncoderWithNorm(nn.Module):
+    """Three encoder layers and a final norm, called on the input alone (traced as its layers)
+    and, with ``masked``, a second encoder called with a mask (traced whole)."""
+
+    def __init__(self, masked: bool = False):
+        super().__init__()
+        self.masked = masked
+        self.embed = nn.Linear(8, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(
+            layer, 3, norm=nn.LayerNorm(16), enable_nested_tensor=False
+        )
+        self.other = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.encoder(self.embed(x))
+        if self.masked:
+            h = self.other(h, mask=torch.zeros(5, 5))
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_an_encoder_called_on_its_input_alone_is_traced_as_its_layers(masked):
+    """Each layer is a node of its own (a fault in layer k runs from layer k), a fault on the
+    encoder's own output is a fault on its norm's output, an encoder called with a mask stays
+    one node; every record equals the reference engine's."""
+    torch.manual_seed(11)
+    model = EncoderWithNorm(masked).eval()
+    x = torch.randn(19, 5, 8)
+    golden = golden_run(model, x, 256)
+    rng = random.Random(f"encoder-layers-{masked}")
+    faults = [
+        Fault("encoder", "output", (2, 3), (30,)),
+        Fault("encoder.norm", "weight", (4,), (30,)),
+        Fault("encoder.layers.2.linear1", "weight", (1, 2), (29,)),
+        Fault("encoder.layers.0.self_attn", "in_proj_weight", (7, 3), (30,)),
+    ]
+    faults += fuzz_faults(model, x, 20, rng)
+    ids = tuple(range(19))
+    tasks = [RunTask(k, (f,), ids) for k, f in enumerate(faults)]
+    fast = FastEngine(model, x, golden)
+    assert same_records(fast.run(tasks), ReferenceEngine(model, x, golden).run(tasks))
+    prog = fast._prog
+    assert prog is not None
+    assert all(len(prog.calls[f"encoder.layers.{k}"]) == 1 for k in range(3))
+    assert prog.calls["encoder"] == prog.calls["encoder.norm"]  # its output: the norm's
+    if masked:  # called with a mask: one node, its layers inside it
+        assert len(prog.calls["other"]) == 1 and "other.layers.0" not in prog.calls
+    # every run takes the fast path but those of faults in a module never called
+    unused = sum(19 for f in faults if not masked and f.module.startswith("other."))
+    assert fast.stats["fast"] == len(tasks) * 19 - unused, dict(fast.handed_over)
 
 
 def fuzz_faults(model, x, n, rng):

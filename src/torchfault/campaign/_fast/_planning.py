@@ -109,12 +109,55 @@ def versions(v: Any) -> Any:
     return None
 
 
+#: arguments of ``nn.TransformerEncoder.forward`` after ``src``
+_ENCODER_OPTIONS = ("mask", "src_key_padding_mask", "is_causal")
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer (modules of ``torch.nn`` are leaves), except that an
+    ``nn.TransformerEncoder`` called on its input alone (no mask) is traced as its layers, one
+    node each, and its norm: the calls its ``forward`` makes then (each layer with
+    ``src_mask=None, is_causal=False, src_key_padding_mask=None``), so a fault in layer k runs
+    layers k onward only. ``expanded`` lists each such call: (the encoder's name, the node of
+    its output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expanded: list[tuple[str, fx.Node]] = []
+
+    def call_module(
+        self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if type(m) is nn.TransformerEncoder and len(m.layers) and len(args) <= 1:
+            options = dict(zip(_ENCODER_OPTIONS, args[1:]))
+            options.update(kwargs)
+            src = args[0] if args else options.pop("src", None)
+            if isinstance(src, fx.Proxy) and all(
+                k in _ENCODER_OPTIONS and v is None for k, v in options.items()
+            ):
+                name = self.path_of_module(m)
+                out = src
+                for layer in m.layers:
+                    out = super().call_module(
+                        layer,
+                        layer.forward,
+                        (out,),
+                        {"src_mask": None, "is_causal": False, "src_key_padding_mask": None},
+                    )
+                if m.norm is not None:
+                    out = super().call_module(m.norm, m.norm.forward, (out,), {})
+                self.expanded.append((name, out.node))
+                return out
+        return super().call_module(m, forward, args, kwargs)
+
+
 class Program:
     """The traced graph of a model and what the planner needs to know about it."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        graph = fx.symbolic_trace(model).graph
+        tracer = _Tracer()
+        graph = tracer.trace(model)
         self.nodes: list[fx.Node] = list(graph.nodes)
         self.pos = {n: i for i, n in enumerate(self.nodes)}
         holders = [n for n in self.nodes if n.op == "placeholder"]
@@ -154,6 +197,8 @@ class Program:
                 self.calls[str(n.target)].append(n)
             elif n.op == "get_attr":
                 self.attr_uses.add(str(n.target))
+        for name, n in tracer.expanded:  # an encoder traced as its layers: its output
+            self.calls[name].append(n)
         # nodes whose value depends on the input (row-indexed); the others are constants
         self.dynamic: set[fx.Node] = {self.placeholder}
         for n in self.nodes:
