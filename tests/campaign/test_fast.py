@@ -835,7 +835,8 @@ def test_an_encoder_called_on_its_input_alone_is_traced_as_its_layers(masked):
     prog = fast._prog
     assert prog is not None
     assert all(len(prog.calls[f"encoder.layers.{k}"]) == 1 for k in range(3))
-    assert prog.calls["encoder"] == prog.calls["encoder.norm"]  # its output: the norm's
+    assert prog.outputs_of["encoder"] == prog.calls["encoder.norm"]  # its output: the norm's
+    assert "encoder" not in prog.calls  # so no fault inside it is one of the whole encoder
     if masked:  # called with a mask: one node, its layers inside it
         assert len(prog.calls["other"]) == 1 and "other.layers.0" not in prog.calls
     # every run takes the fast path but those of faults in a module never called

@@ -217,6 +217,8 @@ class FastEngine(Engine):
         if _random_faults(task):  # one seeded run per (fault, input): the reference engine's way
             return REASONS["random"]
         calls = prog.calls.get(f.module, [])
+        if not calls and f.is_activation:  # the output of a module traced as its parts
+            calls = prog.outputs_of.get(f.module, [])
         if not calls:
             return self._inner_site(prog, f)
         if f.is_activation and f.call is not None:

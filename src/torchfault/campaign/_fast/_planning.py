@@ -197,8 +197,12 @@ class Program:
                 self.calls[str(n.target)].append(n)
             elif n.op == "get_attr":
                 self.attr_uses.add(str(n.target))
-        for name, n in tracer.expanded:  # an encoder traced as its layers: its output
-            self.calls[name].append(n)
+        #: modules traced as their parts (an encoder as its layers): name -> the node of their
+        #: output, per call; where an activation fault on their output is applied (they are
+        #: not in ``calls``, so no fault inside them is taken for one of the whole module)
+        self.outputs_of: dict[str, list[fx.Node]] = defaultdict(list)
+        for name, n in tracer.expanded:
+            self.outputs_of[name].append(n)
         # nodes whose value depends on the input (row-indexed); the others are constants
         self.dynamic: set[fx.Node] = {self.placeholder}
         for n in self.nodes:
