@@ -292,12 +292,17 @@ def test_random_runs_take_shared_passes():
     assert _exact(rows) == _exact(_one_at_a_time(model, x, tasks))
     # every run has its own value, stored per run (parameters too: input_id is the input)
     assert len({r[4] for r in rows if r[0] == 2}) == N and all(r[1] >= 0 for r in rows)
-    # a random bit pattern on an activation is still read one input at a time
-    pattern = [RunTask(0, (Fault("0", "output", (1, 2, 3), (), model="random_value"),), (0, 1))]
+    # a random bit pattern on an activation: a fault-free pass finds the activation's dtype
+    # (the words' width), then its runs are rows of one pass
+    pattern = [
+        RunTask(0, (Fault("0", "output", (1, 2, 3), (), model="random_value"),), tuple(range(N))),
+        RunTask(1, (Fault("5", "input", (7,), (), model="random_value"),), tuple(range(N))),
+    ]
     passes, h = _count_passes(model)
     try:
         rows = injected_rows(model, x, pattern, 256)
     finally:
         h.remove()
-    assert passes == [MIN_ROWS, MIN_ROWS]
+    assert passes == [MIN_ROWS, 2 * N]
     assert _exact(rows) == _exact(_one_at_a_time(model, x, pattern))
+    assert len(rows) == 2 * N and len({r[4] for r in rows}) == 2 * N

@@ -44,16 +44,22 @@ many at a time as above:
 - with bounds (``low``, ``high``): ``low + (high - low) * u`` in float64, read as a ``value``
   fault of that number, which :func:`inject` writes through the same ``set_values`` as
   ``random_value`` does (activations and parameters);
-- a random bit pattern (no bounds) on a parameter or buffer in its own plain format: the word
-  ``random_words`` draws for the tensor's format, read as ``stuck_at_0`` on every bit then
-  ``stuck_at_1`` on the word's ones (the same bits as the ``set`` ``random_value`` does).
+- a random bit pattern (no bounds) on a tensor seen in its own plain format (a float or integer
+  dtype): the word ``random_words`` draws for that format, read as ``stuck_at_0`` on every bit
+  then ``stuck_at_1`` on the word's ones (the same bits as the ``set`` ``random_value`` does).
+  A parameter's format is its tensor's; an activation's is read before the runs, in one
+  fault-free pass of ``MIN_ROWS`` copies of an input, by hooks that find the tensor as
+  :func:`injected_pass` does (module, target, element, call; a tensor that is not one row per
+  input, quantized or not strided is not replayed).
 
-Their rows are per run (``input_id`` the input), as before. Still read one input at a time: a
-random bit pattern on an activation (its words have the width of the activation's format, not
-known before the pass; given back as a ``value`` a signaling NaN would lose its bits on the
-float64 round trip), on a tensor seen through another format, random models registered by users,
-faults naming a ``sample``, and runs of several faults with a random one (the draws are shared
-between them in :func:`inject`'s order of application).
+Their rows are per run (``input_id`` the input), as before. Still read one input at a time:
+random bit patterns on a tensor seen through another format than its own (the word would pass
+through that format's encoding) or quantized, random models registered by users, faults naming
+a ``sample``,
+and runs of several faults with a random one (the draws are shared between them in
+:func:`inject`'s order of application). (With torch's CPU generator the first of ``MIN_ROWS``
+draws is the same number as a single draw; the replay draws ``MIN_ROWS`` all the same, as
+:func:`inject` does, so that it does not rest on that.)
 
 The rest is read one fault at a time, as before: other fault models, faults naming a ``sample``
 and sets mixing activation and parameter faults, in one pass over the fault's inputs. A run
@@ -74,7 +80,7 @@ from torchfault import numerics
 from torchfault.campaign._engine import MIN_ROWS, RunTask, _pad_index, _random_faults, run_seed
 from torchfault.campaign._structure import Batched
 from torchfault.errors import TorchFaultError
-from torchfault.faults import Fault, get_fault_model
+from torchfault.faults import Fault, get_element, get_fault_model
 from torchfault.injectors import bitwise_op, injected_pass
 
 __all__ = ["injected_rows"]
@@ -157,7 +163,8 @@ def _replayed(
 ) -> RunTask | None:
     """Run ``(task, i)`` of one built-in ``random_value`` fault as deterministic faults that
     write what it draws (see the module docstring), or ``None`` where that is not exact.
-    ``stored`` gives a parameter fault's tensor (``None``: not a plain strided tensor)."""
+    ``stored`` gives a parameter fault's tensor, or an empty tensor of an activation's dtype
+    (``None``: not a plain strided tensor, one row per input)."""
     if len(task.faults) != 1:
         return None
     f = task.faults[0]
@@ -174,9 +181,9 @@ def _replayed(
         v = bounds[0] + (bounds[1] - bounds[0]) * u
         value = {"value": float(v[0])}  # row 0: the run's own input
         return RunTask(task.fault_id, (f.replace(model="value", params=value),), (i,))
-    # a random word of the format: only for a parameter in its own plain format (the width
-    # of an activation's format is not known before the pass)
-    t = None if f.is_activation else stored(f)
+    # a random word of the format: for a tensor seen in its own plain format (an activation's
+    # as a fault-free pass shows it), one word per element written, row 0's first
+    t = stored(f)
     if t is None:
         return None
     try:
@@ -185,13 +192,89 @@ def _replayed(
         return None
     if fmt != own or own.kind not in ("float", "int"):
         return None
-    word = int(numerics.random_words(1, fmt, g)[0]) & ((1 << fmt.width) - 1)
+    n = MIN_ROWS if f.is_activation else 1
+    word = int(numerics.random_words(n, fmt, g)[0]) & ((1 << fmt.width) - 1)
     ones = tuple(b for b in range(fmt.width) if word >> b & 1)
     # the word set as "every bit to 0, then its ones to 1": two bitwise writes, same bits
     faults = [f.replace(model="stuck_at_0", bits=tuple(range(fmt.width)), params={})]
     if ones:
         faults.append(f.replace(model="stuck_at_1", bits=ones, params={}))
     return RunTask(task.fault_id, tuple(faults), (i,))
+
+
+def _pattern(f: Fault) -> bool:
+    """A built-in ``random_value`` fault drawing a bit pattern on an activation, every row."""
+    return (
+        f.is_activation
+        and f.sample is None
+        and f.model == "random_value"
+        and not f.params
+        and _builtin(f.model)
+    )
+
+
+def _activation_dtypes(
+    model: nn.Module, inputs: Inputs, faults: list[tuple[Fault, int]]
+) -> dict[tuple[Any, ...], torch.Tensor | None]:
+    """For each activation fault's tensor (``(module, target, element, call)``), an empty tensor
+    of its dtype, read by hooks as :func:`injected_pass` reads values, in one fault-free pass of
+    ``MIN_ROWS`` copies of the first fault's input; ``None`` for a tensor that is not plain
+    (quantized, not strided) or not one row per input. No faults: no pass."""
+    if not faults:
+        return {}
+    modules = dict(model.named_modules())
+    by_site: dict[tuple[str, str], set[tuple[Any, ...]]] = {}
+    for f, _ in faults:
+        by_site.setdefault((f.module, f.target), set()).add(
+            (f.module, f.target, f.element, f.call or 0)
+        )
+    found: dict[tuple[Any, ...], torch.Tensor | None] = {}
+    calls: dict[tuple[str, str], int] = {}
+
+    def recorder(site: tuple[str, str]) -> Callable[[Any], None]:
+        def record(obj: Any) -> None:
+            c = calls.get(site, 0)
+            calls[site] = c + 1
+            for key in by_site[site]:
+                if key[3] != c:
+                    continue
+                o = obj
+                if site[1] == "input" and key[2] is None:
+                    o = o[0] if isinstance(o, tuple) and o else o
+                try:
+                    t = get_element(o, key[2]) if key[2] is not None else o
+                except ValueError:
+                    t = None
+                plain = (
+                    isinstance(t, torch.Tensor)
+                    and t.layout == torch.strided
+                    and not t.is_quantized
+                    and t.dim() > 0
+                    and t.shape[0] == MIN_ROWS
+                )
+                found[key] = torch.empty(0, dtype=t.dtype) if plain else None  # type: ignore[union-attr]
+
+        return record
+
+    handles: list[Any] = []
+    try:
+        for site in by_site:
+            mod = modules.get(site[0])
+            if mod is None:
+                continue
+            r = recorder(site)
+            if site[1] == "input":
+                handles.append(mod.register_forward_pre_hook(lambda m, a, r=r: r(a)))
+            else:
+                handles.append(mod.register_forward_hook(lambda m, a, o, r=r: r(o)))
+        with torch.no_grad():
+            _forward(model, _rows(inputs, [faults[0][1]]))()
+    except Exception:  # noqa: BLE001 - what was read stays; the rest is read alone
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return found
 
 
 def injected_rows(
@@ -215,15 +298,24 @@ def injected_rows(
     """
     rows: list[Row] = []
     params: list[_Run] = []
-    acts: list[_Run] = []  # bitwise
-    models: list[_Run] = []  # zero, value (random_value replayed as value)
+    acts: list[_Run] = []  # bitwise (random bit patterns replayed as bitwise writes)
+    models: list[_Run] = []  # zero, value (random_value in [low, high) replayed as value)
     # one activation fault: by site and inputs
     sites: dict[tuple[Any, ...], list[RunTask]] = {}
     rowwise = not isinstance(inputs, Batched) or inputs.dim == 0
     modules = dict(model.named_modules())
     cache: dict[tuple[str, str], torch.Tensor | None] = {}
 
+    probe = [
+        (t.faults[0], t.input_ids[0])
+        for t in tasks
+        if t.input_ids and len(t.faults) == 1 and _pattern(t.faults[0])
+    ]
+    dtypes = _activation_dtypes(model, inputs, probe) if rowwise else {}
+
     def stored(f: Fault) -> torch.Tensor | None:
+        if f.is_activation:
+            return dtypes.get((f.module, f.target, f.element, f.call or 0))
         return _tensor(modules, f, cache)
 
     for task in tasks:
@@ -237,8 +329,9 @@ def injected_rows(
                     rows.extend(_alone(model, inputs, task, i, seed=seed))
                 elif kinds == {False}:
                     params.append(_Run(again, i, task, seed))
-                else:
-                    models.append(_Run(again, i, task, seed))
+                else:  # a word as bitwise writes, a number as a value
+                    bitwise = all(_elementwise(f) for f in again.faults)
+                    (acts if bitwise else models).append(_Run(again, i, task, seed))
             continue
         ways = {_elementwise(f) for f in task.faults}
         if None in ways:
@@ -437,16 +530,19 @@ def _parameter_rows(model: nn.Module, inputs: Inputs, runs: list[_Run]) -> list[
 def _activation_rows(model: nn.Module, inputs: Inputs, runs: list[_Run]) -> list[Row]:
     """Runs of activation faults (elementwise, every row) as the rows of one forward pass."""
     ids = [r.input_id for r in runs]
-    faults = [f.replace(sample=n) for n, r in enumerate(runs) for f in r.task.faults]
+    # each run's first faults, then their second ones... (as in _parameter_rows)
+    depth = max(len(r.task.faults) for r in runs)
+    order = [(n, k) for k in range(depth) for n, r in enumerate(runs) if k < len(r.task.faults)]
+    faults = [runs[n].task.faults[k].replace(sample=n) for n, k in order]
     try:
         got = injected_pass(model, faults, _forward(model, _rows(inputs, ids)))
     except Exception:  # noqa: BLE001 - a fault inject refuses: each alone names it
         got = None
     if got is None or got.error is not None or got.batch_sizes - {max(len(ids), MIN_ROWS)}:
         return [row for r in runs for row in _read_alone(model, inputs, r)]
-    pairs = iter(got.pairs)
+    pair = {(n, k): p.get(n, (None, None)) for (n, k), p in zip(order, got.pairs)}
     return [
-        (r.task.fault_id, r.input_id, k, *next(pairs).get(n, (None, None)))
+        (r.task.fault_id, r.input_id, k, *pair[(n, k)])
         for n, r in enumerate(runs)
-        for k in range(len(r.task.faults))
+        for k in range(len(r.original.faults))
     ]
