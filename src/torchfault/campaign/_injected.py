@@ -115,7 +115,8 @@ _ELEMENTWISE = ("zero", "value")
 class _Run(NamedTuple):
     """One run (or a parameter fault's runs) as read many at a time.
 
-    ``task`` holds the faults read (a replayed random fault as the ``value`` it draws),
+    ``task`` holds the faults read (a replayed random fault as the deterministic faults that
+    write what it draws),
     ``input_id`` the input (``-1``: a deterministic parameter fault, one row for all its
     inputs), ``original`` and ``seed`` the run as the campaign has it, read alone if the shared
     reading cannot be used."""
