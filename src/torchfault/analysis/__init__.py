@@ -27,6 +27,7 @@ from torchfault.analysis._layer_plan import (
 from torchfault.analysis._propagation import (
     LayerDeviation,
     Trace,
+    layer_deviations,
     layer_order,
     propagation_by_depth,
     propagation_by_group,
@@ -107,6 +108,7 @@ __all__ = [
     "vulnerability_maps",
     "LayerDeviation",
     "Trace",
+    "layer_deviations",
     "layer_order",
     "propagation_by_depth",
     "propagation_by_group",

@@ -12,9 +12,11 @@ at``) and, with a :class:`~torchfault.injectors.RangeProfile`, the first layer w
 its golden range (``out of range at``).
 
 Layers are taken in the order their forward hooks fire in the golden pass (the execution order);
-a layer called more than once is traced at its last call. Traces are computed by full
-re-execution whatever engine ran the campaign (they are exact and the same for every engine);
-:func:`propagation_by_depth` aggregates them per layer.
+a layer called more than once is traced at its last call. :func:`trace_runs` is the definition
+(and the tests' oracle): the reference engine computes a campaign's traces with it; the fast
+engine computes them from the rest of the network it already runs, with the same per-layer
+definition (:func:`layer_deviations`, :meth:`Trace.of_layers`), and the same values bit for bit
+(see :mod:`torchfault.campaign`). :func:`propagation_by_depth` aggregates them per layer.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torchfault.injectors import RangeProfile, inject, select_layers
 __all__ = [
     "LayerDeviation",
     "Trace",
+    "layer_deviations",
     "layer_order",
     "propagation_by_depth",
     "propagation_by_group",
@@ -78,6 +81,27 @@ class Trace:
     masked_at: str | None
     out_of_range_at: str | None
 
+    @classmethod
+    def of_layers(cls, fault_id: int, input_id: int, layers: Sequence[LayerDeviation]) -> Trace:
+        """The trace of a run whose layers deviated as ``layers`` (execution order), with its
+        ``masked_at`` and ``out_of_range_at`` derived from them.
+
+        Example:
+            >>> t = Trace.of_layers(0, 1, [LayerDeviation("a", 1.0, 1.0, 1), LayerDeviation("b", 0.0, 0.0, 0)])
+            >>> t.masked_at, t.out_of_range_at
+            ('b', None)
+        """
+        masked_at = oor_at = None
+        seen = False
+        for d in layers:
+            if d.changed:
+                seen = True
+            elif seen and masked_at is None:
+                masked_at = d.layer
+            if d.out_of_range and oor_at is None:
+                oor_at = d.layer
+        return cls(int(fault_id), int(input_id), tuple(layers), masked_at, oor_at)
+
 
 def _capture(model: nn.Module, names: list[str], store: dict[str, torch.Tensor]) -> list[Any]:
     mods = dict(model.named_modules())
@@ -91,6 +115,28 @@ def _capture(model: nn.Module, names: list[str], store: dict[str, torch.Tensor])
 
         handles.append(mods[n].register_forward_hook(hook))
     return handles
+
+
+def layer_deviations(
+    golden: torch.Tensor, faulty: torch.Tensor, bounds: Any = None
+) -> list[tuple[float, float, int, bool | None]]:
+    """Per row of one layer's output: ``(max_abs, max_rel, changed, out_of_range)`` of
+    ``faulty`` against ``golden`` (rows first, same shape), as :class:`LayerDeviation` holds them;
+    ``bounds`` (a :class:`~torchfault.injectors.LayerRange`, its ``min`` and ``max``) gives
+    ``out_of_range`` (``None`` without).
+
+    Example:
+        >>> g = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        >>> layer_deviations(g, torch.tensor([[1.0, 2.0], [3.0, -4.0]]))
+        [(0.0, 0.0, 0, None), (8.0, 2.0, 1, None)]
+    """
+    a, rel, c = _deviation(golden, faulty)
+    if bounds is None:
+        return [(float(x), float(y), int(z), None) for x, y, z in zip(a, rel, c)]
+    f = faulty.reshape(faulty.shape[0], -1)
+    inside = (f >= bounds.min) & (f <= bounds.max)
+    out = (~inside.all(1)).tolist()
+    return [(float(x), float(y), int(z), bool(o)) for x, y, z, o in zip(a, rel, c, out)]
 
 
 def _deviation(g: torch.Tensor, f: torch.Tensor) -> tuple[list[float], list[float], list[int]]:
@@ -162,30 +208,11 @@ def trace_runs(
                 for h in hs:
                     h.remove()
         order = [n for n in golden if n in faulty]
-        devs = {n: _deviation(golden[n], faulty[n]) for n in order}
-        ranges: dict[str, list[bool]] = {}
-        if profile is not None:
-            for n in order:
-                if n in profile.layers:
-                    r = profile.layers[n]
-                    f = faulty[n].reshape(faulty[n].shape[0], -1)
-                    inside = (f >= r.min) & (f <= r.max)
-                    ranges[n] = (~inside.all(1)).tolist()
+        bounds = profile.layers if profile is not None else {}
+        devs = {n: layer_deviations(golden[n], faulty[n], bounds.get(n)) for n in order}
         for row, iid in enumerate(ids):
-            ld = []
-            masked_at = oor_at = None
-            seen = False
-            for n in order:
-                a, rel, c = devs[n][0][row], devs[n][1][row], devs[n][2][row]
-                o = ranges[n][row] if n in ranges else None
-                ld.append(LayerDeviation(n, float(a), float(rel), int(c), o))
-                if c:
-                    seen = True
-                elif seen and masked_at is None:
-                    masked_at = n
-                if o and oor_at is None:
-                    oor_at = n
-            out.append(Trace(int(fault_id), iid, tuple(ld), masked_at, oor_at))
+            ld = [LayerDeviation(n, *devs[n][row]) for n in order]
+            out.append(Trace.of_layers(fault_id, iid, ld))
     return out
 
 
@@ -307,19 +334,10 @@ def read_traces(store: Any) -> list[Trace]:
     out = []
     for key, by_depth in runs.items():
         lds = []
-        masked_at = oor_at = None
-        seen = False
         for k, n in enumerate(layers):
             a, rel, c, o = by_depth.get(k, (0.0, 0.0, 0, 0 if has_profile else None))
             a = math.inf if a is None and c else (0.0 if a is None else float(a))
             rel = math.inf if rel is None and c else (0.0 if rel is None else float(rel))
-            oo = None if o is None else bool(o)
-            lds.append(LayerDeviation(n, a, rel, int(c), oo))
-            if c:
-                seen = True
-            elif seen and masked_at is None:
-                masked_at = n
-            if oo and oor_at is None:
-                oor_at = n
-        out.append(Trace(key[0], key[1], tuple(lds), masked_at, oor_at))
+            lds.append(LayerDeviation(n, a, rel, int(c), None if o is None else bool(o)))
+        out.append(Trace.of_layers(key[0], key[1], lds))
     return out

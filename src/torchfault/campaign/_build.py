@@ -214,10 +214,28 @@ def build_engine(
     batch_size: int,
     fast: FastOptions | None = None,
     deterministic: bool = False,
+    trace: tuple[list[str], Any] | None = None,
 ) -> Engine:
     """Build an engine (a picklable entry point for executor workers); ``fast``: the fast
     engine's options (``engine.fast``); ``deterministic``: switch on
-    ``torch.use_deterministic_algorithms`` in this process (``engine.deterministic``)."""
+    ``torch.use_deterministic_algorithms`` in this process (``engine.deterministic``);
+    ``trace``: what its :meth:`~Engine.run_chunk` traces (``(layer order, range profile or
+    None)``, the campaign's ``trace``)."""
+    engine = _build_engine(engine, model, inputs, golden, criterion, batch_size, fast, deterministic)
+    engine.trace = trace
+    return engine
+
+
+def _build_engine(
+    engine: str,
+    model: nn.Module,
+    inputs: torch.Tensor | Batched,
+    golden: torch.Tensor | list[Any],
+    criterion: Criterion,
+    batch_size: int,
+    fast: FastOptions | None,
+    deterministic: bool,
+) -> Engine:
     if deterministic:
         torch.use_deterministic_algorithms(True)
     try:

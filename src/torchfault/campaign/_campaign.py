@@ -244,6 +244,7 @@ class Campaign:
                 e.batch_size,
                 e.fast,
                 deterministic=e.deterministic,
+                trace=p.trace,
             )
         )
 

@@ -10,6 +10,18 @@ The default engine (:data:`DEFAULT_ENGINE`, of :func:`~torchfault.campaign.run_c
 campaign config's ``engine.name``) is ``fast``: it gives the reference engine's records on
 everything it covers and hands the rest to the reference engine itself, counting those runs by
 reason; ``reference`` stays one word away.
+
+Traces. An engine told what to trace (:attr:`Engine.trace`: the traced layers in execution order
+and an optional range profile) returns, from :meth:`Engine.run_chunk`, the chunk's records
+together with each run's layer-by-layer deviation trace (:class:`Chunk`, a list of records with
+a ``traces`` attribute, so the traces travel back with the records through every executor, by
+pickle where workers are processes or Ray actors). The base engine computes them by
+:func:`torchfault.analysis.trace_runs` (a golden and a faulty pass with hooks per fault); the fast
+engine from the rest of the network it runs anyway (:mod:`torchfault.campaign._fast._tracing`),
+the same values bit for bit, falling back to ``trace_runs`` for the runs it cannot trace so.
+Why a list subclass and not a field of :class:`~torchfault.store.RunRecord`: the record is the
+stored row (its equality and ``as_tuple`` are the store's), and callers that read a chunk as a
+list of records (executors, protection, tests' stand-in engines) keep working unchanged.
 """
 
 from __future__ import annotations
@@ -36,11 +48,13 @@ from torchfault.store import RunRecord
 __all__ = [
     "DEFAULT_ENGINE",
     "ENGINES",
+    "Chunk",
     "Engine",
     "HandedOverEngine",
     "MeasuredRun",
     "make_engine",
     "reference_reason",
+    "run_chunk",
     "ReferenceEngine",
     "RunTask",
     "detected_task",
@@ -107,6 +121,22 @@ def take_golden(golden: torch.Tensor | Sequence[Any], ids: Sequence[int]) -> Any
     return [golden[int(i)] for i in ids]
 
 
+class Chunk(list):  # type: ignore[type-arg] - a list of RunRecord, see the module docstring
+    """The run records of one chunk of tasks (a list) and, when the engine traced them, one
+    :class:`~torchfault.analysis.Trace` per run in :attr:`traces` (``None``: not traced)."""
+
+    def __init__(self, records: Sequence[RunRecord] = (), traces: list[Any] | None = None):
+        super().__init__(records)
+        self.traces = traces
+
+
+def run_chunk(engine: Any, tasks: Sequence[RunTask]) -> list[RunRecord]:
+    """What an executor calls: ``engine.run_chunk(tasks)`` (records and traces, a
+    :class:`Chunk`), or ``engine.run(tasks)`` for an engine-like object without it."""
+    run = getattr(engine, "run_chunk", None)
+    return run(tasks) if run is not None else engine.run(tasks)
+
+
 @dataclass(frozen=True, slots=True)
 class MeasuredRun(RunRecord):
     """A :class:`~torchfault.store.RunRecord` with the metrics its criterion returned
@@ -124,6 +154,8 @@ class Engine(abc.ABC):
         golden: the golden outputs, one row per input.
         criterion: what counts as an SDC.
         batch_size: the most rows one forward pass takes.
+        trace: what :meth:`run_chunk` traces: ``(layers in execution order, range profile or
+            None)`` (``None``: nothing).
     """
 
     name = "base"
@@ -135,17 +167,36 @@ class Engine(abc.ABC):
         golden: torch.Tensor | list[Any],
         criterion: Criterion | None = None,
         batch_size: int = 256,
+        trace: tuple[list[str], Any] | None = None,
     ) -> None:
         self.model = model
         self.inputs = inputs
         self.golden: Any = golden  # rows of a tensor, or one output per input
         self.criterion = criterion or Criterion()
         self.batch_size = int(batch_size)
+        self.trace = trace
         self._golden_top1: dict[int, int | None] = {}
 
     @abc.abstractmethod
     def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:
         """Execute the tasks; one record per (fault, input), in any order."""
+
+    def run_chunk(self, tasks: Sequence[RunTask]) -> Chunk:
+        """:meth:`run` the tasks; with :attr:`trace`, their runs' traces too (one per run)."""
+        records = self.run(tasks)
+        return Chunk(records, None if self.trace is None else self.traces(tasks))
+
+    def traces(self, tasks: Sequence[RunTask]) -> list[Any]:
+        """The traces of the tasks' runs (:attr:`trace` must be set), by
+        :func:`torchfault.analysis.trace_runs`: task by task, inputs in each task's order."""
+        from torchfault.analysis import trace_runs
+
+        assert self.trace is not None, "Engine.traces needs Engine.trace"
+        layers, profile = self.trace
+        spec = [(t.fault_id, t.faults, t.input_ids) for t in tasks]
+        if not spec:
+            return []
+        return trace_runs(self.model, self.inputs, spec, layers, profile=profile)
 
     def _records(
         self,
@@ -343,15 +394,19 @@ def make_engine(
     golden: Any,
     criterion: Criterion,
     batch_size: int,
+    trace: tuple[list[str], Any] | None = None,
 ) -> Engine:
-    """Build engine ``name``; an engine that runs only single-tensor CPU classifiers (the fast
-    engine) hands a campaign it cannot run to the reference engine (:class:`HandedOverEngine`,
-    which counts the runs and says why once)."""
+    """Build engine ``name`` (``trace``: what it traces, :attr:`Engine.trace`); an engine that
+    runs only single-tensor CPU classifiers (the fast engine) hands a campaign it cannot run to
+    the reference engine (:class:`HandedOverEngine`, which counts the runs and says why once)."""
     cls = ENGINES.get(name)
     reason = reference_reason(inputs, golden, criterion, cls)
     if reason is not None:
-        return HandedOverEngine(name, reason, model, inputs, golden, criterion, batch_size)
-    return cls(model, inputs, golden, criterion, batch_size)
+        engine: Engine = HandedOverEngine(name, reason, model, inputs, golden, criterion, batch_size)
+    else:
+        engine = cls(model, inputs, golden, criterion, batch_size)
+    engine.trace = trace
+    return engine
 
 
 # register_engine (a decorator for Engine subclasses), list_engines, is_engine, create_engine

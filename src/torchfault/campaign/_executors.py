@@ -3,7 +3,9 @@
 
 An executor takes a picklable ``setup`` callable that builds an :class:`Engine` (called once per
 worker) and an iterable of task chunks, and yields each chunk's run records as they finish, in
-any order. The campaign keeps the single writer of the store in the main process.
+any order (what :func:`~torchfault.campaign._engine.run_chunk` returns: with an engine that
+traces, a :class:`~torchfault.campaign._engine.Chunk` that carries the runs' traces too). The
+campaign keeps the single writer of the store in the main process.
 
 ``threads`` runs chunks concurrently in this process, on ``workers`` Python threads (torch's
 kernels release the GIL, so the threads' kernels overlap): no spawn, no pickling. An engine is
@@ -30,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from torchfault.campaign._engine import Engine, RunTask
+from torchfault.campaign._engine import Engine, RunTask, run_chunk
 from torchfault.errors import TorchFaultError
 from torchfault.registry import Registry
 from torchfault.store import RunRecord
@@ -90,7 +92,7 @@ class SerialExecutor(Executor):
     ) -> Iterator[list[RunRecord]]:
         engine = setup()
         for chunk in chunks:
-            yield engine.run(chunk)
+            yield run_chunk(engine, chunk)
 
 
 def _private_copy(setup: Callable[[], Engine]) -> Callable[[], Engine]:
@@ -147,7 +149,7 @@ class ThreadsExecutor(Executor):
             engines.append(engine)
             chunk = next(pending, None)
             if chunk is not None:
-                yield engine.run(chunk)
+                yield run_chunk(engine, chunk)
 
         def work(engine: Engine) -> None:
             try:
@@ -156,7 +158,7 @@ class ThreadsExecutor(Executor):
                         chunk = next(pending, None)
                     if chunk is None:
                         break
-                    results.put(("records", engine.run(chunk)))
+                    results.put(("records", run_chunk(engine, chunk)))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 results.put(("error", exc))
             finally:

@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from torchfault.campaign._engine import Engine, RunTask
+from torchfault.campaign._engine import Engine, RunTask, run_chunk
 from torchfault.campaign._executors import EXECUTORS, Executor
 from torchfault.errors import TorchFaultError
 from torchfault.store import RunRecord
@@ -218,7 +218,7 @@ def _init_worker(
 
 def _run_chunk(chunk: Sequence[RunTask]) -> list[RunRecord]:
     assert _WORKER_ENGINE is not None, "worker not initialised"
-    return _WORKER_ENGINE.run(chunk)
+    return run_chunk(_WORKER_ENGINE, chunk)
 
 
 @EXECUTORS.register(
@@ -350,7 +350,7 @@ class AutoExecutor(Executor):
             return
         engine = setup()
         t0 = time.perf_counter()
-        yield engine.run(todo[0])
+        yield run_chunk(engine, todo[0])
         first = time.perf_counter() - t0
         rest = todo[1:]
         if not rest:
@@ -369,7 +369,7 @@ class AutoExecutor(Executor):
         )
         if self.chosen == "serial":
             for chunk in rest:
-                yield engine.run(chunk)
+                yield run_chunk(engine, chunk)
             return
         if self._process is None:
             self._process = ProcessExecutor(workers)
@@ -430,7 +430,7 @@ class _RayWorker:
             self.engine = pickle.loads(setup)()  # a private copy: actors share no mutable state
 
     def run(self, chunk: Sequence[RunTask]) -> list[RunRecord]:
-        return self.engine.run(chunk)
+        return run_chunk(self.engine, chunk)
 
 
 @EXECUTORS.register(

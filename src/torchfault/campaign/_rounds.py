@@ -1,7 +1,14 @@
 # SPDX-License-Identifier: MIT
-"""A campaign's run loop: the missing runs of faults ``[first, end)`` drawn, their faults,
-injected values and traces stored first, then run through the executor chunk by chunk, each
-chunk's metrics and runs written by the main process as they come back."""
+"""A campaign's run loop: the missing runs of faults ``[first, end)`` drawn, their faults and
+injected values stored first, then run through the executor chunk by chunk, each chunk's traces,
+metrics and runs written by the main process as they come back, in that order.
+
+Crash safety of traces: a chunk's traces come back with its records (the engine computes them
+while it runs the chunk, :meth:`~torchfault.campaign._engine.Engine.run_chunk`) and are committed
+(their own transaction) before the chunk's runs are handed to the store, so a stored run always
+has its trace; a run killed before it was stored is run, and traced, again on resume (its trace
+rows are replaced). An executor or engine that does not bring traces back gets them computed
+here, by :func:`~torchfault.analysis.trace_runs`, before its runs are stored."""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from torchfault.campaign._handover import EngineTap
 from torchfault.campaign._metrics import write_metrics
 from torchfault.campaign._prepare import Prepared
 from torchfault.campaign._progress import _Progress
+from torchfault.store import RunRecord
 
 __all__ = ["Rounds"]
 
@@ -58,6 +66,8 @@ class Rounds:
         chunks = self._draw(first, end)
         self._store_before_runs(chunks)
         for records in self.executor.map(self.setup, chunks):
+            if self.prepared.trace is not None:  # first: a stored run has its trace
+                self._store_traces(records)
             write_metrics(self.store, records)  # first: a stored run has its metrics
             self.store.add_runs(records)
             if self.acc is not None:
@@ -93,7 +103,7 @@ class Rounds:
         return chunks
 
     def _store_before_runs(self, chunks: Sequence[list[RunTask]]) -> None:
-        """Injected values and traces of the round's runs (first: a stored run has them)."""
+        """Injected values of the round's runs (first: a stored run has them)."""
         p = self.prepared
         if self.cfg.injected_values:
             from torchfault.campaign._injected import injected_rows
@@ -102,12 +112,21 @@ class Rounds:
             size = self.cfg.engine.batch_size
             for tasks in chunks:
                 write_injected(self.store, injected_rows(p.model, p.inputs, tasks, size))
-        if p.trace is not None:
-            from torchfault.analysis import trace_rows, trace_runs
-            from torchfault.store import write_traces
 
-            order, prof = p.trace
-            for tasks in chunks:
-                spec = [(t.fault_id, t.faults, t.input_ids) for t in tasks]
-                traces = trace_runs(p.model, p.inputs, spec, order, profile=prof)  # type: ignore[arg-type]
-                write_traces(self.store, order, trace_rows(traces, order))
+    def _store_traces(self, records: list[RunRecord]) -> None:
+        """Write the traces of a chunk's ``records``: those the engine brought back with them,
+        or (an engine or executor that did not) computed here by ``trace_runs``."""
+        from torchfault.analysis import trace_rows, trace_runs
+        from torchfault.store import write_traces
+
+        assert self.prepared.trace is not None
+        order, prof = self.prepared.trace
+        traces = getattr(records, "traces", None)
+        if traces is None:
+            ids: dict[int, list[int]] = {}
+            for r in records:
+                ids.setdefault(r.fault_id, []).append(r.input_id)
+            spec = [(k, self.prepared.sampler.draw(k), v) for k, v in ids.items()]
+            model, inputs = self.prepared.model, self.prepared.inputs
+            traces = trace_runs(model, inputs, spec, order, profile=prof)  # type: ignore[arg-type]
+        write_traces(self.store, order, trace_rows(traces, order))

@@ -254,8 +254,9 @@ def run_campaign(
             for a pair per run it may not read; ask for them, or call
             :func:`~torchfault.injectors.injected_values` on the runs you look at.
         trace: record each run's deviation from golden at every layer in ``result.traces``
-            (:func:`torchfault.analysis.trace_runs`, by full re-execution whatever the
-            engine): ``True`` for every leaf layer, a
+            (as :func:`torchfault.analysis.trace_runs` defines it; the engine computes them with
+            its runs: the fast engine from the rest of the network it runs anyway, the same
+            values): ``True`` for every leaf layer, a
             :class:`~torchfault.injectors.RangeProfile` to also find the first layer out of
             range, or ``{"layers": ..., "profile": ...}``.
 
@@ -301,6 +302,7 @@ def run_campaign(
             )
         prot = resolve_protection(protection)
         prot.bind(model)  # a missing layer or another model's profile: before anything runs
+    opts = _trace_options(model, inputs, trace) if trace is not None and trace is not False else None
     dev = resolve_device(device, "device") if device is not None else None
     was_training = model.training
     home = next((t.device for t in [*model.parameters(), *model.buffers()]), None)
@@ -316,7 +318,13 @@ def run_campaign(
                 "tensor, not a tuple, list, dict or model output."
             )
         ids = list(range(n_inputs))
-        eng = make_engine(engine, model, inputs, golden.outputs, crit, batch_size)
+        traced = None
+        if opts is not None:
+            from torchfault.analysis import layer_order
+
+            assert isinstance(inputs, torch.Tensor)  # checked by _trace_options
+            traced = (layer_order(model, inputs[[0] * 16], opts.get("layers")), opts.get("profile"))
+        eng = make_engine(engine, model, inputs, golden.outputs, crit, batch_size, traced)
         if only_correct:
             if labels is None:
                 raise TorchFaultError("run_campaign(only_correct=True) needs labels.")
@@ -327,7 +335,8 @@ def run_campaign(
                 )
             ids = golden.correct_inputs(labels)
         tasks = [RunTask(k, fs, tuple(ids)) for k, fs in enumerate(sets)]
-        runs = eng.run(tasks)
+        chunk = eng.run_chunk(tasks)
+        runs, traces = list(chunk), chunk.traces
         protected = None
         if prot is not None:
             from torchfault.campaign._protection import protected_runs
@@ -355,16 +364,13 @@ def run_campaign(
     result = CampaignResult(runs, {k: fs for k, fs in enumerate(sets)}, protected)
     result.handed_over = handed_over([eng])
     result.injected = injected
-    if trace is not None and trace is not False:
-        result.traces = _traces(model, inputs, sets, runs, trace)
+    if traces is not None:
+        result.traces = sorted(traces, key=lambda t: (t.fault_id, t.input_id))
     return result
 
 
-def _traces(
-    model: nn.Module, inputs: Any, sets: list[tuple[Fault, ...]], runs: list[RunRecord], trace: Any
-) -> list[Any]:
-    """Deviation traces of ``runs`` (``trace``: True, a RangeProfile or a dict)."""
-    from torchfault.analysis import trace_runs
+def _trace_options(model: nn.Module, inputs: Any, trace: Any) -> dict[str, Any]:
+    """``trace`` (True, a RangeProfile or a dict) as ``{"layers": ..., "profile": ...}``."""
     from torchfault.injectors import RangeProfile, load_profile
 
     opts: dict[str, Any] = {}
@@ -386,18 +392,7 @@ def _traces(
         )
     if not isinstance(inputs, torch.Tensor):
         raise TorchFaultError("trace: needs a tensor of inputs (rows first).", field="trace")
-    ids: dict[int, list[int]] = {}
-    for r in runs:
-        ids.setdefault(r.fault_id, []).append(r.input_id)
-    was = model.training
-    model.eval()
-    try:
-        traces = trace_runs(
-            model, inputs, [(k, sets[k], v) for k, v in sorted(ids.items())], **opts
-        )
-    finally:
-        model.train(was)
-    return sorted(traces, key=lambda t: (t.fault_id, t.input_id))
+    return opts
 
 
 def _injected(
