@@ -402,7 +402,9 @@ def make_engine(
     cls = ENGINES.get(name)
     reason = reference_reason(inputs, golden, criterion, cls)
     if reason is not None:
-        engine: Engine = HandedOverEngine(name, reason, model, inputs, golden, criterion, batch_size)
+        engine: Engine = HandedOverEngine(
+            name, reason, model, inputs, golden, criterion, batch_size
+        )
     else:
         engine = cls(model, inputs, golden, criterion, batch_size)
     engine.trace = trace

@@ -302,7 +302,9 @@ def run_campaign(
             )
         prot = resolve_protection(protection)
         prot.bind(model)  # a missing layer or another model's profile: before anything runs
-    opts = _trace_options(model, inputs, trace) if trace is not None and trace is not False else None
+    opts = (
+        _trace_options(model, inputs, trace) if trace is not None and trace is not False else None
+    )
     dev = resolve_device(device, "device") if device is not None else None
     was_training = model.training
     home = next((t.device for t in [*model.parameters(), *model.buffers()]), None)

@@ -21,6 +21,7 @@ import torch.nn as nn
 from torchfault.campaign._engine import (
     ENGINES,
     MIN_ROWS,
+    Chunk,
     Engine,
     ReferenceEngine,
     RunTask,
@@ -62,6 +63,7 @@ from torchfault.campaign._fast._rows import (
     pad,
     records,
 )
+from torchfault.campaign._fast._tracing import BatchTrace, FastTracer
 from torchfault.campaign._fast._windows import WindowRunner
 from torchfault.campaign._outcome import Criterion, output_words_equal
 from torchfault.faults import is_packed
@@ -100,6 +102,9 @@ class FastEngine(Engine):
             ``window_fallback`` (canary failures).
         handed_over: the runs handed to the reference engine, by reason (the values of
             :data:`REASONS`); they add up to ``stats["reference"]``.
+        traced: with :attr:`trace`, the runs :meth:`run_chunk` traced from the rows it ran
+            (``fast``) and by :func:`~torchfault.analysis.trace_runs` (``trace_runs``; see
+            :mod:`._tracing`).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -154,6 +159,10 @@ class FastEngine(Engine):
         self._general = not isinstance(golden, torch.Tensor) or not self.criterion.fast
         #: runs handed to the reference engine, by reason (see :data:`REASONS`)
         self.handed_over: Counter[str] = Counter()
+        self.traced: Counter[str] = Counter()
+        # while run_chunk traces: the traces of the rows run fast, by row (else None)
+        self._tracing: dict[Row, Any] | None = None
+        self._tracer: FastTracer | None = None
 
     @property
     def windows(self) -> WindowRunner | None:
@@ -315,6 +324,44 @@ class FastEngine(Engine):
         self.handed_over[reason] += len(ids)
 
     # ------------------------------------------------------------------ run
+    def run_chunk(self, tasks: Sequence[RunTask]) -> Chunk:
+        """:meth:`run` the tasks; with :attr:`trace`, their traces too: those of the rows run
+        fast read from the run itself (:mod:`._tracing`), every other task's by
+        :func:`~torchfault.analysis.trace_runs` (the whole task, as the base engine)."""
+        if self.trace is None:
+            return Chunk(self.run(tasks))
+        self._tracing = {}
+        try:
+            records = self.run(tasks)
+            fast = self._tracing
+        finally:
+            self._tracing = None
+        rest = [
+            t for ti, t in enumerate(tasks) if any((ti, int(i)) not in fast for i in t.input_ids)
+        ]
+        redone = iter(self.traces(rest))
+        traces = []
+        for ti, task in enumerate(tasks):
+            if all((ti, int(i)) in fast for i in task.input_ids):
+                traces.extend(fast[(ti, int(i))] for i in task.input_ids)
+                self.traced["fast"] += len(task.input_ids)
+            else:
+                traces.extend(next(redone) for _ in task.input_ids)
+                self.traced["trace_runs"] += len(task.input_ids)
+        return Chunk(records, traces)
+
+    def _tracer_now(self) -> FastTracer | None:
+        """The tracer while :meth:`run_chunk` traces (``None`` otherwise)."""
+        if self._tracing is None or self.trace is None:
+            return None
+        prog, values = self._prog, self._values
+        assert prog is not None and values is not None
+        layers, profile = self.trace
+        t = self._tracer
+        if t is None or t.layers != list(layers) or t.profile is not profile:
+            t = self._tracer = FastTracer(prog, values, layers, profile)
+        return t
+
     @torch.no_grad()
     def run(self, tasks: Sequence[RunTask]) -> list[RunRecord]:
         """Run the tasks; records come back task by task, inputs in each task's order."""
@@ -411,7 +458,10 @@ class FastEngine(Engine):
         need: set[fx.Node] = set()
         for s in here:
             need |= s.need
-        if self.options.window:
+        tracer = self._tracer_now()
+        if tracer is not None:
+            need |= tracer.need()
+        if self.options.window and tracer is None:  # traced runs go windowless (._tracing)
             count: dict[int, int] = defaultdict(int)
             for ti, _ in rows:
                 count[id(sites[ti])] += 1
@@ -516,6 +566,7 @@ class FastEngine(Engine):
             layout
             and site.target == "output"
             and self.options.window
+            and self._tracing is None  # traced runs go windowless (._tracing)
             and n >= self.options.window_min_rows
             and site.window_need
             and all(node in golden for node in site.window_need)
@@ -536,7 +587,17 @@ class FastEngine(Engine):
                     site, faults, spans, values, golden, pos, base, self.model
                 )
             live = Rows(block, pos, n, {site.node: value}, torch.arange(n))
-        out, alive, masked = self._run_after_site(site, live, golden, layout, site_same)
+        tracer = self._tracer_now()
+        bt = None
+        if tracer is not None and started is None and layout:
+            bt = tracer.start(site, pos, n, golden)
+            if bt is not None and site.node in bt.watch:
+                tracer.record(bt, site.node, value, golden, pos, list(range(n)))
+        out, alive, masked = self._run_after_site(site, live, golden, layout, site_same, bt)
+        if bt is not None:
+            assert tracer is not None and self._tracing is not None
+            ids = [tasks[ti].fault_id for ti, _ in batch]
+            self._tracing.update(tracer.traces(bt, list(batch), ids, block, golden))
         done: list[tuple[list[Row], torch.Tensor | None]] = [
             ([batch[k] for k in masked.tolist()], None)
         ]
@@ -613,9 +674,11 @@ class FastEngine(Engine):
         golden: dict[fx.Node, Any],
         drop: bool,
         site_same: Any = None,
+        bt: BatchTrace | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Run the network after ``site.node`` for the rows ``live`` (its site value in
-        ``live.env``), dropping rows golden again at the cut points when ``drop``.
+        ``live.env``), dropping rows golden again at the cut points when ``drop``; with ``bt``,
+        the live rows' deviation at each traced node is recorded as it is computed.
 
         ``live`` is in window mode when the site value is a window, else in full mode.
         ``site_same`` tells which real rows equal golden at the site (computed when ``None``).
@@ -645,6 +708,9 @@ class FastEngine(Engine):
                 break
             node = site.order[i]
             live.env[node] = positions.run_node(node, live.env, lookup)
+            if bt is not None and node in bt.watch:  # before any later in-place change
+                assert self._tracer is not None
+                self._tracer.record(bt, node, live.env[node], golden, live.pos, live.alive.tolist())
             for a in node.all_input_nodes:
                 if site.last.get(a, -2) == i:
                     live.env.pop(a, None)
