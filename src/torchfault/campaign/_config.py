@@ -546,8 +546,10 @@ class ProtectionConfig:
 @dataclass
 class TraceConfig:
     """Layer-by-layer deviation traces of every run (docs/protection.md), stored in the
-    store's ``traces`` table before the run itself; computed by full re-execution whatever the
-    engine. Not part of the store's identity (it changes no run).
+    store's ``traces`` table before the run itself; computed by the engine with the chunk's runs
+    (the fast engine reads them from the rest of the network it runs; the reference engine by
+    a golden and a faulty pass with hooks per fault), the same values whatever the engine. Not
+    part of the store's identity (it changes no run).
 
     Attributes:
         enabled: record traces.

@@ -31,6 +31,8 @@ per idea:
 - :mod:`._exactness` -- the checks that decide when the fast path may be trusted.
 - :mod:`._positions` -- transcendental element-wise functions (sigmoid, SiLU...) computed
   position-free, and which rows the reference engine computes the same way (*plain* rows).
+- :mod:`._tracing` -- layer-by-layer deviation traces of the rows run fast, read from the rest
+  of the network as it runs (a campaign with ``trace``): the values ``trace_runs`` gives.
 - :mod:`._options` -- the tuning knobs (:class:`FastOptions`, ``engine.fast`` in a config).
 - :mod:`._engine` -- :class:`FastEngine`: which runs take the fast path, and the loop.
 
