@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from torchfault import create_sampler, fault_space, inject
-from torchfault.analysis import propagation_by_depth, trace_runs
+from torchfault.analysis import layer_deviations, propagation_by_depth, trace_runs
 from torchfault.dnn import create_model
 from torchfault.injectors import profile_ranges
 
@@ -181,3 +181,48 @@ def test_stored_traces_equal_run_campaign_and_old_stores_read_empty(tmp_path):
     n_rows = con.execute("SELECT count(*) FROM traces").fetchone()[0]
     con.close()
     assert n_rows == len(got) + sum(1 for t in got for d in t.layers if d.changed or d.out_of_range)
+
+
+def _plain_deviation(g, f):
+    """The definition, plainly: everything in float64 over whole rows, same elements zeroed."""
+    n = g.shape[0]
+    g2, f2 = g.reshape(n, -1).double(), f.reshape(n, -1).double()
+    same = (g2 == f2) | (torch.isnan(g2) & torch.isnan(f2))
+    diff = (f2 - g2).abs()
+    diff = torch.where(same, torch.zeros_like(diff), torch.nan_to_num(diff, nan=math.inf))
+    rel = diff / g2.abs().clamp_min(torch.finfo(torch.float32).tiny)
+    rel = torch.where(same, torch.zeros_like(rel), rel)
+    return [
+        (float(a), float(r), int(c), None)
+        for a, r, c in zip(diff.amax(1).tolist(), rel.amax(1).tolist(), (~same).sum(1).tolist())
+    ]
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.uint8],
+)
+def test_deviation_equals_its_plain_definition(dtype):
+    """layer_deviations computes equality in the tensor's own dtype and, with few elements
+    changed, only those elements' deviations: the same values as the plain definition, for
+    signed zeros, infinities, NaNs (golden or faulty), subnormals and huge values, integers that
+    float64 cannot tell apart, sparse and dense changes; its inputs are left as they were."""
+    gen = torch.Generator().manual_seed(int(str(dtype).__hash__() % 1000))
+    special = torch.tensor(
+        [0.0, -0.0, 1.0, -1.0, math.inf, -math.inf, math.nan, 1e-45, 1e-40, 3e38, -3e38, 2.5]
+    )
+    for trial in range(400):
+        n, k = 1 + trial % 5, 1 + (trial * 7) % 40
+        if dtype.is_floating_point:
+            g = special[torch.randint(len(special), (n, k), generator=gen)].to(dtype)
+            f = special[torch.randint(len(special), (n, k), generator=gen)].to(dtype)
+        else:
+            big = 2**62 if dtype is torch.int64 else 100
+            g = torch.randint(0, big, (n, k), generator=gen, dtype=torch.int64).to(dtype)
+            f = g + torch.randint(0, 3, (n, k), generator=gen, dtype=torch.int64).to(dtype)
+        keep = torch.rand(n, k, generator=gen) < (0.9 if trial % 2 else 0.3)  # sparse, dense
+        f = torch.where(keep, g, f)
+        g0, f0 = g.clone(), f.clone()
+        assert repr(layer_deviations(g, f)) == repr(_plain_deviation(g, f)), (g, f)
+        for t, t0 in ((g, g0), (f, f0)):  # bit for bit (NaNs included)
+            assert torch.equal(t.view(torch.uint8), t0.view(torch.uint8))
