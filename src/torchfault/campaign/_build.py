@@ -221,11 +221,9 @@ def build_engine(
     ``torch.use_deterministic_algorithms`` in this process (``engine.deterministic``);
     ``trace``: what its :meth:`~Engine.run_chunk` traces (``(layer order, range profile or
     None)``, the campaign's ``trace``)."""
-    engine = _build_engine(
-        engine, model, inputs, golden, criterion, batch_size, fast, deterministic
-    )
-    engine.trace = trace
-    return engine
+    built = _build_engine(engine, model, inputs, golden, criterion, batch_size, fast, deterministic)
+    built.trace = trace
+    return built
 
 
 def _build_engine(

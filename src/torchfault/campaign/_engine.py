@@ -121,7 +121,7 @@ def take_golden(golden: torch.Tensor | Sequence[Any], ids: Sequence[int]) -> Any
     return [golden[int(i)] for i in ids]
 
 
-class Chunk(list):  # type: ignore[type-arg] - a list of RunRecord, see the module docstring
+class Chunk(list[RunRecord]):
     """The run records of one chunk of tasks (a list) and, when the engine traced them, one
     :class:`~torchfault.analysis.Trace` per run in :attr:`traces` (``None``: not traced)."""
 

@@ -340,7 +340,7 @@ class FastEngine(Engine):
             t for ti, t in enumerate(tasks) if any((ti, int(i)) not in fast for i in t.input_ids)
         ]
         redone = iter(self.traces(rest))
-        traces = []
+        traces: list[Any] = []
         for ti, task in enumerate(tasks):
             if all((ti, int(i)) in fast for i in task.input_ids):
                 traces.extend(fast[(ti, int(i))] for i in task.input_ids)
