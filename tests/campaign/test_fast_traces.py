@@ -303,11 +303,35 @@ def _run(t):
     return (t.fault_id, t.input_id)
 
 
-@pytest.mark.parametrize("executor", ["serial", "process"])
-def test_stored_campaign_traces_come_from_the_engine(tmp_path, tiny_profile, executor, monkeypatch):
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize(
+    "executor",
+    [
+        "serial",
+        "threads",
+        pytest.param("process", marks=pytest.mark.slow),
+        pytest.param("ray", marks=[pytest.mark.ray, pytest.mark.slow]),
+    ],
+)
+def test_stored_campaign_traces_come_from_the_engine(
+    tmp_path, tiny_profile, executor, monkeypatch, request
+):
     """A stored fast campaign with traces: the stored traces equal trace_runs over the stored
-    runs, every run has one, and trace_runs never ran in this process (serial: the fast engine
-    traced every run itself; process: the workers' traces came back with their records)."""
+    runs, every run has one, and trace_runs never ran in this process (serial, threads: the fast
+    engines traced every run themselves; process, ray: the workers' traces came back with their
+    records)."""
+    if executor == "ray":
+        request.getfixturevalue("local_ray")
     path, model, inputs, prof = tiny_profile
     calls = []
     real = torchfault.analysis.trace_runs

@@ -21,6 +21,7 @@ from torchfault.campaign._handover import EngineTap
 from torchfault.campaign._metrics import write_metrics
 from torchfault.campaign._prepare import Prepared
 from torchfault.campaign._progress import _Progress
+from torchfault.faults import Fault
 from torchfault.store import RunRecord
 
 __all__ = ["Rounds"]
@@ -65,9 +66,10 @@ class Rounds:
         """Run the missing runs of faults ``first <= k < end``."""
         chunks = self._draw(first, end)
         self._store_before_runs(chunks)
+        faults = {t.fault_id: t.faults for tasks in chunks for t in tasks}
         for records in self.executor.map(self.setup, chunks):
             if self.prepared.trace is not None:  # first: a stored run has its trace
-                self._store_traces(records)
+                self._store_traces(records, faults)
             write_metrics(self.store, records)  # first: a stored run has its metrics
             self.store.add_runs(records)
             if self.acc is not None:
@@ -113,9 +115,10 @@ class Rounds:
             for tasks in chunks:
                 write_injected(self.store, injected_rows(p.model, p.inputs, tasks, size))
 
-    def _store_traces(self, records: list[RunRecord]) -> None:
+    def _store_traces(self, records: list[RunRecord], faults: dict[int, tuple[Fault, ...]]) -> None:
         """Write the traces of a chunk's ``records``: those the engine brought back with them,
-        or (an engine or executor that did not) computed here by ``trace_runs``."""
+        or (an engine or executor that did not) computed here by ``trace_runs`` (``faults``:
+        each fault id's faults)."""
         from torchfault.analysis import trace_rows, trace_runs
         from torchfault.store import write_traces
 
@@ -126,7 +129,7 @@ class Rounds:
             ids: dict[int, list[int]] = {}
             for r in records:
                 ids.setdefault(r.fault_id, []).append(r.input_id)
-            spec = [(k, self.prepared.sampler.draw(k), v) for k, v in ids.items()]
+            spec = [(k, faults[k], v) for k, v in ids.items()]
             model, inputs = self.prepared.model, self.prepared.inputs
             traces = trace_runs(model, inputs, spec, order, profile=prof)  # type: ignore[arg-type]
         write_traces(self.store, order, trace_rows(traces, order))
