@@ -246,6 +246,51 @@ def test_a_traced_layer_that_is_no_graph_node_is_traced_by_trace_runs():
     assert eng.traced == {"trace_runs": len(chunk.traces)} and eng.stats["fast"] > 0
 
 
+class Encoder(nn.Module):
+    """An ``nn.TransformerEncoder`` without a norm, traced by the fast engine as its layers: its
+    last layer's node is also the output of the whole encoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+def test_an_encoder_traced_as_its_layers():
+    """Faults on the whole encoder's output and on its last layer's output share a graph node; a
+    hook on the last layer sees the fault only in the second case. Traced layers that are graph
+    nodes (the encoder's layers, embed, head) are read from the run; every trace equals
+    trace_runs'."""
+    torch.manual_seed(3)
+    model = Encoder().eval()
+    x = torch.randn(40, 5, 8)
+    rng = random.Random(4)
+    faults = [
+        Fault(m, "output", (rng.randrange(5), rng.randrange(16)), (b,))
+        for m in ("encoder", "encoder.layers.1", "encoder.layers.0", "embed")
+        for b in (30, 22, 31)
+    ]
+    faults += [Fault("head", "weight", (1, 3), (30,)), Fault("embed", "bias", (2,), (27,))]
+    faults += [Fault("encoder.layers.0.linear1", "weight", (4, 5), (30,))]
+    tasks = tasks_of(faults, x.shape[0], seed=5)
+    layers = ["embed", "encoder.layers.0", "encoder.layers.1", "head"]
+    for chosen in (layers, layers[:2] + layers[3:]):
+        eng = traced_engine(model, x, layers=chosen)
+        chunk = eng.run_chunk(tasks)
+        assert repr(chunk.traces) == repr(oracle(model, x, tasks, eng.trace[0], None)), chosen
+        assert eng.traced["fast"] > 0
+        if chosen == layers:
+            by_fault = {t.fault_id: t for t in chunk.traces}
+    # a fault on the encoder's output is seen at no encoder layer; one on its last layer there
+    assert [d.changed for d in by_fault[0].layers[1:3]] == [0, 0]
+    assert [d.changed for d in by_fault[3].layers[1:3]] == [0, 1]
+
+
 # ---------------------------------------------------------------------------- stored campaigns
 def stored_cfg(tmp_path, profile, **over):
     cfg = {

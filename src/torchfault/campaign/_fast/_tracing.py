@@ -26,8 +26,9 @@ Everything else is traced by ``trace_runs`` (the whole task, as the base engine 
 to the reference engine, sites that do not run through the plain loop (inner activation sites,
 structured and packed sites, sites that reach no output), activation faults on values that are not
 contiguous, a traced layer that is not one ``call_module`` node of the graph (inside a module
-traced whole, a container) or whose node the plan does not compute (it reaches no output), and
-any row whose tracing raised. While it traces, the engine runs no spatial window (a window holds
+traced whole, a container) or whose node the plan does not compute (it reaches no output), a
+traced layer whose node is also the output of a module traced as its parts (an encoder's last
+layer) with an activation site there, and any row whose tracing raised. While it traces, the engine runs no spatial window (a window holds
 only the part of a map that may differ; reading a deviation from it is possible, but the windows
 would have to be unfolded for it, which costs what they save); traced campaigns run windowless.
 """
@@ -118,6 +119,12 @@ class FastTracer:
         if site.inner or site.packed or site.masked_all:
             return None
         prog = self.prog
+        # the output of a module traced as its parts (an encoder): its last part's node is also
+        # the site of faults on the whole module's output, which a hook on that part does not
+        # see; which of the two a row's fault is, the plan does not know
+        expanded = any(site.node in ns for ns in prog.outputs_of.values())
+        if site.target == "output" and expanded and site.node in self.nodes.values():
+            return None
         affected = {site.node}
         for n in prog.nodes[prog.pos[site.node] + 1 :]:
             if any(a in affected for a in n.all_input_nodes):
