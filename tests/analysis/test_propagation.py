@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchfault import create_sampler, fault_space, inject
+from torchfault import Fault, create_sampler, fault_space, inject
 from torchfault.analysis import layer_deviations, propagation_by_depth, trace_runs
 from torchfault.dnn import create_model
 from torchfault.injectors import profile_ranges
@@ -226,3 +226,30 @@ def test_deviation_equals_its_plain_definition(dtype):
         assert repr(layer_deviations(g, f)) == repr(_plain_deviation(g, f)), (g, f)
         for t, t0 in ((g, g0), (f, f0)):  # bit for bit (NaNs included)
             assert torch.equal(t.view(torch.uint8), t0.view(torch.uint8))
+
+
+class _Twice(torch.nn.Module):
+    """``act`` called twice, on 8 then 3 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.act, self.b = torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.act(self.b(self.act(self.a(x))))
+
+
+def test_a_crash_before_a_layers_last_call_leaves_that_layer_out():
+    """A fault whose index does not fit the second call of a module called twice raises there:
+    the faulty pass kept the first call's output, which is not the (last) call golden holds, so
+    that layer is left out of the trace, like the layers after the crash (it used to be compared
+    with golden's, and trace_runs failed on the shapes: a traced campaign stopped there)."""
+    torch.manual_seed(0)
+    model = _Twice().eval()
+    x = torch.randn(3, 4)
+    bad = Fault("act", "output", (5,), (30,), call=1)
+    (t,) = trace_runs(model, x, [(0, [bad], [1])])
+    assert [d.layer for d in t.layers] == ["a", "b"]
+    good = Fault("act", "output", (1,), (30,), call=1)
+    (t,) = trace_runs(model, x, [(0, [good], [1])])
+    assert [d.layer for d in t.layers] == ["a", "b", "act"] and t.layers[2].changed == 1

@@ -103,15 +103,26 @@ class Trace:
         return cls(int(fault_id), int(input_id), tuple(layers), masked_at, oor_at)
 
 
-def _capture(model: nn.Module, names: list[str], store: dict[str, torch.Tensor]) -> list[Any]:
+def _capture(
+    model: nn.Module,
+    names: list[str],
+    store: dict[str, torch.Tensor],
+    calls: dict[str, int] | None = None,
+) -> list[Any]:
+    """Hooks that keep each layer's last tensor output in ``store`` (and, with ``calls``, how
+    many calls the layer had made when it was kept)."""
     mods = dict(model.named_modules())
     handles = []
+    made: dict[str, int] = {}
     for n in names:
 
         def hook(m: nn.Module, a: Any, out: Any, n: str = n) -> None:
+            made[n] = made.get(n, 0) + 1
             if isinstance(out, torch.Tensor):
                 store.pop(n, None)
                 store[n] = out.detach().clone()  # keeps execution order (last call)
+                if calls is not None:
+                    calls[n] = made[n]
 
         handles.append(mods[n].register_forward_hook(hook))
     return handles
@@ -223,14 +234,16 @@ def trace_runs(
         x = inputs[idx]
         golden: dict[str, torch.Tensor] = {}
         faulty: dict[str, torch.Tensor] = {}
-        hs = _capture(model, names, golden)
+        g_calls: dict[str, int] = {}
+        f_calls: dict[str, int] = {}
+        hs = _capture(model, names, golden, g_calls)
         try:
             model(x)
         finally:
             for h in hs:
                 h.remove()
         with inject(model, faults):
-            hs = _capture(model, names, faulty)
+            hs = _capture(model, names, faulty, f_calls)
             try:
                 model(x)
             except Exception:  # noqa: BLE001 - a crash under the fault: trace what ran
@@ -238,7 +251,9 @@ def trace_runs(
             finally:
                 for h in hs:
                     h.remove()
-        order = [n for n in golden if n in faulty]
+        # layers whose traced call ran under the fault (a crash may stop a layer called twice
+        # after its first call: that output is not the one golden holds)
+        order = [n for n in golden if n in faulty and f_calls[n] == g_calls[n]]
         bounds = profile.layers if profile is not None else {}
         devs = {n: layer_deviations(golden[n], faulty[n], bounds.get(n)) for n in order}
         for row, iid in enumerate(ids):
