@@ -364,6 +364,7 @@ def local_ray():
     [
         "serial",
         "threads",
+        "auto",
         pytest.param("process", marks=pytest.mark.slow),
         pytest.param("ray", marks=[pytest.mark.ray, pytest.mark.slow]),
     ],
@@ -372,9 +373,9 @@ def test_stored_campaign_traces_come_from_the_engine(
     tmp_path, tiny_profile, executor, monkeypatch, request
 ):
     """A stored fast campaign with traces: the stored traces equal trace_runs over the stored
-    runs, every run has one, and trace_runs never ran in this process (serial, threads: the fast
-    engines traced every run themselves; process, ray: the workers' traces came back with their
-    records)."""
+    runs, every run has one, and trace_runs never ran in this process (serial, threads, auto: the
+    fast engines traced every run themselves; process, ray: the workers' traces came back with
+    their records)."""
     if executor == "ray":
         request.getfixturevalue("local_ray")
     path, model, inputs, prof = tiny_profile
