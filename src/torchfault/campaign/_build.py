@@ -13,12 +13,7 @@ import torch
 import torch.nn as nn
 
 from torchfault.campaign._config import CampaignConfig
-from torchfault.campaign._engine import (
-    ENGINES,
-    Engine,
-    HandedOverEngine,
-    reference_reason,
-)
+from torchfault.campaign._engine import ENGINES, Engine, make_engine
 from torchfault.campaign._fast import FastEngine, FastOptions
 from torchfault.campaign._outcome import Criterion
 from torchfault.campaign._structure import Batched, as_batched
@@ -221,33 +216,13 @@ def build_engine(
     ``torch.use_deterministic_algorithms`` in this process (``engine.deterministic``);
     ``trace``: what its :meth:`~Engine.run_chunk` traces (``(layer order, range profile or
     None)``, the campaign's ``trace``)."""
-    built = _build_engine(engine, model, inputs, golden, criterion, batch_size, fast, deterministic)
-    built.trace = trace
-    return built
-
-
-def _build_engine(
-    engine: str,
-    model: nn.Module,
-    inputs: torch.Tensor | Batched,
-    golden: torch.Tensor | list[Any],
-    criterion: Criterion,
-    batch_size: int,
-    fast: FastOptions | None,
-    deterministic: bool,
-) -> Engine:
     if deterministic:
         torch.use_deterministic_algorithms(True)
     try:
         cls = ENGINES.get(engine)
     except ValueError as exc:
         raise ConfigError(f"engine.name: {exc}") from None
-    # structures and devices the engine was not made for: the reference engine
-    reason = reference_reason(inputs, golden, criterion, cls)
-    if reason is not None:
-        return HandedOverEngine(engine, reason, model, inputs, golden, criterion, batch_size)
-    if fast is not None and issubclass(cls, FastEngine):
-        # reference_reason handed inputs of other structures to the reference engine above
-        assert isinstance(inputs, torch.Tensor)
-        return cls(model, inputs, golden, criterion, batch_size, options=fast)
-    return cls(model, inputs, golden, criterion, batch_size)
+    # the fast engine's options; make_engine hands structures and devices it was not made for
+    # to the reference engine
+    options = {"options": fast} if fast is not None and issubclass(cls, FastEngine) else {}
+    return make_engine(engine, model, inputs, golden, criterion, batch_size, trace, **options)

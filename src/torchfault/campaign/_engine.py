@@ -395,8 +395,10 @@ def make_engine(
     criterion: Criterion,
     batch_size: int,
     trace: tuple[list[str], Any] | None = None,
+    **options: Any,
 ) -> Engine:
-    """Build engine ``name`` (``trace``: what it traces, :attr:`Engine.trace`); an engine that
+    """Build engine ``name`` (``trace``: what it traces, :attr:`Engine.trace`; ``options``: more
+    keyword arguments of its class, such as the fast engine's ``options``); an engine that
     runs only single-tensor CPU classifiers (the fast engine) hands a campaign it cannot run to
     the reference engine (:class:`HandedOverEngine`, which counts the runs and says why once)."""
     cls = ENGINES.get(name)
@@ -406,7 +408,7 @@ def make_engine(
             name, reason, model, inputs, golden, criterion, batch_size
         )
     else:
-        engine = cls(model, inputs, golden, criterion, batch_size)
+        engine = cls(model, inputs, golden, criterion, batch_size, **options)
     engine.trace = trace
     return engine
 

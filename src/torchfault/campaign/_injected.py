@@ -457,13 +457,8 @@ def _site_pass(model: nn.Module, inputs: Inputs, tasks: list[RunTask], ids: list
     """One pass over inputs ``ids`` with the faults of ``tasks`` (one site, distinct elements):
     rows of the tasks' runs on those inputs."""
     row_of = {i: n for n, i in enumerate(ids)}
-    try:
-        got = injected_pass(
-            model, [t.faults[0] for t in tasks], _forward(model, _rows(inputs, ids))
-        )
-    except Exception:  # noqa: BLE001 - a fault inject refuses: each alone names it
-        got = None
-    if got is None or got.error is not None or got.batch_sizes - {max(len(ids), MIN_ROWS)}:
+    got = _shared_pass(model, inputs, [t.faults[0] for t in tasks], ids)
+    if got is None:
         return [
             row
             for task in tasks
@@ -477,6 +472,27 @@ def _site_pass(model: nn.Module, inputs: Inputs, tasks: list[RunTask], ids: list
         for i in task.input_ids
         if i in row_of
     ]
+
+
+def _interleaved(runs: list[_Run]) -> list[tuple[int, int]]:
+    """``(run, fault)`` numbers in the order one injection takes the runs' faults: each run's
+    first faults, then their second ones...: a run's faults keep their order, and like writes
+    of different runs sit side by side (one vectorised bitwise write)."""
+    depth = max(len(r.task.faults) for r in runs)
+    return [(n, k) for k in range(depth) for n, r in enumerate(runs) if k < len(r.task.faults)]
+
+
+def _shared_pass(model: nn.Module, inputs: Inputs, faults: list[Fault], ids: list[int]) -> Any:
+    """:func:`injected_pass` of ``faults`` over inputs ``ids`` in one forward pass, or ``None``
+    when it cannot stand for the runs read alone: inject refused a fault (each alone names
+    it), the pass raised, or the faulted tensor was not one row per input."""
+    try:
+        got = injected_pass(model, faults, _forward(model, _rows(inputs, ids)))
+    except Exception:  # noqa: BLE001 - a fault inject refuses: each alone names it
+        return None
+    if got.error is not None or got.batch_sizes - {max(len(ids), MIN_ROWS)}:
+        return None
+    return got
 
 
 def _read_alone(model: nn.Module, inputs: Inputs, run: _Run) -> list[Row]:
@@ -506,12 +522,7 @@ def _parameter_rows(model: nn.Module, inputs: Inputs, runs: list[_Run]) -> list[
         else:
             groups.append(([run], mine))
     for group, _ in groups:
-        # each run's first faults, then their second ones...: a run's faults keep their order
-        # and like writes of different runs sit side by side (one vectorised bitwise write)
-        depth = max(len(r.task.faults) for r in group)
-        order = [
-            (n, k) for k in range(depth) for n, r in enumerate(group) if k < len(r.task.faults)
-        ]
+        order = _interleaved(group)
         try:
             got = injected_pass(model, [group[n].task.faults[k] for n, k in order])
         except Exception:  # noqa: BLE001 - a fault inject refuses: each alone names it
@@ -531,15 +542,10 @@ def _parameter_rows(model: nn.Module, inputs: Inputs, runs: list[_Run]) -> list[
 def _activation_rows(model: nn.Module, inputs: Inputs, runs: list[_Run]) -> list[Row]:
     """Runs of activation faults (elementwise, every row) as the rows of one forward pass."""
     ids = [r.input_id for r in runs]
-    # each run's first faults, then their second ones... (as in _parameter_rows)
-    depth = max(len(r.task.faults) for r in runs)
-    order = [(n, k) for k in range(depth) for n, r in enumerate(runs) if k < len(r.task.faults)]
+    order = _interleaved(runs)
     faults = [runs[n].task.faults[k].replace(sample=n) for n, k in order]
-    try:
-        got = injected_pass(model, faults, _forward(model, _rows(inputs, ids)))
-    except Exception:  # noqa: BLE001 - a fault inject refuses: each alone names it
-        got = None
-    if got is None or got.error is not None or got.batch_sizes - {max(len(ids), MIN_ROWS)}:
+    got = _shared_pass(model, inputs, faults, ids)
+    if got is None:
         return [row for r in runs for row in _read_alone(model, inputs, r)]
     pair = {(n, k): p.get(n, (None, None)) for (n, k), p in zip(order, got.pairs)}
     return [

@@ -16,7 +16,7 @@ import torch.nn as nn
 from torchfault.campaign._build import build_inputs, build_model, fingerprint, shape_text
 from torchfault.campaign._config import CampaignConfig
 from torchfault.campaign._device import resolve_device
-from torchfault.campaign._engine import ENGINES
+from torchfault.campaign._engine import ENGINES, MIN_ROWS
 from torchfault.campaign._executors import EXECUTORS
 from torchfault.campaign._golden import GoldenPass, prepare_golden
 from torchfault.campaign._outcome import Criterion
@@ -311,7 +311,7 @@ def _trace(
         raise ConfigError("trace.enabled: needs a tensor of inputs.", field="trace.enabled")
     try:
         prof = load_profile(tc.profile, model) if tc.profile else None
-        probe = inputs[[0] * 16]
+        probe = inputs[[0] * MIN_ROWS]
         order = layer_order(model, probe, tc.layers)  # type: ignore[arg-type]
     except TorchFaultError as exc:
         where = "trace.profile" if exc.field == "profile" else "trace.layers"

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from torchfault.campaign._device import resolve_device
-from torchfault.campaign._engine import DEFAULT_ENGINE, RunTask, make_engine
+from torchfault.campaign._engine import DEFAULT_ENGINE, MIN_ROWS, RunTask, make_engine
 from torchfault.campaign._golden import golden_run, prepare_golden
 from torchfault.campaign._handover import handed_over
 from torchfault.campaign._outcome import Criterion
@@ -325,7 +325,10 @@ def run_campaign(
             from torchfault.analysis import layer_order
 
             assert isinstance(inputs, torch.Tensor)  # checked by _trace_options
-            traced = (layer_order(model, inputs[[0] * 16], opts.get("layers")), opts.get("profile"))
+            traced = (
+                layer_order(model, inputs[[0] * MIN_ROWS], opts.get("layers")),
+                opts.get("profile"),
+            )
         eng = make_engine(engine, model, inputs, golden.outputs, crit, batch_size, traced)
         if only_correct:
             if labels is None:

@@ -174,20 +174,15 @@ _UNPACKED: dict[int, tuple[Any, Any, Any]] = {}
 _UNPACKED_MAX = 64
 
 
-def _packed_object(module: nn.Module) -> Any:
-    """The object holding ``module``'s packed weight and bias (a ``torch.ScriptObject``), or
-    ``None``. ``set_weight_bias`` always makes a new one, so its identity names its contents."""
+def packed_object(module: nn.Module) -> Any:
+    """The object holding ``module``'s packed quantized weight and bias (a
+    ``torch.ScriptObject``; ``None`` if unknown): what :func:`put_packed_object` puts back.
+    ``set_weight_bias`` always makes a new one, so its identity names its contents."""
     p: Any = getattr(module, "_packed_params", None)
     inner = getattr(p, "_packed_params", None)  # quantized Linear: a module holding it
     if inner is not None:
         p = inner
     return p if isinstance(p, torch.ScriptObject) else None
-
-
-def packed_object(module: nn.Module) -> Any:
-    """The object holding ``module``'s packed quantized weight and bias (``None`` if unknown):
-    what :func:`put_packed_object` puts back."""
-    return _packed_object(module)
 
 
 def put_packed_object(module: nn.Module, obj: Any) -> None:
@@ -211,7 +206,7 @@ def unpack(module: nn.Module) -> tuple[Any, Any]:
     unpacked again) and handed out as copies. One unpack gives both (``_weight_bias()`` where
     the module has it; ``weight()`` and ``bias()`` unpack each).
     """
-    obj = _packed_object(module)
+    obj = packed_object(module)
     hit = _UNPACKED.get(id(obj)) if obj is not None else None
     if hit is not None and hit[0] is obj:
         w, b = hit[1], hit[2]

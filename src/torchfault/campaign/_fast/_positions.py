@@ -235,16 +235,11 @@ class Positions:
         if op is None or op.inplace:
             flat = flat.clone()
         n = flat.numel()
-        if n > BLOCK and op is not None and self._one_call(node, op):
-            pad = -n % ALIGN
-            seg = torch.cat([flat, flat.new_zeros(pad)]) if pad else flat
-            out = self._call(node, operand, seg)
-            out = (out if pad == 0 else out[:n]).reshape(xp.shape)
-            inverse = sorted(range(len(perm)), key=perm.__getitem__)
-            return out.permute(inverse)
+        # one call over the whole value (see _one_call), else one per block
+        step = n if n > BLOCK and op is not None and self._one_call(node, op) else BLOCK
         parts = []
-        for i in range(0, n, BLOCK):
-            seg = flat[i : i + BLOCK]
+        for i in range(0, n, step):
+            seg = flat[i : i + step]
             k = seg.numel()
             if k % ALIGN:
                 seg = torch.cat([seg, seg.new_zeros(-k % ALIGN)])
