@@ -328,3 +328,32 @@ def test_callable_criterion_outcomes():
         evaluate(g[:2], f[:2], make_criterion(lambda a, b: 3))
     with pytest.raises(CriterionError, match="metrics that are not numbers"):
         evaluate(g[:2], f[:2], make_criterion(lambda a, b: ("sdc", {"x": "high"})))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_words_equal_compares_bits_as_numpy_does(dtype):
+    """``words_equal`` (the fast engine's one-call comparison) against NumPy's byte comparison:
+    NaN payloads, signed zeros, any memory layout."""
+    from torchfault.campaign._outcome import output_words_equal, words_equal
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(4, 3, 5, 5, generator=g).to(dtype)
+    a[0, 0, 0, 0] = float("nan")
+    a[1, 1, 1, 1] = 0.0
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+
+    def numpy_same(x, y):
+        xb = x.contiguous().view(ints).numpy().tobytes()
+        return x.shape == y.shape and xb == y.contiguous().view(ints).numpy().tobytes()
+
+    other_nan = a.clone()
+    other_nan.view(ints)[0, 0, 0, 0] ^= 1  # another NaN payload
+    neg_zero = a.clone()
+    neg_zero[1, 1, 1, 1] = -0.0
+    last = a.contiguous(memory_format=torch.channels_last)
+    for b in (a.clone(), other_nan, neg_zero, last, a[:, :, :, :4]):
+        assert words_equal(a, b) is numpy_same(a, b)
+        if b.shape == a.shape:
+            assert words_equal(a, b) is bool(output_words_equal(a, b).all())
+    assert words_equal(a, last) and not words_equal(a, other_nan) and not words_equal(a, neg_zero)
+    assert not words_equal(a, a.double() if dtype != torch.float64 else a.float())

@@ -13,7 +13,11 @@ import torch
 
 from torchfault.campaign._criterion import CRITERIA, Criterion, Verdict
 
-__all__ = ["match_detections", "output_words_equal"]
+__all__ = ["match_detections", "output_words_equal", "words_equal"]
+
+
+#: the integer dtype of each float word size (bitwise comparisons)
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -30,9 +34,27 @@ def output_words_equal(golden: torch.Tensor, faulty: torch.Tensor) -> torch.Tens
     """
     g, f = _flat(golden), _flat(faulty)
     if g.dtype.is_floating_point and g.dtype == f.dtype and g.element_size() in (2, 4, 8):
-        idt = {2: torch.int16, 4: torch.int32, 8: torch.int64}[g.element_size()]
+        idt = _INT_OF_SIZE[g.element_size()]
         return (g.contiguous().view(idt) == f.contiguous().view(idt)).all(dim=1)
     return (g == f).all(dim=1)
+
+
+def words_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same words: same shape, dtype and bits (NaN payloads and
+    signed zeros included), in one comparison (no per-row result, any memory layout).
+
+    Example:
+        >>> import torch
+        >>> nan = torch.tensor([float("nan")])
+        >>> words_equal(nan, nan.clone()), words_equal(torch.zeros(1), -torch.zeros(1))
+        (True, False)
+    """
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    idt = _INT_OF_SIZE.get(a.element_size()) if a.dtype.is_floating_point else None
+    if idt is not None:
+        a, b = a.view(idt), b.view(idt)
+    return bool(torch.equal(a, b))
 
 
 def _nan_low(x: torch.Tensor) -> torch.Tensor:

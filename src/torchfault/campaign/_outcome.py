@@ -56,6 +56,7 @@ from torchfault.campaign._criteria import (  # importing it registers the built-
     _top1,
     match_detections,
     output_words_equal,
+    words_equal,
 )
 from torchfault.campaign._criterion import (
     CRITERIA,
@@ -88,6 +89,7 @@ __all__ = [
     "match_detections",
     "output_words_equal",
     "register_criterion",
+    "words_equal",
 ]
 
 log = logging.getLogger("torchfault.campaign")
