@@ -226,7 +226,7 @@ class Program:
                 if t is not None:
                     self.holders[id(t)] += 1
         self.modules = dict(model.named_modules())
-        self.callee: dict[fx.Node, nn.Module] = {}  # see run_node
+        self.callee: dict[fx.Node, nn.Module] = {}  # see callee_of
         # in-place mutations, found by :meth:`probe_mutations` (one pass): nodes that modify a
         # value they read, and values that are not what they were made (read after a mutation,
         # or constants modified), whose golden copies must not stand in for them
@@ -275,16 +275,22 @@ class Program:
                 self.useful.add(n)
                 stack.extend(n.all_input_nodes)
 
+    def callee_of(self, node: fx.Node) -> nn.Module:
+        """The submodule a ``call_module`` node calls, looked up once per node
+        (``get_submodule`` walks the path; a module shared under several names has one of them
+        in :attr:`modules`)."""
+        module = self.callee.get(node)
+        if module is None:
+            module = self.callee[node] = self.model.get_submodule(str(node.target))
+        return module
+
     def run_node(self, node: fx.Node, env: dict[fx.Node, Any], lookup: Any = None) -> Any:
         """Execute one node, its arguments read from ``env`` (or through ``lookup``)."""
         get = lookup or env.__getitem__
         args = map_arg(node.args, get)
         kwargs = map_arg(node.kwargs, get)
         if node.op == "call_module":
-            module = self.callee.get(node)
-            if module is None:  # looked up once per node (get_submodule walks the path)
-                module = self.callee[node] = self.model.get_submodule(str(node.target))
-            return module(*args, **kwargs)
+            return self.callee_of(node)(*args, **kwargs)
         if node.op == "call_function":
             return node.target(*args, **kwargs)  # type: ignore[operator]
         if node.op == "call_method":
