@@ -237,10 +237,10 @@ def output_span(
         ([0, 4, 7], 3)
     """
     k, s, p, d = kernel, stride, padding, dilation
-    lo = torch.div(start + p - d * (k - 1) + s - 1, s, rounding_mode="floor").clamp(0, size - 1)
-    hi = torch.div(start + length - 1 + p, s, rounding_mode="floor").clamp(0, size - 1)
-    span = int((torch.maximum(hi, lo) - lo).max()) + 1
-    return lo.clamp(max=size - span), span
+    lo = (start + (p - d * (k - 1) + s - 1)).div_(s, rounding_mode="floor").clamp_(0, size - 1)
+    hi = (start + (length - 1 + p)).div_(s, rounding_mode="floor").clamp_(0, size - 1)
+    span = max(int((hi - lo).max()), 0) + 1
+    return lo.clamp_(max=size - span), span
 
 
 def input_extent(length: int, kernel: int, stride: int, dilation: int) -> int:

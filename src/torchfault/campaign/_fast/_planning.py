@@ -234,13 +234,17 @@ class Program:
         self.unsafe: set[fx.Node] = set()
         #: module calls whose value is a structure (a tuple...), found by :meth:`probe_mutations`
         self.structured: set[fx.Node] = set()
+        #: bytes per row of each value with one row per probe input, measured by
+        #: :meth:`probe_mutations` (what windows may keep is sized with them)
+        self.row_bytes: dict[fx.Node, int] = {}
 
     def module_of(self, node: fx.Node) -> nn.Module | None:
         """The submodule a ``call_module`` node calls (``None`` for other nodes)."""
         return self.modules.get(str(node.target)) if node.op == "call_module" else None
 
     def probe_mutations(self, x: torch.Tensor) -> None:
-        """Run the graph once on ``x`` and record in-place mutations (tensor version counters).
+        """Run the graph once on ``x`` and record in-place mutations (tensor version counters)
+        and the values' bytes per row (:attr:`row_bytes`).
 
         A node that changes the version of a value it reads is a *mutator*: it and what it reads
         become ``useful`` (its effect reaches the output through the mutated tensor, even when
@@ -265,6 +269,8 @@ class Program:
             made[node] = versions(v)
             if node.op == "call_module" and not isinstance(v, torch.Tensor):
                 self.structured.add(node)
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == x.shape[0]:
+                self.row_bytes[node] = v[0].numel() * v.element_size()
         for n in self.nodes:
             if n in made and n not in self.dynamic and versions(env.get(n)) != made[n]:
                 self.unsafe.add(n)  # a constant modified in place
