@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Spatial-window geometry of the fast engine, on its own: every function against the whole-map
-computation it stands for (pad the map, paste the window, slice; run the layer on the whole map)."""
+computation it stands for (pad the map, paste the window, slice; run the layer on the whole map).
+Crops, pastes and regions are checked both ways they copy (run by run, one advanced index)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torchfault.campaign._fast import _geometry
 from torchfault.campaign._fast._geometry import (
     Window,
     crop,
@@ -17,8 +19,17 @@ from torchfault.campaign._fast._geometry import (
     output_span,
     paste,
     region,
+    runs,
     union,
 )
+
+
+@pytest.fixture(params=[1, 2**62], ids=["by-runs", "one-index"])
+def copy_way(request, monkeypatch):
+    """Each way crops, pastes and regions copy: ``RUN_ELEMENTS`` so small that every copy goes
+    run by run, or so large that none does."""
+    monkeypatch.setattr(_geometry, "RUN_ELEMENTS", request.param)
+    return request.param
 
 
 def whole(golden: torch.Tensor, pos: torch.Tensor, win: Window) -> torch.Tensor:
@@ -32,14 +43,40 @@ def whole(golden: torch.Tensor, pos: torch.Tensor, win: Window) -> torch.Tensor:
 
 
 def random_window(rng: random.Random, n: int, c: int, big: tuple[int, int], size=None) -> Window:
+    """A window of ``n`` rows at random positions; rows come in runs at one position (the rows
+    of one fault) about half the time."""
     h = size[0] if size else rng.randint(1, big[0])
     w = size[1] if size else rng.randint(1, big[1])
-    y0 = torch.tensor([rng.randrange(big[0] - h + 1) for _ in range(n)])
-    x0 = torch.tensor([rng.randrange(big[1] - w + 1) for _ in range(n)])
-    return Window(torch.randn(n, c, h, w), y0, x0)
+    y0 = [rng.randrange(big[0] - h + 1) for _ in range(n)]
+    x0 = [rng.randrange(big[1] - w + 1) for _ in range(n)]
+    for r in range(1, n):
+        if rng.random() < 0.5:
+            y0[r], x0[r] = y0[r - 1], x0[r - 1]
+    return Window(torch.randn(n, c, h, w), torch.tensor(y0), torch.tensor(x0))
 
 
-def test_crop_and_paste_against_slicing():
+def test_runs_against_a_loop():
+    rng = random.Random(3)
+    for _ in range(30):
+        n = rng.randint(1, 12)
+        coords = [
+            torch.tensor([rng.randint(0, 1) for _ in range(n)]) for _ in range(rng.randint(1, 3))
+        ]
+        got = runs(10**9, *coords)
+        assert got is not None
+        rows = [[int(c[r]) for c in coords] for r in range(n)]
+        assert [r0 for r0, _, _ in got] == [r for r in range(n) if r == 0 or rows[r] != rows[r - 1]]
+        assert got[-1][1] == n
+        for r0, r1, at in got:
+            assert all(rows[r] == at for r in range(r0, r1))
+    # fewer elements per run than RUN_ELEMENTS: one advanced index
+    many = torch.arange(8)
+    assert runs(8 * _geometry.RUN_ELEMENTS, many) is not None
+    assert runs(8 * _geometry.RUN_ELEMENTS - 1, many) is None
+    assert runs(10**9, torch.zeros(0, dtype=torch.int64)) is None
+
+
+def test_crop_and_paste_against_slicing(copy_way):
     g = torch.randn(5, 3, 7, 9)
     pos = torch.tensor([4, 0, 0, 2])
     y0, x0 = torch.tensor([0, 6, 3, 1]), torch.tensor([8, 0, 4, 2])
@@ -53,8 +90,29 @@ def test_crop_and_paste_against_slicing():
     assert torch.equal(full[:3], want[:3]) and torch.equal(full[3], g[pos[3]])  # row 3 untouched
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_crop_and_paste_random_runs(seed, copy_way):
+    rng = random.Random(seed)
+    big = (rng.randint(1, 9), rng.randint(1, 9))
+    c, n = rng.randint(1, 4), rng.randint(1, 9)
+    g = torch.randn(5, c, *big)
+    pos = torch.tensor([rng.randrange(5) for _ in range(n)])
+    win = random_window(rng, n, c, big)
+    h, w = win.data.shape[2:]
+    got = crop(g, pos, win.y0, win.x0, h, w)
+    assert got.is_contiguous()
+    for r in range(n):
+        y, x = int(win.y0[r]), int(win.x0[r])
+        assert torch.equal(got[r], g[pos[r], :, y : y + h, x : x + w])
+    rows = rng.randint(0, n)
+    full = g[pos].clone()
+    paste(full, win, rows)
+    want = whole(g, pos, win)
+    assert torch.equal(full[:rows], want[:rows]) and torch.equal(full[rows:], g[pos[rows:]])
+
+
 @pytest.mark.parametrize("seed", range(40))
-def test_region_equals_padded_whole_map(seed):
+def test_region_equals_padded_whole_map(seed, copy_way):
     """``region`` is the padded whole value (golden + window) cropped at each row's corner, in
     all three of its ways (inside the map, padded maps, shifted rows) and with windows partly
     outside the region (clipped)."""
@@ -70,6 +128,10 @@ def test_region_equals_padded_whole_map(seed):
     size = (rng.randint(1, big[0] + 2 * pad[0]), rng.randint(1, big[1] + 2 * pad[1]))
     ry = torch.tensor([rng.randint(-pad[0], big[0] + pad[0] - size[0]) for _ in range(n)])
     rx = torch.tensor([rng.randint(-pad[1], big[1] + pad[1] - size[1]) for _ in range(n)])
+    same = torch.tensor([r > 0 and bool(win.y0[r] == win.y0[r - 1]) for r in range(n)])
+    for corner in (ry, rx):  # regions of rows at one window position: mostly at one corner
+        if n > 1 and rng.random() < 0.7:
+            corner[1:] = torch.where(same[1:], corner[:-1], corner[1:])
     got = region(win, g, pos, ry, rx, size, pad, fill)
     padded = F.pad(whole(g, pos, win), (pad[1], pad[1], pad[0], pad[0]), value=fill)
     for r in range(n):

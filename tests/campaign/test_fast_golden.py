@@ -84,3 +84,41 @@ def test_block_values_hold_no_golden_tensor_and_refill_the_same_bits():
         assert torch.equal(
             got.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)
         ), n.name
+
+
+def test_windows_are_sized_by_the_probe_without_a_pass_of_their_own(monkeypatch):
+    """The tracing probe measures every value's bytes per row as the golden pass does, so
+    windows (which keep more golden values, within the budget) need no measuring pass: a
+    windowed campaign makes as many golden passes as one without windows."""
+    torch.manual_seed(0)
+    model = create_model("resnet8", dataset="cifar10").eval()
+    x = model.example_inputs(40)
+    golden = golden_run(model, x, 256)
+    fast = FastEngine(model, x, golden)
+    prog = fast._program()
+    assert prog is not None and fast._values is not None and prog.row_bytes
+    fast._values.forward(fast._values.block_inputs(0)[0], set())
+    dynamic = {n: b for n, b in fast._values.row_bytes.items() if n in prog.dynamic}
+    assert dynamic and all(prog.row_bytes[n] == b for n, b in dynamic.items())
+    sites = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][:3]
+    faults = [Fault(s, "output", (0, 1, 2), (b,)) for s in sites for b in (3, 30)]
+    tasks = [RunTask(k, (f,), tuple(range(40))) for k, f in enumerate(faults)]
+    passes: list[int] = []
+    forward = GoldenValues.forward
+
+    def counted(self, *args, **kwargs):
+        passes.append(args[0].shape[0])
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GoldenValues, "forward", counted)
+    counts = {}
+    for window in (True, False):
+        passes.clear()
+        engine = FastEngine(model, x, golden, options=FastOptions(window=window))
+        got = engine.run(tasks)
+        assert (engine.stats["window_rows"] > 0) == window
+        counts[window] = list(passes)
+    assert counts[True] == counts[False]
+    want = ReferenceEngine(model, x, golden).run(tasks)
+    key = lambda r: (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)  # noqa: E731
+    assert [key(r) for r in got] == [key(r) for r in want]

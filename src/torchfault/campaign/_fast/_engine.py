@@ -468,12 +468,11 @@ class FastEngine(Engine):
             windowed = [
                 s for s in here if s.window_kinds and count[id(s)] >= self.options.window_min_rows
             ]
-            if windowed and not self._measured:  # measure every value, on a few rows
+            if windowed and not self._measured:  # every value's size, from the probe pass
                 self._measured = True
-                try:
-                    values.forward(values.block_inputs(block)[0][: self.min_rows], set())
-                except Exception:  # noqa: BLE001 - sizes unknown: no value is left out for size
-                    log.debug("fast engine: could not measure the values' sizes", exc_info=True)
+                assert self._prog is not None
+                for node, size in self._prog.row_bytes.items():
+                    values.row_bytes.setdefault(node, size)
             for s in windowed:
                 need |= windows.need(s)
         golden, verified = values.values(block, need)

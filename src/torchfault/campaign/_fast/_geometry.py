@@ -5,6 +5,11 @@ values around it are cropped, padded and pasted.
 A :class:`Window` is a 4-d value that differs from a golden one only inside a rectangle, per row.
 These are pure tensor functions (no graph, no engine): :mod:`._windows` runs layers on them, and
 ``tests/campaign/test_fast_geometry.py`` checks them against whole-map computations.
+
+Rows come in runs that share a position (the rows of one fault, the canary rows): where a run
+holds enough elements (:data:`RUN_ELEMENTS`), a crop, paste or region is a few slice copies per
+run (:func:`runs`) instead of one advanced index over every element, which costs several times
+more per element. Both give the same values (copies).
 """
 
 from __future__ import annotations
@@ -14,7 +19,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Window", "crop", "input_extent", "output_span", "paste", "region", "union"]
+__all__ = [
+    "RUN_ELEMENTS",
+    "Window",
+    "crop",
+    "input_extent",
+    "output_span",
+    "paste",
+    "region",
+    "runs",
+    "union",
+]
+
+#: fewest elements per run of rows for which the copies go run by run (slices); below it, one
+#: advanced index over all rows (a call per run costs about as much as this many elements)
+RUN_ELEMENTS = 2048
 
 
 @dataclass(eq=False)
@@ -50,15 +69,50 @@ def crop(
         >>> crop(v, torch.tensor([0]), torch.tensor([1]), torch.tensor([2]), 2, 2).flatten().tolist()
         [6.0, 7.0, 10.0, 11.0]
     """
-    return value.unfold(2, h, 1).unfold(3, w, 1)[pos, :, y0, x0]
+    n, c = pos.numel(), value.shape[1]
+    parts = runs(n * c * h * w, y0, x0) if value.is_contiguous() else None
+    if parts is None:
+        return value.unfold(2, h, 1).unfold(3, w, 1)[pos, :, y0, x0]
+    out = value.new_empty((n, c, h, w))
+    for r0, r1, (y, x) in parts:
+        torch.index_select(value[:, :, y : y + h, x : x + w], 0, pos[r0:r1], out=out[r0:r1])
+    return out
 
 
 def paste(full: torch.Tensor, window: Window, rows: int) -> torch.Tensor:
     """Write the first ``rows`` rows of ``window`` into the same rows of ``full`` (in place)."""
     h, w = window.data.shape[2:]
-    index = (torch.arange(rows), slice(None), window.y0[:rows], window.x0[:rows])
-    full.unfold(2, h, 1).unfold(3, w, 1)[index] = window.data[:rows]
+    y0, x0 = window.y0[:rows], window.x0[:rows]
+    parts = runs(rows * window.data.shape[1] * h * w, y0, x0)
+    if parts is None:
+        full.unfold(2, h, 1).unfold(3, w, 1)[torch.arange(rows), :, y0, x0] = window.data[:rows]
+    else:
+        for r0, r1, (y, x) in parts:
+            full[r0:r1, :, y : y + h, x : x + w] = window.data[r0:r1]
     return full
+
+
+def runs(elements: int, *coords: torch.Tensor) -> list[tuple[int, int, list[int]]] | None:
+    """The runs of consecutive rows whose ``coords`` (one value per row each) are all equal:
+    ``(first row, end row, their coordinates)``; ``None`` when a copy of ``elements`` elements
+    over these rows is better done by one advanced index (fewer than :data:`RUN_ELEMENTS`
+    elements per run).
+
+    Example:
+        >>> runs(10**6, torch.tensor([2, 2, 5, 2]), torch.tensor([0, 0, 1, 1]))
+        [(0, 2, [2, 0]), (2, 3, [5, 1]), (3, 4, [2, 1])]
+        >>> runs(100, torch.tensor([2, 2])) is None
+        True
+    """
+    n = coords[0].numel()
+    if not n or elements < RUN_ELEMENTS:
+        return None
+    key = torch.stack(coords, 1)
+    starts = ((key[1:] != key[:-1]).any(1).nonzero().flatten() + 1).tolist()
+    if (len(starts) + 1) * RUN_ELEMENTS > elements:
+        return None
+    first = [0, *starts]
+    return list(zip(first, [*starts, n], key[first].tolist()))
 
 
 def region(
@@ -81,6 +135,11 @@ def region(
     g = golden
     lh, lw = size
     big_h, big_w = g.shape[2:]
+    n, c = pos.numel(), g.shape[1]
+    if g.is_contiguous():
+        parts = runs(n * c * lh * lw, ry, rx, window.y0, window.x0)
+        if parts is not None:
+            return _region_runs(window, g, pos, parts, size, fill)
     cy, cx = ry.clamp(0, max(big_h - lh, 0)), rx.clamp(0, max(big_w - lw, 0))
     shifts = ((2, ry - cy, lh), (3, rx - cx, lw))
     if lh <= big_h and lw <= big_w and not any(bool((d != 0).any()) for _, d, _ in shifts):
@@ -104,7 +163,6 @@ def region(
                     else:
                         at, out = at[:, None, None, :], out[:, None, None, :]
                     reg = reg.gather(dim, at.expand(reg.shape)).masked_fill_(out, fill)
-    n = reg.shape[0]
     h, w = window.data.shape[2:]
     dy, dx = window.y0 - ry, window.x0 - rx
     if (
@@ -127,6 +185,39 @@ def region(
     return torch.where(inside, vals, reg)
 
 
+def _region_runs(
+    window: Window,
+    golden: torch.Tensor,
+    pos: torch.Tensor,
+    parts: list[tuple[int, int, list[int]]],
+    size: tuple[int, int],
+    fill: float,
+) -> torch.Tensor:
+    """:func:`region`, run by run (``parts``: the runs of equal region corner and window
+    position, :func:`runs`): the part of the region inside the map copied from golden, ``fill``
+    around it, the part of the window inside the region written over it."""
+    lh, lw = size
+    big_h, big_w = golden.shape[2:]
+    h, w = window.data.shape[2:]
+    out = golden.new_empty((pos.numel(), golden.shape[1], lh, lw))
+    for r0, r1, (y, x, wy, wx) in parts:
+        o = out[r0:r1]
+        y_lo, y_hi, x_lo, x_hi = max(y, 0), min(y + lh, big_h), max(x, 0), min(x + lw, big_w)
+        src = golden[:, :, y_lo:y_hi, x_lo:x_hi]
+        if (y_lo, y_hi, x_lo, x_hi) == (y, y + lh, x, x + lw):
+            torch.index_select(src, 0, pos[r0:r1], out=o)
+        else:  # the region overhangs the map
+            o.fill_(fill)
+            if y_lo < y_hi and x_lo < x_hi:
+                o[:, :, y_lo - y : y_hi - y, x_lo - x : x_hi - x] = src.index_select(0, pos[r0:r1])
+        a_lo, a_hi, b_lo, b_hi = max(wy, y), min(wy + h, y + lh), max(wx, x), min(wx + w, x + lw)
+        if a_lo < a_hi and b_lo < b_hi:
+            o[:, :, a_lo - y : a_hi - y, b_lo - x : b_hi - x] = window.data[
+                r0:r1, :, a_lo - wy : a_hi - wy, b_lo - wx : b_hi - wx
+            ]
+    return out
+
+
 def output_span(
     start: torch.Tensor,
     length: int,
@@ -146,10 +237,10 @@ def output_span(
         ([0, 4, 7], 3)
     """
     k, s, p, d = kernel, stride, padding, dilation
-    lo = torch.div(start + p - d * (k - 1) + s - 1, s, rounding_mode="floor").clamp(0, size - 1)
-    hi = torch.div(start + length - 1 + p, s, rounding_mode="floor").clamp(0, size - 1)
-    span = int((torch.maximum(hi, lo) - lo).max()) + 1
-    return lo.clamp(max=size - span), span
+    lo = (start + (p - d * (k - 1) + s - 1)).div_(s, rounding_mode="floor").clamp_(0, size - 1)
+    hi = (start + (length - 1 + p)).div_(s, rounding_mode="floor").clamp_(0, size - 1)
+    span = max(int((hi - lo).max()), 0) + 1
+    return lo.clamp_(max=size - span), span
 
 
 def input_extent(length: int, kernel: int, stride: int, dilation: int) -> int:

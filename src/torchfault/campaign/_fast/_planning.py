@@ -226,7 +226,7 @@ class Program:
                 if t is not None:
                     self.holders[id(t)] += 1
         self.modules = dict(model.named_modules())
-        self.callee: dict[fx.Node, nn.Module] = {}  # see run_node
+        self.callee: dict[fx.Node, nn.Module] = {}  # see callee_of
         # in-place mutations, found by :meth:`probe_mutations` (one pass): nodes that modify a
         # value they read, and values that are not what they were made (read after a mutation,
         # or constants modified), whose golden copies must not stand in for them
@@ -234,13 +234,17 @@ class Program:
         self.unsafe: set[fx.Node] = set()
         #: module calls whose value is a structure (a tuple...), found by :meth:`probe_mutations`
         self.structured: set[fx.Node] = set()
+        #: bytes per row of each value with one row per probe input, measured by
+        #: :meth:`probe_mutations` (what windows may keep is sized with them)
+        self.row_bytes: dict[fx.Node, int] = {}
 
     def module_of(self, node: fx.Node) -> nn.Module | None:
         """The submodule a ``call_module`` node calls (``None`` for other nodes)."""
         return self.modules.get(str(node.target)) if node.op == "call_module" else None
 
     def probe_mutations(self, x: torch.Tensor) -> None:
-        """Run the graph once on ``x`` and record in-place mutations (tensor version counters).
+        """Run the graph once on ``x`` and record in-place mutations (tensor version counters)
+        and the values' bytes per row (:attr:`row_bytes`).
 
         A node that changes the version of a value it reads is a *mutator*: it and what it reads
         become ``useful`` (its effect reaches the output through the mutated tensor, even when
@@ -265,6 +269,8 @@ class Program:
             made[node] = versions(v)
             if node.op == "call_module" and not isinstance(v, torch.Tensor):
                 self.structured.add(node)
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == x.shape[0]:
+                self.row_bytes[node] = v[0].numel() * v.element_size()
         for n in self.nodes:
             if n in made and n not in self.dynamic and versions(env.get(n)) != made[n]:
                 self.unsafe.add(n)  # a constant modified in place
@@ -275,16 +281,22 @@ class Program:
                 self.useful.add(n)
                 stack.extend(n.all_input_nodes)
 
+    def callee_of(self, node: fx.Node) -> nn.Module:
+        """The submodule a ``call_module`` node calls, looked up once per node
+        (``get_submodule`` walks the path; a module shared under several names has one of them
+        in :attr:`modules`)."""
+        module = self.callee.get(node)
+        if module is None:
+            module = self.callee[node] = self.model.get_submodule(str(node.target))
+        return module
+
     def run_node(self, node: fx.Node, env: dict[fx.Node, Any], lookup: Any = None) -> Any:
         """Execute one node, its arguments read from ``env`` (or through ``lookup``)."""
         get = lookup or env.__getitem__
         args = map_arg(node.args, get)
         kwargs = map_arg(node.kwargs, get)
         if node.op == "call_module":
-            module = self.callee.get(node)
-            if module is None:  # looked up once per node (get_submodule walks the path)
-                module = self.callee[node] = self.model.get_submodule(str(node.target))
-            return module(*args, **kwargs)
+            return self.callee_of(node)(*args, **kwargs)
         if node.op == "call_function":
             return node.target(*args, **kwargs)  # type: ignore[operator]
         if node.op == "call_method":

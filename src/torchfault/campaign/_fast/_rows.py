@@ -64,7 +64,8 @@ class Rows:
 
     In full mode, ``pos`` holds the block positions of the ``n`` real rows, padded to
     ``min_rows``; in window mode (the site value is a window), the ``n`` real rows are
-    followed by canary rows (golden values, no fault) that check every windowed computation.
+    followed by canary rows (golden values, no fault) that check every windowed computation;
+    they are copies of one row (one input, one window position).
     ``alive`` numbers the real rows still running (in the batch's order), ``masked`` collects the
     numbers of the rows dropped as masked.
     """
