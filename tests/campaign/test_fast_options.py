@@ -42,6 +42,7 @@ def test_config_options_reach_the_engine():
         ("window_min_rows", 0),
         ("row_check_heights", []),
         ("window", "yes"),
+        ("channels", 1),
     ],
 )
 def test_bad_options_are_config_errors_naming_the_field(key, value):

@@ -34,9 +34,22 @@ def output_words_equal(golden: torch.Tensor, faulty: torch.Tensor) -> torch.Tens
     """
     g, f = _flat(golden), _flat(faulty)
     if g.dtype.is_floating_point and g.dtype == f.dtype and g.element_size() in (2, 4, 8):
-        idt = _INT_OF_SIZE[g.element_size()]
-        return (g.contiguous().view(idt) == f.contiguous().view(idt)).all(dim=1)
-    return (g == f).all(dim=1)
+        g, f = g.contiguous(), f.contiguous()
+        # the words of a row compared eight bytes at a time where they fill whole 8-byte words
+        size, row = g.element_size(), g.shape[1] * g.element_size()
+        if row and row % 8 == 0 and all(t.storage_offset() * size % 8 == 0 for t in (g, f)):
+            size = 8
+        idt = _INT_OF_SIZE[size]
+        return _rows_all(g.view(idt) == f.view(idt))
+    return _rows_all(g == f)
+
+
+def _rows_all(equal: torch.Tensor) -> torch.Tensor:
+    """``equal.all(dim=1)`` for a 2-d boolean tensor, read as bytes (the smallest byte of each
+    row: a faster reduction than ``all`` on CPU)."""
+    if not equal.shape[1]:
+        return torch.ones(equal.shape[0], dtype=torch.bool)
+    return equal.view(torch.uint8).amin(dim=1).bool()
 
 
 def words_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

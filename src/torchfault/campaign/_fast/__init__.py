@@ -28,6 +28,10 @@ per idea:
   single-element fault can only change a window of each following map; while the nodes after the
   site are convolutions, poolings or element-wise operations, they are computed on windows,
   checked by golden canary rows (batches of fewer than ``window_min_rows`` rows skip windows).
+- :mod:`._channels` -- channel windows (convolution weight and bias faults): the fault changes
+  one output channel, and while the nodes after the site compute each channel from the same
+  channel (batch norm in eval mode, element-wise activations, a residual sum with a golden
+  operand), they are computed on that channel's plane only, checked by golden canary rows.
 - :mod:`._exactness` -- the checks that decide when the fast path may be trusted.
 - :mod:`._positions` -- transcendental element-wise functions (sigmoid, SiLU...) computed
   position-free, and which rows the reference engine computes the same way (*plain* rows).
@@ -65,9 +69,9 @@ checked by the same convolution with the golden kernels of the faulted channels 
 places. Under these checks a row's faulty output is the same float computation as a full forward
 pass at a batch of at least ``min_rows`` rows, so its outcome, ``faulty_top1`` and
 ``max_abs_diff`` equal those of the reference engine, which pads its own passes to the same
-``min_rows`` (``MIN_ROWS`` of the reference engine). Windowed computations are trusted only
-where their canary rows reproduce golden bit for bit; everything outside a window is golden by
-construction (nothing there reads a changed value).
+``min_rows`` (``MIN_ROWS`` of the reference engine). Windowed computations (spatial and channel
+windows) are trusted only where their canary rows reproduce golden bit for bit; everything
+outside a window is golden by construction (nothing there reads a changed value).
 """
 
 from torchfault.campaign._fast._engine import FastEngine

@@ -29,6 +29,7 @@ from torchfault.campaign._engine import (
     _random_faults,
     detected_task,
 )
+from torchfault.campaign._fast._channels import ChannelRunner, Channels
 from torchfault.campaign._fast._exactness import refused, rows_independent, site_reproduces
 from torchfault.campaign._fast._faults import (
     RowsApart,
@@ -53,6 +54,7 @@ from torchfault.campaign._fast._planning import (
 )
 from torchfault.campaign._fast._positions import Positions, reference_layout
 from torchfault.campaign._fast._rows import (
+    CheckTally,
     Done,
     Row,
     Rows,
@@ -60,6 +62,7 @@ from torchfault.campaign._fast._rows import (
     drop_masked,
     fault_spans,
     general_records,
+    in_place,
     pad,
     records,
 )
@@ -99,7 +102,11 @@ class FastEngine(Engine):
         stats: how many runs each path finished (``fast``, of which ``masked_early``;
             ``reference``); for spatial windows ``window_rows`` (rows that started on a window),
             ``window_steps`` (windowed node computations whose canaries passed) and
-            ``window_fallback`` (canary failures).
+            ``window_fallback`` (canary failures); for channel windows (:mod:`._channels`)
+            ``channel_rows``, ``channel_steps`` and ``channel_fallback``, the same counts;
+            ``checks_skipped``: masking checks not made because checks of their kind seldom drop
+            a row (:class:`~._rows.CheckTally`); ``in_place``: nodes computed into the buffer of
+            an operand read no more (:func:`~._rows.in_place`).
         handed_over: the runs handed to the reference engine, by reason (the values of
             :data:`REASONS`); they add up to ``stats["reference"]``.
         traced: with :attr:`trace`, the runs :meth:`run_chunk` traced from the rows it ran
@@ -149,8 +156,12 @@ class FastEngine(Engine):
         self._plain: dict[tuple[tuple[int, ...], int], set[int]] = {}  # see _plain_rows
         self._values: GoldenValues | None = None
         self._windows: WindowRunner | None = None
+        self._channels: ChannelRunner | None = None
         self._traced = False
         self._sites: dict[tuple[str, str], Site | None] = {}
+        #: the masking checks of parameter sites after the change may have spread across
+        #: channels: whether they pay (``checks_skipped`` counts those not made)
+        self._spread_checks = CheckTally()
         self._rows_independent: bool | None = None
         self._measured = False
         self._model_reason = ""  # why no run of this model can take the fast path
@@ -198,6 +209,7 @@ class FastEngine(Engine):
         self._positions = positions
         self._prog, self._values = prog, values
         self._windows = WindowRunner(values, self.options, self.stats)
+        self._channels = ChannelRunner(values, self.options, self.stats)
         return prog
 
     def _flat_golden(self, prog: Program) -> torch.Tensor | None:
@@ -475,6 +487,9 @@ class FastEngine(Engine):
                     values.row_bytes.setdefault(node, size)
             for s in windowed:
                 need |= windows.need(s)
+        if self.options.channels and tracer is None:  # and windowless, as spatial windows
+            for s in here:
+                need |= set(s.channel_kinds)
         golden, verified = values.values(block, need)
         if verified and self._rows_independent is None:
             assert self._positions is not None
@@ -571,6 +586,15 @@ class FastEngine(Engine):
             and all(node in golden for node in site.window_need)
         ):
             started = windows.start(site, faults, spans, golden, pos[:n], block)
+        elif (
+            site.target != "output"
+            and not site.inner
+            and self.options.channels
+            and self._tracing is None  # traced runs go windowless (._tracing)
+            and self._channels is not None
+            and self._channels.usable(site, golden)
+        ):
+            started = self._channels.start(site, faults, spans, golden, pos[:n], block)
         if started is not None:
             live, site_same = started
         else:
@@ -679,7 +703,8 @@ class FastEngine(Engine):
         ``live.env``), dropping rows golden again at the cut points when ``drop``; with ``bt``,
         the live rows' deviation at each traced node is recorded as it is computed.
 
-        ``live`` is in window mode when the site value is a window, else in full mode.
+        ``live`` is in window mode when the site value is a window (spatial, or channels), else
+        in full mode.
         ``site_same`` tells which real rows equal golden at the site (computed when ``None``).
         Returns ``(out, alive, masked)``: the final outputs of the real rows still alive (``None``
         if none), their row numbers, and the row numbers dropped as masked.
@@ -691,6 +716,11 @@ class FastEngine(Engine):
             if drop:
                 windows.drop_masked(live, site.node, golden, site_same)
             start = windows.run(site, live, golden, drop)
+        elif isinstance(live.env[site.node], Channels):
+            assert self._channels is not None
+            if drop:
+                self._channels.drop_masked(live, site.node, golden, site_same)
+            start = self._channels.run(site, live, golden, drop)
         elif drop and golden.get(site.node) is not NOT_ROW_INDEXED:
             drop_masked(
                 live, site.node, golden.get(site.node), prog.dynamic, self.min_rows, site_same
@@ -706,7 +736,12 @@ class FastEngine(Engine):
             if live.n == 0:
                 break
             node = site.order[i]
-            live.env[node] = positions.run_node(node, live.env, lookup)
+            v = None  # a ReLU or + into the buffer of an operand read no more (._rows.in_place)
+            a0 = node.args[0] if node.args else None
+            if bt is None and not prog.mutators and isinstance(a0, fx.Node) and site.last[a0] == i:
+                v = in_place(node, prog.module_of(node), live.env, lookup, prog.result)
+                self.stats["in_place"] += v is not None
+            live.env[node] = v if v is not None else positions.run_node(node, live.env, lookup)
             if bt is not None and node in bt.watch:  # before any later in-place change
                 assert self._tracer is not None
                 self._tracer.record(bt, node, live.env[node], golden, live.pos, live.alive.tolist())
@@ -714,7 +749,16 @@ class FastEngine(Engine):
                 if site.last.get(a, -2) == i:
                     live.env.pop(a, None)
             if drop and node in site.checks:
-                drop_masked(live, node, golden.get(node), prog.dynamic, self.min_rows)
+                tally = (
+                    self._spread_checks if site.target != "output" and i >= site.spread else None
+                )
+                if tally is None or tally.due():
+                    n = live.n
+                    drop_masked(live, node, golden.get(node), prog.dynamic, self.min_rows)
+                    if tally is not None:
+                        tally.add(n, n - live.n)
+                else:
+                    self.stats["checks_skipped"] += 1
         done = torch.cat(live.masked) if live.masked else torch.zeros(0, dtype=torch.int64)
         if live.n == 0:
             return None, live.alive, done

@@ -23,7 +23,7 @@ from torch.fx.node import map_arg
 from torchfault import numerics
 from torchfault.campaign._fast._golden import GoldenValues
 from torchfault.campaign._fast._planning import Site, Unsupported
-from torchfault.campaign._fast._rows import pad, take
+from torchfault.campaign._fast._rows import pad
 from torchfault.campaign._outcome import output_words_equal
 from torchfault.errors import TorchFaultError
 from torchfault.faults import Fault
@@ -39,6 +39,7 @@ from torchfault.injectors import (
 __all__ = [
     "RowsApart",
     "activation_faults",
+    "channel_faults",
     "faulty_tensor",
     "fits",
     "injected_output",
@@ -276,6 +277,28 @@ def _one_channel(site: Site, f: Fault) -> bool:
     )
 
 
+#: the faults of a batch computed by one stacked convolution: (first row, output channel,
+#: faulty tensor) each
+Stack = list[tuple[int, int, torch.Tensor]]
+
+
+def _stacks(
+    site: Site, faults: list[Fault], spans: list[tuple[int, int]], pos: torch.Tensor
+) -> tuple[dict[tuple[int, ...], Stack], list[tuple[int, int, Fault]]]:
+    """The faults that change one output channel of a convolution, by their rows' block
+    positions: (first row, channel, faulty tensor) each; and the others: (rows, fault)."""
+    stacks: dict[tuple[int, ...], Stack] = defaultdict(list)
+    full: list[tuple[int, int, Fault]] = []
+    for f, (r0, r1) in zip(faults, spans):
+        if not site.packed and _one_channel(site, f):
+            t = site_tensor(site)
+            rows = tuple(pos[r0:r1].tolist())
+            stacks[rows].append((r0, int(f.index[0]) % t.shape[0], faulty_tensor(f, t)))
+        else:
+            full.append((r0, r1, f))
+    return stacks, full
+
+
 def parameter_faults(
     site: Site,
     faults: list[Fault],
@@ -295,20 +318,14 @@ def parameter_faults(
     value = base.clone()
     n = spans[-1][1]
     same = torch.zeros(n, dtype=torch.bool)
-    stacks: dict[tuple[int, ...], list[tuple[int, int, torch.Tensor]]] = defaultdict(list)
-    full: list[tuple[int, int, Fault]] = []
-    for f, (r0, r1) in zip(faults, spans):
-        if not site.packed and _one_channel(site, f):
-            t = site_tensor(site)
-            rows = tuple(pos[r0:r1].tolist())
-            stacks[rows].append((r0, int(f.index[0]) % t.shape[0], faulty_tensor(f, t)))
-        else:
-            full.append((r0, r1, f))
+    stacks, full = _stacks(site, faults, spans, pos)
     for rows, items in stacks.items():
-        if _stacked_conv(site, rows, items, values, golden, value):
-            for r0, o, _ in items:
-                r1 = r0 + len(rows)
-                same[r0:r1] = output_words_equal(base[r0:r1, o], value[r0:r1, o])
+        y = _stacked_conv(site, rows, items, values, golden)
+        if y is not None:
+            k = len(rows)
+            for j, (r0, o, _) in enumerate(items):
+                value[r0 : r0 + k, o] = y[:k, j]
+                same[r0 : r0 + k] = output_words_equal(base[r0 : r0 + k, o], y[:k, j])
         else:
             site.conv_trick = False  # each fault alone (its tensor made again, once per site)
             at = dict(zip((r0 for r0, _ in spans), faults))
@@ -326,22 +343,56 @@ def parameter_faults(
     return value, same
 
 
+def channel_faults(
+    site: Site,
+    faults: list[Fault],
+    spans: list[tuple[int, int]],
+    values: GoldenValues,
+    golden: dict[fx.Node, Any],
+    pos: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The one output channel each row's fault changes, for a batch whose every fault changes
+    one output channel of a convolution (stacked, :func:`_stacked_conv`): per row, the channel's
+    plane (rows, 1, ...) and its number; ``None`` when a fault of the batch does not, or the
+    stacked convolution's canary fails (the batch then takes :func:`parameter_faults`)."""
+    if site.conv_trick is False:
+        return None
+    stacks, full = _stacks(site, faults, spans, pos)
+    if full:
+        return None
+    g = golden[site.node]
+    n = spans[-1][1]
+    data = torch.empty((n, 1, *g.shape[2:]), dtype=g.dtype)
+    ch = torch.empty(n, dtype=torch.int64)
+    for rows, items in stacks.items():
+        y = _stacked_conv(site, rows, items, values, golden)
+        if y is None:
+            site.conv_trick = False
+            return None
+        k = len(rows)
+        for j, (r0, o, _) in enumerate(items):
+            data[r0 : r0 + k, 0] = y[:k, j]
+            ch[r0 : r0 + k] = o
+    return data, ch
+
+
 def _stacked_conv(
     site: Site,
     rows: tuple[int, ...],
-    items: list[tuple[int, int, torch.Tensor]],
+    items: Stack,
     values: GoldenValues,
     golden: dict[fx.Node, Any],
-    value: torch.Tensor,
-) -> bool:
-    """One convolution computing each fault's one changed output channel, plus a golden canary;
-    writes the channels into ``value`` when the canary reproduces golden."""
+) -> torch.Tensor | None:
+    """One convolution computing each fault's one changed output channel (``items``: first
+    row, channel, faulty tensor) over block rows ``rows``, plus a golden canary: the output
+    (at least ``min_rows`` rows, channel ``j`` for ``items[j]``) when the canary reproduces
+    golden, else ``None``."""
     m = site.module
     assert isinstance(m, nn.modules.conv._ConvNd)
     idx = pad(torch.tensor(rows, dtype=torch.int64), values.min_rows)
     args, kwargs = _site_inputs(site, values, golden, idx)
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
-        return False
+        return None
     w, b = m.weight, m.bias
     ws, bs = [], []
     for _, o, faulty in items:
@@ -355,11 +406,9 @@ def _stacked_conv(
     outs = [o for _, o, _ in items]
     canary = conv(args[0], w[outs], b[outs] if b is not None else None)
     n = len(rows)
-    g = take(golden[site.node], idx[:n])
-    if not bool(output_words_equal(g[:, outs], canary[:n]).all()):
-        return False
+    g = golden[site.node][idx[:n, None], torch.tensor(outs)[None, :]]  # those channels only
+    if not bool(output_words_equal(g, canary[:n]).all()):
+        return None
     if site.conv_trick is None:
         site.conv_trick = True
-    for k, (r0, o, _) in enumerate(items):
-        value[r0 : r0 + n, o] = y[:n, k]
-    return True
+    return y

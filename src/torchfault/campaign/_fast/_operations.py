@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-__all__ = ["is_inexact", "is_masking", "window_kind"]
+__all__ = ["channel_kind", "is_inexact", "is_masking", "window_kind"]
 
 #: operations after which a row whose value is golden again is finished as masked
 MASKING_MODULES: tuple[type, ...] = (
@@ -227,6 +227,35 @@ def window_kind(node: fx.Node, module: nn.Module | None) -> str | None:
                 return None
             if isinstance(m, nn.BatchNorm2d) and m.running_mean is None:
                 return None
+            return "unary"
+        return None
+    if node.op == "call_function" and node.target in WINDOW_FUNCTIONS:
+        return "ew"
+    if node.op == "call_method" and node.target in WINDOW_METHODS:
+        return "ew"
+    return None
+
+
+#: normalisations that, in eval mode with running statistics, map each channel on its own
+CHANNEL_NORMS: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def channel_kind(node: fx.Node, module: nn.Module | None) -> str | None:
+    """How ``node`` can run on one channel of its inputs (a channel window, :mod:`._channels`):
+    ``norm`` (batch norm in eval mode with running statistics: an affine map per channel),
+    ``unary`` (an element-wise module) or ``ew`` (an element-wise function or method, the
+    windows' table); ``None``: it cannot (it mixes channels, or is not known to keep them apart).
+    """
+    if node.op == "call_module":
+        m = module
+        if m is None or m.training:
+            return None
+        kind = type(m)
+        if kind in CHANNEL_NORMS:
+            ok = getattr(m, "running_mean", None) is not None and m.running_var is not None
+            return "norm" if ok else None
+        # PReLU has a weight per channel; batch norm is above
+        if kind in WINDOW_UNARY_MODULES and kind not in (nn.PReLU, nn.BatchNorm2d):
             return "unary"
         return None
     if node.op == "call_function" and node.target in WINDOW_FUNCTIONS:

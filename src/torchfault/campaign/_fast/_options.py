@@ -25,6 +25,9 @@ class FastOptions:
             layer whose window would cover more than this fraction of its output map.
         window_min_rows: fewest rows of one site in a batch for windows to be used (below it,
             the fixed cost of the windowed steps outweighs what they save).
+        channels: compute the per-channel layers after a convolution weight fault (batch norm,
+            ReLU, a residual sum) on the one channel the fault changes (checked by golden canary
+            rows).
         row_check_rows: inputs whose every value is compared in a batch of the engine's
             ``min_rows`` rows and at the end of taller batches before the fast path is trusted.
         row_check_heights: the taller batches: the checked rows after this many other rows.
@@ -47,6 +50,7 @@ class FastOptions:
     window: bool = True
     window_area: float = 0.5
     window_min_rows: int = 32
+    channels: bool = True
     row_check_rows: int = 16
     row_check_heights: tuple[int, ...] = (1, 3, 33)
     row_alignment: int = 256
@@ -66,8 +70,9 @@ class FastOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise bad(name, f"must be an integer >= {low}")
-        if not isinstance(self.window, bool):
-            raise bad("window", "must be true or false")
+        for name in ("window", "channels"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
         area = self.window_area
         if isinstance(area, bool) or not isinstance(area, (int, float)) or not 0 < area <= 1:
             raise bad("window_area", "must be in (0, 1]")

@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.fx.node import map_arg
 
 from torchfault.campaign._fast._notices import REASONS, first_line, warn_once
-from torchfault.campaign._fast._operations import is_masking, window_kind
+from torchfault.campaign._fast._operations import channel_kind, is_masking, window_kind
 
 __all__ = [
     "INNER",
@@ -329,6 +329,12 @@ class Site:
     inner: bool = False
     # a packed quantized weight or bias: the module is called under inject (no tensor to swap)
     packed: bool = False
+    # convolution weight sites: the leading nodes of ``order`` that can run on channel windows
+    # (:mod:`._channels`), and how
+    channel_kinds: dict[fx.Node, str] = field(default_factory=dict)
+    # parameter sites: the first step of ``order`` that may mix channels (or features), after
+    # which a row is seldom golden again (see ``CheckTally``)
+    spread: int = 0
 
 
 def plan_site(
@@ -386,6 +392,16 @@ def plan_site(
             if kind is None:
                 break
             site.window_kinds[n] = kind
+    else:
+        kinds: dict[fx.Node, str] = {}
+        for n in order:
+            kind = channel_kind(n, prog.module_of(n))
+            if kind is None:
+                break
+            kinds[n] = kind
+        site.spread = len(kinds)
+        if target in ("weight", "bias") and isinstance(module, nn.modules.conv._ConvNd):
+            site.channel_kinds = kinds
     return site
 
 

@@ -9,12 +9,14 @@ are golden again at a cut point are dropped as masked (:func:`drop_masked`).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from torchfault.campaign._engine import MeasuredRun, RunTask, take_golden
 from torchfault.campaign._fast._planning import Unsupported, unflatten_output
@@ -29,11 +31,13 @@ from torchfault.faults import Fault
 from torchfault.store import RunRecord
 
 __all__ = [
+    "CheckTally",
     "Rows",
     "batches",
     "drop_masked",
     "fault_spans",
     "general_records",
+    "in_place",
     "pad",
     "records",
     "take",
@@ -113,6 +117,99 @@ def drop_masked(
         v = env[k]
         if isinstance(v, torch.Tensor) and v.dim() > 0 and k in dynamic:
             env[k] = take(v, idx)
+
+
+class CheckTally:
+    """Whether masking checks of one kind pay: the rows they compared and dropped.
+
+    A check costs a comparison of every live row with golden; it saves the rest of the network
+    for the rows it drops. Where a kind of check has compared ``probe_rows`` rows and dropped
+    fewer than one in ``rate``, it is made only every ``every``-th time (which keeps the tally
+    up to date, so checks that start to drop rows are made again). A check not made changes no
+    record: a row that is golden again at a cut point runs on to the golden output.
+
+    Example:
+        >>> t = CheckTally(probe_rows=10, rate=4, every=3)
+        >>> t.due(), t.add(12, 0), [t.due() for _ in range(6)]
+        (True, None, [False, False, True, False, False, True])
+    """
+
+    def __init__(self, probe_rows: int = 256, rate: int = 64, every: int = 8) -> None:
+        self.probe_rows, self.rate, self.every = probe_rows, rate, every
+        self.compared = self.dropped = self.asked = 0
+
+    def due(self) -> bool:
+        """Is the next check of this kind to be made?"""
+        if self.compared < self.probe_rows or self.dropped * self.rate >= self.compared:
+            return True
+        self.asked += 1
+        return self.asked % self.every == 0
+
+    def add(self, compared: int, dropped: int) -> None:
+        """A check of this kind compared ``compared`` rows and dropped ``dropped``."""
+        self.compared += compared
+        self.dropped += dropped
+
+
+def _tensors(v: Any) -> list[torch.Tensor]:
+    """The tensors in a value (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(v, torch.Tensor):
+        return [v]
+    if isinstance(v, (tuple, list)):
+        return [t for u in v for t in _tensors(u)]
+    if isinstance(v, dict):
+        return [t for u in v.values() for t in _tensors(u)]
+    return []
+
+
+def in_place(
+    node: fx.Node, module: Any, env: dict[fx.Node, Any], lookup: Any, result: fx.Node
+) -> torch.Tensor | None:
+    """A ReLU module or a ``+`` of two same-shaped tensors computed into the buffer of its first
+    operand, when no later step reads that operand (the caller checks it) and nothing else
+    refers to its buffer; ``None``: compute it as the model does.
+
+    ``x.relu_()`` and ``x.add_(y)`` run the kernels of ``torch.relu(x)`` and ``x + y`` (the same
+    element-wise loops, writing to the operand's buffer instead of a new one of the same layout),
+    so they give the same bits; they save allocating (and first touching) a new buffer. Only a
+    contiguous floating-point operand that is the whole of its buffer qualifies (no view of a
+    value read later), and the other operand of ``+`` must have its shape, dtype and layout.
+    """
+    if node.kwargs or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    relu = type(module) is nn.ReLU and len(node.args) == 1
+    add = node.op == "call_function" and node.target is operator.add and len(node.args) == 2
+    a = node.args[0]
+    x = env.get(a)
+    if not (relu or add) or a is result or not isinstance(x, torch.Tensor):
+        return None
+    if (
+        not x.is_floating_point()
+        or x.is_quantized
+        or not x.is_contiguous()
+        or x.storage_offset()
+        or x.numel() * x.element_size() != x.untyped_storage().nbytes()
+    ):
+        return None
+    buffer = x.untyped_storage().data_ptr()
+    for k, v in env.items():
+        if k is not a and any(t.untyped_storage().data_ptr() == buffer for t in _tensors(v)):
+            return None
+    if relu:
+        return x.relu_()
+    b = node.args[1]
+    if not isinstance(b, fx.Node) or b is a:
+        return None
+    y = lookup(b)
+    if (
+        not isinstance(y, torch.Tensor)
+        or y.shape != x.shape
+        or y.dtype != x.dtype
+        or not y.is_contiguous()
+        or y.untyped_storage().data_ptr() == buffer
+    ):
+        return None
+    return x.add_(y)
 
 
 def fault_spans(
