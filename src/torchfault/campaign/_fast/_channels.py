@@ -185,7 +185,7 @@ class ChannelRunner:
         key = (node.name, tuple(v.data.shape))
         if key in self.failed:
             return None
-        m: Any = self.prog.model.get_submodule(str(node.target))
+        m: Any = self.prog.callee_of(node)
         if kind == "norm":
             out = torch.empty_like(v.data)
             for c in torch.unique(v.ch).tolist():

@@ -22,6 +22,7 @@ from torch.fx.node import map_arg
 
 from torchfault import numerics
 from torchfault.campaign._fast._golden import GoldenValues
+from torchfault.campaign._fast._operations import hooked
 from torchfault.campaign._fast._planning import Site, Unsupported
 from torchfault.campaign._fast._rows import pad
 from torchfault.campaign._outcome import output_words_equal
@@ -270,6 +271,7 @@ def _one_channel(site: Site, f: Fault) -> bool:
     return (
         site.conv_trick is not False
         and isinstance(m, nn.modules.conv._ConvNd)
+        and not hooked(m)
         and not m.transposed
         and m.groups == 1
         and site.target in ("weight", "bias")

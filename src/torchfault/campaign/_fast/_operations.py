@@ -14,9 +14,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _module_globals
 from torch.nn.modules.utils import _pair
 
-__all__ = ["channel_kind", "is_inexact", "is_masking", "window_kind"]
+__all__ = ["channel_kind", "hooked", "is_inexact", "is_masking", "window_kind"]
 
 #: operations after which a row whose value is golden again is finished as masked
 MASKING_MODULES: tuple[type, ...] = (
@@ -206,6 +207,32 @@ def is_inexact(node: fx.Node, module: nn.Module | None) -> bool:
     return _node_in(node, module, INEXACT_MODULES, INEXACT_FUNCTIONS, INEXACT_METHODS)
 
 
+def hooked(module: nn.Module | None) -> bool:
+    """Whether calling ``module`` runs hooks: its own forward or forward-pre hooks, or global
+    ones (a user's clamp, a detector). The shortcuts that compute a module's work with its
+    kernels directly (spatial and channel windows, stacked convolutions, in-place steps) would
+    skip them, so they leave such a module to its own call.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> relu = nn.ReLU()
+        >>> hooked(relu), hooked(None)
+        (False, False)
+        >>> h = relu.register_forward_hook(lambda m, a, o: o.clamp(max=1.0))
+        >>> hooked(relu)
+        True
+        >>> h.remove()
+    """
+    if module is None:
+        return False
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or getattr(_module_globals, "_global_forward_hooks", None)
+        or getattr(_module_globals, "_global_forward_pre_hooks", None)
+    )
+
+
 def window_kind(node: fx.Node, module: nn.Module | None) -> str | None:
     """How ``node`` can run on a spatial window of its 4-d inputs: ``conv``, ``maxpool``,
     ``avgpool`` (a bounded neighbourhood, its halo read from golden values), ``unary`` (one module
@@ -213,6 +240,8 @@ def window_kind(node: fx.Node, module: nn.Module | None) -> str | None:
     """
     if node.op == "call_module":
         m = module
+        if hooked(m):
+            return None
         kind = type(m)
         if isinstance(m, nn.Conv2d) and kind is nn.Conv2d:
             ok = m.padding_mode == "zeros" and isinstance(m.padding, tuple)
@@ -248,7 +277,7 @@ def channel_kind(node: fx.Node, module: nn.Module | None) -> str | None:
     """
     if node.op == "call_module":
         m = module
-        if m is None or m.training:
+        if m is None or m.training or hooked(m):
             return None
         kind = type(m)
         if kind in CHANNEL_NORMS:

@@ -19,6 +19,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from torchfault.campaign._engine import MeasuredRun, RunTask, take_golden
+from torchfault.campaign._fast._operations import hooked
 from torchfault.campaign._fast._planning import Unsupported, unflatten_output
 from torchfault.campaign._outcome import (
     OUTCOMES,
@@ -177,7 +178,7 @@ def in_place(
     """
     if node.kwargs or not node.args or not isinstance(node.args[0], fx.Node):
         return None
-    relu = type(module) is nn.ReLU and len(node.args) == 1
+    relu = type(module) is nn.ReLU and len(node.args) == 1 and not hooked(module)
     add = node.op == "call_function" and node.target is operator.add and len(node.args) == 2
     a = node.args[0]
     x = env.get(a)
