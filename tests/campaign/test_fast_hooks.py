@@ -86,6 +86,10 @@ def faults_for(model: nn.Module) -> list[Fault]:
     return faults
 
 
+def key(r):
+    return (r.fault_id, r.input_id, r.outcome, r.golden_top1, r.faulty_top1, r.max_abs_diff)
+
+
 @pytest.mark.parametrize("kind", ["clamp", "ranger", "pre"])
 @pytest.mark.parametrize(
     "hooked", [("c2",), ("b1",), ("r1",), ("b2", "r2"), ("c3",)], ids=lambda h: "+".join(h)
@@ -99,14 +103,6 @@ def test_hooked_modules_give_the_reference_records(hooked, kind):
     fast = FastEngine(model, x, golden)
     got = fast.run(tasks)
     want = ReferenceEngine(model, x, golden).run(tasks)
-    key = lambda r: (
-        r.fault_id,
-        r.input_id,
-        r.outcome,
-        r.golden_top1,
-        r.faulty_top1,
-        r.max_abs_diff,
-    )  # noqa: E731
     assert [key(r) for r in got] == [key(r) for r in want]
     assert fast.stats["fast"] == len(got)  # run fast, not handed over
     if kind == "ranger":  # golden untouched by the hook: the bounds are reached by faulty rows
