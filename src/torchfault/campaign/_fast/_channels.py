@@ -39,7 +39,7 @@ from torchfault.campaign._fast._golden import GoldenValues
 from torchfault.campaign._fast._notices import log
 from torchfault.campaign._fast._options import FastOptions
 from torchfault.campaign._fast._planning import Site
-from torchfault.campaign._fast._rows import Rows, pad, take
+from torchfault.campaign._fast._rows import Rows, pad, run_leading, take
 from torchfault.campaign._outcome import output_words_equal
 from torchfault.faults import Fault
 
@@ -142,19 +142,7 @@ class ChannelRunner:
         """Run the leading nodes of ``site.order`` on channel windows while they can be; then
         turn every live channel window into the whole value (full mode) and return the step to
         go on from."""
-        i = 0
-        while i < len(site.order) and rows.n > 0:
-            node = site.order[i]
-            out = self.step(site, i, node, rows, golden)
-            if out is None:
-                break
-            rows.env[node] = out
-            for a in node.all_input_nodes:
-                if site.last.get(a, -2) == i:
-                    rows.env.pop(a, None)
-            if drop and node in site.checks:
-                self.drop_masked(rows, node, golden)
-            i += 1
+        i = run_leading(site, rows, golden, drop, self.step, self.drop_masked)
         if rows.n > 0:
             n, min_rows = rows.n, self.values.min_rows
             for k, v in list(rows.env.items()):

@@ -233,6 +233,15 @@ def hooked(module: nn.Module | None) -> bool:
     )
 
 
+def _elementwise_kind(node: fx.Node) -> str | None:
+    """``ew`` for an element-wise function or method of the windows' tables, else ``None``."""
+    if node.op == "call_function" and node.target in WINDOW_FUNCTIONS:
+        return "ew"
+    if node.op == "call_method" and node.target in WINDOW_METHODS:
+        return "ew"
+    return None
+
+
 def window_kind(node: fx.Node, module: nn.Module | None) -> str | None:
     """How ``node`` can run on a spatial window of its 4-d inputs: ``conv``, ``maxpool``,
     ``avgpool`` (a bounded neighbourhood, its halo read from golden values), ``unary`` (one module
@@ -258,11 +267,7 @@ def window_kind(node: fx.Node, module: nn.Module | None) -> str | None:
                 return None
             return "unary"
         return None
-    if node.op == "call_function" and node.target in WINDOW_FUNCTIONS:
-        return "ew"
-    if node.op == "call_method" and node.target in WINDOW_METHODS:
-        return "ew"
-    return None
+    return _elementwise_kind(node)
 
 
 #: normalisations that, in eval mode with running statistics, map each channel on its own
@@ -287,8 +292,4 @@ def channel_kind(node: fx.Node, module: nn.Module | None) -> str | None:
         if kind in WINDOW_UNARY_MODULES and kind not in (nn.PReLU, nn.BatchNorm2d):
             return "unary"
         return None
-    if node.op == "call_function" and node.target in WINDOW_FUNCTIONS:
-        return "ew"
-    if node.op == "call_method" and node.target in WINDOW_METHODS:
-        return "ew"
-    return None
+    return _elementwise_kind(node)

@@ -10,7 +10,7 @@ are golden again at a cut point are dropped as masked (:func:`drop_masked`).
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from torchfault.campaign._engine import MeasuredRun, RunTask, take_golden
 from torchfault.campaign._fast._operations import hooked
-from torchfault.campaign._fast._planning import Unsupported, unflatten_output
+from torchfault.campaign._fast._planning import Site, Unsupported, unflatten_output
 from torchfault.campaign._outcome import (
     OUTCOMES,
     Criterion,
@@ -41,6 +41,7 @@ __all__ = [
     "in_place",
     "pad",
     "records",
+    "run_leading",
     "take",
 ]
 
@@ -211,6 +212,34 @@ def in_place(
     ):
         return None
     return x.add_(y)
+
+
+def run_leading(
+    site: Site,
+    rows: Rows,
+    golden: dict[fx.Node, Any],
+    drop: bool,
+    step: Callable[[Site, int, fx.Node, Rows, dict[fx.Node, Any]], Any],
+    drop_masked: Callable[[Rows, fx.Node, dict[fx.Node, Any]], None],
+) -> int:
+    """Run the leading nodes of ``site.order`` with ``step`` (a window runner's: a node's value on
+    spatial or channel windows, ``None`` where it cannot) while it can, freeing each value after
+    its last read and dropping rows masked at the site's checks (``drop``) with
+    ``drop_masked``; returns the step to go on from."""
+    i = 0
+    while i < len(site.order) and rows.n > 0:
+        node = site.order[i]
+        out = step(site, i, node, rows, golden)
+        if out is None:
+            break
+        rows.env[node] = out
+        for a in node.all_input_nodes:
+            if site.last.get(a, -2) == i:
+                rows.env.pop(a, None)
+        if drop and node in site.checks:
+            drop_masked(rows, node, golden)
+        i += 1
+    return i
 
 
 def fault_spans(
