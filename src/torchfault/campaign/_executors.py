@@ -10,9 +10,12 @@ campaign keeps the single writer of the store in the main process.
 ``threads`` runs chunks concurrently in this process, on ``workers`` Python threads (torch's
 kernels release the GIL, so the threads' kernels overlap): no spawn, no pickling. An engine is
 used by one thread at a time: the reference engine writes weight faults into its model in place
-and hooks its modules, so two threads on one model would see each other's faults. The first
+and hooks its modules, and the fast engine swaps a faulty parameter into its module for the call
+(``torch.func.functional_call``), so two threads on one model would see each other's faults. The first
 thread uses the engine that ``setup`` builds on the caller's model; every other thread builds its
 engine from a deep copy of ``setup`` (its own model; the copy is made once per map call). The
+fast engines share the first one's golden values (cache, verified blocks, row-check verdict:
+``FastEngine.share_golden``), so a map holds one golden cache and verifies each block once. The
 engines are built, and run their first chunk, one after another before the threads start: the
 fast engine traces its model with ``torch.fx`` on its first run, and tracing patches
 ``nn.Module.__call__`` process-wide, which would capture another thread's model running then.
@@ -143,9 +146,12 @@ class ThreadsExecutor(Executor):
         # first runs may trace the model with torch.fx, which patches nn.Module.__call__ for the
         # whole process while it traces, so a model running in another thread at that moment
         # would be traced into the wrong graph ("module is not installed as a submodule")
-        engines = []
+        engines: list[Engine] = []
         for make in setups:
             engine = make()
+            share = getattr(engine, "share_golden", None)
+            if engines and callable(share):  # the fast engine: one golden cache for all
+                share(engines[0])
             engines.append(engine)
             chunk = next(pending, None)
             if chunk is not None:

@@ -40,7 +40,12 @@ from torchfault.campaign._fast._faults import (
     site_output,
 )
 from torchfault.campaign._fast._geometry import Window
-from torchfault.campaign._fast._golden import NOT_ROW_INDEXED, GoldenCache, GoldenValues
+from torchfault.campaign._fast._golden import (
+    NOT_ROW_INDEXED,
+    GoldenCache,
+    GoldenValues,
+    SharedGolden,
+)
 from torchfault.campaign._fast._notices import REASONS, log
 from torchfault.campaign._fast._options import FastOptions
 from torchfault.campaign._fast._planning import (
@@ -68,7 +73,7 @@ from torchfault.campaign._fast._rows import (
 )
 from torchfault.campaign._fast._tracing import BatchTrace, FastTracer
 from torchfault.campaign._fast._windows import WindowRunner
-from torchfault.campaign._outcome import Criterion, output_words_equal
+from torchfault.campaign._outcome import Criterion, output_words_equal, words_equal
 from torchfault.faults import is_packed
 from torchfault.injectors import Injection
 from torchfault.store import RunRecord
@@ -150,6 +155,8 @@ class FastEngine(Engine):
         self.block = max(self.batch_size, self.min_rows)
         #: the golden-value cache (its ``budget`` starts at ``options.cache_bytes``)
         self.cache = GoldenCache(self.options.cache_bytes)
+        # the cache, verifications and row-check verdict, shared by :meth:`share_golden`
+        self._shared = SharedGolden(self.cache)
         self.stats: dict[str, int] = defaultdict(int)
         self._prog: Program | None = None
         self._positions: Positions | None = None
@@ -180,6 +187,42 @@ class FastEngine(Engine):
         """The windowed execution (``None`` until the model is traced, or when it cannot be)."""
         return self._windows
 
+    def share_golden(self, other: Any) -> bool:
+        """Share ``other``'s golden values: its cache, the blocks it verified and the inputs it
+        found not golden, and its row-check verdict (:class:`~._golden.SharedGolden`), so that
+        engines of a ``threads`` map hold one cache and verify each block once. Only before
+        this engine has run anything, with an engine of the same options, block, inputs, golden
+        outputs and model parameters and buffers (bit for bit: a copy of the same model);
+        otherwise nothing is shared. Returns whether it shares. Each engine keeps its own model
+        (a parameter fault is computed by swapping the faulty tensor into the module for the
+        call, which another thread must not see).
+
+        Example:
+            >>> import torch, torch.nn as nn, copy
+            >>> from torchfault.campaign import golden_run
+            >>> model = nn.Sequential(nn.Linear(4, 3)).eval()
+            >>> x = torch.randn(8, 4)
+            >>> golden = golden_run(model, x)
+            >>> a = FastEngine(model, x, golden)
+            >>> b = FastEngine(copy.deepcopy(model), x.clone(), golden.clone())
+            >>> b.share_golden(a), b.cache is a.cache
+            (True, True)
+        """
+        if (
+            not isinstance(other, FastEngine)
+            or other is self
+            or self._traced
+            or self.options != other.options
+            or (self.block, self.min_rows) != (other.block, other.min_rows)
+            or not _same_bits(self.inputs, other.inputs)
+            or not _same_bits(self.golden, other.golden)
+            or not _same_state(self.model, other.model)
+        ):
+            return False
+        self._shared = other._shared
+        self.cache = other._shared.cache
+        return True
+
     # ------------------------------------------------------------------ which runs go fast
     def _program(self) -> Program | None:
         """The traced model (traced on first use); ``None``: every run goes to the reference."""
@@ -204,7 +247,18 @@ class FastEngine(Engine):
             log.debug("fast engine: position-dependent functions not analysed", exc_info=True)
             self._model_reason = REASONS["position"]
             return None
+        graph = tuple((n.name, n.op, str(n.target)) for n in prog.nodes)
+        with self._shared.lock:
+            if self._shared.graph is None:
+                self._shared.graph = graph
+            elif self._shared.graph != graph:  # traced otherwise than the engine it shares with
+                log.info("fast engine: traced graph differs from the shared one; not sharing")
+                self.cache = GoldenCache(self.options.cache_bytes)
+                self._shared = SharedGolden(self.cache)
+                self._shared.graph = graph
         values = GoldenValues(prog, self.inputs, flat, self.block, self.min_rows, self.cache)
+        values.verified = self._shared.verified
+        values.bad_inputs = self._shared.bad_inputs
         values.run_node = positions.run_node
         self._positions = positions
         self._prog, self._values = prog, values
@@ -490,10 +544,18 @@ class FastEngine(Engine):
         if self.options.channels and tracer is None:  # and windowless, as spatial windows
             for s in here:
                 need |= set(s.channel_kinds)
-        golden, verified = values.values(block, need)
-        if verified and self._rows_independent is None:
-            assert self._positions is not None
-            self._rows_independent = rows_independent(values, block, self.options, self._positions)
+        shared = self._shared
+        with shared.lock:  # a block is verified once, and the verdict given once, for all sharers
+            golden, verified = values.values(block, need)
+            if self._rows_independent is None:
+                if shared.rows_independent is not None:
+                    self._rows_independent = shared.rows_independent
+                elif verified:
+                    assert self._positions is not None
+                    self._rows_independent = rows_independent(
+                        values, block, self.options, self._positions
+                    )
+                    shared.rows_independent = self._rows_independent
         if self._rows_independent is False:
             assert self._positions is not None
             exact = self._positions.model_ok(values.row_bytes, self.options.row_alignment)
@@ -766,3 +828,30 @@ class FastEngine(Engine):
         if not isinstance(res, torch.Tensor):
             raise Unsupported("the output is not a tensor")
         return res[: live.n], live.alive, done
+
+
+def _same_bits(a: Any, b: Any) -> bool:
+    """Are ``a`` and ``b`` tensors of the same shape, dtype and bits?"""
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.device == b.device
+        and words_equal(a, b)
+    )
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    """Do modules ``a`` and ``b`` have the same state, entry for entry, bit for bit (a model and
+    its deep copy)? Also the parameters and buffers a state dict leaves out; ``False`` for
+    state this cannot compare (quantized tensors, packed parameters)."""
+    ta = [*a.named_parameters(), *a.named_buffers(), *a.state_dict().items()]
+    tb = [*b.named_parameters(), *b.named_buffers(), *b.state_dict().items()]
+    return [n for n, _ in ta] == [n for n, _ in tb] and all(
+        isinstance(x, torch.Tensor)
+        and not x.is_quantized
+        and isinstance(y, torch.Tensor)
+        and _same_bits(x.detach(), y.detach())
+        for (_, x), (_, y) in zip(ta, tb)
+    )

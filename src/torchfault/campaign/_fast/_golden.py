@@ -15,6 +15,7 @@ needs; a value the cache has dropped is computed again by a pass over the block 
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,7 @@ from torchfault.campaign._fast._planning import Program, Unsupported
 from torchfault.campaign._fast._rows import take
 from torchfault.campaign._outcome import output_words_equal
 
-__all__ = ["NOT_ROW_INDEXED", "BlockValues", "GoldenCache", "GoldenValues"]
+__all__ = ["NOT_ROW_INDEXED", "BlockValues", "GoldenCache", "GoldenValues", "SharedGolden"]
 
 
 class _NotRowIndexed:
@@ -56,24 +57,52 @@ class GoldenCache:
         self.budget = int(budget)
         self.items: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
         self.bytes = 0
+        # engines of a ``threads`` map may share one cache (:class:`SharedGolden`)
+        self._lock = threading.Lock()
 
     def __contains__(self, key: object) -> bool:
         return key in self.items  # without touching the LRU order
 
     def get(self, key: tuple[int, str]) -> torch.Tensor | None:
-        t = self.items.get(key)
-        if t is not None:
-            self.items.move_to_end(key)
-        return t
+        with self._lock:
+            t = self.items.get(key)
+            if t is not None:
+                self.items.move_to_end(key)
+            return t
 
     def put(self, key: tuple[int, str], t: torch.Tensor) -> None:
-        if key in self.items:
-            return
-        self.items[key] = t
-        self.bytes += t.numel() * t.element_size()
-        while self.bytes > self.budget and len(self.items) > 1:
-            _, old = self.items.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
+        with self._lock:
+            if key in self.items:
+                return
+            self.items[key] = t
+            self.bytes += t.numel() * t.element_size()
+            while self.bytes > self.budget and len(self.items) > 1:
+                _, old = self.items.popitem(last=False)
+                self.bytes -= old.numel() * old.element_size()
+
+
+class SharedGolden:
+    """What the fast engines of one ``threads`` executor map share, each over its own copy of
+    the model: the golden-value cache, the blocks verified and the inputs whose traced output
+    is not golden (:class:`GoldenValues`' ``verified`` and ``bad_inputs``), and the row check's
+    verdict. Their models are bit-for-bit copies traced into the same graph (the engine checks
+    both before it shares), so a golden value, a verification or the verdict one engine got is
+    the one any other would get. ``lock`` guards the verification passes and the verdict.
+
+    Example:
+        >>> shared = SharedGolden(GoldenCache(2**20))
+        >>> shared.verified, shared.rows_independent
+        (set(), None)
+    """
+
+    def __init__(self, cache: GoldenCache) -> None:
+        self.lock = threading.RLock()
+        self.cache = cache
+        #: the traced graph's nodes (name, op, target) of the first engine that traced
+        self.graph: tuple[tuple[str, str, str], ...] | None = None
+        self.verified: set[int] = set()
+        self.bad_inputs: set[int] = set()
+        self.rows_independent: bool | None = None
 
 
 class BlockValues(dict[fx.Node, Any]):
