@@ -357,4 +357,8 @@ def test_words_equal_compares_bits_as_numpy_does(dtype, side):
         if b.shape == a.shape:
             assert words_equal(a, b) is bool(output_words_equal(a, b).all())
     assert words_equal(a, last) and not words_equal(a, other_nan) and not words_equal(a, neg_zero)
+    # flat views that start one word in (not on an 8-byte boundary) and their copies
+    for x, y in ((a, a.clone()), (a, other_nan), (a, neg_zero)):
+        u, v = x.reshape(-1)[1:], y.reshape(-1)[1:]
+        assert words_equal(u, v) is words_equal(u, v.clone()) is numpy_same(u, v)
     assert not words_equal(a, a.double() if dtype != torch.float64 else a.float())

@@ -80,6 +80,15 @@ def words_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         and a.device.type == b.device.type == "cpu"
         and a.layout == b.layout == torch.strided
     ):
+        if (
+            a.is_contiguous()
+            and b.is_contiguous()
+            and a.numel() * a.element_size() % 8 == 0
+            and a.data_ptr() % 8 == b.data_ptr() % 8 == 0
+            and a.storage_offset() * a.element_size() % 8 == 0
+            and b.storage_offset() * b.element_size() % 8 == 0
+        ):  # the same bytes, eight at a time
+            a, b = a.reshape(-1).view(torch.int64), b.reshape(-1).view(torch.int64)
         return bool(np.array_equal(a.detach().numpy(), b.detach().numpy()))
     return bool(torch.equal(a, b))
 
