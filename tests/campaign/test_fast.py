@@ -261,6 +261,36 @@ def test_invalid_activation_index_is_reported_like_the_reference():
     assert got[0].outcome == "due" and "out of range" in got[0].error
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Fault("conv1", "weight", index=(0, 0, 9, 0), bits=(3,)),  # index out of range
+        Fault("conv1", "weight", index=(0, 0, 1, 1), bits=(40,)),  # bit too wide for float32
+        Fault("conv1", "wieght", index=(0, 0, 1, 1), bits=(3,)),  # no such tensor
+    ],
+)
+def test_a_bad_fault_after_good_ones_on_its_module_raises_the_reference_error(bad):
+    """Every task's faults are checked, as the reference engine checks them, though the checks of
+    one call share one walk of the model's modules: a bad fault after good ones on the same
+    module and tensor (planned, checked and run fast) raises the reference engine's error."""
+    from torchfault.errors import TorchFaultError
+
+    model = create_model("lenet", dataset="digits").eval()
+    x = model.example_inputs(N_INPUTS)
+    golden = golden_run(model, x, 256)
+    good = [Fault("conv1", "weight", index=(0, 0, 1, j), bits=(30,)) for j in range(3)]
+    tasks = [RunTask(k, (f,), tuple(range(N_INPUTS))) for k, f in enumerate([*good, bad])]
+    engine = FastEngine(model, x, golden)
+    assert same_records(engine.run(tasks[:-1]), ReferenceEngine(model, x, golden).run(tasks[:-1]))
+    assert engine.stats["fast"] == 3 * N_INPUTS
+    errors = []
+    for e in (engine, FastEngine(model, x, golden), ReferenceEngine(model, x, golden)):
+        with pytest.raises(TorchFaultError) as info:
+            e.run(tasks)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] == errors[2]
+
+
 def test_several_faults_per_run_and_input_faults_use_the_reference_path():
     model = create_model("lenet", dataset="digits").eval()
     x = model.example_inputs(N_INPUTS)

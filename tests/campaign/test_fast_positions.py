@@ -141,6 +141,36 @@ def test_fast_equals_reference_with_transcendental_functions(name, n_threads, th
         assert set(fast.handed_over) <= {REASONS["position"], REASONS["golden"]}
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_analysis_made_in_the_tracing_probe_equals_a_pass_of_its_own(name):
+    """The engine finds the functions' operands in trace's probing pass (Positions.watch): the
+    same functions covered, with the same operands, layouts and probe values, as in a pass of
+    the analysis' own over the same inputs (EffNetLike's SiLU writes its operand in place: its
+    values are those it reads, not those after it)."""
+    from torchfault.campaign._fast._positions import Positions
+
+    build, make = MODELS[name]
+    torch.manual_seed(5)
+    model = build().eval()
+    x = make(20)
+    engine = FastEngine(model, x, golden_run(model, x, 256))
+    prog = engine._program()
+    assert prog is not None
+    got, want = engine._positions, Positions(prog, x[: engine.min_rows])
+    assert got is not None and got.ops and list(got.ops) == list(want.ops)
+    assert got.others == want.others
+    for node, op in got.ops.items():
+        other = want.ops[node]
+        assert (op.operand, op.inplace, op.perm, op.row_shape, op.dtype) == (
+            other.operand,
+            other.inplace,
+            other.perm,
+            other.row_shape,
+            other.dtype,
+        )
+        assert torch.equal(op.probe, other.probe), node.name
+
+
 def test_rows_in_a_kernel_tail_go_to_the_reference_engine(threads):
     """33 rows of 1125 floats: the buffer's last values form a scalar tail (37125 is not a
     multiple of a vector), and with two threads so do the last values of the first thread's

@@ -330,14 +330,15 @@ def test_callable_criterion_outcomes():
         evaluate(g[:2], f[:2], make_criterion(lambda a, b: ("sdc", {"x": "high"})))
 
 
+@pytest.mark.parametrize("side", [5, 40])  # 5: torch.equal; 40: large enough for NumPy's loop
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-def test_words_equal_compares_bits_as_numpy_does(dtype):
+def test_words_equal_compares_bits_as_numpy_does(dtype, side):
     """``words_equal`` (the fast engine's one-call comparison) against NumPy's byte comparison:
     NaN payloads, signed zeros, any memory layout."""
     from torchfault.campaign._outcome import output_words_equal, words_equal
 
     g = torch.Generator().manual_seed(3)
-    a = torch.randn(4, 3, 5, 5, generator=g).to(dtype)
+    a = torch.randn(4, 3, side, side, generator=g).to(dtype)
     a[0, 0, 0, 0] = float("nan")
     a[1, 1, 1, 1] = 0.0
     ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
@@ -356,4 +357,8 @@ def test_words_equal_compares_bits_as_numpy_does(dtype):
         if b.shape == a.shape:
             assert words_equal(a, b) is bool(output_words_equal(a, b).all())
     assert words_equal(a, last) and not words_equal(a, other_nan) and not words_equal(a, neg_zero)
+    # flat views that start one word in (not on an 8-byte boundary) and their copies
+    for x, y in ((a, a.clone()), (a, other_nan), (a, neg_zero)):
+        u, v = x.reshape(-1)[1:], y.reshape(-1)[1:]
+        assert words_equal(u, v) is words_equal(u, v.clone()) is numpy_same(u, v)
     assert not words_equal(a, a.double() if dtype != torch.float64 else a.float())

@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchfault.campaign._criterion import CRITERIA, Criterion, Verdict
@@ -52,6 +53,12 @@ def _rows_all(equal: torch.Tensor) -> torch.Tensor:
     return equal.view(torch.uint8).amin(dim=1).bool()
 
 
+#: from this many words on, two CPU tensors of integer words are compared by NumPy (one
+#: vectorised loop: a few times faster than ``torch.equal`` on large tensors, the same answer)
+_NUMPY_FROM = 4096
+_NUMPY_WORDS = frozenset({torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64})
+
+
 def words_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors hold the same words: same shape, dtype and bits (NaN payloads and
     signed zeros included), in one comparison (no per-row result, any memory layout).
@@ -67,6 +74,22 @@ def words_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     idt = _INT_OF_SIZE.get(a.element_size()) if a.dtype.is_floating_point else None
     if idt is not None:
         a, b = a.view(idt), b.view(idt)
+    if (
+        a.numel() >= _NUMPY_FROM
+        and a.dtype in _NUMPY_WORDS
+        and a.device.type == b.device.type == "cpu"
+        and a.layout == b.layout == torch.strided
+    ):
+        if (
+            a.is_contiguous()
+            and b.is_contiguous()
+            and a.numel() * a.element_size() % 8 == 0
+            and a.data_ptr() % 8 == b.data_ptr() % 8 == 0
+            and a.storage_offset() * a.element_size() % 8 == 0
+            and b.storage_offset() * b.element_size() % 8 == 0
+        ):  # the same bytes, eight at a time
+            a, b = a.reshape(-1).view(torch.int64), b.reshape(-1).view(torch.int64)
+        return bool(np.array_equal(a.detach().numpy(), b.detach().numpy()))
     return bool(torch.equal(a, b))
 
 

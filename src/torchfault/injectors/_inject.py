@@ -128,6 +128,15 @@ def _segments(faults: Iterable[Fault]) -> list[_Segment]:
 class Injection:
     """The faults of one :func:`inject` context; ``remove()`` undoes everything (idempotent).
 
+    Args:
+        model: the model (see :func:`inject`).
+        faults: the faults (see :func:`inject`).
+        generator: what random fault models draw from (:func:`inject` makes it from ``seed``).
+        example_inputs: see :func:`inject`.
+        modules: ``dict(model.named_modules())`` when the caller holds it already (a campaign
+            engine checking the faults of many tasks against one model: one walk of the model
+            instead of one per task); it must be the model's current modules.
+
     Attributes:
         faults: the faults, in the order given.
         passes: forward passes of the model seen while attached.
@@ -140,6 +149,7 @@ class Injection:
         *,
         generator: torch.Generator | None = None,
         example_inputs: Any = None,
+        modules: dict[str, nn.Module] | None = None,
     ) -> None:
         if isinstance(faults, Fault):
             faults = [faults]
@@ -160,7 +170,7 @@ class Injection:
         self._calls: dict[tuple[str, str, Any], int] = {}
         self._ptrs: dict[nn.Module, set[int]] = {}
         self._attached = False
-        self._modules = dict(model.named_modules())
+        self._modules = dict(model.named_modules()) if modules is None else modules
         self._validate()
         if example_inputs is not None and any(f.is_activation for f in self.faults):
             self._probe(example_inputs)

@@ -53,6 +53,7 @@ from torchfault.campaign._fast._planning import (
     Program,
     Site,
     Unsupported,
+    Watch,
     flatten_output,
     plan_site,
     trace,
@@ -232,7 +233,14 @@ class FastEngine(Engine):
         probe = self.inputs[: self.min_rows]
         if probe.shape[0] < self.min_rows:  # as a block is padded (indexing keeps the layout)
             probe = probe[_pad_index(probe.shape[0], self.min_rows)]
-        traced = trace(self.model, probe)
+        # the position-dependent functions' operands are found in the probing pass of trace
+        watching: list[Positions] = []
+
+        def watch(prog: Program) -> Watch:
+            watching.append(Positions(prog))
+            return watching[0].watch
+
+        traced = trace(self.model, probe, watch)
         if isinstance(traced, str):
             self._model_reason = traced
             return None
@@ -242,7 +250,8 @@ class FastEngine(Engine):
             self._model_reason = REASONS["output"]
             return None
         try:
-            positions = Positions(prog, probe)
+            positions = watching[0]
+            positions.analyse()
         except Exception:  # noqa: BLE001 - cannot look at its functions: the reference runs it
             log.debug("fast engine: position-dependent functions not analysed", exc_info=True)
             self._model_reason = REASONS["position"]
@@ -435,9 +444,12 @@ class FastEngine(Engine):
         to_reference: dict[int, list[int]] = defaultdict(list)
         rows_by_block: dict[int, list[Row]] = defaultdict(list)
         sites: dict[int, Site] = {}
+        # each task's faults are checked as the reference engine checks them (a bad fault raises
+        # its error), against one walk of the model's modules per call
+        modules = dict(self.model.named_modules())
         for ti, task in enumerate(tasks):
             if detected_task(task):  # flagged before the model reads it: not run, as reference
-                Injection(self.model, task.faults)
+                Injection(self.model, task.faults, modules=modules)
                 for r in self._detected(task):
                     results[(ti, r.input_id)] = r
                 continue
@@ -446,7 +458,7 @@ class FastEngine(Engine):
                 self._hand_over(to_reference, ti, task.input_ids, site)
                 continue
             # a bad fault raises here, as in the reference engine
-            Injection(self.model, task.faults)
+            Injection(self.model, task.faults, modules=modules)
             sites[ti] = site
             plain = self._plain_rows(task)
             for i in task.input_ids:

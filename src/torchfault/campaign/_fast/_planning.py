@@ -12,6 +12,7 @@ leading nodes that can run on spatial windows.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "Program",
     "Site",
     "Unsupported",
+    "Watch",
     "flatten_output",
     "plan_site",
     "trace",
@@ -36,6 +38,10 @@ __all__ = [
 
 #: the target of a site that stands for activation faults inside the site's module
 INNER = "<activations inside>"
+
+#: what watches a pass over the graph: called with each node and the values so far, before the
+#: node runs
+Watch = Callable[[fx.Node, dict[fx.Node, Any]], None]
 
 
 def flatten_output(output: Any) -> torch.Tensor | None:
@@ -242,9 +248,10 @@ class Program:
         """The submodule a ``call_module`` node calls (``None`` for other nodes)."""
         return self.modules.get(str(node.target)) if node.op == "call_module" else None
 
-    def probe_mutations(self, x: torch.Tensor) -> None:
+    def probe_mutations(self, x: torch.Tensor, watch: Watch | None = None) -> None:
         """Run the graph once on ``x`` and record in-place mutations (tensor version counters)
-        and the values' bytes per row (:attr:`row_bytes`).
+        and the values' bytes per row (:attr:`row_bytes`); ``watch``, when given, is called
+        before each node runs with the node and the values so far (one pass serves both).
 
         A node that changes the version of a value it reads is a *mutator*: it and what it reads
         become ``useful`` (its effect reaches the output through the mutated tensor, even when
@@ -261,6 +268,8 @@ class Program:
             for a, ver in before.items():
                 if ver != made.get(a):
                     self.unsafe.add(a)
+            if watch is not None:
+                watch(node, env)
             v = x.clone() if node is self.placeholder else self.run_node(node, env)
             for a, ver in before.items():
                 if versions(env.get(a)) != ver:
@@ -405,9 +414,13 @@ def plan_site(
     return site
 
 
-def trace(model: nn.Module, probe: torch.Tensor) -> Program | str:
+def trace(
+    model: nn.Module, probe: torch.Tensor, watch: Callable[[Program], Watch] | None = None
+) -> Program | str:
     """The traced model, with its in-place mutations probed on the inputs ``probe``; or why the
-    fast path cannot run it (one warning per model class and reason)."""
+    fast path cannot run it (one warning per model class and reason). With ``watch``,
+    ``watch(program)`` is called once the model is traced and what it returns watches the
+    probing pass (see :meth:`Program.probe_mutations`)."""
     name = type(model).__name__
     try:
         prog = Program(model)
@@ -419,7 +432,7 @@ def trace(model: nn.Module, probe: torch.Tensor) -> Program | str:
         )
         return REASONS["trace"]
     try:
-        prog.probe_mutations(probe)
+        prog.probe_mutations(probe, None if watch is None else watch(prog))
     except Exception as exc:  # noqa: BLE001 - the traced graph does not run: fall back
         warn_once(
             name,

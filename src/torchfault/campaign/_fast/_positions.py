@@ -116,12 +116,16 @@ def _differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class Positions:
     """The graph's position-dependent functions, computed canonically, and which rows are plain.
 
+    The functions' operands are found in one pass over a few padded campaign inputs: the
+    probing pass of :func:`~._planning.trace` (the engine hands it :meth:`watch`, then calls
+    :meth:`analyse`), or a pass of its own when ``probe`` is given.
+
     Args:
         prog: the traced model.
         probe: a few padded campaign inputs (one pass over them finds the functions' operands).
     """
 
-    def __init__(self, prog: Program, probe: torch.Tensor) -> None:
+    def __init__(self, prog: Program, probe: torch.Tensor | None = None) -> None:
         self.prog = prog
         self.ops: dict[fx.Node, _Op] = {}
         #: nodes the canonical computation does not cover (the old rule applies to them)
@@ -132,27 +136,50 @@ class Positions:
         #: functions measured to give the blocks' bits in one call over a whole value at one
         #: thread (see :meth:`_one_call`)
         self._whole: dict[fx.Node, bool] = {}
-        inexact = [n for n in prog.nodes if n in prog.dynamic and is_inexact(n, prog.module_of(n))]
-        if not inexact:
+        self._inexact = [
+            n for n in prog.nodes if n in prog.dynamic and is_inexact(n, prog.module_of(n))
+        ]
+        self._watched = set(self._inexact)
+        # per function met in the pass: its operand, the operand's first values, the operand
+        self._found: dict[fx.Node, tuple[fx.Node, torch.Tensor, torch.Tensor]] = {}
+        self._error: Exception | None = None
+        if probe is None or not self._inexact:
             return
         env: dict[fx.Node, Any] = {}
-        found: dict[fx.Node, tuple[fx.Node, torch.Tensor]] = {}
         for node in prog.nodes:
             if node.op == "output":
                 break
-            if node in inexact:
-                op = self._operand(node, env)
-                if op is not None:
-                    found[node] = (op, env[op].detach().reshape(-1)[:POOL].clone())
+            self.watch(node, env)
             env[node] = probe.clone() if node is prog.placeholder else prog.run_node(node, env)
-            if node not in prog.dynamic:
-                self._constants[node] = env[node]
-        for node in inexact:
-            if node not in found:
+        self.analyse()
+
+    def watch(self, node: fx.Node, env: dict[fx.Node, Any]) -> None:
+        """In a pass over the probe, before ``node`` runs (``env``: every value so far): keep
+        the operand of a function to cover, as it is when the function reads it."""
+        if node not in self._watched or self._error is not None:
+            return
+        try:
+            op = self._operand(node, env)
+            if op is None:
+                return
+            v = env[op]
+            # its first values now; its dtype and layout (kept by in-place changes) read after
+            self._found[node] = (op, v.detach().reshape(-1)[:POOL].clone(), v)
+            for b in node.all_input_nodes:  # the constants it reads (what _call passes)
+                if b is not op:
+                    self._constants[b] = env[b]
+        except Exception as exc:  # noqa: BLE001 - raised by analyse (not a failure of the pass)
+            self._error = exc
+
+    def analyse(self) -> None:
+        """After the pass: which functions are covered, and the values that probe them."""
+        if self._error is not None:
+            raise self._error
+        for node in self._inexact:
+            if node not in self._found:
                 self.others.append(node)
                 continue
-            op, seen = found[node]
-            value = env[op]
+            op, seen, value = self._found[node]
             probe_values = self._discriminating(node, op, seen, value.dtype)
             if probe_values is None:
                 self.others.append(node)
@@ -161,12 +188,13 @@ class Positions:
             assert perm is not None
             self.ops[node] = _Op(
                 op,
-                _inplace(node, prog.module_of(node)),
+                _inplace(node, self.prog.module_of(node)),
                 perm,
                 value.shape[1:],
                 value.dtype,
                 probe_values,
             )
+        self._found.clear()
 
     # ------------------------------------------------------------------ set-up
     def _operand(self, node: fx.Node, env: dict[fx.Node, Any]) -> fx.Node | None:
