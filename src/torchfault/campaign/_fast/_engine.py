@@ -708,7 +708,7 @@ class FastEngine(Engine):
     def _structured(site: Site, golden: dict[fx.Node, Any]) -> bool:
         """A parameter (or inner) site whose module returns a structure (an ``nn.LSTM``'s
         ``(output, (h, c))``): its value is not one row-indexed tensor."""
-        return site.target != "output" and golden.get(site.node) is NOT_ROW_INDEXED
+        return site.target != "output" and dict.get(golden, site.node) is NOT_ROW_INDEXED
 
     def _structured_value(
         self, site: Site, fault: Any, rows: int, pos: torch.Tensor, golden: dict[fx.Node, Any]
@@ -725,7 +725,7 @@ class FastEngine(Engine):
         golden outputs of a few inputs bit for bit (the structure itself has no golden copy)."""
         values = self._values
         assert values is not None
-        if any(golden.get(n) is NOT_ROW_INDEXED for n in site.need if n is not site.node):
+        if any(dict.get(golden, n) is NOT_ROW_INDEXED for n in site.need if n is not site.node):
             return False
         ids = values.block_ids(block)[::-1][: self.min_rows]
         if not ids:
@@ -795,7 +795,7 @@ class FastEngine(Engine):
             if drop:
                 self._channels.drop_masked(live, site.node, golden, site_same)
             start = self._channels.run(site, live, golden, drop)
-        elif drop and golden.get(site.node) is not NOT_ROW_INDEXED:
+        elif drop and dict.get(golden, site.node) is not NOT_ROW_INDEXED:
             drop_masked(
                 live, site.node, golden.get(site.node), prog.dynamic, self.min_rows, site_same
             )

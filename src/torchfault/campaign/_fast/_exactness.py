@@ -154,7 +154,7 @@ def site_reproduces(
     called from its cached inputs, must reproduce its golden output bit for bit."""
     if site.masked_all:
         return True
-    if any(golden.get(n) is NOT_ROW_INDEXED for n in site.need):
+    if any(dict.get(golden, n) is NOT_ROW_INDEXED for n in site.need):
         return False
     if site.target == "output":
         return True

@@ -111,7 +111,9 @@ class BlockValues(dict[fx.Node, Any]):
     Row-indexed values are not held here (the dict holds :data:`IN_CACHE` for them) but by the
     cache, within its budget; reading one the cache has dropped computes it again
     (:meth:`GoldenValues.refill`). The block's inputs and :data:`NOT_ROW_INDEXED` markers are
-    held here. ``values()``/``items()`` show the markers, not the values.
+    held here. ``values()``/``items()`` show the markers, not the values; so does
+    ``dict.get(block_values, node)``, which checks for :data:`NOT_ROW_INDEXED` without the pass
+    that reading a value the cache has dropped would run.
     """
 
     def __init__(self, values: GoldenValues, block: int) -> None:
