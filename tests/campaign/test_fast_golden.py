@@ -122,3 +122,33 @@ def test_windows_are_sized_by_the_probe_without_a_pass_of_their_own(monkeypatch)
     want = ReferenceEngine(model, x, golden).run(tasks)
     key = lambda r: (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)  # noqa: E731
     assert [key(r) for r in got] == [key(r) for r in want]
+
+
+def test_marker_checks_never_compute_a_dropped_value_again(monkeypatch):
+    """Whether a site's value is row-indexed is read from the block's marker: with a cache too
+    small to keep anything, no check for :data:`NOT_ROW_INDEXED` starts a pass of its own
+    (before, they read the value itself, and a dropped value costs a pass over the block)."""
+    import inspect
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", dataset="digits").eval()
+    x = model.example_inputs(40)
+    golden = golden_run(model, x, 256)
+    faults = [f for f in _faults(model, x, 60, 5) if f.target == "weight"][:12]
+    assert faults
+    tasks = [RunTask(k, (f,), tuple(range(40))) for k, f in enumerate(faults)]
+    callers: list[str] = []
+    refill = GoldenValues.refill
+
+    def watched(self, out, node):
+        callers.extend("".join(f.code_context or ()) for f in inspect.stack()[1:4])
+        return refill(self, out, node)
+
+    monkeypatch.setattr(GoldenValues, "refill", watched)
+    fast = FastEngine(model, x, golden, options=FastOptions(cache_bytes=1))
+    got = fast.run(tasks)
+    want = ReferenceEngine(model, x, golden).run(tasks)
+    assert [(r.outcome, r.faulty_top1) for r in got] == [(r.outcome, r.faulty_top1) for r in want]
+    assert fast.stats["fast"] == len(got)
+    assert callers  # values were dropped and computed again for the batches
+    assert not [line for line in callers if "NOT_ROW_INDEXED" in line]
