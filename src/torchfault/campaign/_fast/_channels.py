@@ -35,18 +35,13 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from torchfault.campaign._fast._faults import channel_faults
-from torchfault.campaign._fast._golden import GoldenValues
 from torchfault.campaign._fast._notices import log
-from torchfault.campaign._fast._options import FastOptions
 from torchfault.campaign._fast._planning import Site
-from torchfault.campaign._fast._rows import Rows, pad, run_leading, take
+from torchfault.campaign._fast._rows import CanaryRunner, Key, Rows, pad, run_leading, take
 from torchfault.campaign._outcome import output_words_equal
 from torchfault.faults import Fault
 
 __all__ = ["ChannelRunner", "Channels", "plane"]
-
-#: a computation on channel windows: (node name, shape of its planes)
-Key = tuple[str, tuple[int, ...]]
 
 
 @dataclass(eq=False)
@@ -74,7 +69,7 @@ def plane(value: torch.Tensor, pos: torch.Tensor, ch: torch.Tensor) -> torch.Ten
     return value[pos, ch].unsqueeze(1)
 
 
-class ChannelRunner:
+class ChannelRunner(CanaryRunner):
     """Runs the leading per-channel nodes of a convolution weight site's plan on channel windows,
     checked by canary rows.
 
@@ -83,14 +78,6 @@ class ChannelRunner:
         options: the engine's options (``row_alignment``).
         stats: the engine's counters (``channel_rows``, ``channel_steps``, ``channel_fallback``).
     """
-
-    def __init__(self, values: GoldenValues, options: FastOptions, stats: dict[str, int]) -> None:
-        self.values = values
-        self.prog = values.prog
-        self.options = options
-        self.stats = stats
-        #: channel-window computations whose canary failed (computed whole from then on)
-        self.failed: set[Key] = set()
 
     def usable(self, site: Site, golden: dict[fx.Node, Any]) -> bool:
         """Whether rows of ``site`` may start on channel windows: its per-channel nodes' golden

@@ -154,10 +154,8 @@ class FastEngine(Engine):
         self.options = options or FastOptions()
         self.reference = ReferenceEngine(model, inputs, golden, criterion, batch_size)
         self.block = max(self.batch_size, self.min_rows)
-        #: the golden-value cache (its ``budget`` starts at ``options.cache_bytes``)
-        self.cache = GoldenCache(self.options.cache_bytes)
-        # the cache, verifications and row-check verdict, shared by :meth:`share_golden`
-        self._shared = SharedGolden(self.cache)
+        # the golden-value cache, verifications and row-check verdict (:meth:`share_golden`)
+        self._shared = SharedGolden(GoldenCache(self.options.cache_bytes))
         self.stats: dict[str, int] = defaultdict(int)
         self._prog: Program | None = None
         self._positions: Positions | None = None
@@ -221,8 +219,13 @@ class FastEngine(Engine):
         ):
             return False
         self._shared = other._shared
-        self.cache = other._shared.cache
         return True
+
+    @property
+    def cache(self) -> GoldenCache:
+        """The golden-value cache (its ``budget`` starts at ``options.cache_bytes``; shared with
+        the engine given to :meth:`share_golden`)."""
+        return self._shared.cache
 
     # ------------------------------------------------------------------ which runs go fast
     def _program(self) -> Program | None:
@@ -262,8 +265,7 @@ class FastEngine(Engine):
                 self._shared.graph = graph
             elif self._shared.graph != graph:  # traced otherwise than the engine it shares with
                 log.info("fast engine: traced graph differs from the shared one; not sharing")
-                self.cache = GoldenCache(self.options.cache_bytes)
-                self._shared = SharedGolden(self.cache)
+                self._shared = SharedGolden(GoldenCache(self.options.cache_bytes))
                 self._shared.graph = graph
         values = GoldenValues(prog, self.inputs, flat, self.block, self.min_rows, self.cache)
         values.verified = self._shared.verified
@@ -847,8 +849,6 @@ def _same_bits(a: Any, b: Any) -> bool:
     return (
         isinstance(a, torch.Tensor)
         and isinstance(b, torch.Tensor)
-        and a.shape == b.shape
-        and a.dtype == b.dtype
         and a.device == b.device
         and words_equal(a, b)
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -30,6 +30,10 @@ from torchfault.campaign._outcome import (
 )
 from torchfault.faults import Fault
 from torchfault.store import RunRecord
+
+if TYPE_CHECKING:  # _golden imports this module
+    from torchfault.campaign._fast._golden import GoldenValues
+    from torchfault.campaign._fast._options import FastOptions
 
 __all__ = [
     "CheckTally",
@@ -212,6 +216,23 @@ def in_place(
     ):
         return None
     return x.add_(y)
+
+
+#: a windowed or channel-window computation: (node name, shape of its windowed input or planes)
+Key = tuple[str, tuple[int, ...]]
+
+
+class CanaryRunner:
+    """What the window and channel runners share: the golden values, the engine's options and
+    counters, and the computations whose canary failed (computed whole from then on), by
+    (node name, shape)."""
+
+    def __init__(self, values: GoldenValues, options: FastOptions, stats: dict[str, int]) -> None:
+        self.values = values
+        self.prog = values.prog
+        self.options = options
+        self.stats = stats
+        self.failed: set[Key] = set()
 
 
 def run_leading(

@@ -34,21 +34,16 @@ from torchfault.campaign._fast._geometry import (
     region,
     union,
 )
-from torchfault.campaign._fast._golden import GoldenValues
 from torchfault.campaign._fast._notices import log
-from torchfault.campaign._fast._options import FastOptions
 from torchfault.campaign._fast._planning import Site
-from torchfault.campaign._fast._rows import Rows, pad, run_leading, take
+from torchfault.campaign._fast._rows import CanaryRunner, Key, Rows, pad, run_leading, take
 from torchfault.campaign._outcome import output_words_equal
 from torchfault.faults import Fault
 
 __all__ = ["WindowRunner"]
 
-#: a windowed computation: (node name, shape of its windowed input)
-Key = tuple[str, tuple[int, ...]]
 
-
-class WindowRunner:
+class WindowRunner(CanaryRunner):
     """Runs the leading nodes of a site's plan on windows, checked by canary rows.
 
     Args:
@@ -56,14 +51,6 @@ class WindowRunner:
         options: the engine's options (``window_area``, ``cache_bytes``).
         stats: the engine's counters (``window_rows``, ``window_steps``, ``window_fallback``).
     """
-
-    def __init__(self, values: GoldenValues, options: FastOptions, stats: dict[str, int]) -> None:
-        self.values = values
-        self.prog = values.prog
-        self.options = options
-        self.stats = stats
-        #: windowed computations whose canary failed (computed whole from then on)
-        self.failed: set[Key] = set()
 
     def need(self, site: Site) -> set[fx.Node]:
         """The golden values the windowed computation of ``site`` reads: its window nodes, as many
