@@ -152,3 +152,39 @@ def test_marker_checks_never_compute_a_dropped_value_again(monkeypatch):
     assert fast.stats["fast"] == len(got)
     assert callers  # values were dropped and computed again for the batches
     assert not [line for line in callers if "NOT_ROW_INDEXED" in line]
+
+
+def test_blocks_are_cut_so_that_a_block_of_golden_values_fits_half_the_budget(monkeypatch):
+    """With a budget that holds all golden values of 16 inputs twice over, a campaign over 64
+    inputs in batches of 64 runs in blocks of 16: each block's values are computed by one pass
+    and none is dropped and computed again; the records are the reference engine's. (In blocks
+    of 64 the values of a block do not fit and are computed again pass after pass.)"""
+    torch.manual_seed(0)
+    model = create_model("resnet8", dataset="digits").eval()
+    x = model.example_inputs(64)
+    golden = golden_run(model, x, 256)
+    prog = FastEngine(model, x, golden, batch_size=64)._program()
+    assert prog is not None
+    budget = 2 * 16 * sum(prog.row_bytes.values())
+    passes = [0]
+    forward = GoldenValues.forward
+
+    def counted(self, *args, **kwargs):
+        passes[0] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GoldenValues, "forward", counted)
+    tasks = [RunTask(k, (f,), tuple(range(64))) for k, f in enumerate(_faults(model, x, 40, 5))]
+    fast = FastEngine(model, x, golden, batch_size=64, options=FastOptions(cache_bytes=budget))
+    got = fast.run(tasks)
+    want = ReferenceEngine(model, x, golden, batch_size=64).run(tasks)
+    key = lambda r: (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)  # noqa: E731
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["fast"] == len(got)
+    assert passes[0] == 4  # one pass per block, none to compute a dropped value again
+    assert fast.block == 16
+    assert fast.cache.bytes <= budget
+    # a budget that holds a whole batch keeps blocks of batch_size inputs
+    roomy = FastEngine(model, x, golden, batch_size=64, options=FastOptions(cache_bytes=8 * budget))
+    roomy._program()
+    assert roomy.block == 64

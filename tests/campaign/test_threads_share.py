@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from torchfault.campaign import RunTask, create_executor, golden_run
 from torchfault.campaign._engine import ReferenceEngine
-from torchfault.campaign._fast import FastEngine
+from torchfault.campaign._fast import FastEngine, FastOptions
 from torchfault.campaign._fast._golden import GoldenValues
 from torchfault.faults import Fault
 
@@ -60,11 +60,21 @@ def _tasks(model: nn.Module) -> list[RunTask]:
 class _Setup:
     """Builds a fast engine and remembers it (the map deep-copies this for other threads)."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, golden: torch.Tensor) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        golden: torch.Tensor,
+        batch: int = BATCH,
+        options: FastOptions | None = None,
+    ) -> None:
         self.model, self.x, self.golden = model, x, golden
+        self.batch, self.options = batch, options
 
     def __call__(self) -> FastEngine:
-        engine = FastEngine(self.model, self.x, self.golden, batch_size=BATCH)
+        engine = FastEngine(
+            self.model, self.x, self.golden, batch_size=self.batch, options=self.options
+        )
         _BUILT.append(engine)
         return engine
 
@@ -181,3 +191,29 @@ def test_a_graph_traced_otherwise_does_not_share(case):
     assert b.cache is not a.cache and b._shared is not a._shared
     assert b.stats["fast"] > 0
     assert [_key(r) for r in got] == [_key(r) for r in want]
+
+
+def test_threads_share_when_the_first_engine_cut_its_blocks_to_the_budget(case, monkeypatch):
+    """The first engine runs its first chunk before the second is built; with a budget that
+    holds one 16-input block's golden values twice over, it has cut its blocks of ``batch_size``
+    = 32 inputs to 16 by then. The second engine still shares with it (both cut alike), so the
+    3 blocks of 16 are each verified once; records are the serial reference engine's."""
+    model, x, golden, tasks, want = case
+    prog = FastEngine(model, x, golden, batch_size=32)._program()
+    assert prog is not None
+    options = FastOptions(cache_bytes=2 * 16 * sum(prog.row_bytes.values()))
+    passes = _count_verifications(monkeypatch)
+    _BUILT.clear()
+    chunks = [tasks[k : k + 3] for k in range(0, len(tasks), 3)]
+    with create_executor("threads", workers=2) as ex:
+        got = {
+            (r.fault_id, r.input_id): r
+            for rs in ex.map(_Setup(model, x, golden, 32, options), chunks)
+            for r in rs
+        }
+    first, second = _BUILT
+    assert first.block == second.block == 16
+    assert second.cache is first.cache
+    assert sorted(passes) == [0, 1, 2]
+    ordered = [got[(r.fault_id, r.input_id)] for r in want]
+    assert [_key(r) for r in ordered] == [_key(r) for r in want]

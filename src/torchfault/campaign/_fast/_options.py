@@ -16,7 +16,9 @@ class FastOptions:
     """How the ``fast`` engine trades memory and checks for speed; none of them changes a record.
 
     Attributes:
-        cache_bytes: budget of the golden-value cache (per engine, i.e. per worker).
+        cache_bytes: budget of the golden-value cache (per engine, i.e. per worker); blocks of
+            inputs are cut below ``batch_size`` so that one block's golden values take at most
+            half of it.
         max_checks: masking checks per site after the site itself (where rows that are golden
             again are dropped as masked).
         window: compute the layers after an activation fault on the spatial window the fault can
