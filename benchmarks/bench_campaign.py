@@ -674,6 +674,7 @@ def _memory_child(
     base = _rss_peak_mib()
     t0 = time.perf_counter()
     held = 0.0
+    block = 0
     if engine == "fast":
         options = (
             FastOptions() if cache_mib is None else FastOptions(cache_bytes=int(cache_mib * 2**20))
@@ -682,6 +683,7 @@ def _memory_child(
         eng.run(tasks)
         held = eng.cache.bytes / 2**20
         budget = options.cache_bytes / 2**20
+        block = eng.block
     else:
         ReferenceEngine(model, x, golden, Criterion(), 256).run(tasks)
         budget = 0.0
@@ -691,6 +693,7 @@ def _memory_child(
         "extra_mib": _rss_peak_mib() - base,
         "cache_mib": held,
         "budget_mib": budget,
+        "block": block,
         "runs_per_s": len(tasks) * x.shape[0] / seconds,
     }
 
@@ -730,22 +733,37 @@ BLOCK_FAULTS = 8
 
 
 def print_block_memory(name: str = "resnet18-like") -> None:
-    """Extra peak memory of a campaign over a whole block of inputs, where the golden values the
-    sites need exceed the default cache budget, with the default budget and a smaller one."""
+    """Extra peak memory of a campaign over ``batch_size`` inputs, whose golden values exceed the
+    default cache budget (the fast engine cuts them into smaller blocks), with the default budget
+    and a smaller one."""
     n = max(2, int(BLOCK_FAULTS * SCALE))
     print(
-        f"\n### Peak memory over one block ({name}, {BLOCK_INPUTS} inputs, {n} faults, 1 thread)\n"
+        f"\n### Peak memory over {BLOCK_INPUTS} inputs = batch_size ({name}, {n} faults, 1 thread)\n"
     )
     print(
-        "| engine | cache budget | extra peak (MiB) | golden values held at the end (MiB) | runs/s |"
+        "| engine | cache budget | inputs per block | extra peak (MiB) | "
+        "golden values held at the end (MiB) | runs/s |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
+    got = []
     for engine, cache in (("fast", None), ("fast", 64.0), ("reference", None)):
         m = peak_memory(name, engine, BLOCK_INPUTS, cache, n)
+        got.append(m)
         budget = f"{m['budget_mib']:.0f} MiB" if engine == "fast" else ""
+        block = f"{m['block']:.0f}" if engine == "fast" else ""
         print(
-            f"| {engine} | {budget} | {m['extra_mib']:.0f} | {m['cache_mib']:.0f} | "
+            f"| {engine} | {budget} | {block} | {m['extra_mib']:.0f} | {m['cache_mib']:.0f} | "
             f"{m['runs_per_s']:,.0f} |"
+        )
+    ref = got[-1]
+    print()
+    for m in got[:-1]:
+        limit = ref["extra_mib"] + m["budget_mib"]
+        print(
+            f"- fast, {m['budget_mib']:.0f} MiB budget: extra peak {m['extra_mib']:.0f} MiB, "
+            f"within the reference's {ref['extra_mib']:.0f} MiB + the budget ({limit:.0f} MiB): "
+            f"{'yes' if m['extra_mib'] <= limit else 'NO'}; "
+            f"{m['runs_per_s'] / ref['runs_per_s']:.2f}x the reference engine's runs/s"
         )
 
 
