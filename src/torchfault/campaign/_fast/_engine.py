@@ -68,6 +68,7 @@ from torchfault.campaign._fast._rows import (
     drop_masked,
     fault_spans,
     general_records,
+    in_parts,
     in_place,
     pad,
     records,
@@ -833,6 +834,9 @@ class FastEngine(Engine):
             if bt is None and not prog.mutators and isinstance(a0, fx.Node) and site.last[a0] == i:
                 v = in_place(node, prog.module_of(node), live.env, lookup, prog.result)
                 self.stats["in_place"] += v is not None
+            if v is None and node.op == "call_module":
+                v = in_parts(node, prog.callee_of(node), lookup, positions.run_node, self.min_rows)
+                self.stats["in_parts"] += v is not None
             live.env[node] = v if v is not None else positions.run_node(node, live.env, lookup)
             if bt is not None and node in bt.watch:  # before any later in-place change
                 assert self._tracer is not None

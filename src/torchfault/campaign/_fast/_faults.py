@@ -11,6 +11,7 @@ same convolution with the golden kernels of those channels in the same places).
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -216,7 +217,13 @@ def injected_output(
 def on_rows(faults: Sequence[Fault], spans: Sequence[tuple[int, int]]) -> list[Fault]:
     """Each activation fault on its own rows of a batch (``sample``): rows ``spans[k]`` for
     ``faults[k]``."""
-    return [f.replace(sample=r) for f, (r0, r1) in zip(faults, spans) for r in range(r0, r1)]
+    out = []
+    for f, (r0, r1) in zip(faults, spans):
+        for r in range(r0, r1):  # a copy with another row: its other fields are checked already
+            g = copy.copy(f)
+            object.__setattr__(g, "sample", r)
+            out.append(g)
+    return out
 
 
 def site_output(
@@ -243,6 +250,10 @@ def site_output(
     return layer_output(site, tensor, values, golden, pos, structured)
 
 
+#: rows per call of a site module run under injection (:func:`inner_activation_faults`)
+INNER_ROWS = 16
+
+
 def inner_activation_faults(
     site: Site,
     model: nn.Module,
@@ -253,16 +264,68 @@ def inner_activation_faults(
     pos: torch.Tensor,
     base: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The site module's output for every row with its fault injected inside the module: one
-    call over the batch (:func:`injected_output`), each fault on its own rows (:func:`on_rows`).
-    Returns the faulty output and, per row, whether it equals golden."""
-    out = injected_output(site, model, on_rows(faults, spans), values, golden, pos)
+    """The site module's output for every row with its fault injected inside the module
+    (:func:`injected_output`), each fault on its own rows (:func:`on_rows`). Returns the faulty
+    output and, per row, whether it equals golden.
+
+    A batch of more than ``INNER_ROWS`` rows is computed in calls of about that many rows (a
+    fault's rows in one call, each call padded to ``min_rows`` rows as every pass is): a module
+    such as ``nn.TransformerEncoderLayer`` takes longer per row on a tall batch than on a few
+    short ones (its attention scores outgrow the CPU's caches). The calls' outputs are joined
+    when they are contiguous (the join is contiguous too, as one call's output is); quantized or
+    otherwise laid out outputs are computed by one call over the batch.
+    """
     n = spans[-1][1]
+    out = None
+    if n > INNER_ROWS and not base.is_quantized:
+        out = _inner_in_parts(site, model, faults, spans, values, golden, pos, base)
+    if out is None:
+        out = injected_output(site, model, on_rows(faults, spans), values, golden, pos)
     if not isinstance(out, torch.Tensor) or not same_storage_kind(out, base):
         raise RowsApart(f"{site.node.name}: the faulty output is stored apart")
     # all rows, padding included (golden there): the rest of the network runs on as many rows
     # as the reference engine's passes (a 1-row GEMM rounds differently from a 16-row one)
     return out, output_words_equal(base[:n], out[:n])
+
+
+def _inner_in_parts(
+    site: Site,
+    model: nn.Module,
+    faults: list[Fault],
+    spans: list[tuple[int, int]],
+    values: GoldenValues,
+    golden: dict[fx.Node, Any],
+    pos: torch.Tensor,
+    base: torch.Tensor,
+) -> torch.Tensor | None:
+    """:func:`inner_activation_faults`' output computed in calls of about ``INNER_ROWS`` rows,
+    joined (the batch's padding rows after the real ones: golden, from ``base``); ``None``
+    when a call's output is not a contiguous tensor of ``base``'s kind."""
+    parts: list[torch.Tensor] = []
+    k = 0
+    while k < len(spans):
+        j, r0 = k + 1, spans[k][0]
+        while j < len(spans) and spans[j][1] - r0 <= INNER_ROWS:
+            j += 1
+        r1 = spans[j - 1][1]
+        # one fault: on every row of its call (its padding rows are dropped); several: each on
+        # its own rows
+        here = [(a - r0, b - r0) for a, b in spans[k:j]]
+        hits = faults[k:j] if j == k + 1 else on_rows(faults[k:j], here)
+        p = pad(pos[r0:r1], values.min_rows)
+        out = injected_output(site, model, hits, values, golden, p)
+        if (
+            not isinstance(out, torch.Tensor)
+            or not out.is_contiguous()
+            or not same_storage_kind(out, base)
+        ):
+            return None
+        parts.append(out[: r1 - r0])
+        k = j
+    n = spans[-1][1]
+    if base.shape[0] > n:
+        parts.append(base[n:].contiguous())
+    return torch.cat(parts)
 
 
 def _one_channel(site: Site, f: Fault) -> bool:
