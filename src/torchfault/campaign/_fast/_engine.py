@@ -113,7 +113,8 @@ class FastEngine(Engine):
             ``channel_rows``, ``channel_steps`` and ``channel_fallback``, the same counts;
             ``checks_skipped``: masking checks not made because checks of their kind seldom drop
             a row (:class:`~._rows.CheckTally`); ``in_place``: nodes computed into the buffer of
-            an operand read no more (:func:`~._rows.in_place`).
+            an operand read no more (:func:`~._rows.in_place`); ``in_parts``: transformer
+            encoder layers on tall batches computed in parts (:func:`~._rows.in_parts`).
         handed_over: the runs handed to the reference engine, by reason (the values of
             :data:`REASONS`); they add up to ``stats["reference"]``.
         traced: with :attr:`trace`, the runs :meth:`run_chunk` traced from the rows it ran
