@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import pytest
 import torch
@@ -1146,3 +1147,24 @@ def test_runs_handed_to_the_reference_engine_are_counted_by_reason():
     qmodel, qx = eager_quantized_linear()
     got = handed(qmodel, qx, [Fault("0", "scale", index=(0,), bits=(31,))])
     assert got == {REASONS["apart"]: n}
+
+
+def test_seconds_by_phase_add_up_to_no_more_than_the_run():
+    """``FastEngine.seconds``: the one-time work (tracing, golden pass, row check, site checks)
+    and the batches each got time, and together they took no longer than the call."""
+    model = ResBN().eval()
+    x = torch.randn(N_INPUTS, 3, 12, 12)
+    faults = random_faults(model, x, 12, seed=5, kinds=("outputs", "weights"))
+    tasks = [RunTask(k, (f,), tuple(range(N_INPUTS))) for k, f in enumerate(faults)]
+    fast = FastEngine(model, x, golden_run(model, x, 256))
+    t0 = time.perf_counter()
+    fast.run(tasks)
+    elapsed = time.perf_counter() - t0
+    for phase in ("trace", "golden", "row_check", "site_checks", "batches"):
+        assert fast.seconds[phase] > 0, phase
+    assert sum(fast.seconds.values()) <= elapsed
+    before = dict(fast.seconds)
+    fast.run(tasks)  # the one-time work is not done again
+    for phase in ("trace", "row_check", "site_checks"):
+        assert fast.seconds[phase] == before[phase], phase
+    assert fast.seconds["batches"] > before["batches"]

@@ -120,6 +120,11 @@ class FastEngine(Engine):
         traced: with :attr:`trace`, the runs :meth:`run_chunk` traced from the rows it ran
             (``fast``) and by :func:`~torchfault.analysis.trace_runs` (``trace_runs``; see
             :mod:`._tracing`).
+        seconds: wall-clock seconds by phase: ``trace`` (tracing and probing the model, once),
+            ``golden`` (the golden pass over each block, the first also checking its outputs),
+            ``row_check`` (once), ``site_checks`` (once per parameter site), ``batches`` (the
+            faulty rows, golden values computed again included) and ``reference`` (the runs
+            handed to the reference engine). The first four are the engine's one-time work.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -181,6 +186,8 @@ class FastEngine(Engine):
         #: runs handed to the reference engine, by reason (see :data:`REASONS`)
         self.handed_over: Counter[str] = Counter()
         self.traced: Counter[str] = Counter()
+        #: seconds spent, by phase (:attr:`stats`' companion)
+        self.seconds: defaultdict[str, float] = defaultdict(float)
         # while run_chunk traces: the traces of the rows run fast, by row (else None)
         self._tracing: dict[Row, Any] | None = None
         self._tracer: FastTracer | None = None
@@ -237,6 +244,14 @@ class FastEngine(Engine):
         if self._traced:
             return self._prog
         self._traced = True
+        t0 = time.perf_counter()
+        try:
+            return self._trace()
+        finally:
+            self.seconds["trace"] += time.perf_counter() - t0
+
+    def _trace(self) -> Program | None:
+        """Trace the model and probe it (:meth:`_program`)."""
         probe = self.inputs[: self.min_rows]
         if probe.shape[0] < self.min_rows:  # as a block is padded (indexing keeps the layout)
             probe = probe[_pad_index(probe.shape[0], self.min_rows)]
@@ -495,6 +510,7 @@ class FastEngine(Engine):
             )
         else:
             self.stats["fast"] += records(tasks, finished, self.golden, self.criterion, results)
+        t0 = time.perf_counter()
         for ti, ids in to_reference.items():
             task = tasks[ti]
             order = {int(i): k for k, i in reversed(list(enumerate(task.input_ids)))}
@@ -505,6 +521,7 @@ class FastEngine(Engine):
                 if r.input_id in wanted:
                     results[(ti, r.input_id)] = r
             self.stats["reference"] += len(ids)
+        self.seconds["reference"] += time.perf_counter() - t0
         return [results[(ti, int(i))] for ti, task in enumerate(tasks) for i in task.input_ids]
 
     def _plain_rows(self, task: RunTask) -> set[int] | None:
@@ -578,15 +595,19 @@ class FastEngine(Engine):
                 need |= set(s.channel_kinds)
         shared = self._shared
         with shared.lock:  # a block is verified once, and the verdict given once, for all sharers
+            t0 = time.perf_counter()
             golden, verified = values.values(block, need)
+            self.seconds["golden"] += time.perf_counter() - t0
             if self._rows_independent is None:
                 if shared.rows_independent is not None:
                     self._rows_independent = shared.rows_independent
                 elif verified:
                     assert self._positions is not None
+                    t0 = time.perf_counter()
                     self._rows_independent = rows_independent(
                         values, block, self.options, self._positions
                     )
+                    self.seconds["row_check"] += time.perf_counter() - t0
                     shared.rows_independent = self._rows_independent
         if self._rows_independent is False:
             assert self._positions is not None
@@ -605,10 +626,12 @@ class FastEngine(Engine):
         for group in by_site.values():
             site = sites[group[0][0]]
             if site.ok is None:
+                t0 = time.perf_counter()
                 if self._structured(site, golden):
                     site.ok = self._structured_reproduces(site, block, golden)
                 else:
                     site.ok = site_reproduces(site, values, block, golden)
+                self.seconds["site_checks"] += time.perf_counter() - t0
             if not site.ok:
                 for ti, i in group:
                     self._hand_over(to_reference, ti, [i], REASONS["site"])
@@ -641,7 +664,9 @@ class FastEngine(Engine):
                     for ti, i in batch:
                         self._hand_over(to_reference, ti, [i], reason)
                     continue
-                per = (time.perf_counter() - t0) / max(len(batch), 1)
+                spent = time.perf_counter() - t0
+                self.seconds["batches"] += spent
+                per = spent / max(len(batch), 1)
                 finished.extend((keys, out, per) for keys, out in done if keys)
 
     def _run_batch(
