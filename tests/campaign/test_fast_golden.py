@@ -188,3 +188,36 @@ def test_blocks_are_cut_so_that_a_block_of_golden_values_fits_half_the_budget(mo
     roomy = FastEngine(model, x, golden, batch_size=64, options=FastOptions(cache_bytes=8 * budget))
     roomy._program()
     assert roomy.block == 64
+
+
+def test_the_cache_leaves_a_reserve_of_the_budget_for_the_batches(monkeypatch):
+    """Golden values never take more than the budget less two values of ``batch_size`` rows
+    of the largest value per row (at most half the budget): the batches' working memory comes
+    on top of the cache."""
+    torch.manual_seed(0)
+    model = create_model("resnet8", dataset="digits").eval()
+    x = model.example_inputs(64)
+    golden = golden_run(model, x, 256)
+    prog = FastEngine(model, x, golden, batch_size=64)._program()
+    assert prog is not None
+    per_row, largest = sum(prog.row_bytes.values()), max(prog.row_bytes.values())
+    budget = 64 * per_row
+    reserve = min(budget // 2, 2 * 64 * largest)
+    assert 0 < reserve < budget
+    most = [0]
+    put = GoldenCache.put
+
+    def watched(self, key, t):
+        put(self, key, t)
+        if len(self.items) > 1:
+            most[0] = max(most[0], self.bytes)
+
+    monkeypatch.setattr(GoldenCache, "put", watched)
+    tasks = [RunTask(k, (f,), tuple(range(64))) for k, f in enumerate(_faults(model, x, 40, 6))]
+    fast = FastEngine(model, x, golden, batch_size=64, options=FastOptions(cache_bytes=budget))
+    got = fast.run(tasks)
+    want = ReferenceEngine(model, x, golden, batch_size=64).run(tasks)
+    key = lambda r: (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)  # noqa: E731
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.cache.budget == budget - reserve
+    assert 0 < most[0] <= budget - reserve

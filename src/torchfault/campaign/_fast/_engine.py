@@ -234,8 +234,9 @@ class FastEngine(Engine):
 
     @property
     def cache(self) -> GoldenCache:
-        """The golden-value cache (its ``budget`` starts at ``options.cache_bytes``; shared with
-        the engine given to :meth:`share_golden`)."""
+        """The golden-value cache (its ``budget`` starts at ``options.cache_bytes``, less a
+        reserve for the batches once the model is traced, :meth:`_fit_block`; shared with the
+        engine given to :meth:`share_golden`)."""
         return self._shared.cache
 
     # ------------------------------------------------------------------ which runs go fast
@@ -298,16 +299,26 @@ class FastEngine(Engine):
         return prog
 
     def _fit_block(self, prog: Program) -> int:
-        """Inputs per block: ``batch_size``, or fewer (a multiple of ``min_rows``, at least
-        ``min_rows``) so that one block's golden values, every row-indexed value of the graph,
-        take at most half the cache budget. A block whose values do not fit has them dropped and
-        computed again, pass after pass, and its passes and batches hold more memory on top of
-        the full cache (resnet18-like, one block of 256 inputs: 3.5x slower, 190 MiB above the
-        512 MiB budget, than in blocks of 64). Which block a row is in changes no bit: a row's
-        values do not depend on the other rows of its pass (:func:`~._exactness.rows_independent`).
+        """Size the golden values to the budget (``options.cache_bytes``); returns the inputs per
+        block.
+
+        The cache keeps the budget less a reserve for the batches' working memory: two values of
+        ``batch_size`` rows of the graph's largest value per row, at most half the budget (the
+        cache is the only bound on golden values; a batch's site rows, their faulty copy and the
+        golden rows it gathers come on top of it). A block is ``batch_size`` inputs, or fewer (a
+        multiple of ``min_rows``, at least ``min_rows``) so that one block's golden values, every
+        row-indexed value of the graph, take at most half the cache: a block whose values do not
+        fit has them dropped and computed again, pass after pass, and its passes hold more
+        memory on top of the full cache (resnet18-like, one block of 256 inputs: 3.5x slower,
+        and 190 MiB above the 512 MiB budget, than in blocks of 64). Which block a row is in
+        changes no bit: a row's values do not depend on the other rows of its pass
+        (:func:`~._exactness.rows_independent`).
         """
+        budget = self.options.cache_bytes
+        largest = max(prog.row_bytes.values(), default=0)
+        self.cache.budget = budget - min(budget // 2, 2 * self._max_block * largest)
         per_row = max(1, sum(prog.row_bytes.values()))
-        fit = self.options.cache_bytes // 2 // per_row // self.min_rows * self.min_rows
+        fit = self.cache.budget // 2 // per_row // self.min_rows * self.min_rows
         return max(self.min_rows, min(self._max_block, fit))
 
     def _flat_golden(self, prog: Program) -> torch.Tensor | None:

@@ -16,9 +16,10 @@ class FastOptions:
     """How the ``fast`` engine trades memory and checks for speed; none of them changes a record.
 
     Attributes:
-        cache_bytes: budget of the golden-value cache (per engine, i.e. per worker); blocks of
-            inputs are cut below ``batch_size`` so that one block's golden values take at most
-            half of it.
+        cache_bytes: memory budget of the golden values (per engine, i.e. per worker): the
+            cache keeps it less a reserve for the batches (two values of ``batch_size`` rows of
+            the largest value per row, at most half), and blocks of inputs are cut below
+            ``batch_size`` so that one block's golden values take at most half the cache.
         max_checks: masking checks per site after the site itself (where rows that are golden
             again are dropped as masked).
         window: compute the layers after an activation fault on the spatial window the fault can
