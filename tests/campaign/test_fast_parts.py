@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Tall batches of transformer encoder layers run in parts (issue 12, speed): a
 ``batch_first`` ``nn.TransformerEncoderLayer`` after a fault site, and a layer with activation
-faults injected inside it, are computed in calls of up to 32 rows and joined. The oracle for
+faults injected inside it, are computed in calls of up to 32 (16) rows and joined. The oracle for
 every record is the reference engine (full forward passes of each fault's inputs)."""
 
 from __future__ import annotations
