@@ -26,21 +26,27 @@ def _faults(model, x, n, seed):
     ]
 
 
-def test_golden_values_stay_within_the_budget_and_records_stay_exact(monkeypatch):
-    torch.manual_seed(0)
-    model = create_model("resnet8", dataset="digits").eval()
-    x = model.example_inputs(40)
-    golden = golden_run(model, x, 256)
-    tasks = [RunTask(k, (f,), tuple(range(40))) for k, f in enumerate(_faults(model, x, 24, 3))]
+def _key(r):
+    return (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)
+
+
+def _cache_peak(monkeypatch) -> list[int]:
+    """Record the cache's most bytes while it holds more than one item (one is kept whatever
+    its size)."""
     most = [0]
     put = GoldenCache.put
 
     def watched(self, key, t):
         put(self, key, t)
-        if len(self.items) > 1:  # one item is kept whatever its size
+        if len(self.items) > 1:
             most[0] = max(most[0], self.bytes)
 
     monkeypatch.setattr(GoldenCache, "put", watched)
+    return most
+
+
+def _golden_passes(monkeypatch) -> list[int]:
+    """Count the passes over a block (golden passes and those that compute values again)."""
     passes = [0]
     forward = GoldenValues.forward
 
@@ -49,12 +55,22 @@ def test_golden_values_stay_within_the_budget_and_records_stay_exact(monkeypatch
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(GoldenValues, "forward", counted)
+    return passes
+
+
+def test_golden_values_stay_within_the_budget_and_records_stay_exact(monkeypatch):
+    torch.manual_seed(0)
+    model = create_model("resnet8", dataset="digits").eval()
+    x = model.example_inputs(40)
+    golden = golden_run(model, x, 256)
+    tasks = [RunTask(k, (f,), tuple(range(40))) for k, f in enumerate(_faults(model, x, 24, 3))]
+    most = _cache_peak(monkeypatch)
+    passes = _golden_passes(monkeypatch)
     budget = 64 * 1024  # a few values of a 20-row block: most are dropped and computed again
     fast = FastEngine(model, x, golden, batch_size=20, options=FastOptions(cache_bytes=budget))
     got = fast.run(tasks)
     want = ReferenceEngine(model, x, golden).run(tasks)
-    key = lambda r: (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)  # noqa: E731
-    assert [key(r) for r in got] == [key(r) for r in want]
+    assert [_key(r) for r in got] == [_key(r) for r in want]
     assert fast.stats["fast"] > 0
     assert 0 < most[0] <= budget
     assert passes[0] > 2 * 3  # dropped values were computed again (2 blocks, a few checks)
@@ -120,8 +136,7 @@ def test_windows_are_sized_by_the_probe_without_a_pass_of_their_own(monkeypatch)
         counts[window] = list(passes)
     assert counts[True] == counts[False]
     want = ReferenceEngine(model, x, golden).run(tasks)
-    key = lambda r: (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)  # noqa: E731
-    assert [key(r) for r in got] == [key(r) for r in want]
+    assert [_key(r) for r in got] == [_key(r) for r in want]
 
 
 def test_marker_checks_never_compute_a_dropped_value_again(monkeypatch):
@@ -166,20 +181,12 @@ def test_blocks_are_cut_so_that_a_block_of_golden_values_fits_half_the_budget(mo
     prog = FastEngine(model, x, golden, batch_size=64)._program()
     assert prog is not None
     budget = 2 * 16 * sum(prog.row_bytes.values())
-    passes = [0]
-    forward = GoldenValues.forward
-
-    def counted(self, *args, **kwargs):
-        passes[0] += 1
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(GoldenValues, "forward", counted)
+    passes = _golden_passes(monkeypatch)
     tasks = [RunTask(k, (f,), tuple(range(64))) for k, f in enumerate(_faults(model, x, 40, 5))]
     fast = FastEngine(model, x, golden, batch_size=64, options=FastOptions(cache_bytes=budget))
     got = fast.run(tasks)
     want = ReferenceEngine(model, x, golden, batch_size=64).run(tasks)
-    key = lambda r: (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)  # noqa: E731
-    assert [key(r) for r in got] == [key(r) for r in want]
+    assert [_key(r) for r in got] == [_key(r) for r in want]
     assert fast.stats["fast"] == len(got)
     assert passes[0] == 4  # one pass per block, none to compute a dropped value again
     assert fast.block == 16
@@ -204,20 +211,11 @@ def test_the_cache_leaves_a_reserve_of_the_budget_for_the_batches(monkeypatch):
     budget = 64 * per_row
     reserve = min(budget // 2, 2 * 64 * largest)
     assert 0 < reserve < budget
-    most = [0]
-    put = GoldenCache.put
-
-    def watched(self, key, t):
-        put(self, key, t)
-        if len(self.items) > 1:
-            most[0] = max(most[0], self.bytes)
-
-    monkeypatch.setattr(GoldenCache, "put", watched)
+    most = _cache_peak(monkeypatch)
     tasks = [RunTask(k, (f,), tuple(range(64))) for k, f in enumerate(_faults(model, x, 40, 6))]
     fast = FastEngine(model, x, golden, batch_size=64, options=FastOptions(cache_bytes=budget))
     got = fast.run(tasks)
     want = ReferenceEngine(model, x, golden, batch_size=64).run(tasks)
-    key = lambda r: (r.fault_id, r.input_id, r.outcome, r.faulty_top1, r.max_abs_diff)  # noqa: E731
-    assert [key(r) for r in got] == [key(r) for r in want]
+    assert [_key(r) for r in got] == [_key(r) for r in want]
     assert fast.cache.budget == budget - reserve
     assert 0 < most[0] <= budget - reserve

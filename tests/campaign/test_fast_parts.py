@@ -89,7 +89,9 @@ def test_encoder_layers_in_tall_batches_run_in_parts_with_the_reference_records(
     assert len(calls) == 20
 
 
-def test_a_layer_called_with_a_mask_is_not_split():
+def test_an_encoder_called_with_a_mask_is_not_split():
+    """An encoder called with a mask stays one traced node (not its layers): nothing is split,
+    and the records are the reference engine's."""
     torch.manual_seed(3)
     got, want, fast = _run(Encoder(mask=True).eval(), 3)
     assert [_key(r) for r in got] == [_key(r) for r in want]
@@ -136,3 +138,24 @@ def test_in_parts_joins_calls_of_32_rows_padded_to_16(batch_first):
         want = torch.cat([layer(x[:32]), layer(x[32:64]), tail])
     assert out is not None and out.shape == x.shape
     assert torch.equal(out, want)
+
+
+class _Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.register_buffer("mask", torch.zeros(6, 6))
+
+    def forward(self, x):
+        return self.layer(x, src_mask=self.mask)
+
+
+def test_in_parts_leaves_a_layer_called_with_a_mask_whole():
+    model = _Masked().eval()
+    gm = fx.symbolic_trace(model)
+    node = next(n for n in gm.graph.nodes if n.op == "call_module")
+    assert node.kwargs  # the mask is an argument of the call
+    x = torch.randn(70, 6, 16)
+    with torch.no_grad():
+        got = in_parts(node, model.layer, lambda a: x, lambda n, env, lookup: model.layer(x), 16)
+    assert got is None

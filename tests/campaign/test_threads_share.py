@@ -107,17 +107,19 @@ def _count_verifications(monkeypatch) -> list[int]:
     return passes
 
 
-def test_threads_share_one_golden_cache_and_verify_each_block_once(case, monkeypatch):
-    model, x, golden, tasks, want = case
-    passes = _count_verifications(monkeypatch)
+def _run_threads(setup: _Setup, tasks: list[RunTask]) -> dict:
+    """The tasks through the ``threads`` executor (2 workers, chunks of 3 tasks), records by
+    (fault, input); the engines it built are in ``_BUILT``."""
     _BUILT.clear()
     chunks = [tasks[k : k + 3] for k in range(0, len(tasks), 3)]
     with create_executor("threads", workers=2) as ex:
-        got = {
-            (r.fault_id, r.input_id): r
-            for rs in ex.map(_Setup(model, x, golden), chunks)
-            for r in rs
-        }
+        return {(r.fault_id, r.input_id): r for rs in ex.map(setup, chunks) for r in rs}
+
+
+def test_threads_share_one_golden_cache_and_verify_each_block_once(case, monkeypatch):
+    model, x, golden, tasks, want = case
+    passes = _count_verifications(monkeypatch)
+    got = _run_threads(_Setup(model, x, golden), tasks)
     assert len(_BUILT) == 2
     first, second = _BUILT
     assert second.model is not first.model  # each thread its own model
@@ -203,14 +205,7 @@ def test_threads_share_when_the_first_engine_cut_its_blocks_to_the_budget(case, 
     assert prog is not None
     options = FastOptions(cache_bytes=2 * 16 * sum(prog.row_bytes.values()))
     passes = _count_verifications(monkeypatch)
-    _BUILT.clear()
-    chunks = [tasks[k : k + 3] for k in range(0, len(tasks), 3)]
-    with create_executor("threads", workers=2) as ex:
-        got = {
-            (r.fault_id, r.input_id): r
-            for rs in ex.map(_Setup(model, x, golden, 32, options), chunks)
-            for r in rs
-        }
+    got = _run_threads(_Setup(model, x, golden, 32, options), tasks)
     first, second = _BUILT
     assert first.block == second.block == 16
     assert second.cache is first.cache

@@ -277,7 +277,7 @@ def inner_activation_faults(
     """
     n = spans[-1][1]
     out = None
-    if n > INNER_ROWS and not base.is_quantized:
+    if n > max(INNER_ROWS, values.min_rows) and not base.is_quantized:
         out = _inner_in_parts(site, model, faults, spans, values, golden, pos, base)
     if out is None:
         out = injected_output(site, model, on_rows(faults, spans), values, golden, pos)
@@ -299,8 +299,8 @@ def _inner_in_parts(
     base: torch.Tensor,
 ) -> torch.Tensor | None:
     """:func:`inner_activation_faults`' output computed in calls of about ``INNER_ROWS`` rows,
-    joined (the batch's padding rows after the real ones: golden, from ``base``); ``None``
-    when a call's output is not a contiguous tensor of ``base``'s kind."""
+    joined; ``None`` when a call's output is not a contiguous tensor of ``base``'s kind. The
+    batch has no padding rows (it has more than ``INNER_ROWS`` >= ``min_rows`` real rows)."""
     parts: list[torch.Tensor] = []
     k = 0
     while k < len(spans):
@@ -322,9 +322,6 @@ def _inner_in_parts(
             return None
         parts.append(out[: r1 - r0])
         k = j
-    n = spans[-1][1]
-    if base.shape[0] > n:
-        parts.append(base[n:].contiguous())
     return torch.cat(parts)
 
 
