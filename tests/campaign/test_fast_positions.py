@@ -258,11 +258,13 @@ class WideFn(nn.Module):
     [torch.sigmoid, F.silu, F.elu, F.softplus, F.mish, F.gelu, torch.tanh],
     ids=lambda f: f.__name__,
 )
-def test_one_call_over_a_whole_value_at_one_thread_equals_reference(fn, threads):
-    """At one thread a covered function is computed canonically in one call over the whole
-    value (not block by block) when that was measured to give the blocks' bits; the records
-    still equal the reference engine's, and the blocks' result is the same words."""
-    threads(1)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_one_call_over_a_whole_value_equals_reference(fn, n_threads, threads):
+    """A covered function is computed canonically in one call over the whole value, every
+    thread's share padded to a multiple of ALIGN (not block by block), when that was measured to
+    give the blocks' bits; the records still equal the reference engine's, and the blocks'
+    result is the same words."""
+    threads(n_threads)
     torch.manual_seed(5)
     model = WideFn(fn).eval()
     x = torch.randn(33, 2, 15, 15) * 3
@@ -276,11 +278,55 @@ def test_one_call_over_a_whole_value_at_one_thread_equals_reference(fn, threads)
     assert [key(r) for r in got] == [key(r) for r in want]
     positions = fast._positions
     assert positions is not None and positions.ops
-    assert True in positions._whole.values()  # the one-call path ran
     node = next(iter(positions.ops))
+    assert positions._whole[(node, n_threads)] is True  # the one-call path ran
     op = positions.ops[node]
     v = torch.randn(33, 5, 15, 15, dtype=op.dtype) * 4
     one = positions._canonical(node, op.operand, v)
-    positions._whole[node] = False  # the same value block by block
+    positions._whole[(node, n_threads)] = False  # the same value block by block
     blocks = positions._canonical(node, op.operand, v)
     assert torch.equal(one.view(torch.int32), blocks.view(torch.int32))
+
+
+@pytest.mark.parametrize(
+    "fn", [torch.sigmoid, F.silu, F.elu, F.softplus, F.mish], ids=lambda f: f.__name__
+)
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_one_aligned_call_under_threads_gives_the_blocks_words_where_a_plain_call_does_not(
+    fn, n_threads, threads
+):
+    """Under two and three threads, values of 17 to 231 rows (19,125 to 259,875 floats: one
+    share, several, a share cut anywhere) computed in one call padded to aligned shares give the
+    words of the canonical blocks, for random values and the function's probe values. The same
+    values in one unpadded call (the real kernel's own split) differ from the blocks somewhere:
+    what the padding prevents is there to be seen. (Three threads on a 2-CPU machine still
+    split the loop three ways: a share of a third of a multiple of ALIGN has a tail.)"""
+    threads(n_threads)
+    torch.manual_seed(5)
+    model = WideFn(fn).eval()
+    x = torch.randn(33, 2, 15, 15) * 3
+    fast = FastEngine(model, x, golden_run(model, x, 256))
+    fast.run([RunTask(0, (Fault("c", "output", (0, 0, 0), (30,)),), (0,))])
+    positions = fast._positions
+    assert positions is not None and positions.ops
+    node = next(iter(positions.ops))
+    op = positions.ops[node]
+    assert positions._one_call(node, op)
+    g = torch.Generator().manual_seed(1)
+    plain_differs = 0
+    for rows in (17, 29, 33, 58, 59, 97, 130, 231):
+        n = rows * 5 * 15 * 15
+        for fill in ("random", "probe"):
+            if fill == "random":
+                flat = torch.randn(n, generator=g) * 4
+            else:
+                flat = op.probe.repeat(n // op.probe.numel() + 1)[:n].clone()
+            v = flat.reshape(rows, 5, 15, 15)
+            one = positions._canonical(node, op.operand, v)
+            positions._whole[(node, n_threads)] = False
+            blocks = positions._canonical(node, op.operand, v)
+            positions._whole[(node, n_threads)] = True
+            assert torch.equal(one.view(torch.int32), blocks.view(torch.int32)), (rows, fill)
+            plain = fn(v)
+            plain_differs += not torch.equal(plain.view(torch.int32), blocks.view(torch.int32))
+    assert plain_differs > 0

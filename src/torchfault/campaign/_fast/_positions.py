@@ -15,10 +15,12 @@ positions at all:
   :data:`BLOCK` elements: every block is one vectorised loop without a tail and below every
   kernel's threshold for threading, so every value gets the vectorised result, wherever it
   sits and however many threads run. The engine's golden values, its row check and the rest of
-  the network after a fault are all computed this way. With one intra-op thread a value longer
-  than a block is computed in one call over the whole padded value instead (one share, one
-  vectorised loop without a tail: the blocks' bits without a call and a copy per block), for
-  each function where that was measured to give the blocks' words (:meth:`Positions._one_call`).
+  the network after a fault are all computed this way. A value longer than a block is computed
+  in one call over the whole value instead, padded so that every thread's share of it is a
+  multiple of :data:`ALIGN` elements (:func:`share_aligned`; with one thread, the whole value
+  is one share): every share is one vectorised loop without a tail, so the blocks' bits without
+  a call and a copy per block. That is done for each function and thread count where it was
+  measured to give the blocks' words (:meth:`Positions._one_call`).
 - **Plain rows.** The reference engine runs the real kernels at the real places, so a row takes
   the fast path only when, at every such function, the real kernel in the batch the reference
   engine would run it in (the fault's inputs in chunks of ``batch_size``, padded to
@@ -53,7 +55,7 @@ import torch.fx as fx
 from torchfault.campaign._fast._operations import is_inexact
 from torchfault.campaign._fast._planning import Program, Unsupported
 
-__all__ = ["ALIGN", "BLOCK", "Positions", "reference_layout"]
+__all__ = ["ALIGN", "BLOCK", "GRAIN", "Positions", "reference_layout", "share_aligned"]
 
 #: canonical blocks are padded to a multiple of this many elements (two 512-bit vectors of the
 #: narrowest float type, with room to spare)
@@ -63,6 +65,31 @@ ALIGN = 128
 BLOCK = 16384
 #: values tried per function when looking for ones whose vectorised and scalar results differ
 POOL = 8192
+#: ATen's grain for threading element-wise loops (``at::internal::GRAIN_SIZE``): a loop over
+#: ``n`` values runs in ``min(threads, ceil(n / GRAIN))`` shares of ``ceil(n / shares)`` values
+GRAIN = 32768
+
+
+def share_aligned(n: int, threads: int) -> int:
+    """The fewest values, at least ``n``, that ``threads`` intra-op threads split into shares
+    that are all a multiple of :data:`ALIGN` values (by the rule of :data:`GRAIN`).
+
+    Example:
+        >>> share_aligned(100, 1), share_aligned(40_000, 1)
+        (128, 40064)
+        >>> m = share_aligned(40_000, 2)  # two shares of 20,096
+        >>> m, m // 2 % ALIGN
+        (40192, 0)
+        >>> m = share_aligned(70_001, 3)  # three shares of 23,424
+        >>> m, -(-m // 3) % ALIGN, m % ALIGN
+        (70272, 0, 0)
+    """
+    m = -(-n // ALIGN) * ALIGN
+    while True:
+        shares = max(1, min(threads, -(-m // GRAIN)))
+        if -(-m // shares) % ALIGN == 0:
+            return m
+        m = -(-m // (shares * ALIGN)) * shares * ALIGN
 
 
 @dataclass(eq=False)
@@ -133,9 +160,9 @@ class Positions:
         self._constants: dict[fx.Node, Any] = {}
         self._nonplain: dict[tuple[str, int, int], frozenset[int]] = {}
         self._bad_rows: dict[tuple[int, int], frozenset[int]] = {}
-        #: functions measured to give the blocks' bits in one call over a whole value at one
-        #: thread (see :meth:`_one_call`)
-        self._whole: dict[fx.Node, bool] = {}
+        #: (function, thread count) measured to give the blocks' bits in one call over a whole
+        #: value padded to aligned shares (see :meth:`_one_call`)
+        self._whole: dict[tuple[fx.Node, int], bool] = {}
         self._inexact = [
             n for n in prog.nodes if n in prog.dynamic and is_inexact(n, prog.module_of(n))
         ]
@@ -263,51 +290,68 @@ class Positions:
         if op is None or op.inplace:
             flat = flat.clone()
         n = flat.numel()
-        # one call over the whole value (see _one_call), else one per block
-        step = n if n > BLOCK and op is not None and self._one_call(node, op) else BLOCK
-        parts = []
-        for i in range(0, n, step):
-            seg = flat[i : i + step]
-            k = seg.numel()
-            if k % ALIGN:
-                seg = torch.cat([seg, seg.new_zeros(-k % ALIGN)])
-            out = self._call(node, operand, seg)
-            parts.append(out if out.numel() == k else out[:k])
-        out = (torch.cat(parts) if len(parts) > 1 else parts[0]).reshape(xp.shape)
+        if n > BLOCK and op is not None and self._one_call(node, op):
+            # one call over the whole value, every thread's share aligned (see _one_call)
+            out = self._aligned_call(node, operand, flat)
+        else:
+            parts = [
+                self._aligned_call(node, operand, flat[i : i + BLOCK]) for i in range(0, n, BLOCK)
+            ]
+            out = torch.cat(parts) if len(parts) > 1 else parts[0]
+        out = out.reshape(xp.shape)
         inverse = sorted(range(len(perm)), key=perm.__getitem__)
         return out.permute(inverse)  # the operand's strides (channels-last stays so)
 
+    def _aligned_call(self, node: fx.Node, operand: fx.Node, flat: torch.Tensor) -> torch.Tensor:
+        """``node`` on the flat ``flat`` in one call, padded with zeros to
+        :func:`share_aligned` values at the present thread count (a new buffer then: an
+        in-place function writes into it, and ``flat`` is a copy when it would not be)."""
+        k = flat.numel()
+        m = share_aligned(k, torch.get_num_threads())
+        seg = flat if m == k else torch.cat([flat, flat.new_zeros(m - k)])
+        out = self._call(node, operand, seg)
+        return out if out.numel() == k else out[:k]
+
     def _one_call(self, node: fx.Node, op: _Op) -> bool:
-        """May ``node`` be computed canonically in one call over a whole padded value instead of
-        block by block? With one intra-op thread, an element-wise kernel runs the whole buffer
-        as one share: one vectorised loop, no tail when its length is a multiple of
-        :data:`ALIGN`, so the blocks' bits without the calls and copies of each block. Measured
-        once per function (and only trusted at one thread): a value of ``3 * BLOCK + ALIGN``
-        elements filled with the function's probe values (those whose vectorised and scalar
-        results differ) gives the same words in one call as in blocks."""
-        if torch.get_num_threads() != 1:
-            return False
-        ok = self._whole.get(node)
+        """May ``node`` be computed canonically in one call over a whole value, padded so that
+        every thread's share is a multiple of :data:`ALIGN` (:func:`share_aligned`), instead
+        of block by block? Each share of an element-wise kernel is one vectorised loop, with no
+        tail when its length is such a multiple, so the blocks' bits without the calls and
+        copies of each block. Measured once per function and thread count: values of
+        ``3 * BLOCK + ALIGN`` elements and, with several threads, of ``(2 * threads + 1) *
+        GRAIN + 3 * ALIGN`` (every thread takes a share), filled with the function's probe
+        values (those whose vectorised and scalar results differ) and the same shifted by one,
+        give the same words in one call as in blocks; otherwise the function keeps its blocks
+        at that thread count."""
+        threads = torch.get_num_threads()
+        ok = self._whole.get((node, threads))
         if ok is None:
-            m = 3 * BLOCK + ALIGN
+            sizes = [3 * BLOCK + ALIGN]
+            if threads > 1:
+                sizes.append((2 * threads + 1) * GRAIN + 3 * ALIGN)
             fill = op.probe.to(op.dtype).reshape(-1)
-            x = fill.repeat(m // max(fill.numel(), 1) + 1)[:m].contiguous()
+            ok = True
             try:
-                whole = self._call(node, op.operand, x.clone())
-                blocks = torch.cat(
-                    [
-                        self._call(node, op.operand, x[i : i + BLOCK].clone())
-                        for i in range(0, m, BLOCK)
-                    ]
-                )
-                ok = (
-                    isinstance(whole, torch.Tensor)
-                    and whole.shape == blocks.shape
-                    and not bool(_differ(whole, blocks).any())
-                )
+                for size in sizes:
+                    m = share_aligned(size, threads)
+                    for shift in (0, 1):
+                        x = fill.roll(shift).repeat(m // max(fill.numel(), 1) + 1)[:m]
+                        x = x.contiguous()
+                        whole = self._call(node, op.operand, x.clone())
+                        blocks = torch.cat(
+                            [
+                                self._call(node, op.operand, x[i : i + BLOCK].clone())
+                                for i in range(0, m, BLOCK)
+                            ]
+                        )
+                        ok = ok and (
+                            isinstance(whole, torch.Tensor)
+                            and whole.shape == blocks.shape
+                            and not bool(_differ(whole, blocks).any())
+                        )
             except Exception:  # noqa: BLE001 - anything odd: blocks, as before
                 ok = False
-            self._whole[node] = ok
+            self._whole[(node, threads)] = ok
         return ok
 
     def run_node(self, node: fx.Node, env: dict[fx.Node, Any], lookup: Any = None) -> Any:
