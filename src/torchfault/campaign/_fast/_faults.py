@@ -28,7 +28,7 @@ from torchfault.campaign._fast._planning import Site, Unsupported
 from torchfault.campaign._fast._rows import pad
 from torchfault.campaign._outcome import output_words_equal
 from torchfault.errors import TorchFaultError
-from torchfault.faults import Fault
+from torchfault.faults import Fault, unpack
 from torchfault.injectors import (
     apply_fault,
     apply_masks,
@@ -37,6 +37,14 @@ from torchfault.injectors import (
     flat_index,
     inject,
 )
+
+#: static quantized linear layers (a packed int8 weight; the dynamic one takes float inputs)
+QuantizedLinear: type = torch.ao.nn.quantized.Linear
+#: the operator each static quantized linear layer type runs (its ``forward``), by exact type
+QUANTIZED_LINEAR_OPS: dict[type, Any] = {
+    QuantizedLinear: torch.ops.quantized.linear,
+    torch.ao.nn.intrinsic.quantized.LinearReLU: torch.ops.quantized.linear_relu,
+}
 
 __all__ = [
     "RowsApart",
@@ -326,17 +334,19 @@ def _inner_in_parts(
 
 
 def _one_channel(site: Site, f: Fault) -> bool:
-    """Whether fault ``f`` changes one output channel of a convolution that may be stacked."""
+    """Whether fault ``f`` changes one output channel of a convolution, or of a static quantized
+    linear layer's packed weight or bias, that may be stacked."""
     m = site.module
-    return (
-        site.conv_trick is not False
-        and isinstance(m, nn.modules.conv._ConvNd)
-        and not hooked(m)
-        and not m.transposed
-        and m.groups == 1
-        and site.target in ("weight", "bias")
-        and len(f.index) >= 1
-    )
+    if (
+        site.conv_trick is False
+        or hooked(m)
+        or site.target not in ("weight", "bias")
+        or len(f.index) < 1
+    ):
+        return False
+    if site.packed:
+        return type(m) in QUANTIZED_LINEAR_OPS
+    return isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1
 
 
 #: the faults of a batch computed by one stacked convolution: (first row, output channel,
@@ -352,8 +362,8 @@ def _stacks(
     stacks: dict[tuple[int, ...], Stack] = defaultdict(list)
     full: list[tuple[int, int, Fault]] = []
     for f, (r0, r1) in zip(faults, spans):
-        if not site.packed and _one_channel(site, f):
-            t = site_tensor(site)
+        if _one_channel(site, f):
+            t = unpack(site.module)[site.target == "bias"] if site.packed else site_tensor(site)
             rows = tuple(pos[r0:r1].tolist())
             stacks[rows].append((r0, int(f.index[0]) % t.shape[0], faulty_tensor(f, t)))
         else:
@@ -417,7 +427,7 @@ def channel_faults(
     one output channel of a convolution (stacked, :func:`_stacked_conv`): per row, the channel's
     plane (rows, 1, ...) and its number; ``None`` when a fault of the batch does not, or the
     stacked convolution's canary fails (the batch then takes :func:`parameter_faults`)."""
-    if site.conv_trick is False:
+    if site.conv_trick is False or site.packed:  # channel planes of convolutions only
         return None
     stacks, full = _stacks(site, faults, spans, pos)
     if full:
@@ -448,13 +458,15 @@ def _stacked_conv(
     """One convolution computing each fault's one changed output channel (``items``: first
     row, channel, faulty tensor) over block rows ``rows``, plus a golden canary: the output
     (at least ``min_rows`` rows, channel ``j`` for ``items[j]``) when the canary reproduces
-    golden, else ``None``."""
-    m = site.module
-    assert isinstance(m, nn.modules.conv._ConvNd)
+    golden, else ``None``. A packed quantized linear layer: :func:`_stacked_qlinear`."""
     idx = pad(torch.tensor(rows, dtype=torch.int64), values.min_rows)
     args, kwargs = _site_inputs(site, values, golden, idx)
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return None
+    if site.packed:
+        return _stacked_qlinear(site, rows, items, args[0], golden)
+    m = site.module
+    assert isinstance(m, nn.modules.conv._ConvNd)
     w, b = m.weight, m.bias
     ws, bs = [], []
     for _, o, faulty in items:
@@ -470,6 +482,65 @@ def _stacked_conv(
     n = len(rows)
     g = golden[site.node][idx[:n, None], torch.tensor(outs)[None, :]]  # those channels only
     if not bool(output_words_equal(g, canary[:n]).all()):
+        return None
+    if site.conv_trick is None:
+        site.conv_trick = True
+    return y
+
+
+def _stacked_qlinear(
+    site: Site,
+    rows: tuple[int, ...],
+    items: Stack,
+    x: torch.Tensor,
+    golden: dict[fx.Node, Any],
+) -> torch.Tensor | None:
+    """:func:`_stacked_conv` for a static quantized linear layer (``Linear``, ``LinearReLU``): one
+    packed weight holding each fault's faulty output row (its int8 words, its channel's scale
+    and zero point) and bias entry, one call of the layer's operator over the rows' inputs ``x``
+    with the layer's output scale and zero point. Each output is an integer dot product
+    requantized on its own, so a column is the same words as in the layer's full product; the
+    golden canary (the golden rows of those channels in the same places, packed the same way)
+    checks it for this layer and quantized engine.
+    ``None`` when the canary fails or the weight's quantizer is not per tensor or per output
+    channel."""
+    m = site.module
+    w, b = unpack(m)
+    if not (isinstance(w, torch.Tensor) and w.is_quantized and x.is_quantized):
+        return None
+    faulty_w = [f if site.target == "weight" else w for _, _, f in items]
+    faulty_b = [f if site.target == "bias" else b for _, _, f in items]
+    if any(not same_storage_kind(t, w) for t in faulty_w):
+        return None
+    outs = [o for _, o, _ in items]
+    chans = torch.tensor(outs, dtype=torch.int64)
+    scheme = w.qscheme()
+
+    def product(ints: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if scheme == torch.per_tensor_affine:
+            qw = torch._make_per_tensor_quantized_tensor(ints, w.q_scale(), w.q_zero_point())
+        else:
+            qw = torch._make_per_channel_quantized_tensor(
+                ints,
+                w.q_per_channel_scales()[chans],
+                w.q_per_channel_zero_points()[chans],
+                0,
+            )
+        packed = torch.ops.quantized.linear_prepack(qw, bias)
+        return QUANTIZED_LINEAR_OPS[type(m)](x, packed, m.scale, m.zero_point)
+
+    if scheme != torch.per_tensor_affine and not (
+        scheme == torch.per_channel_affine and w.q_per_channel_axis() == 0
+    ):
+        return None
+    ints = torch.stack([t.int_repr()[o] for t, o in zip(faulty_w, outs)])
+    bias = None if b is None else torch.stack([t[o] for t, o in zip(faulty_b, outs)])
+    y = product(ints, bias)
+    canary = product(w.int_repr()[chans], None if b is None else b[chans])
+    n = len(rows)
+    idx = torch.tensor(rows, dtype=torch.int64)
+    g = golden[site.node][idx[:, None], chans[None, :]]
+    if not (same_storage_kind(canary, g) and bool(output_words_equal(g, canary[:n]).all())):
         return None
     if site.conv_trick is None:
         site.conv_trick = True
