@@ -40,10 +40,14 @@ from torchfault.injectors import (
 
 #: static quantized linear layers (a packed int8 weight; the dynamic one takes float inputs)
 QuantizedLinear: type = torch.ao.nn.quantized.Linear
-#: the operator each static quantized linear layer type runs (its ``forward``), by exact type
-QUANTIZED_LINEAR_OPS: dict[type, Any] = {
+#: the operator each static quantized layer type runs (its ``forward``), by exact type, for
+#: the layers whose weight and bias faults are stacked one output channel each
+#: (:func:`_stacked_quantized`)
+QUANTIZED_OPS: dict[type, Any] = {
     QuantizedLinear: torch.ops.quantized.linear,
     torch.ao.nn.intrinsic.quantized.LinearReLU: torch.ops.quantized.linear_relu,
+    torch.ao.nn.quantized.Conv2d: torch.ops.quantized.conv2d,
+    torch.ao.nn.intrinsic.quantized.ConvReLU2d: torch.ops.quantized.conv2d_relu,
 }
 
 __all__ = [
@@ -345,7 +349,10 @@ def _one_channel(site: Site, f: Fault) -> bool:
     ):
         return False
     if site.packed:
-        return type(m) in QUANTIZED_LINEAR_OPS
+        if type(m) not in QUANTIZED_OPS:
+            return False
+        # a convolution: each output channel reads every input channel, no padding of its own
+        return getattr(m, "groups", 1) == 1 and getattr(m, "padding_mode", "zeros") == "zeros"
     return isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1
 
 
@@ -458,13 +465,13 @@ def _stacked_conv(
     """One convolution computing each fault's one changed output channel (``items``: first
     row, channel, faulty tensor) over block rows ``rows``, plus a golden canary: the output
     (at least ``min_rows`` rows, channel ``j`` for ``items[j]``) when the canary reproduces
-    golden, else ``None``. A packed quantized linear layer: :func:`_stacked_qlinear`."""
+    golden, else ``None``. A static quantized layer: :func:`_stacked_quantized`."""
     idx = pad(torch.tensor(rows, dtype=torch.int64), values.min_rows)
     args, kwargs = _site_inputs(site, values, golden, idx)
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return None
     if site.packed:
-        return _stacked_qlinear(site, rows, items, args[0], golden)
+        return _stacked_quantized(site, rows, items, args[0], golden)
     m = site.module
     assert isinstance(m, nn.modules.conv._ConvNd)
     w, b = m.weight, m.bias
@@ -488,23 +495,22 @@ def _stacked_conv(
     return y
 
 
-def _stacked_qlinear(
+def _stacked_quantized(
     site: Site,
     rows: tuple[int, ...],
     items: Stack,
     x: torch.Tensor,
     golden: dict[fx.Node, Any],
 ) -> torch.Tensor | None:
-    """:func:`_stacked_conv` for a static quantized linear layer (``Linear``, ``LinearReLU``): one
-    packed weight holding each fault's faulty output row (its int8 words, its channel's scale
-    and zero point) and bias entry, one call of the layer's operator over the rows' inputs ``x``
-    with the layer's output scale and zero point. Each output is an integer dot product
-    requantized on its own, so a column is the same words as in the layer's full product; the
-    golden canary (the golden rows of those channels in the same places, packed the same way)
-    checks it for this layer and quantized engine.
-    ``None`` when the canary fails or the weight's quantizer is not per tensor or per output
-    channel."""
-    m = site.module
+    """:func:`_stacked_conv` for a static quantized layer (:data:`QUANTIZED_OPS`: ``Linear``,
+    ``LinearReLU``, ``Conv2d``, ``ConvReLU2d``): one packed weight holding each fault's faulty
+    output channel (its int8 words, its channel's scale and zero point) and bias entry, one call
+    of the layer's operator over the rows' inputs ``x`` with the layer's output scale and zero
+    point. Each output is an integer sum of products requantized on its own, so a channel is the
+    same words as in the layer's full product; the golden canary (the golden channels in the
+    same places, packed the same way) checks it for this layer and quantized engine. ``None``
+    when the canary fails or the weight's quantizer is not per tensor or per output channel."""
+    m: Any = site.module
     w, b = unpack(m)
     if not (isinstance(w, torch.Tensor) and w.is_quantized and x.is_quantized):
         return None
@@ -526,8 +532,13 @@ def _stacked_qlinear(
                 w.q_per_channel_zero_points()[chans],
                 0,
             )
-        packed = torch.ops.quantized.linear_prepack(qw, bias)
-        return QUANTIZED_LINEAR_OPS[type(m)](x, packed, m.scale, m.zero_point)
+        if isinstance(m, QuantizedLinear):
+            packed = torch.ops.quantized.linear_prepack(qw, bias)
+        else:
+            packed = torch.ops.quantized.conv2d_prepack(
+                qw, bias, list(m.stride), list(m.padding), list(m.dilation), m.groups
+            )
+        return QUANTIZED_OPS[type(m)](x, packed, m.scale, m.zero_point)
 
     if scheme != torch.per_tensor_affine and not (
         scheme == torch.per_channel_affine and w.q_per_channel_axis() == 0

@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: MIT
-"""Weight and bias faults of a static quantized linear layer, one output channel each.
+"""Weight and bias faults of static quantized linear and convolution layers, one output
+channel each.
 
-A fault in the packed int8 weight (or the float bias) of ``torch.ao.nn.quantized.Linear``
-changes one output column. The fast engine computes the columns of all faults of a batch in one
-product (a packed weight of the faulty rows, with their channels' scales), checked by a golden
-canary. The oracle is the reference engine, which repacks the whole faulty weight and runs the
-full model per fault: every record must be equal (outcome, top-1, largest difference), with
-per-channel and per-tensor weights, tasks over subsets of the inputs, and when the canary fails.
+A fault in the packed int8 weight (or the float bias) of ``torch.ao.nn.quantized.Linear`` or
+``Conv2d`` (and their fused ReLU forms) changes one output channel. The fast engine computes the
+channels of all faults of a batch in one product (a packed weight of the faulty channels, with
+their channels' scales), checked by a golden canary. The oracle is the reference engine, which
+repacks the whole faulty weight and runs the full model per fault: every record must be equal
+(outcome, top-1, largest difference), with per-channel and per-tensor weights, tasks over subsets
+of the inputs, and when the canary fails.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def test_a_failing_canary_falls_back_to_the_layer_under_inject(monkeypatch):
         calls.append(1)
         return None
 
-    monkeypatch.setattr(fast_faults, "_stacked_qlinear", failing)
+    monkeypatch.setattr(fast_faults, "_stacked_quantized", failing)
     got, want, fast = run_both(model, x, tasks)
     assert calls
     assert [key(r) for r in got] == [key(r) for r in want]
@@ -151,7 +153,7 @@ def test_the_canary_compares_with_golden(monkeypatch):
     layer = model[1]
     faults = [Fault("1", "weight", (o, 3), (6,)) for o in (0, 5, 7)]
     tasks = [RunTask(k, (f,), tuple(range(x.shape[0]))) for k, f in enumerate(faults)]
-    real = fast_faults._stacked_qlinear
+    real = fast_faults._stacked_quantized
     seen = []
 
     def tampered(site, rows, items, xq, gold):
@@ -167,7 +169,7 @@ def test_the_canary_compares_with_golden(monkeypatch):
         seen.append(y is None)
         return y
 
-    monkeypatch.setattr(fast_faults, "_stacked_qlinear", tampered)
+    monkeypatch.setattr(fast_faults, "_stacked_quantized", tampered)
     fast = FastEngine(model, x, golden)
     got = fast.run(tasks)
     want = ReferenceEngine(model, x, golden).run(tasks)
@@ -190,3 +192,74 @@ def test_a_fused_linear_relu_is_stacked_with_its_own_operator():
     assert {r.outcome for r in want} - {"masked"}
     sites = packed_sites(fast)
     assert sites.get("_1:weight") is True and sites.get("_3:weight") is True, sites
+
+
+def quantized_cnn(per_channel: bool, seed: int = 0):
+    """QuantStub -> Conv2d(3, 8, 3, pad 1) + ReLU (fused: ConvReLU2d) -> Conv2d(8, 8, 3,
+    stride 2, groups 2) -> Conv2d(8, 6, 1) -> Flatten -> Linear -> DeQuantStub, eager mode."""
+    from torch.ao.quantization import (
+        DeQuantStub,
+        QConfig,
+        QuantStub,
+        convert,
+        default_observer,
+        default_weight_observer,
+        fuse_modules,
+        get_default_qconfig,
+        prepare,
+    )
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        QuantStub(),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, groups=2),
+        nn.Conv2d(8, 6, 1),
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 3, 5),
+        DeQuantStub(),
+    ).eval()
+    model = fuse_modules(model, [["1", "2"]])
+    x = torch.randn(19, 3, 8, 8)
+    model.qconfig = (
+        get_default_qconfig("x86")
+        if per_channel
+        else QConfig(activation=default_observer, weight=default_weight_observer)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(model, inplace=True)
+        model(x)
+        convert(model, inplace=True)
+    return model, x
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+def test_stacked_quantized_convolutions_equal_reference(per_channel):
+    """Faults on the weights and biases of a fused ConvReLU2d, a grouped Conv2d (not stacked: a
+    channel reads only its group), a 1x1 Conv2d and the linear head: records equal the reference
+    engine's; the ungrouped convolutions and the head are stacked."""
+    model, x = quantized_cnn(per_channel, seed=int(per_channel))
+    rng = random.Random(int(per_channel) + 20)
+    faults = []
+    for _ in range(40):
+        name = rng.choice(("1", "3", "4", "6"))
+        shape = model[int(name)].weight().shape
+        if rng.random() < 0.75:
+            index = tuple(rng.randrange(d) for d in shape)
+            faults.append(Fault(name, "weight", index, (rng.randrange(8),)))
+        else:
+            bits = (rng.choice((20, 23, 26, 29, 30, 31)),)
+            faults.append(Fault(name, "bias", (rng.randrange(shape[0]),), bits))
+    n = x.shape[0]
+    tasks = [RunTask(k, (f,), tuple(range(n))) for k, f in enumerate(faults)]
+    tasks += [RunTask(100 + k, (f,), (k % n, (3 * k + 1) % n)) for k, f in enumerate(faults)]
+    got, want, fast = run_both(model, x, tasks)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    assert fast.stats["fast"] == len(got) and fast.stats["reference"] == 0
+    assert {r.outcome for r in want} - {"masked"}
+    sites = packed_sites(fast)
+    stacked = {k for k, v in sites.items() if v}
+    assert {k.split(":")[0] for k in stacked} == {"_1", "_4", "_6"}, sites
+    assert all(v is None for k, v in sites.items() if k.startswith("_3:")), sites
