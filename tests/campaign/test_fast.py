@@ -1016,21 +1016,39 @@ def test_transcendental_functions_on_aligned_rows_stay_fast():
 
 # ---------------------------------------------------------------------------- an injection
 # changes the faulted words and nothing else (layout, aliasing, dtype, quantizer)
-def eager_quantize(*layers, x):
-    """QuantStub -> ``layers`` -> DeQuantStub, x86 qconfig, prepared, calibrated on ``x``,
-    converted (eager mode: torchfault's own ``quantize_model`` is FX mode)."""
+def eager_int8(model: nn.Module, x: torch.Tensor, per_channel: bool = True) -> nn.Module:
+    """``model`` (QuantStub ... DeQuantStub, eval mode) prepared, calibrated on ``x`` and
+    converted in place (eager mode: torchfault's own ``quantize_model`` is FX mode); int8
+    weights per channel (the x86 default qconfig) or per tensor."""
     import warnings
 
-    from torch.ao.quantization import DeQuantStub, QuantStub, convert, get_default_qconfig, prepare
+    from torch.ao.quantization import (
+        QConfig,
+        convert,
+        default_observer,
+        default_weight_observer,
+        get_default_qconfig,
+        prepare,
+    )
 
-    model = nn.Sequential(QuantStub(), *layers, DeQuantStub()).eval()
-    model.qconfig = get_default_qconfig("x86")
+    model.qconfig = (
+        get_default_qconfig("x86")
+        if per_channel
+        else QConfig(activation=default_observer, weight=default_weight_observer)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepare(model, inplace=True)
         model(x)
         convert(model, inplace=True)
     return model
+
+
+def eager_quantize(*layers, x):
+    """QuantStub -> ``layers`` -> DeQuantStub, x86 qconfig (:func:`eager_int8`)."""
+    from torch.ao.quantization import DeQuantStub, QuantStub
+
+    return eager_int8(nn.Sequential(QuantStub(), *layers, DeQuantStub()).eval(), x)
 
 
 def eager_quantized_linear():

@@ -14,7 +14,6 @@ of the inputs, and when the canary fails.
 from __future__ import annotations
 
 import random
-import warnings
 
 import pytest
 import torch
@@ -26,6 +25,8 @@ from torchfault.campaign._engine import ReferenceEngine
 from torchfault.campaign._fast import FastEngine
 from torchfault.campaign._fast import _faults as fast_faults
 
+from .test_fast import eager_int8
+
 
 def key(r):
     nan = lambda v: "nan" if isinstance(v, float) and v != v else v  # noqa: E731
@@ -35,17 +36,7 @@ def key(r):
 def quantized(per_channel: bool, relu: bool = False, seed: int = 0):
     """QuantStub -> Linear(24, 12) [-> ReLU] -> Linear(12, 6) -> DeQuantStub, eager mode,
     calibrated on the inputs; per-channel (x86 default) or per-tensor int8 weights."""
-    from torch.ao.quantization import (
-        DeQuantStub,
-        QConfig,
-        QuantStub,
-        convert,
-        default_observer,
-        default_weight_observer,
-        fuse_modules,
-        get_default_qconfig,
-        prepare,
-    )
+    from torch.ao.quantization import DeQuantStub, QuantStub, fuse_modules
 
     torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Linear(24, 12)]
@@ -55,17 +46,7 @@ def quantized(per_channel: bool, relu: bool = False, seed: int = 0):
     if relu:
         model = fuse_modules(model, [["1", "2"]])
     x = torch.randn(21, 24)
-    model.qconfig = (
-        get_default_qconfig("x86")
-        if per_channel
-        else QConfig(activation=default_observer, weight=default_weight_observer)
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepare(model, inplace=True)
-        model(x)
-        convert(model, inplace=True)
-    return model, x
+    return eager_int8(model, x, per_channel), x
 
 
 def tasks_for(model, x, seed: int):
@@ -197,17 +178,7 @@ def test_a_fused_linear_relu_is_stacked_with_its_own_operator():
 def quantized_cnn(per_channel: bool, seed: int = 0):
     """QuantStub -> Conv2d(3, 8, 3, pad 1) + ReLU (fused: ConvReLU2d) -> Conv2d(8, 8, 3,
     stride 2, groups 2) -> Conv2d(8, 6, 1) -> Flatten -> Linear -> DeQuantStub, eager mode."""
-    from torch.ao.quantization import (
-        DeQuantStub,
-        QConfig,
-        QuantStub,
-        convert,
-        default_observer,
-        default_weight_observer,
-        fuse_modules,
-        get_default_qconfig,
-        prepare,
-    )
+    from torch.ao.quantization import DeQuantStub, QuantStub, fuse_modules
 
     torch.manual_seed(seed)
     model = nn.Sequential(
@@ -222,17 +193,7 @@ def quantized_cnn(per_channel: bool, seed: int = 0):
     ).eval()
     model = fuse_modules(model, [["1", "2"]])
     x = torch.randn(19, 3, 8, 8)
-    model.qconfig = (
-        get_default_qconfig("x86")
-        if per_channel
-        else QConfig(activation=default_observer, weight=default_weight_observer)
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepare(model, inplace=True)
-        model(x)
-        convert(model, inplace=True)
-    return model, x
+    return eager_int8(model, x, per_channel), x
 
 
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
