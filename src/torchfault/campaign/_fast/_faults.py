@@ -6,7 +6,9 @@ the rows, one call per fault model and format). A parameter fault is the module'
 recomputed from its cached golden inputs with the faulted tensor
 (``torch.func.functional_call``); for a convolution only the one output channel a fault can
 change is recomputed, all faults of a site stacked in one call, checked by a golden canary (the
-same convolution with the golden kernels of those channels in the same places).
+same convolution with the golden kernels of those channels in the same places); the same for
+the packed int8 weights of static quantized linear and convolution layers (one packed product of
+the faulty output channels). Other packed weights are written by ``inject``, one fault a call.
 """
 
 from __future__ import annotations
@@ -339,7 +341,8 @@ def _inner_in_parts(
 
 def _one_channel(site: Site, f: Fault) -> bool:
     """Whether fault ``f`` changes one output channel of a convolution, or of a static quantized
-    linear layer's packed weight or bias, that may be stacked."""
+    linear or convolution layer (:data:`QUANTIZED_OPS`) through its packed weight or bias, that
+    may be stacked."""
     m = site.module
     if (
         site.conv_trick is False
