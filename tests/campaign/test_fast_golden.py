@@ -169,24 +169,38 @@ def test_marker_checks_never_compute_a_dropped_value_again(monkeypatch):
     assert not [line for line in callers if "NOT_ROW_INDEXED" in line]
 
 
-def test_blocks_are_cut_so_that_a_block_of_golden_values_fits_half_the_budget(monkeypatch):
-    """With a budget that holds all golden values of 16 inputs twice over, a campaign over 64
-    inputs in batches of 64 runs in blocks of 16: each block's values are computed by one pass
-    and none is dropped and computed again; the records are the reference engine's. (In blocks
-    of 64 the values of a block do not fit and are computed again pass after pass.)"""
+def _resnet8_traced():
+    """resnet8 (digits) over 64 example inputs: the model, inputs, golden outputs and the fast
+    engine's traced graph (its ``row_bytes`` size the budgets below)."""
     torch.manual_seed(0)
     model = create_model("resnet8", dataset="digits").eval()
     x = model.example_inputs(64)
     golden = golden_run(model, x, 256)
     prog = FastEngine(model, x, golden, batch_size=64)._program()
     assert prog is not None
-    budget = 2 * 16 * sum(prog.row_bytes.values())
-    passes = _golden_passes(monkeypatch)
-    tasks = [RunTask(k, (f,), tuple(range(64))) for k, f in enumerate(_faults(model, x, 40, 5))]
+    return model, x, golden, prog
+
+
+def _run_64(model, x, golden, budget, seed):
+    """40 faults on all 64 inputs, batches of 64, cache ``budget``: the fast engine and its
+    records, which must equal the reference engine's."""
+    tasks = [RunTask(k, (f,), tuple(range(64))) for k, f in enumerate(_faults(model, x, 40, seed))]
     fast = FastEngine(model, x, golden, batch_size=64, options=FastOptions(cache_bytes=budget))
     got = fast.run(tasks)
     want = ReferenceEngine(model, x, golden, batch_size=64).run(tasks)
     assert [_key(r) for r in got] == [_key(r) for r in want]
+    return fast, got
+
+
+def test_blocks_are_cut_so_that_a_block_of_golden_values_fits_half_the_budget(monkeypatch):
+    """With a budget that holds all golden values of 16 inputs twice over, a campaign over 64
+    inputs in batches of 64 runs in blocks of 16: each block's values are computed by one pass
+    and none is dropped and computed again; the records are the reference engine's. (In blocks
+    of 64 the values of a block do not fit and are computed again pass after pass.)"""
+    model, x, golden, prog = _resnet8_traced()
+    budget = 2 * 16 * sum(prog.row_bytes.values())
+    passes = _golden_passes(monkeypatch)
+    fast, got = _run_64(model, x, golden, budget, seed=5)
     assert fast.stats["fast"] == len(got)
     assert passes[0] == 4  # one pass per block, none to compute a dropped value again
     assert fast.block == 16
@@ -201,21 +215,12 @@ def test_the_cache_leaves_a_reserve_of_the_budget_for_the_batches(monkeypatch):
     """Golden values never take more than the budget less two values of ``batch_size`` rows
     of the largest value per row (at most half the budget): the batches' working memory comes
     on top of the cache."""
-    torch.manual_seed(0)
-    model = create_model("resnet8", dataset="digits").eval()
-    x = model.example_inputs(64)
-    golden = golden_run(model, x, 256)
-    prog = FastEngine(model, x, golden, batch_size=64)._program()
-    assert prog is not None
+    model, x, golden, prog = _resnet8_traced()
     per_row, largest = sum(prog.row_bytes.values()), max(prog.row_bytes.values())
     budget = 64 * per_row
     reserve = min(budget // 2, 2 * 64 * largest)
     assert 0 < reserve < budget
     most = _cache_peak(monkeypatch)
-    tasks = [RunTask(k, (f,), tuple(range(64))) for k, f in enumerate(_faults(model, x, 40, 6))]
-    fast = FastEngine(model, x, golden, batch_size=64, options=FastOptions(cache_bytes=budget))
-    got = fast.run(tasks)
-    want = ReferenceEngine(model, x, golden, batch_size=64).run(tasks)
-    assert [_key(r) for r in got] == [_key(r) for r in want]
+    fast, got = _run_64(model, x, golden, budget, seed=6)
     assert fast.cache.budget == budget - reserve
     assert 0 < most[0] <= budget - reserve

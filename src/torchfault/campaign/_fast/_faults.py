@@ -517,13 +517,17 @@ def _stacked_quantized(
     w, b = unpack(m)
     if not (isinstance(w, torch.Tensor) and w.is_quantized and x.is_quantized):
         return None
+    scheme = w.qscheme()
+    if scheme != torch.per_tensor_affine and not (
+        scheme == torch.per_channel_affine and w.q_per_channel_axis() == 0
+    ):
+        return None
     faulty_w = [f if site.target == "weight" else w for _, _, f in items]
     faulty_b = [f if site.target == "bias" else b for _, _, f in items]
     if any(not same_storage_kind(t, w) for t in faulty_w):
         return None
     outs = [o for _, o, _ in items]
     chans = torch.tensor(outs, dtype=torch.int64)
-    scheme = w.qscheme()
 
     def product(ints: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if scheme == torch.per_tensor_affine:
@@ -543,10 +547,6 @@ def _stacked_quantized(
             )
         return QUANTIZED_OPS[type(m)](x, packed, m.scale, m.zero_point)
 
-    if scheme != torch.per_tensor_affine and not (
-        scheme == torch.per_channel_affine and w.q_per_channel_axis() == 0
-    ):
-        return None
     ints = torch.stack([t.int_repr()[o] for t, o in zip(faulty_w, outs)])
     bias = None if b is None else torch.stack([t[o] for t, o in zip(faulty_b, outs)])
     y = product(ints, bias)

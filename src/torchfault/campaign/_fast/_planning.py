@@ -328,7 +328,8 @@ class Site:
     masked_all: bool  # the site does not reach the output: every run is masked
     last: dict[fx.Node, int]  # node -> last step (index in order) that reads it; -1: the start
     ok: bool | None = None  # validated: the rest of the network reproduces golden
-    conv_trick: bool | None = None  # stacked single-channel convolutions reproduce golden
+    # stacked single-channel products (convolutions, static quantized layers) reproduce golden
+    conv_trick: bool | None = None
     need: set[fx.Node] = field(default_factory=set)
     # activation sites: the leading nodes of ``order`` that can run on spatial windows, and how
     window_kinds: dict[fx.Node, str] = field(default_factory=dict)

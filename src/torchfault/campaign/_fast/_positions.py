@@ -294,10 +294,7 @@ class Positions:
             # one call over the whole value, every thread's share aligned (see _one_call)
             out = self._aligned_call(node, operand, flat)
         else:
-            parts = [
-                self._aligned_call(node, operand, flat[i : i + BLOCK]) for i in range(0, n, BLOCK)
-            ]
-            out = torch.cat(parts) if len(parts) > 1 else parts[0]
+            out = self._blocks(node, operand, flat)
         out = out.reshape(xp.shape)
         inverse = sorted(range(len(perm)), key=perm.__getitem__)
         return out.permute(inverse)  # the operand's strides (channels-last stays so)
@@ -312,6 +309,15 @@ class Positions:
         out = self._call(node, operand, seg)
         return out if out.numel() == k else out[:k]
 
+    def _blocks(self, node: fx.Node, operand: fx.Node, flat: torch.Tensor) -> torch.Tensor:
+        """``node`` on the flat ``flat`` block by block (:data:`BLOCK` values, each padded to
+        :data:`ALIGN`): the canonical words."""
+        parts = [
+            self._aligned_call(node, operand, flat[i : i + BLOCK])
+            for i in range(0, flat.numel(), BLOCK)
+        ]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
     def _one_call(self, node: fx.Node, op: _Op) -> bool:
         """May ``node`` be computed canonically in one call over a whole value, padded so that
         every thread's share is a multiple of :data:`ALIGN` (:func:`share_aligned`), instead
@@ -325,33 +331,25 @@ class Positions:
         at that thread count."""
         threads = torch.get_num_threads()
         ok = self._whole.get((node, threads))
-        if ok is None:
-            sizes = [3 * BLOCK + ALIGN]
-            if threads > 1:
-                sizes.append((2 * threads + 1) * GRAIN + 3 * ALIGN)
-            fill = op.probe.to(op.dtype).reshape(-1)
-            ok = True
-            try:
-                for size in sizes:
-                    m = share_aligned(size, threads)
-                    for shift in (0, 1):
-                        x = fill.roll(shift).repeat(m // max(fill.numel(), 1) + 1)[:m]
-                        x = x.contiguous()
-                        whole = self._call(node, op.operand, x.clone())
-                        blocks = torch.cat(
-                            [
-                                self._call(node, op.operand, x[i : i + BLOCK].clone())
-                                for i in range(0, m, BLOCK)
-                            ]
-                        )
-                        ok = ok and (
-                            isinstance(whole, torch.Tensor)
-                            and whole.shape == blocks.shape
-                            and not bool(_differ(whole, blocks).any())
-                        )
-            except Exception:  # noqa: BLE001 - anything odd: blocks, as before
-                ok = False
-            self._whole[(node, threads)] = ok
+        if ok is not None:
+            return ok
+        sizes = [3 * BLOCK + ALIGN]
+        if threads > 1:
+            sizes.append((2 * threads + 1) * GRAIN + 3 * ALIGN)
+        fill = op.probe.to(op.dtype).reshape(-1)
+
+        def same(size: int, shift: int) -> bool:
+            m = share_aligned(size, threads)
+            x = fill.roll(shift).repeat(m // max(fill.numel(), 1) + 1)[:m].contiguous()
+            whole = self._aligned_call(node, op.operand, x.clone())  # copies: in-place functions
+            blocks = self._blocks(node, op.operand, x.clone())
+            return whole.shape == blocks.shape and not bool(_differ(whole, blocks).any())
+
+        try:
+            ok = all(same(size, shift) for size in sizes for shift in (0, 1))
+        except Exception:  # noqa: BLE001 - anything odd: blocks, as before
+            ok = False
+        self._whole[(node, threads)] = ok
         return ok
 
     def run_node(self, node: fx.Node, env: dict[fx.Node, Any], lookup: Any = None) -> Any:
